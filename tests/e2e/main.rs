@@ -1,1 +1,12 @@
-fn main(){}
+//! End-to-end tests: real `dorun` processes on 127.0.0.1, real HTTP clients.
+//! Fixtures (a Worker + its config each) live in `tests/fixtures/`.
+
+mod harness;
+
+mod config;
+mod errors;
+mod examples;
+mod handlers;
+mod modules;
+mod streaming;
+mod web_apis;

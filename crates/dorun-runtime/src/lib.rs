@@ -1,1 +1,27 @@
-//! placeholder
+//! The V8 side of dorun: the only crate that names deno_core and V8.
+//!
+//! # Layout
+//! - [`spec`]: [`WorkerSpec`], everything an isolate needs to know about a Worker
+//!   (entry module, module rules, env values), independent of wrangler's file formats.
+//! - [`loader`]: the ES module loader: relative imports, node_modules resolution through
+//!   package.json `exports` (with wrangler's conditions), TypeScript transpiling, JSON,
+//!   module rules (Text, Data, CompiledWasm) and the built-in `cloudflare:workers` module.
+//! - [`extension`]: the `dorun` deno_core extension: ops and the JS glue in `js/`, which
+//!   installs the Web APIs from deno's ext crates as Workers globals and runs handlers.
+//! - [`body`]: request and response bodies that cross between the front door and an isolate
+//!   thread as streams, never whole in memory.
+//! - [`isolate`]: isolate threads (a current-thread tokio runtime + one `JsRuntime` each) and
+//!   [`WorkerPool`], the `Send` handle the front door uses to reach them.
+//! - [`supervisor`]: a thread that terminates JS running past its CPU limit.
+
+pub mod body;
+pub mod extension;
+pub mod isolate;
+pub mod loader;
+pub mod spec;
+pub mod supervisor;
+mod transpile;
+
+pub use body::{RequestBody, ResponseBody};
+pub use isolate::{StartupError, WorkerPool};
+pub use spec::{ModuleRule, ModuleRuleKind, WorkerSpec};

@@ -1,0 +1,317 @@
+//! The `dorun` deno_core extension: the ops the JS glue calls, and the glue itself.
+//!
+//! Request flow inside an isolate: the glue's serve loop awaits `op_dorun_next_request`,
+//! which yields requests the front door queued for this thread; it builds a `Request`
+//! (body streamed from a [`RequestBodyResource`]), calls the Worker's handler and answers
+//! with `op_dorun_respond` (a buffered body) or `op_dorun_respond_stream` (a stream,
+//! copied chunk by chunk into the front door's bounded channel).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use deno_core::convert::ByteString;
+use deno_core::{
+    op2, AsyncRefCell, AsyncResult, BufView, CancelHandle, JsBuffer, OpState, RcRef, Resource,
+    ResourceId, ToV8,
+};
+use deno_error::JsErrorBox;
+use http_body_util::BodyExt;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::body::{RequestBody, ResponseBody};
+use crate::loader::ModuleGraph;
+
+deno_core::extension!(
+    dorun,
+    deps = [deno_webidl, deno_web, deno_crypto, deno_net, deno_fetch],
+    ops = [
+        op_dorun_next_request,
+        op_dorun_respond,
+        op_dorun_respond_stream,
+        op_dorun_log,
+        op_dorun_env,
+        op_dorun_module_bytes,
+    ],
+    esm_entry_point = "ext:dorun/01_worker.js",
+    esm = [
+        dir "src/js",
+        "00_globals.js",
+        "01_worker.js",
+    ],
+    options = {
+        context: IsolateContext,
+    },
+    state = |state, options| {
+        state.put(options.context);
+    },
+);
+
+/// A request waiting for an isolate.
+pub struct QueuedRequest {
+    pub request: http::Request<RequestBody>,
+    pub reply: oneshot::Sender<http::Response<ResponseBody>>,
+}
+
+/// Requests answered by JS but not yet replied to, by id. Shared with the isolate thread
+/// so that a reset can answer them with an error.
+pub type InFlight = Rc<RefCell<HashMap<u32, oneshot::Sender<http::Response<ResponseBody>>>>>;
+
+/// Per-isolate state the ops use.
+#[derive(Clone)]
+pub struct IsolateContext {
+    pub worker_name: Arc<str>,
+    pub graph: Arc<ModuleGraph>,
+    /// JSON text of the non-binding `env` values.
+    pub env_json: Arc<str>,
+    pub queue: Rc<tokio::sync::Mutex<mpsc::UnboundedReceiver<QueuedRequest>>>,
+    pub in_flight: InFlight,
+    pub next_id: Rc<std::cell::Cell<u32>>,
+}
+
+#[derive(ToV8)]
+pub struct IncomingRequest {
+    id: u32,
+    method: ByteString,
+    url: String,
+    headers: Vec<(ByteString, ByteString)>,
+    body_rid: Option<u32>,
+}
+
+/// Waits for the next request for this isolate; `None` when the pool is shutting down.
+#[op2]
+pub async fn op_dorun_next_request(state: Rc<RefCell<OpState>>) -> Option<IncomingRequest> {
+    let context = state.borrow().borrow::<IsolateContext>().clone();
+    let queued = context.queue.lock().await.recv().await?;
+    let id = context.next_id.get().wrapping_add(1);
+    context.next_id.set(id);
+    let (parts, body) = queued.request.into_parts();
+    let body_rid = if http_body::Body::is_end_stream(&body) {
+        None
+    } else {
+        let resource = RequestBodyResource {
+            body: AsyncRefCell::new(body),
+            leftover: RefCell::new(None),
+            cancel: CancelHandle::default(),
+        };
+        Some(state.borrow_mut().resource_table.add(resource))
+    };
+    let headers = parts
+        .headers
+        .iter()
+        .map(|(name, value)| {
+            (
+                ByteString::from(name.as_str().as_bytes()),
+                ByteString::from(value.as_bytes()),
+            )
+        })
+        .collect();
+    context.in_flight.borrow_mut().insert(id, queued.reply);
+    Some(IncomingRequest {
+        id,
+        method: ByteString::from(parts.method.as_str().as_bytes()),
+        url: parts.uri.to_string(),
+        headers,
+        body_rid,
+    })
+}
+
+fn response_head(
+    status: u16,
+    headers: Vec<(ByteString, ByteString)>,
+    body: ResponseBody,
+) -> Result<http::Response<ResponseBody>, JsErrorBox> {
+    let mut response = http::Response::new(body);
+    *response.status_mut() = http::StatusCode::from_u16(status)
+        .map_err(|_| JsErrorBox::range_error(format!("invalid status code {status}")))?;
+    let map = response.headers_mut();
+    for (name, value) in headers {
+        let name = http::HeaderName::from_bytes(&name)
+            .map_err(|e| JsErrorBox::type_error(e.to_string()))?;
+        let value = http::HeaderValue::from_bytes(&value)
+            .map_err(|e| JsErrorBox::type_error(e.to_string()))?;
+        map.append(name, value);
+    }
+    Ok(response)
+}
+
+fn take_reply(
+    state: &OpState,
+    id: u32,
+) -> Option<oneshot::Sender<http::Response<ResponseBody>>> {
+    state
+        .borrow::<IsolateContext>()
+        .in_flight
+        .borrow_mut()
+        .remove(&id)
+}
+
+/// Answers request `id` with a buffered body.
+#[op2]
+pub fn op_dorun_respond(
+    state: &mut OpState,
+    #[smi] id: u32,
+    #[smi] status: u16,
+    #[scoped] headers: Vec<(ByteString, ByteString)>,
+    #[buffer] body: Option<JsBuffer>,
+) -> Result<(), JsErrorBox> {
+    let body = match body {
+        Some(bytes) if !bytes.is_empty() => ResponseBody::full(Bytes::copy_from_slice(&bytes)),
+        _ => ResponseBody::Empty,
+    };
+    let response = response_head(status, headers, body)?;
+    if let Some(reply) = take_reply(state, id) {
+        // The client may have gone away; nothing to do then.
+        let _ = reply.send(response);
+    }
+    Ok(())
+}
+
+/// Answers request `id` with the stream behind resource `rid`, copying chunk by chunk.
+/// Resolves when the body is fully sent or the client went away.
+#[op2]
+pub async fn op_dorun_respond_stream(
+    state: Rc<RefCell<OpState>>,
+    #[smi] id: u32,
+    #[smi] status: u16,
+    #[scoped] headers: Vec<(ByteString, ByteString)>,
+    #[smi] rid: ResourceId,
+) -> Result<(), JsErrorBox> {
+    let resource = state
+        .borrow_mut()
+        .resource_table
+        .take_any(rid)
+        .map_err(JsErrorBox::from_err)?;
+    let (tx, body) = ResponseBody::channel();
+    let response = match response_head(status, headers, body) {
+        Ok(response) => response,
+        Err(error) => {
+            resource.close();
+            return Err(error);
+        }
+    };
+    let Some(reply) = take_reply(&state.borrow(), id) else {
+        resource.close();
+        return Ok(());
+    };
+    if reply.send(response).is_err() {
+        resource.close();
+        return Ok(());
+    }
+    loop {
+        let chunk = match resource.clone().read(64 * 1024).await {
+            Ok(chunk) => chunk,
+            Err(error) => {
+                let _ = tx.send(Err(error.to_string().into())).await;
+                break;
+            }
+        };
+        if chunk.is_empty() {
+            break;
+        }
+        if tx.send(Ok(Bytes::copy_from_slice(&chunk))).await.is_err() {
+            break;
+        }
+    }
+    resource.close();
+    Ok(())
+}
+
+/// console.* output, routed to tracing and tagged with the worker's name.
+#[op2(fast)]
+pub fn op_dorun_log(state: &mut OpState, #[smi] level: i32, #[string] message: &str) {
+    let worker = &*state.borrow::<IsolateContext>().worker_name;
+    let message = message.strip_suffix('\n').unwrap_or(message);
+    match level {
+        0 => tracing::debug!(target: "dorun::console", worker, "{message}"),
+        1 => tracing::info!(target: "dorun::console", worker, "{message}"),
+        2 => tracing::warn!(target: "dorun::console", worker, "{message}"),
+        _ => tracing::error!(target: "dorun::console", worker, "{message}"),
+    }
+}
+
+#[op2]
+#[string]
+pub fn op_dorun_env(state: &mut OpState) -> String {
+    state.borrow::<IsolateContext>().env_json.to_string()
+}
+
+/// The bytes of a Data or CompiledWasm module.
+#[op2]
+#[buffer]
+pub fn op_dorun_module_bytes(
+    state: &mut OpState,
+    #[string] url: &str,
+) -> Result<Vec<u8>, JsErrorBox> {
+    state
+        .borrow::<IsolateContext>()
+        .graph
+        .module_bytes(url)
+        .map(|b| b.to_vec())
+        .ok_or_else(|| JsErrorBox::generic(format!("no module bytes for {url}")))
+}
+
+/// A request body as a deno resource, read by `readableStreamForRid`.
+pub struct RequestBodyResource {
+    body: AsyncRefCell<RequestBody>,
+    /// Part of a frame larger than the reader asked for.
+    leftover: RefCell<Option<Bytes>>,
+    cancel: CancelHandle,
+}
+
+impl RequestBodyResource {
+    async fn read_chunk(self: Rc<Self>, limit: usize) -> Result<BufView, JsErrorBox> {
+        let limit = limit.max(1);
+        if let Some(mut rest) = self.leftover.borrow_mut().take() {
+            if rest.len() > limit {
+                let head = rest.split_to(limit);
+                *self.leftover.borrow_mut() = Some(rest);
+                return Ok(BufView::from(head.to_vec()));
+            }
+            return Ok(BufView::from(rest.to_vec()));
+        }
+        let mut body = RcRef::map(&self, |r| &r.body).borrow_mut().await;
+        let cancel = RcRef::map(&self, |r| &r.cancel);
+        loop {
+            let frame = deno_core::CancelFuture::or_cancel(body.frame(), cancel.clone())
+                .await
+                .map_err(|_| JsErrorBox::generic("request body read cancelled"))?;
+            match frame {
+                None => return Ok(BufView::empty()),
+                Some(Err(error)) => {
+                    return Err(JsErrorBox::generic(format!("request body: {error}")))
+                }
+                Some(Ok(frame)) => {
+                    let Ok(mut data) = frame.into_data() else {
+                        continue; // trailers
+                    };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    if data.len() > limit {
+                        let head = data.split_to(limit);
+                        *self.leftover.borrow_mut() = Some(data);
+                        return Ok(BufView::from(head.to_vec()));
+                    }
+                    return Ok(BufView::from(data.to_vec()));
+                }
+            }
+        }
+    }
+}
+
+impl Resource for RequestBodyResource {
+    fn name(&self) -> std::borrow::Cow<'_, str> {
+        "dorunRequestBody".into()
+    }
+
+    fn read(self: Rc<Self>, limit: usize) -> AsyncResult<BufView> {
+        Box::pin(self.read_chunk(limit))
+    }
+
+    fn close(self: Rc<Self>) {
+        self.cancel.cancel();
+    }
+}

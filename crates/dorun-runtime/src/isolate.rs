@@ -1,0 +1,343 @@
+//! Isolate threads and the pool that spreads requests across them.
+//!
+//! Everything `!Send` (V8, the `JsRuntime`) lives on its own OS thread with a
+//! current-thread tokio runtime. The rest of the server holds a [`WorkerPool`], which is
+//! `Send + Sync`, and reaches a thread by queueing a request on its channel; the reply comes
+//! back on a oneshot channel. If an isolate is terminated (CPU or heap limit) it is rebuilt
+//! on the same thread, the requests it was serving get an error response, and queued ones
+//! are served by the new isolate.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deno_core::{JsRuntime, PollEventLoopOptions, RuntimeOptions};
+use tokio::sync::{mpsc, oneshot};
+use url::Url;
+
+use crate::body::{RequestBody, ResponseBody};
+use crate::extension::{self, InFlight, IsolateContext, QueuedRequest};
+use crate::loader::{ModuleGraph, WorkerModuleLoader, ENTRY_SPECIFIER};
+use crate::spec::WorkerSpec;
+use crate::supervisor::{spawn_supervisor, IsolateWatch, Termination};
+
+/// The Worker's code could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("{0}")]
+    Code(String),
+    #[error("cannot start isolate thread: {0}")]
+    Thread(String),
+}
+
+/// A request could not be handed to an isolate.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error("the worker is shutting down")]
+    ShuttingDown,
+    #[error("the isolate stopped before answering")]
+    Dropped,
+}
+
+struct IsolateThread {
+    sender: Mutex<Option<mpsc::UnboundedSender<QueuedRequest>>>,
+    join: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// N isolate threads running one Worker.
+pub struct WorkerPool {
+    spec: Arc<WorkerSpec>,
+    threads: Vec<IsolateThread>,
+    next: AtomicUsize,
+}
+
+impl WorkerPool {
+    /// Starts `threads` isolate threads and waits until each has loaded the Worker's modules.
+    pub fn start(spec: WorkerSpec, threads: usize) -> Result<Self, StartupError> {
+        let spec = Arc::new(spec);
+        let graph = ModuleGraph::new(spec.clone()).map_err(StartupError::Code)?;
+        let threads = threads.max(1);
+        let mut handles = Vec::with_capacity(threads);
+        let mut watches = Vec::with_capacity(threads);
+        let mut readies = Vec::with_capacity(threads);
+        for index in 0..threads {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+            let watch = IsolateWatch::new(spec.cpu_limit);
+            watches.push(Arc::downgrade(&watch));
+            let graph = graph.clone();
+            let join = std::thread::Builder::new()
+                .name(format!("dorun-isolate-{index}"))
+                .spawn(move || isolate_thread(graph, receiver, watch, ready_tx))
+                .map_err(|e| StartupError::Thread(e.to_string()))?;
+            handles.push(IsolateThread {
+                sender: Mutex::new(Some(sender)),
+                join: Mutex::new(Some(join)),
+            });
+            readies.push(ready_rx);
+        }
+        let pool = Self {
+            spec,
+            threads: handles,
+            next: AtomicUsize::new(0),
+        };
+        for ready in readies {
+            match ready.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(message)) => {
+                    pool.close();
+                    return Err(StartupError::Code(message));
+                }
+                Err(_) => {
+                    pool.close();
+                    return Err(StartupError::Thread("isolate thread exited during startup".into()));
+                }
+            }
+        }
+        spawn_supervisor(watches);
+        Ok(pool)
+    }
+
+    pub fn spec(&self) -> &WorkerSpec {
+        &self.spec
+    }
+
+    /// Hands a request to the next isolate thread and waits for its response head.
+    pub async fn dispatch(
+        &self,
+        request: http::Request<RequestBody>,
+    ) -> Result<http::Response<ResponseBody>, DispatchError> {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.threads.len();
+        let (reply, response) = oneshot::channel();
+        {
+            let sender = self.threads[index].sender.lock().unwrap();
+            let sender = sender.as_ref().ok_or(DispatchError::ShuttingDown)?;
+            sender
+                .send(QueuedRequest { request, reply })
+                .map_err(|_| DispatchError::ShuttingDown)?;
+        }
+        response.await.map_err(|_| DispatchError::Dropped)
+    }
+
+    /// Stops taking requests: each isolate finishes what it has, then its thread exits.
+    pub fn close(&self) {
+        for thread in &self.threads {
+            thread.sender.lock().unwrap().take();
+        }
+    }
+
+    /// Closes the pool and waits up to `timeout` for the isolate threads to finish.
+    /// Returns false if some thread was still busy (pending waitUntil work, timers).
+    pub fn join(&self, timeout: Duration) -> bool {
+        self.close();
+        let deadline = std::time::Instant::now() + timeout;
+        for thread in &self.threads {
+            let Some(handle) = thread.join.lock().unwrap().take() else {
+                continue;
+            };
+            while !handle.is_finished() {
+                if std::time::Instant::now() >= deadline {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = handle.join();
+        }
+        true
+    }
+}
+
+/// How one isolate's life ended.
+enum IsolateExit {
+    /// The queue closed and all work finished.
+    Finished,
+    /// Terminated from outside; the thread builds a new isolate.
+    Reset(Termination),
+    /// The Worker's code failed to load or evaluate.
+    Failed(String),
+}
+
+fn isolate_thread(
+    graph: Arc<ModuleGraph>,
+    receiver: mpsc::UnboundedReceiver<QueuedRequest>,
+    watch: Arc<IsolateWatch>,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            let _ = ready.send(Err(format!("cannot build tokio runtime: {error}")));
+            return;
+        }
+    };
+    let queue = Rc::new(tokio::sync::Mutex::new(receiver));
+    let in_flight: InFlight = Rc::default();
+    let next_id = Rc::new(Cell::new(0));
+    let mut ready = Some(ready);
+    runtime.block_on(async {
+        loop {
+            let context = IsolateContext {
+                worker_name: graph.spec().name.as_str().into(),
+                graph: graph.clone(),
+                env_json: serde_json::Value::Object(graph.spec().vars.clone())
+                    .to_string()
+                    .into(),
+                queue: queue.clone(),
+                in_flight: in_flight.clone(),
+                next_id: next_id.clone(),
+            };
+            let exit = run_isolate(&graph, context, &watch, &mut ready).await;
+            let (status, message) = match exit {
+                IsolateExit::Finished => return,
+                IsolateExit::Failed(message) => {
+                    if let Some(ready) = ready.take() {
+                        let _ = ready.send(Err(message));
+                        return;
+                    }
+                    tracing::error!(worker = %graph.spec().name, "isolate failed to restart: {message}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    (500, "Worker failed to restart")
+                }
+                IsolateExit::Reset(Termination::CpuLimit) => {
+                    tracing::error!(worker = %graph.spec().name, limit_ms = graph.spec().cpu_limit.as_millis() as u64, "JS ran past the CPU limit; isolate terminated and reset");
+                    (503, "Worker exceeded CPU time limit.")
+                }
+                IsolateExit::Reset(Termination::HeapLimit) => {
+                    tracing::error!(worker = %graph.spec().name, "JS heap outgrew its limit; isolate reset");
+                    (503, "Worker exceeded memory limit.")
+                }
+            };
+            let failed: Vec<_> = in_flight.borrow_mut().drain().collect();
+            for (_, reply) in failed {
+                let mut response = http::Response::new(ResponseBody::full(message));
+                *response.status_mut() = http::StatusCode::from_u16(status).expect("valid status");
+                let _ = reply.send(response);
+            }
+        }
+    });
+}
+
+async fn run_isolate(
+    graph: &Arc<ModuleGraph>,
+    context: IsolateContext,
+    watch: &Arc<IsolateWatch>,
+    ready: &mut Option<std::sync::mpsc::Sender<Result<(), String>>>,
+) -> IsolateExit {
+    let heap_limit = graph.spec().heap_limit_bytes;
+    let runtime = JsRuntime::try_new(RuntimeOptions {
+        module_loader: Some(Rc::new(WorkerModuleLoader::new(graph.clone()))),
+        extensions: extensions(context),
+        create_params: Some(deno_core::v8::CreateParams::default().heap_limits(0, heap_limit)),
+        ..Default::default()
+    });
+    let mut runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(error) => return IsolateExit::Failed(format!("cannot initialise the runtime: {error}")),
+    };
+    runtime
+        .op_state()
+        .borrow_mut()
+        .put(deno_permissions::PermissionsContainer::allow_all(Arc::new(
+            deno_permissions::RuntimePermissionDescriptorParser::new(sys_traits::impls::RealSys),
+        )));
+    watch.attach(runtime.v8_isolate().thread_safe_handle());
+    {
+        let watch = watch.clone();
+        runtime.add_near_heap_limit_callback(move |current, _initial| {
+            watch.heap_limit_reached();
+            // Room to unwind; the isolate is dropped right after.
+            current * 2
+        });
+    }
+
+    let entry = Url::parse(ENTRY_SPECIFIER).expect("valid entry specifier");
+    watch.enter();
+    let loaded = runtime.load_main_es_module(&entry).await;
+    watch.leave();
+    let module_id = match loaded {
+        Ok(id) => id,
+        Err(error) => return IsolateExit::Failed(describe_startup_error(&error.to_string())),
+    };
+    let evaluation = runtime.mod_evaluate(module_id);
+    let evaluated = watched(
+        watch,
+        runtime.with_event_loop_future(Box::pin(evaluation), PollEventLoopOptions::default()),
+    )
+    .await;
+    if let Err(error) = evaluated {
+        if let Some(termination) = watch.termination() {
+            return IsolateExit::Failed(match termination {
+                Termination::CpuLimit => "the Worker's top-level code ran past the CPU limit".into(),
+                Termination::HeapLimit => "the Worker's top-level code outgrew the heap limit".into(),
+            });
+        }
+        return IsolateExit::Failed(describe_startup_error(&error.to_string()));
+    }
+    if let Some(ready) = ready.take() {
+        let _ = ready.send(Ok(()));
+    }
+
+    loop {
+        let result = std::future::poll_fn(|cx| {
+            watch.enter();
+            let poll = runtime.poll_event_loop(cx, PollEventLoopOptions::default());
+            watch.leave();
+            poll
+        })
+        .await;
+        match result {
+            Ok(()) => return IsolateExit::Finished,
+            Err(error) => {
+                if let Some(termination) = watch.termination() {
+                    return IsolateExit::Reset(termination);
+                }
+                tracing::error!(worker = %graph.spec().name, "uncaught: {error}");
+            }
+        }
+    }
+}
+
+/// Runs a future with the CPU watch marking it as JS time.
+async fn watched<F: std::future::Future>(watch: &IsolateWatch, future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(|cx| {
+        watch.enter();
+        let poll = future.as_mut().poll(cx);
+        watch.leave();
+        poll
+    })
+    .await
+}
+
+fn describe_startup_error(message: &str) -> String {
+    message
+        .strip_prefix("Error: ")
+        .unwrap_or(message)
+        .trim_end()
+        .to_string()
+}
+
+/// The extensions of an isolate, in load order.
+fn extensions(context: IsolateContext) -> Vec<deno_core::Extension> {
+    vec![
+        deno_webidl::deno_webidl::init(),
+        deno_web::deno_web::init(
+            Arc::new(deno_web::BlobStore::default()) as Arc<dyn deno_web::BlobStoreTrait>,
+            None,
+            false,
+            Default::default(),
+        ),
+        deno_crypto::deno_crypto::init(None),
+        deno_net::deno_net::init(None, None),
+        deno_fetch::deno_fetch::init(deno_fetch::Options {
+            user_agent: "dorun".to_string(),
+            ..Default::default()
+        }),
+        extension::dorun::init(context),
+    ]
+}

@@ -1,0 +1,200 @@
+// Installs the Web platform that Workers code sees, from deno's ext crates.
+// Runs once per isolate, before any user module. Builtins are captured here (primordials)
+// so user code patching prototypes cannot change how the runtime behaves.
+
+import { core, internals, primordials } from "ext:core/mod.js";
+
+const { ObjectDefineProperty, ObjectDefineProperties, Symbol, SymbolFor } = primordials;
+
+// deno_fetch reports spans to Deno's OpenTelemetry layer, which dorun does not ship:
+// tracing stays off, so these are never called with a span.
+const DID_NOT_ENTER = Symbol("DID_NOT_ENTER");
+internals.__telemetry ??= {
+  TRACING_ENABLED: false,
+  PROPAGATORS: [],
+  DID_NOT_ENTER,
+  builtinTracer: () => undefined,
+  ContextManager: { active: () => undefined },
+  enterSpan: () => DID_NOT_ENTER,
+  exitSpan: () => {},
+  restoreSnapshot: () => {},
+};
+internals.__telemetryUtil ??= {
+  updateSpanFromClientResponse: () => {},
+  updateSpanFromError: () => {},
+  updateSpanFromRequest: () => {},
+};
+
+const webidl = core.loadExtScript("ext:deno_webidl/00_webidl.js");
+const url = core.loadExtScript("ext:deno_web/00_url.js");
+const urlPattern = core.loadExtScript("ext:deno_web/01_urlpattern.js");
+const consoleModule = core.loadExtScript("ext:deno_web/01_console.js");
+const domException = core.loadExtScript("ext:deno_web/01_dom_exception.js");
+const event = core.loadExtScript("ext:deno_web/02_event.js");
+const structuredCloneModule = core.loadExtScript("ext:deno_web/02_structured_clone.js");
+const timers = core.loadExtScript("ext:deno_web/02_timers.js");
+const abortSignal = core.loadExtScript("ext:deno_web/03_abort_signal.js");
+const base64 = core.loadExtScript("ext:deno_web/05_base64.js");
+const streams = core.loadExtScript("ext:deno_web/06_streams.js");
+const encoding = core.loadExtScript("ext:deno_web/08_text_encoding.js");
+const file = core.loadExtScript("ext:deno_web/09_file.js");
+const messagePort = core.loadExtScript("ext:deno_web/13_message_port.js");
+const compression = core.loadExtScript("ext:deno_web/14_compression.js");
+const performanceModule = core.loadExtScript("ext:deno_web/15_performance.js");
+const cryptoModule = core.loadExtScript("ext:deno_crypto/00_crypto.js");
+const headers = core.loadExtScript("ext:deno_fetch/20_headers.js");
+const formData = core.loadExtScript("ext:deno_fetch/21_formdata.js");
+const request = core.loadExtScript("ext:deno_fetch/23_request.js");
+const response = core.loadExtScript("ext:deno_fetch/23_response.js");
+const fetchModule = core.loadExtScript("ext:deno_fetch/26_fetch.js");
+
+const { op_dorun_log } = core.ops;
+
+// --- console -> tracing -------------------------------------------------------------
+const console = new consoleModule.Console((message, level) => {
+  op_dorun_log(level, message);
+});
+
+// --- errors nobody caught are logged, never fatal to the isolate ------------------
+const globalEvents = new event.EventTarget();
+event.saveGlobalThisReference(globalEvents);
+globalEvents.addEventListener("error", (e) => {
+  console.error("Uncaught", e.error);
+  e.preventDefault();
+});
+core.setUnhandledPromiseRejectionHandler((_promise, reason) => {
+  console.error("Uncaught (in promise)", reason);
+  return true;
+});
+
+// --- outbound fetch: http and https only, as on Cloudflare -------------------------
+function fetch(input, init = undefined) {
+  let target;
+  try {
+    target = new request.Request(input, init);
+  } catch (error) {
+    return Promise.reject(error);
+  }
+  const scheme = new url.URL(target.url).protocol;
+  if (scheme !== "http:" && scheme !== "https:") {
+    return Promise.reject(
+      new TypeError(`Fetch API cannot load: ${target.url}`),
+    );
+  }
+  return fetchModule.fetch(target);
+}
+
+const navigator = {};
+ObjectDefineProperty(navigator, "userAgent", {
+  value: "Cloudflare-Workers",
+  enumerable: true,
+});
+ObjectDefineProperty(navigator, "hardwareConcurrency", {
+  value: 1,
+  enumerable: true,
+});
+ObjectDefineProperty(navigator, "language", {
+  value: "en",
+  enumerable: true,
+});
+
+performanceModule.setTimeOrigin();
+
+const scheduler = {
+  wait(ms, options) {
+    return new Promise((resolve, reject) => {
+      const signal = options?.signal;
+      if (signal?.aborted) return reject(signal.reason);
+      const id = timers.setTimeout(resolve, ms);
+      signal?.addEventListener("abort", () => {
+        timers.clearTimeout(id);
+        reject(signal.reason);
+      });
+    });
+  },
+};
+
+function nonEnumerable(value) {
+  return { value, writable: true, enumerable: false, configurable: true };
+}
+function readOnly(value) {
+  return { value, writable: false, enumerable: true, configurable: true };
+}
+
+ObjectDefineProperties(globalThis, {
+  // Fetch
+  fetch: nonEnumerable(fetch),
+  Request: nonEnumerable(request.Request),
+  Response: nonEnumerable(response.Response),
+  Headers: nonEnumerable(headers.Headers),
+  FormData: nonEnumerable(formData.FormData),
+  // Files
+  Blob: nonEnumerable(file.Blob),
+  File: nonEnumerable(file.File),
+  // URLs
+  URL: nonEnumerable(url.URL),
+  URLSearchParams: nonEnumerable(url.URLSearchParams),
+  URLPattern: nonEnumerable(urlPattern.URLPattern),
+  // Streams
+  ReadableStream: nonEnumerable(streams.ReadableStream),
+  ReadableStreamDefaultReader: nonEnumerable(streams.ReadableStreamDefaultReader),
+  ReadableStreamBYOBReader: nonEnumerable(streams.ReadableStreamBYOBReader),
+  ReadableStreamBYOBRequest: nonEnumerable(streams.ReadableStreamBYOBRequest),
+  ReadableByteStreamController: nonEnumerable(streams.ReadableByteStreamController),
+  ReadableStreamDefaultController: nonEnumerable(streams.ReadableStreamDefaultController),
+  WritableStream: nonEnumerable(streams.WritableStream),
+  WritableStreamDefaultWriter: nonEnumerable(streams.WritableStreamDefaultWriter),
+  WritableStreamDefaultController: nonEnumerable(streams.WritableStreamDefaultController),
+  TransformStream: nonEnumerable(streams.TransformStream),
+  TransformStreamDefaultController: nonEnumerable(streams.TransformStreamDefaultController),
+  ByteLengthQueuingStrategy: nonEnumerable(streams.ByteLengthQueuingStrategy),
+  CountQueuingStrategy: nonEnumerable(streams.CountQueuingStrategy),
+  CompressionStream: nonEnumerable(compression.CompressionStream),
+  DecompressionStream: nonEnumerable(compression.DecompressionStream),
+  // Encoding
+  TextEncoder: nonEnumerable(encoding.TextEncoder),
+  TextDecoder: nonEnumerable(encoding.TextDecoder),
+  TextEncoderStream: nonEnumerable(encoding.TextEncoderStream),
+  TextDecoderStream: nonEnumerable(encoding.TextDecoderStream),
+  atob: nonEnumerable(base64.atob),
+  btoa: nonEnumerable(base64.btoa),
+  // Crypto
+  crypto: readOnly(cryptoModule.crypto),
+  Crypto: nonEnumerable(cryptoModule.Crypto),
+  CryptoKey: nonEnumerable(cryptoModule.CryptoKey),
+  SubtleCrypto: nonEnumerable(cryptoModule.SubtleCrypto),
+  // Timers and scheduling
+  setTimeout: nonEnumerable(timers.setTimeout),
+  setInterval: nonEnumerable(timers.setInterval),
+  clearTimeout: nonEnumerable(timers.clearTimeout),
+  clearInterval: nonEnumerable(timers.clearInterval),
+  scheduler: nonEnumerable(scheduler),
+  structuredClone: nonEnumerable(structuredCloneModule.structuredClone),
+  // Events
+  AbortController: nonEnumerable(abortSignal.AbortController),
+  AbortSignal: nonEnumerable(abortSignal.AbortSignal),
+  Event: nonEnumerable(event.Event),
+  EventTarget: nonEnumerable(event.EventTarget),
+  CustomEvent: nonEnumerable(event.CustomEvent),
+  ErrorEvent: nonEnumerable(event.ErrorEvent),
+  MessageEvent: nonEnumerable(event.MessageEvent),
+  CloseEvent: nonEnumerable(event.CloseEvent),
+  PromiseRejectionEvent: nonEnumerable(event.PromiseRejectionEvent),
+  DOMException: nonEnumerable(domException.DOMException),
+  MessageChannel: nonEnumerable(messagePort.MessageChannel),
+  MessagePort: nonEnumerable(messagePort.MessagePort),
+  addEventListener: nonEnumerable((...args) => globalEvents.addEventListener(...args)),
+  removeEventListener: nonEnumerable((...args) => globalEvents.removeEventListener(...args)),
+  dispatchEvent: nonEnumerable((e) => globalEvents.dispatchEvent(e)),
+  reportError: nonEnumerable(event.reportError ?? ((e) => console.error(e))),
+  // Misc
+  performance: nonEnumerable(performanceModule.performance),
+  Performance: nonEnumerable(performanceModule.Performance),
+  navigator: nonEnumerable(navigator),
+  console: nonEnumerable(console),
+  self: nonEnumerable(globalThis),
+  WebAssembly: nonEnumerable(globalThis.WebAssembly),
+});
+
+// Internals the worker glue (01_worker.js) and generated modules use.
+globalThis[SymbolFor("dorun.console")] = console;

@@ -1,0 +1,199 @@
+// The Worker glue: the `cloudflare:workers` classes, `env`, and the serve loop that turns
+// requests queued by the front door into calls of the Worker's fetch handler.
+
+import { core, primordials } from "ext:core/mod.js";
+import "ext:dorun/00_globals.js";
+
+const {
+  Error,
+  JSONParse,
+  ObjectPrototypeIsPrototypeOf,
+  PromisePrototypeThen,
+  PromiseResolve,
+  SafeSet,
+  SetPrototypeAdd,
+  SetPrototypeDelete,
+  SymbolFor,
+  TypeError,
+  TypedArrayPrototypeGetByteLength,
+} = primordials;
+
+const {
+  op_dorun_next_request,
+  op_dorun_respond,
+  op_dorun_respond_stream,
+  op_dorun_env,
+  op_dorun_module_bytes,
+} = core.ops;
+
+const streams = core.loadExtScript("ext:deno_web/06_streams.js");
+const { InnerBody } = core.loadExtScript("ext:deno_fetch/22_body.js");
+const { fromInnerRequest, newInnerRequest } = core.loadExtScript(
+  "ext:deno_fetch/23_request.js",
+);
+const { ResponsePrototype, toInnerResponse } = core.loadExtScript(
+  "ext:deno_fetch/23_response.js",
+);
+const console = globalThis[SymbolFor("dorun.console")];
+delete globalThis[SymbolFor("dorun.console")];
+
+// --- env and waitUntil ---------------------------------------------------------------
+const env = JSONParse(op_dorun_env());
+
+/** Promises passed to waitUntil that have not settled; kept so errors are logged. */
+const pendingWaitUntil = new SafeSet();
+function waitUntil(promise) {
+  const tracked = PromisePrototypeThen(
+    PromiseResolve(promise),
+    () => SetPrototypeDelete(pendingWaitUntil, tracked),
+    (error) => {
+      SetPrototypeDelete(pendingWaitUntil, tracked);
+      console.error("Uncaught (in waitUntil)", error);
+    },
+  );
+  SetPrototypeAdd(pendingWaitUntil, tracked);
+}
+
+class ExecutionContext {
+  props = {};
+  waitUntil(promise) {
+    waitUntil(promise);
+  }
+  passThroughOnException() {}
+}
+
+// --- cloudflare:workers ----------------------------------------------------------------
+class DurableObject {
+  constructor(ctx, env) {
+    this.ctx = ctx;
+    this.env = env;
+  }
+}
+
+class WorkerEntrypoint {
+  constructor(ctx, env) {
+    this.ctx = ctx;
+    this.env = env;
+  }
+}
+
+class WorkflowEntrypoint {
+  constructor(ctx, env) {
+    this.ctx = ctx;
+    this.env = env;
+  }
+}
+
+class RpcTarget {}
+
+globalThis[SymbolFor("dorun.cloudflare:workers")] = {
+  DurableObject,
+  WorkerEntrypoint,
+  WorkflowEntrypoint,
+  RpcTarget,
+  RpcStub: undefined,
+  env,
+  waitUntil,
+};
+
+globalThis[SymbolFor("dorun.moduleBytes")] = (url) => op_dorun_module_bytes(url).buffer;
+
+// --- handlers --------------------------------------------------------------------------
+const encoder = new TextEncoder();
+const NO_FETCH_HANDLER = "Handler does not export a fetch() function.";
+
+/** Picks how to call the Worker from its module namespace. */
+function fetchHandlerFor(worker) {
+  const exported = worker.default;
+  if (
+    typeof exported === "function" &&
+    ObjectPrototypeIsPrototypeOf(WorkerEntrypoint.prototype, exported.prototype)
+  ) {
+    if (typeof exported.prototype.fetch !== "function") return null;
+    return (request, ctx) => new exported(ctx, env).fetch(request);
+  }
+  if (exported !== null && typeof exported === "object" && typeof exported.fetch === "function") {
+    return (request, ctx) => exported.fetch(request, env, ctx);
+  }
+  return null;
+}
+
+function makeRequest(incoming) {
+  const body = incoming.bodyRid === null || incoming.bodyRid === undefined
+    ? null
+    : new InnerBody(streams.readableStreamForRid(incoming.bodyRid));
+  const inner = newInnerRequest(
+    incoming.method,
+    incoming.url,
+    () => incoming.headers,
+    body,
+    false,
+  );
+  return fromInnerRequest(inner, "immutable");
+}
+
+function respondError(id, status, message) {
+  op_dorun_respond(id, status, [["content-type", "text/plain;charset=UTF-8"]], encoder.encode(message));
+}
+
+function sendResponse(id, response) {
+  const inner = toInnerResponse(response);
+  const status = inner.status;
+  const headers = inner.headerList;
+  const body = inner.body;
+  if (body === null) {
+    op_dorun_respond(id, status, headers, null);
+    return;
+  }
+  const source = body.streamOrStatic;
+  if (!ObjectPrototypeIsPrototypeOf(streams.ReadableStreamPrototype, source)) {
+    const bytes = typeof source.body === "string" ? encoder.encode(source.body) : source.body;
+    source.consumed = true;
+    op_dorun_respond(id, status, headers, bytes);
+    return;
+  }
+  if (streams.isReadableStreamLocked(source) || streams.isReadableStreamDisturbed(source)) {
+    throw new TypeError("The response body has already been used.");
+  }
+  const rid = streams.resourceForReadableStream(source);
+  PromisePrototypeThen(op_dorun_respond_stream(id, status, headers, rid), undefined, (error) => {
+    console.error("Error while streaming the response body:", error);
+  });
+}
+
+async function handle(handler, incoming) {
+  let response;
+  try {
+    if (handler === null) throw new Error(NO_FETCH_HANDLER);
+    const request = makeRequest(incoming);
+    response = await handler(request, new ExecutionContext());
+    if (!ObjectPrototypeIsPrototypeOf(ResponsePrototype, response)) {
+      throw new TypeError(
+        "Incorrect type for Promise: the Promise did not resolve to 'Response'.",
+      );
+    }
+    sendResponse(incoming.id, response);
+  } catch (error) {
+    console.error(error);
+    respondError(incoming.id, 500, "Internal Server Error");
+  }
+}
+
+async function serve(worker) {
+  const handler = fetchHandlerFor(worker);
+  if (handler === null) console.warn(NO_FETCH_HANDLER);
+  while (true) {
+    const incoming = await op_dorun_next_request();
+    if (incoming === null || incoming === undefined) return;
+    handle(handler, incoming);
+  }
+}
+
+globalThis[SymbolFor("dorun.start")] = (worker) => {
+  delete globalThis[SymbolFor("dorun.start")];
+  PromisePrototypeThen(serve(worker), undefined, (error) => {
+    console.error("dorun serve loop failed:", error);
+  });
+};
+
+export { ExecutionContext, env, waitUntil };

@@ -1,0 +1,53 @@
+//! What an isolate needs to know about a Worker.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How a file matched by a module rule is exposed to `import`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModuleRuleKind {
+    /// Loaded as an ES module (JavaScript or TypeScript by extension).
+    EsModule,
+    /// `export default` of the file's text.
+    Text,
+    /// `export default` of the file's bytes as an `ArrayBuffer`.
+    Data,
+    /// `export default` of a compiled `WebAssembly.Module`.
+    CompiledWasm,
+}
+
+/// Files whose path (relative to the entry module's directory) matches one of `globs`.
+#[derive(Clone, Debug)]
+pub struct ModuleRule {
+    pub kind: ModuleRuleKind,
+    pub globs: Vec<String>,
+}
+
+/// A Worker as the runtime sees it.
+#[derive(Clone, Debug)]
+pub struct WorkerSpec {
+    /// The worker's name, used in logs and in `navigator.userAgent`-independent places.
+    pub name: String,
+    /// Absolute path of the entry module.
+    pub main: PathBuf,
+    /// Module rules in match order; the first matching rule wins.
+    pub rules: Vec<ModuleRule>,
+    /// `env` values that are not bindings: vars (strings or JSON values) and secrets.
+    pub vars: serde_json::Map<String, serde_json::Value>,
+    pub compatibility_date: Option<String>,
+    pub compatibility_flags: Vec<String>,
+    /// CPU time one event may use before its isolate is terminated.
+    pub cpu_limit: Duration,
+    /// V8 heap size above which the isolate is reset.
+    pub heap_limit_bytes: usize,
+}
+
+impl WorkerSpec {
+    /// The directory module rule globs are relative to.
+    pub fn base_dir(&self) -> PathBuf {
+        self.main
+            .parent()
+            .map(|p| p.to_path_buf())
+            .unwrap_or_else(|| PathBuf::from("."))
+    }
+}

@@ -1,0 +1,265 @@
+//! The `dorun` command line.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use dorun_runtime::{WorkerPool, WorkerSpec};
+
+use crate::config::{self, LoadOptions, UnsupportedBindings, WorkerConfig};
+use crate::server::{self, ServerOptions};
+
+/// Run Cloudflare Workers and Durable Objects from their wrangler config.
+#[derive(Debug, Parser)]
+#[command(name = "dorun", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format on stderr. Filter with RUST_LOG (default: info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve a Worker over HTTP.
+    Serve(ServeArgs),
+    /// Load the config and every module, report all problems, and exit.
+    Check(ConfigArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// wrangler.toml, wrangler.json or wrangler.jsonc (default: found in the current
+    /// directory or a parent, in wrangler's order).
+    pub config: Option<PathBuf>,
+    /// The [env.<name>] section to use.
+    #[arg(long, short = 'e')]
+    pub env: Option<String>,
+    /// Set an env var (repeatable); overrides vars and secrets of the same name.
+    #[arg(long = "var", value_name = "KEY=VALUE", value_parser = config::parse_var)]
+    pub vars: Vec<(String, String)>,
+    /// Start even if the config has bindings dorun does not support (they are left out of env).
+    #[arg(long)]
+    pub allow_unsupported_bindings: bool,
+    /// CPU time one request may use before its isolate is terminated [default: limits.cpu_ms or 30000].
+    #[arg(long, value_name = "MS")]
+    pub cpu_limit_ms: Option<u64>,
+    /// V8 heap size per isolate above which the isolate is reset.
+    #[arg(long, value_name = "MB", default_value_t = 512)]
+    pub heap_limit_mb: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, short = 'p', default_value_t = 8787)]
+    pub port: u16,
+    /// Address to listen on; 0.0.0.0 in containers.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub ip: IpAddr,
+    /// Isolate threads [default: one per core].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Where Durable Object data lives [default: .dorun beside the config file].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Seconds shutdown waits for in-flight requests.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub drain_timeout: u64,
+    /// Stop by itself after this many seconds (for tests and scripted runs).
+    #[arg(long, value_name = "SECONDS", hide = true)]
+    pub exit_after: Option<u64>,
+}
+
+/// Sets up tracing on stderr.
+pub fn init_logging(cli: &Cli) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match cli.log_format {
+        LogFormat::Text => builder.with_target(true).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+pub fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Check(args) => check(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn locate_config(explicit: Option<&Path>) -> Result<PathBuf, String> {
+    match explicit {
+        Some(path) if path.is_dir() => config::find_config(path).ok_or_else(|| {
+            format!(
+                "no wrangler.json, wrangler.jsonc or wrangler.toml in {}",
+                path.display()
+            )
+        }),
+        Some(path) => Ok(path.to_path_buf()),
+        None => {
+            let cwd = std::env::current_dir().map_err(|e| format!("no current directory: {e}"))?;
+            config::find_config(&cwd).ok_or_else(|| {
+                format!(
+                    "no wrangler.json, wrangler.jsonc or wrangler.toml in {} or its parents; pass the config file",
+                    cwd.display()
+                )
+            })
+        }
+    }
+}
+
+fn load_config(args: &ConfigArgs) -> Result<WorkerConfig, String> {
+    let path = locate_config(args.config.as_deref())?;
+    let path = std::fs::canonicalize(&path)
+        .map_err(|e| format!("{}: cannot open: {e}", path.display()))?;
+    let options = LoadOptions {
+        env: args.env.clone(),
+        vars: args.vars.clone(),
+        unsupported_bindings: if args.allow_unsupported_bindings {
+            UnsupportedBindings::Warn
+        } else {
+            UnsupportedBindings::Error
+        },
+    };
+    let config = config::load(&path, &options).map_err(|e| e.to_string())?;
+    for warning in &config.warnings {
+        tracing::warn!("{}: {warning}", path.display());
+    }
+    Ok(config)
+}
+
+fn worker_spec(config: &WorkerConfig, args: &ConfigArgs) -> WorkerSpec {
+    let cpu_limit_ms = args.cpu_limit_ms.or(config.cpu_limit_ms).unwrap_or(30_000);
+    WorkerSpec {
+        name: config.name.clone(),
+        main: config.main.clone(),
+        rules: config.rules.clone(),
+        vars: config.vars.clone(),
+        compatibility_date: config.compatibility_date.clone(),
+        compatibility_flags: config.compatibility_flags.clone(),
+        cpu_limit: Duration::from_millis(cpu_limit_ms.max(1)),
+        heap_limit_bytes: args.heap_limit_mb.max(16) * 1024 * 1024,
+    }
+}
+
+fn check(args: ConfigArgs) -> Result<(), String> {
+    let config = load_config(&args)?;
+    let pool = WorkerPool::start(worker_spec(&config, &args), 1).map_err(|e| e.to_string())?;
+    pool.join(Duration::from_secs(5));
+    println!(
+        "ok: {} ({}) loads with {} warning(s)",
+        config.name,
+        config.path.display(),
+        config.warnings.len()
+    );
+    Ok(())
+}
+
+fn serve(args: ServeArgs) -> Result<(), String> {
+    let config = load_config(&args.config)?;
+    let data_dir = args.data_dir.clone().unwrap_or_else(|| {
+        config
+            .path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(".dorun")
+    });
+    std::fs::create_dir_all(&data_dir)
+        .map_err(|e| format!("cannot create data directory {}: {e}", data_dir.display()))?;
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    if threads == 0 {
+        return Err("--threads must be at least 1".into());
+    }
+    let spec = worker_spec(&config, &args.config);
+    let pool = Arc::new(WorkerPool::start(spec, threads).map_err(|e| e.to_string())?);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("dorun-front")
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let address = SocketAddr::new(args.ip, args.port);
+    let drain_timeout = Duration::from_secs(args.drain_timeout);
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|e| format!("cannot listen on {address}: {e}"))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| format!("cannot read the bound address: {e}"))?;
+        tracing::info!(
+            worker = %config.name,
+            threads,
+            data_dir = %data_dir.display(),
+            "listening on http://{bound}"
+        );
+        // A machine-readable line for scripts and tests.
+        println!("dorun: listening on http://{bound}");
+        let exit_after = args.exit_after.map(Duration::from_secs);
+        let shutdown = async move {
+            match exit_after {
+                Some(limit) => tokio::select! {
+                    () = shutdown_signal() => {}
+                    () = tokio::time::sleep(limit) => tracing::info!("--exit-after {limit:?} reached"),
+                },
+                None => shutdown_signal().await,
+            }
+        };
+        server::run(listener, pool.clone(), shutdown, ServerOptions { drain_timeout }).await;
+        Ok::<(), String>(())
+    })?;
+    if !pool.join(Duration::from_secs(5)) {
+        tracing::warn!("some isolate work (waitUntil, timers) was still running at exit");
+    }
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}

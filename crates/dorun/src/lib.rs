@@ -1,0 +1,14 @@
+//! dorun: a self-hosted Cloudflare Durable Objects runtime.
+//!
+//! # Layout
+//! - [`config`]: wrangler.toml / wrangler.json / wrangler.jsonc, read as wrangler reads them.
+//! - [`cli`]: the `dorun` command line (`serve`, `check`), turning config into a running server.
+//! - [`server`]: the HTTP front door (hyper): accepts connections, gives each request its
+//!   absolute URL and `CF-Connecting-IP`, hands it to the Worker pool, logs one line per
+//!   request, and drains in-flight requests on shutdown.
+//!
+//! The JavaScript side (isolate threads, module loading, Web APIs) is `dorun-runtime`.
+
+pub mod cli;
+pub mod config;
+pub mod server;

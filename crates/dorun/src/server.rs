@@ -1,0 +1,149 @@
+//! The HTTP front door.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dorun_runtime::body::BoxError;
+use dorun_runtime::{ResponseBody, WorkerPool};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+/// Front door settings.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// How long shutdown waits for in-flight requests before closing connections.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Serves `pool` on `listener` until `shutdown` resolves, then stops accepting and drains
+/// in-flight requests for up to `options.drain_timeout`.
+pub async fn run(
+    listener: TcpListener,
+    pool: Arc<WorkerPool>,
+    shutdown: impl Future<Output = ()>,
+    options: ServerOptions,
+) {
+    let local = listener.local_addr().ok();
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!("accept failed: {error}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.as_mut() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let pool = pool.clone();
+        let service = service_fn(move |request| {
+            let pool = pool.clone();
+            async move { Ok::<_, Infallible>(handle(&pool, request, peer, local).await) }
+        });
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!("connection from {peer}: {error}");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: no new connections; draining in-flight requests");
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections drained"),
+        () = tokio::time::sleep(options.drain_timeout) => {
+            tracing::warn!("drain timeout of {:?} reached; closing remaining connections", options.drain_timeout)
+        }
+    }
+}
+
+async fn handle(
+    pool: &WorkerPool,
+    request: http::Request<Incoming>,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+) -> http::Response<ResponseBody> {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let response = match prepare(request, peer, local) {
+        Ok(request) => match pool.dispatch(request).await {
+            Ok(response) => response,
+            Err(error) => plain(503, &format!("{error}")),
+        },
+        Err(message) => plain(400, &message),
+    };
+    tracing::info!(
+        target: "dorun::request",
+        worker = %pool.spec().name,
+        status = response.status().as_u16(),
+        ms = (started.elapsed().as_secs_f64() * 1000.0 * 100.0).round() / 100.0,
+        "{method} {path} {}",
+        response.status().as_u16()
+    );
+    response
+}
+
+/// Gives the request the absolute URL the client asked for and the peer's address.
+fn prepare(
+    request: http::Request<Incoming>,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+) -> Result<http::Request<dorun_runtime::RequestBody>, String> {
+    let (mut parts, body) = request.into_parts();
+    if parts.uri.scheme().is_none() {
+        let authority = parts
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| local.map(|a| a.to_string()))
+            .ok_or_else(|| "missing Host header".to_string())?;
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        parts.uri = format!("http://{authority}{path}")
+            .parse()
+            .map_err(|_| format!("bad Host header '{authority}'"))?;
+    }
+    let ip = http::HeaderValue::from_str(&peer.ip().to_string()).expect("an IP is a header value");
+    parts.headers.insert("cf-connecting-ip", ip);
+    let body = body.map_err(|e| Box::new(e) as BoxError).boxed();
+    Ok(http::Request::from_parts(parts, body))
+}
+
+fn plain(status: u16, message: &str) -> http::Response<ResponseBody> {
+    let mut response = http::Response::new(ResponseBody::full(message.to_string()));
+    *response.status_mut() = http::StatusCode::from_u16(status).expect("valid status");
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain;charset=UTF-8"),
+    );
+    response
+}

@@ -1,0 +1,306 @@
+//! Starts real `dorun` processes on 127.0.0.1 and talks HTTP to them.
+//!
+//! Every server is bounded in time twice: it is started with `--exit-after` (it stops by
+//! itself), and it is killed when its [`Server`] handle drops.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type ClientBody = BoxBody<Bytes, BoxError>;
+
+/// Seconds after which a test server exits on its own.
+const SERVER_LIFETIME_SECS: &str = "120";
+
+pub fn dorun_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_dorun"))
+}
+
+/// The repository's `tests/fixtures/<name>` directory.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
+}
+
+/// The repository's `examples/<name>` directory.
+pub fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples")
+        .join(name)
+}
+
+/// A fresh scratch directory under the system temp dir.
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    let unique = format!(
+        "dorun-e2e-{tag}-{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos() + rand_suffix()
+    );
+    let dir = std::env::temp_dir().join(unique);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn rand_suffix() -> u128 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    COUNTER.fetch_add(1, Ordering::Relaxed) as u128
+        + std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos() as u128
+}
+
+/// A running `dorun serve`.
+pub struct Server {
+    child: Child,
+    pub base: String,
+    stderr: Arc<Mutex<String>>,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, ClientBody>,
+}
+
+/// What a request got back.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+}
+
+impl Server {
+    /// Starts `dorun serve <config> --port 0 <args>` and waits until it listens.
+    pub fn start(config: &Path, args: &[&str]) -> Server {
+        Self::try_start(config, args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn try_start(config: &Path, args: &[&str]) -> Result<Server, String> {
+        let mut command = Command::new(dorun_binary());
+        command
+            .arg("serve")
+            .arg(config)
+            .args(["--port", "0", "--ip", "127.0.0.1", "--threads", "2"])
+            .args(["--exit-after", SERVER_LIFETIME_SECS])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().map_err(|e| format!("spawn dorun: {e}"))?;
+        let stderr = Arc::new(Mutex::new(String::new()));
+        {
+            let mut pipe = child.stderr.take().unwrap();
+            let stderr = stderr.clone();
+            std::thread::spawn(move || {
+                let mut buffer = [0u8; 8192];
+                loop {
+                    match pipe.read(&mut buffer) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => stderr
+                            .lock()
+                            .unwrap()
+                            .push_str(&String::from_utf8_lossy(&buffer[..n])),
+                    }
+                }
+            });
+        }
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Some(Ok(line)) = lines.next() {
+                if let Some(address) = line.strip_prefix("dorun: listening on ") {
+                    let _ = tx.send(address.to_string());
+                }
+            }
+        });
+        let base = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(base) => base,
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait().ok();
+                std::thread::sleep(Duration::from_millis(100));
+                return Err(format!(
+                    "dorun did not start (exit {status:?}); stderr:\n{}",
+                    stderr.lock().unwrap()
+                ));
+            }
+        };
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        Ok(Server {
+            child,
+            base,
+            stderr,
+            client,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the server wrote to stderr so far.
+    pub fn logs(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits until the logs contain `needle`.
+    pub async fn wait_for_log(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.logs().contains(needle) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.request(http::Method::GET, path, &[], Bytes::new()).await
+    }
+
+    pub async fn post(&self, path: &str, body: impl Into<Bytes>) -> Reply {
+        self.request(http::Method::POST, path, &[], body.into()).await
+    }
+
+    pub async fn request(
+        &self,
+        method: http::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Reply {
+        let body = Full::new(body).map_err(|never| match never {}).boxed();
+        self.send(method, path, headers, body).await
+    }
+
+    /// Sends a request with any body and returns the response with its body still streaming.
+    pub async fn send_streaming(
+        &self,
+        method: http::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: ClientBody,
+    ) -> http::Response<hyper::body::Incoming> {
+        let mut builder = http::Request::builder()
+            .method(method)
+            .uri(format!("{}{}", self.base, path));
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let request = builder.body(body).unwrap();
+        tokio::time::timeout(Duration::from_secs(60), self.client.request(request))
+            .await
+            .expect("response within 60 s")
+            .expect("request failed")
+    }
+
+    pub async fn send(
+        &self,
+        method: http::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: ClientBody,
+    ) -> Reply {
+        let response = self.send_streaming(method, path, headers, body).await;
+        let (parts, body) = response.into_parts();
+        let body = tokio::time::timeout(Duration::from_secs(60), body.collect())
+            .await
+            .expect("body within 60 s")
+            .expect("body read failed")
+            .to_bytes();
+        Reply {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.wait_exit(Duration::from_secs(30))
+            .expect("dorun exits after SIGTERM")
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Peak resident memory of the server process, in bytes (Linux).
+    pub fn peak_rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `dorun <args>` to completion (bounded to 60 s) and returns (success, stdout, stderr).
+pub fn run_dorun(args: &[&str], cwd: Option<&Path>) -> (bool, String, String) {
+    let mut command = Command::new(dorun_binary());
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(dir) = cwd {
+        command.current_dir(dir);
+    }
+    let mut child = command.spawn().expect("spawn dorun");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("dorun {args:?} did not finish within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().expect("collect output");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
