@@ -15,16 +15,32 @@ async fn each_config_format_serves_its_vars() {
         let env = server.get("/").await.json()["env"].clone();
         assert_eq!(env["FORMAT"], json!(dir), "format {dir}");
         assert_eq!(env["NUMBER"], json!(42), "JSON values stay JSON ({dir})");
-        assert_eq!(env["NESTED"], json!({"list": [1, 2, 3], "flag": true}), "{dir}");
+        assert_eq!(
+            env["NESTED"],
+            json!({"list": [1, 2, 3], "flag": true}),
+            "{dir}"
+        );
     }
 }
 
 #[tokio::test]
 async fn config_is_found_in_the_directory_in_wranglers_order() {
     let dir = scratch_dir("discovery");
-    std::fs::write(dir.join("index.js"), "export default { fetch: (r, env) => new Response(env.FROM) }").unwrap();
-    std::fs::write(dir.join("wrangler.toml"), "main = \"index.js\"\n[vars]\nFROM = \"toml\"\n").unwrap();
-    std::fs::write(dir.join("wrangler.json"), r#"{"main": "index.js", "vars": {"FROM": "json"}}"#).unwrap();
+    std::fs::write(
+        dir.join("index.js"),
+        "export default { fetch: (r, env) => new Response(env.FROM) }",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("wrangler.toml"),
+        "main = \"index.js\"\n[vars]\nFROM = \"toml\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("wrangler.json"),
+        r#"{"main": "index.js", "vars": {"FROM": "json"}}"#,
+    )
+    .unwrap();
     let server = Server::start(&dir, &[]);
     assert_eq!(server.get("/").await.text(), "json");
 }
@@ -41,14 +57,24 @@ async fn top_level_vars_and_secrets_without_env() {
 
 #[tokio::test]
 async fn env_section_does_not_inherit_vars_and_uses_its_own_dev_vars() {
-    let server = Server::start(&fixture("envs").join("wrangler.toml"), &["--env", "staging"]);
+    let server = Server::start(
+        &fixture("envs").join("wrangler.toml"),
+        &["--env", "staging"],
+    );
     let env = server.get("/").await.json()["env"].clone();
     assert_eq!(env["LEVEL"], json!("staging"));
     assert_eq!(env.get("ONLY_TOP"), None, "vars are not inherited");
-    assert_eq!(env["SECRET"], json!("staging-secret"), ".dev.vars.staging wins");
+    assert_eq!(
+        env["SECRET"],
+        json!("staging-secret"),
+        ".dev.vars.staging wins"
+    );
     // `main` was inherited: the Worker is running at all.
     let logs = server.logs();
-    assert!(logs.contains("envs-staging"), "worker name gets the env suffix: {logs}");
+    assert!(
+        logs.contains("envs-staging"),
+        "worker name gets the env suffix: {logs}"
+    );
 }
 
 #[tokio::test]
@@ -64,7 +90,14 @@ async fn env_section_with_its_own_name_and_no_vars() {
 async fn cli_var_overrides_vars_and_secrets() {
     let server = Server::start(
         &fixture("envs").join("wrangler.toml"),
-        &["--var", "LEVEL=cli", "--var", "SECRET=cli-secret", "--var", "EXTRA=a=b"],
+        &[
+            "--var",
+            "LEVEL=cli",
+            "--var",
+            "SECRET=cli-secret",
+            "--var",
+            "EXTRA=a=b",
+        ],
     );
     let env = server.get("/").await.json()["env"].clone();
     assert_eq!(env["LEVEL"], json!("cli"));
@@ -77,7 +110,10 @@ fn unknown_env_is_an_error_listing_the_known_ones() {
     let config = fixture("envs").join("wrangler.toml");
     let (ok, _, stderr) = run_dorun(&["check", config.to_str().unwrap(), "--env", "prod"], None);
     assert!(!ok);
-    assert!(stderr.contains("env.prod") && stderr.contains("staging"), "{stderr}");
+    assert!(
+        stderr.contains("env.prod") && stderr.contains("staging"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -86,7 +122,10 @@ fn unsupported_bindings_stop_startup_naming_key_and_file() {
     let (ok, _, stderr) = run_dorun(&["serve", config.to_str().unwrap(), "--port", "0"], None);
     assert!(!ok, "serve must refuse: {stderr}");
     assert!(stderr.contains("kv_namespaces"), "{stderr}");
-    assert!(stderr.contains("r2_buckets"), "every problem is reported: {stderr}");
+    assert!(
+        stderr.contains("r2_buckets"),
+        "every problem is reported: {stderr}"
+    );
     assert!(stderr.contains("bad-config/wrangler.toml"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
@@ -102,9 +141,20 @@ async fn unsupported_bindings_can_be_downgraded_to_warnings() {
 #[test]
 fn unknown_keys_are_warnings_naming_the_key() {
     let dir = scratch_dir("unknown-key");
-    std::fs::write(dir.join("index.js"), "export default { fetch: () => new Response('x') }").unwrap();
-    std::fs::write(dir.join("wrangler.toml"), "main = \"index.js\"\nfancy_feature = true\n").unwrap();
-    let (ok, _, stderr) = run_dorun(&["check", dir.join("wrangler.toml").to_str().unwrap()], None);
+    std::fs::write(
+        dir.join("index.js"),
+        "export default { fetch: () => new Response('x') }",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("wrangler.toml"),
+        "main = \"index.js\"\nfancy_feature = true\n",
+    )
+    .unwrap();
+    let (ok, _, stderr) = run_dorun(
+        &["check", dir.join("wrangler.toml").to_str().unwrap()],
+        None,
+    );
     assert!(ok, "{stderr}");
     assert!(stderr.contains("fancy_feature"), "{stderr}");
 }
@@ -114,7 +164,10 @@ fn missing_config_is_a_clear_error() {
     let dir = scratch_dir("no-config");
     let (ok, _, stderr) = run_dorun(&["check"], Some(&dir));
     assert!(!ok);
-    assert!(stderr.contains("no wrangler.json, wrangler.jsonc or wrangler.toml"), "{stderr}");
+    assert!(
+        stderr.contains("no wrangler.json, wrangler.jsonc or wrangler.toml"),
+        "{stderr}"
+    );
 }
 
 #[test]

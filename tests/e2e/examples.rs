@@ -15,18 +15,41 @@ async fn hello_example_greets_and_echoes() {
 #[tokio::test]
 async fn hono_typescript_example_runs_with_its_npm_dependency() {
     let dir = example("hono-ts");
-    assert!(
-        dir.join("node_modules/hono/package.json").exists(),
-        "run `npm ci --prefix examples/hono-ts` first (the README and .ci/run do)"
-    );
+    install_npm_dependencies(&dir);
     let server = Server::start(&dir.join("wrangler.jsonc"), &[]);
     assert_eq!(server.get("/").await.text(), "hono on dorun\n");
+    let hello = server.get("/hello/ada").await;
     assert_eq!(
-        server.get("/hello/ada").await.json(),
+        hello.json(),
         json!({"hello": "ada", "app": "hono on dorun"})
     );
+    let content_type = hello.headers.get("content-type").unwrap().to_str().unwrap();
+    assert!(
+        content_type.starts_with("application/json"),
+        "{content_type}"
+    );
     let sum = server
-        .request(http::Method::POST, "/sum", &[("content-type", "application/json")], "[1,2,3.5]".into())
+        .request(
+            http::Method::POST,
+            "/sum",
+            &[("content-type", "application/json")],
+            "[1,2,3.5]".into(),
+        )
         .await;
     assert_eq!(sum.json(), json!({"sum": 6.5}));
+}
+
+/// Runs the example's install step (`npm ci`) when its node_modules are missing.
+fn install_npm_dependencies(dir: &std::path::Path) {
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = INSTALL.lock().unwrap();
+    if dir.join("node_modules/hono/package.json").exists() {
+        return;
+    }
+    let status = std::process::Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--prefix"])
+        .arg(dir)
+        .status()
+        .expect("npm is needed to install the example's dependencies");
+    assert!(status.success(), "npm ci --prefix {} failed", dir.display());
 }

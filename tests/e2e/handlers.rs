@@ -15,7 +15,12 @@ fn plain() -> std::path::PathBuf {
 async fn request_url_is_what_the_client_asked_for_and_ip_is_the_peer() {
     let server = Server::start(&plain(), &[]);
     let reply = server
-        .request(http::Method::PUT, "/request?q=1", &[("x-custom", "hi")], "x".into())
+        .request(
+            http::Method::PUT,
+            "/request?q=1",
+            &[("x-custom", "hi")],
+            "x".into(),
+        )
         .await;
     let body = reply.json();
     assert_eq!(body["url"], json!(format!("{}/request?q=1", server.base)));
@@ -28,7 +33,10 @@ async fn request_url_is_what_the_client_asked_for_and_ip_is_the_peer() {
 async fn class_extending_worker_entrypoint_is_the_handler() {
     let server = Server::start(&fixture("handlers/entrypoint").join("wrangler.toml"), &[]);
     let body = server.get("/").await.json();
-    assert_eq!(body, json!({"who": "class", "importedEnv": "class", "hasWaitUntil": true}));
+    assert_eq!(
+        body,
+        json!({"who": "class", "importedEnv": "class", "hasWaitUntil": true})
+    );
 }
 
 #[tokio::test]
@@ -36,7 +44,11 @@ async fn wait_until_work_finishes_after_the_response() {
     // One isolate thread, so the follow-up request sees the same globals.
     let server = Server::start(&plain(), &["--threads", "1"]);
     assert_eq!(server.get("/wait-until?tag=a").await.text(), "scheduled");
-    assert_eq!(server.get("/after-response").await.json(), json!([]), "not yet run");
+    assert_eq!(
+        server.get("/after-response").await.json(),
+        json!([]),
+        "not yet run"
+    );
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(server.get("/after-response").await.json(), json!(["a"]));
 }
@@ -51,7 +63,10 @@ async fn exceptions_become_500s_and_the_server_keeps_serving() {
     }
     assert!(server.wait_for_log("thrown on purpose").await);
     let logs = server.logs();
-    assert!(logs.contains("plain/index.js:"), "stack names the source file: {logs}");
+    assert!(
+        logs.contains("plain/index.js:"),
+        "stack names the source file: {logs}"
+    );
     assert!(logs.contains("rejected on purpose"), "{logs}");
     assert!(logs.contains("did not resolve to 'Response'"), "{logs}");
 }
@@ -75,23 +90,35 @@ async fn heap_exhaustion_resets_the_isolate_not_the_server() {
     assert_eq!(server.get("/").await.text(), "ok");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_then_exits() {
     let mut server = Server::start(&plain(), &[]);
     let url = format!("{}/slow?ms=700", server.base);
     let slow = tokio::spawn(async move {
-        let client = hyper_util::client::legacy::Client::builder(
-            hyper_util::rt::TokioExecutor::new(),
-        )
-        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Empty<bytes::Bytes>>();
         let response = client.get(url.parse().unwrap()).await.unwrap();
         let status = response.status().as_u16();
-        let body = http_body_util::BodyExt::collect(response.into_body()).await.unwrap();
-        (status, String::from_utf8_lossy(&body.to_bytes()).into_owned())
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap();
+        (
+            status,
+            String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+        )
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let status = tokio::task::block_in_place(|| server.terminate());
-    assert!(status.success(), "clean exit: {status:?}\n{}", server.logs());
+    assert!(
+        status.success(),
+        "clean exit: {status:?}\n{}",
+        server.logs()
+    );
     let (code, body) = slow.await.unwrap();
-    assert_eq!((code, body.as_str()), (200, "slept 700"), "in-flight request completed");
+    assert_eq!(
+        (code, body.as_str()),
+        (200, "slept 700"),
+        "in-flight request completed"
+    );
 }

@@ -100,9 +100,14 @@ impl Server {
         command
             .arg("serve")
             .arg(config)
-            .args(["--port", "0", "--ip", "127.0.0.1", "--threads", "2"])
+            .args(["--port", "0", "--ip", "127.0.0.1"])
             .args(["--exit-after", SERVER_LIFETIME_SECS])
             .args(args)
+            .args(if args.contains(&"--threads") {
+                &[][..]
+            } else {
+                &["--threads", "2"][..]
+            })
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -156,10 +161,6 @@ impl Server {
         })
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// Everything the server wrote to stderr so far.
     pub fn logs(&self) -> String {
         self.stderr.lock().unwrap().clone()
@@ -178,11 +179,13 @@ impl Server {
     }
 
     pub async fn get(&self, path: &str) -> Reply {
-        self.request(http::Method::GET, path, &[], Bytes::new()).await
+        self.request(http::Method::GET, path, &[], Bytes::new())
+            .await
     }
 
     pub async fn post(&self, path: &str, body: impl Into<Bytes>) -> Reply {
-        self.request(http::Method::POST, path, &[], body.into()).await
+        self.request(http::Method::POST, path, &[], body.into())
+            .await
     }
 
     pub async fn request(

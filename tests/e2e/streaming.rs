@@ -14,12 +14,15 @@ fn generated_upload(total: usize) -> crate::harness::ClientBody {
     let chunk = Bytes::from(vec![3u8; MIB]);
     let stream = futures::stream::iter(0..total / MIB)
         .map(move |_| Ok::<_, BoxError>(Frame::data(chunk.clone())));
-    StreamBody::new(stream).boxed()
+    BodyExt::boxed(StreamBody::new(stream))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_upload_streams_through_the_worker() {
-    let server = Server::start(&fixture("streaming").join("wrangler.toml"), &["--threads", "1"]);
+    let server = Server::start(
+        &fixture("streaming").join("wrangler.toml"),
+        &["--threads", "1"],
+    );
     let total = 256 * MIB;
     let reply = server
         .send(http::Method::POST, "/count", &[], generated_upload(total))
@@ -27,7 +30,10 @@ async fn large_upload_streams_through_the_worker() {
     assert_eq!(reply.status, 200, "{}\n{}", reply.text(), server.logs());
     let body = reply.json();
     assert_eq!(body["bytes"], json!(total));
-    assert!(body["chunks"].as_u64().unwrap() > 16, "arrived in many chunks: {body}");
+    assert!(
+        body["chunks"].as_u64().unwrap() > 16,
+        "arrived in many chunks: {body}"
+    );
     let peak = server.peak_rss_bytes().unwrap();
     assert!(
         peak < 200 * MIB as u64,
@@ -38,9 +44,19 @@ async fn large_upload_streams_through_the_worker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_download_streams_from_the_worker() {
-    let server = Server::start(&fixture("streaming").join("wrangler.toml"), &["--threads", "1"]);
+    let server = Server::start(
+        &fixture("streaming").join("wrangler.toml"),
+        &["--threads", "1"],
+    );
     let response = server
-        .send_streaming(http::Method::GET, "/generate?mib=256", &[], http_body_util::Empty::new().map_err(|never| match never {}).boxed())
+        .send_streaming(
+            http::Method::GET,
+            "/generate?mib=256",
+            &[],
+            http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed(),
+        )
         .await;
     assert_eq!(response.status(), 200);
     let mut body = response.into_body();

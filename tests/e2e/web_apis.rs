@@ -17,9 +17,18 @@ async fn crypto_subtle_matches_known_vectors() {
     let reply = server.get("/crypto").await;
     assert_eq!(reply.status, 200, "{}\n{}", reply.text(), server.logs());
     let body = reply.json();
-    assert_eq!(body["sha256"], json!("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"));
-    assert_eq!(body["sha1"], json!("a9993e364706816aba3e25717850c26c9cd0d89d"));
-    assert_eq!(body["hmac"], json!("5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"));
+    assert_eq!(
+        body["sha256"],
+        json!("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+    );
+    assert_eq!(
+        body["sha1"],
+        json!("a9993e364706816aba3e25717850c26c9cd0d89d")
+    );
+    assert_eq!(
+        body["hmac"],
+        json!("5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
+    );
     assert_eq!(
         body["aesGcm"],
         json!(concat!(
@@ -59,7 +68,10 @@ async fn platform_globals_behave() {
     assert_eq!(body["searchParams"], json!("2"));
     assert_eq!(body["structuredClone"], json!(true));
     assert_eq!(body["textDecoder"], json!("€"));
-    assert_eq!(body["blob"], json!({"size": 4, "type": "text/plain", "text": "abcd"}));
+    assert_eq!(
+        body["blob"],
+        json!({"size": 4, "type": "text/plain", "text": "abcd"})
+    );
     assert_eq!(body["formData"], json!("value"));
     assert_eq!(body["headers"], json!([["x-one", "1"], ["x-two", "2"]]));
     assert_eq!(body["abort"], json!(true));
@@ -73,9 +85,21 @@ async fn platform_globals_behave() {
     assert_eq!(body["compression"], json!(true));
     assert_eq!(body["responseJson"], json!({"a": 1}));
     assert_eq!(body["requestClone"], json!("b"));
-    assert_eq!(body["noDeno"], json!(true), "Deno internals are not exposed");
-    assert!(server.wait_for_log("web-apis console.log reached 123").await, "console.log goes to the log");
-    assert!(server.logs().contains("web-apis"), "log lines are tagged with the worker");
+    assert_eq!(
+        body["noDeno"],
+        json!(true),
+        "Deno internals are not exposed"
+    );
+    assert!(
+        server
+            .wait_for_log("web-apis console.log reached 123")
+            .await,
+        "console.log goes to the log"
+    );
+    assert!(
+        server.logs().contains("web-apis"),
+        "log lines are tagged with the worker"
+    );
 }
 
 /// A local upstream that answers with a header and echoes what the Worker sent.
@@ -84,24 +108,28 @@ async fn start_upstream() -> String {
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
-                let service = service_fn(|request: http::Request<hyper::body::Incoming>| async move {
-                    let from_worker = request
-                        .headers()
-                        .get("x-from-worker")
-                        .map(|v| v.to_str().unwrap().to_string())
-                        .unwrap_or_default();
-                    let method = request.method().to_string();
-                    let body = request.into_body().collect().await.unwrap().to_bytes();
-                    let text = format!("{method} {from_worker} {}", String::from_utf8_lossy(&body));
-                    let response = http::Response::builder()
-                        .status(201)
-                        .header("x-upstream", "local")
-                        .body(Full::new(Bytes::from(text)))
-                        .unwrap();
-                    Ok::<_, Infallible>(response)
-                });
+                let service =
+                    service_fn(|request: http::Request<hyper::body::Incoming>| async move {
+                        let from_worker = request
+                            .headers()
+                            .get("x-from-worker")
+                            .map(|v| v.to_str().unwrap().to_string())
+                            .unwrap_or_default();
+                        let method = request.method().to_string();
+                        let body = request.into_body().collect().await.unwrap().to_bytes();
+                        let text =
+                            format!("{method} {from_worker} {}", String::from_utf8_lossy(&body));
+                        let response = http::Response::builder()
+                            .status(201)
+                            .header("x-upstream", "local")
+                            .body(Full::new(Bytes::from(text)))
+                            .unwrap();
+                        Ok::<_, Infallible>(response)
+                    });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
                     .await;

@@ -137,10 +137,7 @@ fn response_head(
     Ok(response)
 }
 
-fn take_reply(
-    state: &OpState,
-    id: u32,
-) -> Option<oneshot::Sender<http::Response<ResponseBody>>> {
+fn take_reply(state: &OpState, id: u32) -> Option<oneshot::Sender<http::Response<ResponseBody>>> {
     state
         .borrow::<IsolateContext>()
         .in_flight
@@ -264,7 +261,8 @@ pub struct RequestBodyResource {
 impl RequestBodyResource {
     async fn read_chunk(self: Rc<Self>, limit: usize) -> Result<BufView, JsErrorBox> {
         let limit = limit.max(1);
-        if let Some(mut rest) = self.leftover.borrow_mut().take() {
+        let leftover = self.leftover.borrow_mut().take();
+        if let Some(mut rest) = leftover {
             if rest.len() > limit {
                 let head = rest.split_to(limit);
                 *self.leftover.borrow_mut() = Some(rest);

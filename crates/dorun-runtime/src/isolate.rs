@@ -92,7 +92,9 @@ impl WorkerPool {
                 }
                 Err(_) => {
                     pool.close();
-                    return Err(StartupError::Thread("isolate thread exited during startup".into()));
+                    return Err(StartupError::Thread(
+                        "isolate thread exited during startup".into(),
+                    ));
                 }
             }
         }
@@ -237,7 +239,9 @@ async fn run_isolate(
     });
     let mut runtime = match runtime {
         Ok(runtime) => runtime,
-        Err(error) => return IsolateExit::Failed(format!("cannot initialise the runtime: {error}")),
+        Err(error) => {
+            return IsolateExit::Failed(format!("cannot initialise the runtime: {error}"))
+        }
     };
     runtime
         .op_state()
@@ -272,8 +276,12 @@ async fn run_isolate(
     if let Err(error) = evaluated {
         if let Some(termination) = watch.termination() {
             return IsolateExit::Failed(match termination {
-                Termination::CpuLimit => "the Worker's top-level code ran past the CPU limit".into(),
-                Termination::HeapLimit => "the Worker's top-level code outgrew the heap limit".into(),
+                Termination::CpuLimit => {
+                    "the Worker's top-level code ran past the CPU limit".into()
+                }
+                Termination::HeapLimit => {
+                    "the Worker's top-level code outgrew the heap limit".into()
+                }
             });
         }
         return IsolateExit::Failed(describe_startup_error(&error.to_string()));
@@ -290,12 +298,12 @@ async fn run_isolate(
             poll
         })
         .await;
+        if let Some(termination) = watch.termination() {
+            return IsolateExit::Reset(termination);
+        }
         match result {
             Ok(()) => return IsolateExit::Finished,
             Err(error) => {
-                if let Some(termination) = watch.termination() {
-                    return IsolateExit::Reset(termination);
-                }
                 tracing::error!(worker = %graph.spec().name, "uncaught: {error}");
             }
         }

@@ -110,9 +110,8 @@ impl ModuleGraph {
 
     /// The URL of the Worker's entry module.
     pub fn main_url(&self) -> Result<Url, String> {
-        let main = std::fs::canonicalize(&self.spec.main).map_err(|e| {
-            format!("cannot open entry module {}: {e}", self.spec.main.display())
-        })?;
+        let main = std::fs::canonicalize(&self.spec.main)
+            .map_err(|e| format!("cannot open entry module {}: {e}", self.spec.main.display()))?;
         Url::from_file_path(&main).map_err(|_| format!("bad path {}", main.display()))
     }
 
@@ -163,7 +162,8 @@ impl ModuleGraph {
                 Prepared::JavaScript(format!("export default {literal};\n").into())
             }
             Some(kind @ (ModuleRuleKind::Data | ModuleRuleKind::CompiledWasm)) => {
-                let bytes = std::fs::read(path).map_err(|e| format!("cannot read {display}: {e}"))?;
+                let bytes =
+                    std::fs::read(path).map_err(|e| format!("cannot read {display}: {e}"))?;
                 if kind == ModuleRuleKind::CompiledWasm && !bytes.starts_with(b"\0asm") {
                     return Err(format!(
                         "{display}: matched a CompiledWasm rule but is not a WebAssembly module"
@@ -189,8 +189,9 @@ impl ModuleGraph {
                 match MediaType::from_path(path) {
                     MediaType::Json => {
                         // Validate now so the error names the file.
-                        serde_json::from_str::<serde_json::Value>(&source)
-                            .map_err(|e| format!("{display}:{}:{}: invalid JSON: {e}", e.line(), e.column()))?;
+                        serde_json::from_str::<serde_json::Value>(&source).map_err(|e| {
+                            format!("{display}:{}:{}: invalid JSON: {e}", e.line(), e.column())
+                        })?;
                         Prepared::Json(source.into())
                     }
                     media @ (MediaType::TypeScript
@@ -310,10 +311,15 @@ impl WorkerModuleLoader {
                 let path = specifier
                     .to_file_path()
                     .map_err(|_| JsErrorBox::generic(format!("bad file URL {specifier}")))?;
-                let prepared = self
-                    .graph
-                    .prepare(specifier, &path)
-                    .map_err(|e| JsErrorBox::generic(format!("{}{e}", at())))?;
+                let prepared = self.graph.prepare(specifier, &path).map_err(|e| {
+                    let importer = at();
+                    let importer = importer.trim_end_matches(": ");
+                    if importer.is_empty() {
+                        JsErrorBox::generic(e)
+                    } else {
+                        JsErrorBox::generic(format!("{e}\n    (imported at {importer})"))
+                    }
+                })?;
                 match (prepared, requested) {
                     (Prepared::Json(text), RequestedModuleType::Json) => Ok(ModuleSource::new(
                         ModuleType::Json,

@@ -2,8 +2,7 @@
 //! deno_ast is the transpiler deno itself ships, kept current with TypeScript syntax.
 
 use deno_ast::{
-    EmitOptions, MediaType, ParseParams, SourceMapOption, TranspileModuleOptions,
-    TranspileOptions,
+    EmitOptions, MediaType, ParseParams, SourceMapOption, TranspileModuleOptions, TranspileOptions,
 };
 use url::Url;
 
@@ -14,7 +13,11 @@ pub struct Transpiled {
 }
 
 /// Parses and transpiles `source`. Errors carry `file:line:column`.
-pub fn typescript(specifier: &Url, source: String, media_type: MediaType) -> Result<Transpiled, String> {
+pub fn typescript(
+    specifier: &Url,
+    source: String,
+    media_type: MediaType,
+) -> Result<Transpiled, String> {
     let parsed = deno_ast::parse_module(ParseParams {
         specifier: specifier.clone(),
         text: source.into(),

@@ -293,7 +293,11 @@ impl Reader {
                         if known.is_empty() {
                             "none".to_string()
                         } else {
-                            known.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                            known
+                                .iter()
+                                .map(|s| s.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         }
                     ));
                     return None;
@@ -324,7 +328,8 @@ impl Reader {
         let name = match effective.get("name") {
             Some(Value::String(name)) if !name.is_empty() => name.clone(),
             Some(_) => {
-                self.problems.push("key 'name' must be a non-empty string".into());
+                self.problems
+                    .push("key 'name' must be a non-empty string".into());
                 String::new()
             }
             None => "worker".to_string(),
@@ -350,9 +355,8 @@ impl Reader {
                 None
             }
             None => {
-                self.problems.push(
-                    "key 'main' is missing: dorun needs the Worker's entry module".into(),
-                );
+                self.problems
+                    .push("key 'main' is missing: dorun needs the Worker's entry module".into());
                 None
             }
         };
@@ -379,7 +383,9 @@ impl Reader {
         match effective.get("vars") {
             None => {}
             Some(Value::Object(table)) => vars.extend(table.clone()),
-            Some(_) => self.problems.push("key 'vars' must be a table / object".into()),
+            Some(_) => self
+                .problems
+                .push("key 'vars' must be a table / object".into()),
         }
         let secrets = self.read_secrets(&base_dir, options.env.as_deref());
         let secret_names = secrets.keys().cloned().collect();
@@ -400,8 +406,9 @@ impl Reader {
             Some(Value::Object(limits)) => {
                 for key in limits.keys() {
                     if key != "cpu_ms" {
-                        self.warnings
-                            .push(format!("key 'limits.{key}' is not supported and is ignored"));
+                        self.warnings.push(format!(
+                            "key 'limits.{key}' is not supported and is ignored"
+                        ));
                     }
                 }
                 match limits.get("cpu_ms") {
@@ -417,7 +424,8 @@ impl Reader {
                 }
             }
             Some(_) => {
-                self.problems.push("key 'limits' must be a table / object".into());
+                self.problems
+                    .push("key 'limits' must be a table / object".into());
                 None
             }
         };
@@ -657,8 +665,9 @@ impl Reader {
                 continue;
             };
             if !is_js_identifier(name) {
-                self.problems
-                    .push(format!("{at}.name '{name}' is not a valid JavaScript identifier"));
+                self.problems.push(format!(
+                    "{at}.name '{name}' is not a valid JavaScript identifier"
+                ));
             }
             if bindings.iter().any(|b| b.name == name) {
                 self.problems
@@ -688,7 +697,8 @@ impl Reader {
             return migrations;
         };
         let Some(items) = items.as_array() else {
-            self.problems.push("key 'migrations' must be an array".into());
+            self.problems
+                .push("key 'migrations' must be an array".into());
             return migrations;
         };
         for (index, item) in items.iter().enumerate() {
@@ -701,7 +711,8 @@ impl Reader {
             match entry.get("tag").and_then(Value::as_str) {
                 Some(tag) if !tag.is_empty() => migration.tag = tag.to_string(),
                 _ => {
-                    self.problems.push(format!("{at}.tag must be a non-empty string"));
+                    self.problems
+                        .push(format!("{at}.tag must be a non-empty string"));
                     continue;
                 }
             }
@@ -744,9 +755,11 @@ impl Reader {
                                     ));
                                     continue;
                                 };
-                                migration
-                                    .transferred_classes
-                                    .push((from.into(), script.into(), to.into()));
+                                migration.transferred_classes.push((
+                                    from.into(),
+                                    script.into(),
+                                    to.into(),
+                                ));
                             }
                         }
                     }
@@ -811,7 +824,10 @@ fn default_rules() -> Vec<ModuleRule> {
     vec![
         rule(ModuleRuleKind::Text, &["**/*.txt", "**/*.html", "**/*.sql"]),
         rule(ModuleRuleKind::Data, &["**/*.bin"]),
-        rule(ModuleRuleKind::CompiledWasm, &["**/*.wasm", "**/*.wasm?module"]),
+        rule(
+            ModuleRuleKind::CompiledWasm,
+            &["**/*.wasm", "**/*.wasm?module"],
+        ),
     ]
 }
 

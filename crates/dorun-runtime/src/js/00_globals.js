@@ -51,6 +51,8 @@ const fetchModule = core.loadExtScript("ext:deno_fetch/26_fetch.js");
 const { op_dorun_log } = core.ops;
 
 // --- console -> tracing -------------------------------------------------------------
+// Log lines are plain text: no ANSI colours in values.
+consoleModule.setNoColorFns(() => true, () => true);
 const console = new consoleModule.Console((message, level) => {
   op_dorun_log(level, message);
 });

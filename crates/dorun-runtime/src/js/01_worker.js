@@ -196,4 +196,8 @@ globalThis[SymbolFor("dorun.start")] = (worker) => {
   });
 };
 
+// User code sees Workers globals only, not Deno's.
+delete globalThis.Deno;
+delete globalThis.__bootstrap;
+
 export { ExecutionContext, env, waitUntil };
