@@ -1,1 +1,658 @@
-//! placeholder
+//! SQLite storage for one Durable Object: KV data, user SQL, the implicit transaction.
+//!
+//! # Layout
+//! - [`ObjectDatabase`]: one object's SQLite file (WAL). KV values live in the reserved
+//!   table `_cf_KV`; user SQL cannot reach `_cf_*` names (an authorizer refuses them) and
+//!   cannot open or close transactions itself.
+//! - Writes open an implicit transaction; the runtime calls [`ObjectDatabase::commit`] after
+//!   the JS turn that made them, so every write of one turn lands atomically.
+//!
+//! No V8 and no tokio here: everything is synchronous and testable on a temp file.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use rusqlite::types::{Value, ValueRef};
+use rusqlite::{params_from_iter, Connection, OptionalExtension};
+
+/// How hard a commit tries to be durable before anything it gates is released.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// `synchronous=FULL`: every commit is fsync'd. RPO: zero.
+    #[default]
+    Full,
+    /// `synchronous=NORMAL` in WAL mode: commits survive a process crash, but a power loss
+    /// or kernel crash can lose the commits since the last WAL checkpoint.
+    Normal,
+    /// `synchronous=OFF`: no fsync at all; an OS crash can lose or corrupt recent data.
+    Off,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Refused(String),
+}
+
+pub type Result<T> = std::result::Result<T, StorageError>;
+
+/// Options for [`ObjectDatabase::list`].
+#[derive(Clone, Debug, Default)]
+pub struct ListOptions {
+    /// Inclusive lower bound.
+    pub start: Option<String>,
+    /// Exclusive upper bound.
+    pub end: Option<String>,
+    pub prefix: Option<String>,
+    pub reverse: bool,
+    pub limit: Option<u64>,
+}
+
+/// A SQL value crossing into or out of the database.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SqlValue {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+/// The complete result of one `sql.exec`.
+#[derive(Debug, Default)]
+pub struct SqlResult {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<SqlValue>>,
+    pub rows_read: u64,
+    pub rows_written: u64,
+}
+
+const TRANSACTION_REFUSED: &str = "To execute a transaction, please use the state.storage.transaction() or state.storage.transactionSync() APIs instead of the SQL BEGIN TRANSACTION or SAVEPOINT statements. The JavaScript API is safer because it will automatically roll back on exceptions, and because it interacts correctly with Durable Objects' automatic atomic write coalescing.";
+
+/// One Durable Object's SQLite database.
+pub struct ObjectDatabase {
+    conn: Connection,
+    /// Set while user SQL is prepared and run; the authorizer only restricts then.
+    user_sql: Arc<AtomicBool>,
+    in_transaction: bool,
+    kv_ready: bool,
+}
+
+impl ObjectDatabase {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path, durability: Durability) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let conn = Connection::open(path)?;
+        Self::configure(conn, durability)
+    }
+
+    /// An in-memory database, for tests.
+    pub fn open_in_memory() -> Result<Self> {
+        Self::configure(Connection::open_in_memory()?, Durability::Full)
+    }
+
+    fn configure(mut conn: Connection, durability: Durability) -> Result<Self> {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let synchronous = match durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+            Durability::Off => "OFF",
+        };
+        conn.pragma_update(None, "synchronous", synchronous)?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.set_prepared_statement_cache_capacity(64);
+        let kv_ready = table_exists(&conn, "_cf_KV")?;
+        let user_sql = Arc::new(AtomicBool::new(false));
+        let flag = user_sql.clone();
+        conn.authorizer(Some(move |context: AuthContext<'_>| {
+            if flag.load(Ordering::Relaxed) {
+                authorize_user_sql(context)
+            } else {
+                Authorization::Allow
+            }
+        }))?;
+        Ok(Self {
+            conn,
+            user_sql,
+            in_transaction: false,
+            kv_ready,
+        })
+    }
+
+    /// Starts the implicit transaction if none is open. Returns true if it started one,
+    /// in which case the caller schedules [`commit`](Self::commit) after the current turn.
+    pub fn begin_implicit(&mut self) -> Result<bool> {
+        begin(&self.conn, &mut self.in_transaction)
+    }
+
+    /// Commits the implicit transaction, if any. Durable per the configured [`Durability`]
+    /// when this returns.
+    pub fn commit(&mut self) -> Result<()> {
+        if !self.in_transaction {
+            return Ok(());
+        }
+        self.in_transaction = false;
+        if let Err(error) = self.conn.execute_batch("COMMIT") {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            return Err(error.into());
+        }
+        Ok(())
+    }
+
+    /// Drops uncommitted writes.
+    pub fn rollback(&mut self) -> Result<()> {
+        if self.in_transaction {
+            self.in_transaction = false;
+            self.conn.execute_batch("ROLLBACK")?;
+            // The rollback may have undone the creation of the KV table.
+            self.kv_ready = table_exists(&self.conn, "_cf_KV")?;
+        }
+        Ok(())
+    }
+
+    pub fn savepoint(&mut self, name: &str) -> Result<()> {
+        self.begin_implicit()?;
+        self.conn.execute_batch(&format!("SAVEPOINT {name}"))?;
+        Ok(())
+    }
+
+    pub fn release(&mut self, name: &str) -> Result<()> {
+        self.conn.execute_batch(&format!("RELEASE {name}"))?;
+        Ok(())
+    }
+
+    pub fn rollback_to(&mut self, name: &str) -> Result<()> {
+        self.conn
+            .execute_batch(&format!("ROLLBACK TO {name}; RELEASE {name}"))?;
+        Ok(())
+    }
+
+    fn ensure_kv(&mut self) -> Result<()> {
+        if !self.kv_ready {
+            self.conn.execute_batch(
+                "CREATE TABLE IF NOT EXISTS _cf_KV (key TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID",
+            )?;
+            self.kv_ready = true;
+        }
+        Ok(())
+    }
+
+    pub fn kv_get(&mut self, key: &str) -> Result<Option<Vec<u8>>> {
+        if !self.kv_ready {
+            return Ok(None);
+        }
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT value FROM _cf_KV WHERE key = ?1")?;
+        Ok(statement
+            .query_row([key], |row| row.get::<_, Vec<u8>>(0))
+            .optional()?)
+    }
+
+    /// Writes a value; the caller must have called [`begin_implicit`](Self::begin_implicit).
+    pub fn kv_put(&mut self, key: &str, value: &[u8]) -> Result<()> {
+        self.ensure_kv()?;
+        let mut statement = self
+            .conn
+            .prepare_cached("INSERT OR REPLACE INTO _cf_KV (key, value) VALUES (?1, ?2)")?;
+        statement.execute(rusqlite::params![key, value])?;
+        Ok(())
+    }
+
+    /// Returns whether the key existed.
+    pub fn kv_delete(&mut self, key: &str) -> Result<bool> {
+        if !self.kv_ready {
+            return Ok(false);
+        }
+        let mut statement = self.conn.prepare_cached("DELETE FROM _cf_KV WHERE key = ?1")?;
+        Ok(statement.execute([key])? > 0)
+    }
+
+    /// Keys in UTF-8 byte order (SQLite's BINARY collation), honouring the bounds.
+    pub fn kv_list(&mut self, options: &ListOptions) -> Result<Vec<(String, Vec<u8>)>> {
+        if !self.kv_ready {
+            return Ok(Vec::new());
+        }
+        let mut start = options.start.clone();
+        let mut end = options.end.clone();
+        if let Some(prefix) = &options.prefix {
+            if start.as_deref().is_none_or(|s| s < prefix.as_str()) {
+                start = Some(prefix.clone());
+            }
+            if let Some(prefix_end) = prefix_upper_bound(prefix) {
+                if end.as_deref().is_none_or(|e| e > prefix_end.as_str()) {
+                    end = Some(prefix_end);
+                }
+            }
+        }
+        let mut sql = String::from("SELECT key, value FROM _cf_KV WHERE 1");
+        let mut bindings: Vec<String> = Vec::new();
+        if let Some(start) = start {
+            bindings.push(start);
+            sql.push_str(&format!(" AND key >= ?{}", bindings.len()));
+        }
+        if let Some(end) = end {
+            bindings.push(end);
+            sql.push_str(&format!(" AND key < ?{}", bindings.len()));
+        }
+        if let Some(prefix) = &options.prefix {
+            if prefix_upper_bound(prefix).is_none() && !prefix.is_empty() {
+                bindings.push(prefix.clone());
+                sql.push_str(&format!(" AND substr(key, 1, length(?{0})) = ?{0}", bindings.len()));
+            }
+        }
+        sql.push_str(if options.reverse {
+            " ORDER BY key DESC"
+        } else {
+            " ORDER BY key ASC"
+        });
+        if let Some(limit) = options.limit {
+            sql.push_str(&format!(" LIMIT {limit}"));
+        }
+        let mut statement = self.conn.prepare_cached(&sql)?;
+        let rows = statement.query_map(params_from_iter(bindings.iter()), |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?))
+        })?;
+        Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+    }
+
+    /// Wipes the whole database (KV data and user tables), atomically.
+    pub fn delete_all(&mut self) -> Result<()> {
+        self.begin_implicit()?;
+        let names: Vec<(String, String)> = {
+            let mut statement = self.conn.prepare(
+                "SELECT type, name FROM sqlite_master WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite_%'",
+            )?;
+            let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            rows.collect::<std::result::Result<Vec<_>, _>>()?
+        };
+        self.conn.execute_batch("PRAGMA defer_foreign_keys = ON")?;
+        for (kind, name) in names {
+            let kind = if kind == "view" { "VIEW" } else { "TABLE" };
+            self.conn
+                .execute_batch(&format!("DROP {kind} IF EXISTS \"{}\"", name.replace('"', "\"\"")))?;
+        }
+        self.kv_ready = false;
+        Ok(())
+    }
+
+    /// Runs user SQL: possibly several statements; bindings apply to the last one, whose
+    /// rows are returned. Reserved names and transaction statements are refused.
+    pub fn sql_exec(&mut self, query: &str, bindings: &[SqlValue]) -> Result<SqlResult> {
+        let statements = split_statements(&self.conn, query)?;
+        let Some((last, earlier)) = statements.split_last() else {
+            return Err(StorageError::Refused(
+                "SQL code did not contain a statement.".into(),
+            ));
+        };
+        for text in earlier.iter().chain(std::iter::once(last)) {
+            if is_transaction_statement(text) {
+                return Err(StorageError::Refused(TRANSACTION_REFUSED.into()));
+            }
+        }
+        self.user_sql.store(true, Ordering::Relaxed);
+        let result = self.run_statements(earlier, last, bindings);
+        self.user_sql.store(false, Ordering::Relaxed);
+        result
+    }
+
+    fn run_statements(
+        &mut self,
+        earlier: &[String],
+        last: &str,
+        bindings: &[SqlValue],
+    ) -> Result<SqlResult> {
+        let Self {
+            conn,
+            in_transaction,
+            ..
+        } = self;
+        let changes_before = conn.total_changes();
+        let mut writes = false;
+        for text in earlier {
+            let mut statement = conn.prepare(text)?;
+            if !statement.readonly() && !writes {
+                writes = true;
+                begin(conn, in_transaction)?;
+            }
+            let mut rows = statement.raw_query();
+            while rows.next()?.is_some() {}
+        }
+        let mut statement = conn.prepare_cached(last)?;
+        if statement.parameter_count() != bindings.len() {
+            return Err(StorageError::Refused(
+                "Wrong number of parameter bindings for SQL query.".into(),
+            ));
+        }
+        if !statement.readonly() && !writes {
+            begin(conn, in_transaction)?;
+        }
+        let columns: Vec<String> = statement
+            .column_names()
+            .map(|c| c.to_string())
+            .collect();
+        let mut rows_out = Vec::new();
+        {
+            let mut rows = statement.query(params_from_iter(bindings.iter().map(to_sql_value)))?;
+            while let Some(row) = rows.next()? {
+                let mut values = Vec::with_capacity(columns.len());
+                for index in 0..columns.len() {
+                    values.push(from_value_ref(row.get_ref(index)?));
+                }
+                rows_out.push(values);
+            }
+        }
+        drop(statement);
+        let rows_written = conn.total_changes().saturating_sub(changes_before);
+        Ok(SqlResult {
+            columns,
+            rows_read: rows_out.len() as u64,
+            rows: rows_out,
+            rows_written,
+        })
+    }
+
+    /// `(page_count - freelist_count) * page_size`.
+    pub fn database_size(&self) -> Result<u64> {
+        let pages: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        let free: i64 = self.conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+        let size: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        Ok(((pages - free).max(1) * size) as u64)
+    }
+}
+
+impl Drop for ObjectDatabase {
+    fn drop(&mut self) {
+        // Whatever was not committed by the runtime is not confirmed to anyone: drop it.
+        let _ = self.rollback();
+    }
+}
+
+fn table_exists(conn: &Connection, name: &str) -> Result<bool> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [name],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
+fn begin(conn: &Connection, in_transaction: &mut bool) -> Result<bool> {
+    if *in_transaction {
+        return Ok(false);
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    *in_transaction = true;
+    Ok(true)
+}
+
+/// The smallest string greater than every string starting with `prefix`.
+fn prefix_upper_bound(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        if let Some(next) = char::from_u32(last as u32 + 1) {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
+fn to_sql_value(value: &SqlValue) -> Value {
+    match value {
+        SqlValue::Null => Value::Null,
+        SqlValue::Integer(i) => Value::Integer(*i),
+        SqlValue::Real(f) => Value::Real(*f),
+        SqlValue::Text(s) => Value::Text(s.clone()),
+        SqlValue::Blob(b) => Value::Blob(b.clone()),
+    }
+}
+
+fn from_value_ref(value: ValueRef<'_>) -> SqlValue {
+    match value {
+        ValueRef::Null => SqlValue::Null,
+        ValueRef::Integer(i) => SqlValue::Integer(i),
+        ValueRef::Real(f) => SqlValue::Real(f),
+        ValueRef::Text(t) => SqlValue::Text(String::from_utf8_lossy(t).into_owned()),
+        ValueRef::Blob(b) => SqlValue::Blob(b.to_vec()),
+    }
+}
+
+/// Splits `query` into complete statements with SQLite's own tokenizer.
+fn split_statements(conn: &Connection, query: &str) -> Result<Vec<String>> {
+    let mut statements = Vec::new();
+    let mut rest = query;
+    loop {
+        let trimmed = rest.trim_start();
+        if trimmed.is_empty() {
+            break;
+        }
+        let end = statement_end(trimmed);
+        let text = &trimmed[..end];
+        if rusqlite::Connection::is_autocommit(conn) || !text.trim().is_empty() {
+            let candidate = text.trim();
+            if !candidate.is_empty() && candidate != ";" && !is_only_comment(candidate) {
+                statements.push(candidate.to_string());
+            }
+        }
+        rest = &trimmed[end..];
+    }
+    Ok(statements)
+}
+
+/// Byte offset just past the first complete statement (a `;` outside quotes and comments).
+fn statement_end(sql: &str) -> usize {
+    let bytes = sql.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            quote @ (b'\'' | b'"' | b'`') => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != quote {
+                    i += 1;
+                }
+            }
+            b'[' => {
+                while i < bytes.len() && bytes[i] != b']' {
+                    i += 1;
+                }
+            }
+            b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < bytes.len() && !(bytes[i] == b'*' && bytes[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 1;
+            }
+            b';' => return i + 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    bytes.len()
+}
+
+fn is_only_comment(sql: &str) -> bool {
+    let trimmed = sql.trim_end_matches(';').trim();
+    trimmed.is_empty()
+        || (trimmed.starts_with("--") && !trimmed.contains('\n'))
+        || (trimmed.starts_with("/*") && trimmed.ends_with("*/"))
+}
+
+fn is_transaction_statement(sql: &str) -> bool {
+    let first = sql
+        .trim_start()
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()
+        .unwrap_or("")
+        .to_ascii_uppercase();
+    matches!(
+        first.as_str(),
+        "BEGIN" | "COMMIT" | "END" | "ROLLBACK" | "SAVEPOINT" | "RELEASE"
+    )
+}
+
+fn is_reserved(name: &str) -> bool {
+    name.len() >= 4 && name[..4].eq_ignore_ascii_case("_cf_")
+}
+
+/// The authorizer for user SQL: no `_cf_*` names, no ATTACH, no transactions.
+fn authorize_user_sql(context: AuthContext<'_>) -> Authorization {
+    authorize_action(&context)
+}
+
+fn authorize_action(context: &AuthContext<'_>) -> Authorization {
+    match context.action {
+        // The runtime opens its implicit transaction while user SQL is being run; user
+        // transaction statements were refused by text before reaching SQLite.
+        AuthAction::Transaction { .. } | AuthAction::Savepoint { .. } => Authorization::Allow,
+        AuthAction::Attach { .. } | AuthAction::Detach { .. } => Authorization::Deny,
+        AuthAction::Read { table_name, .. }
+        | AuthAction::Update { table_name, .. }
+        | AuthAction::Insert { table_name }
+        | AuthAction::Delete { table_name }
+        | AuthAction::CreateTable { table_name }
+        | AuthAction::DropTable { table_name }
+        | AuthAction::AlterTable { table_name, .. }
+        | AuthAction::Analyze { table_name }
+        | AuthAction::CreateIndex { table_name, .. }
+        | AuthAction::DropIndex { table_name, .. }
+        | AuthAction::CreateTrigger { table_name, .. }
+        | AuthAction::DropTrigger { table_name, .. } => {
+            if is_reserved(table_name) {
+                Authorization::Deny
+            } else {
+                Authorization::Allow
+            }
+        }
+        AuthAction::CreateView { view_name } | AuthAction::DropView { view_name } => {
+            if is_reserved(view_name) {
+                Authorization::Deny
+            } else {
+                Authorization::Allow
+            }
+        }
+        AuthAction::CreateTempTable { .. }
+        | AuthAction::CreateTempIndex { .. }
+        | AuthAction::CreateTempTrigger { .. }
+        | AuthAction::CreateTempView { .. }
+        | AuthAction::DropTempTable { .. }
+        | AuthAction::DropTempIndex { .. }
+        | AuthAction::DropTempTrigger { .. }
+        | AuthAction::DropTempView { .. } => Authorization::Deny,
+        _ => Authorization::Allow,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> ObjectDatabase {
+        ObjectDatabase::open_in_memory().unwrap()
+    }
+
+    #[test]
+    fn writes_are_invisible_after_rollback_and_kept_after_commit() {
+        let mut db = db();
+        db.begin_implicit().unwrap();
+        db.kv_put("a", b"1").unwrap();
+        db.rollback().unwrap();
+        assert_eq!(db.kv_get("a").unwrap(), None);
+        db.begin_implicit().unwrap();
+        db.kv_put("a", b"2").unwrap();
+        db.commit().unwrap();
+        assert_eq!(db.kv_get("a").unwrap(), Some(b"2".to_vec()));
+    }
+
+    #[test]
+    fn list_honours_prefix_bounds_reverse_and_limit() {
+        let mut db = db();
+        db.begin_implicit().unwrap();
+        for key in ["a", "b1", "b2", "b3", "c"] {
+            db.kv_put(key, key.as_bytes()).unwrap();
+        }
+        let keys = |options: ListOptions, db: &mut ObjectDatabase| {
+            db.kv_list(&options)
+                .unwrap()
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect::<Vec<_>>()
+        };
+        let prefix = ListOptions {
+            prefix: Some("b".into()),
+            ..Default::default()
+        };
+        assert_eq!(keys(prefix, &mut db), ["b1", "b2", "b3"]);
+        let reverse = ListOptions {
+            reverse: true,
+            limit: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(keys(reverse, &mut db), ["c", "b3"]);
+        let range = ListOptions {
+            start: Some("b2".into()),
+            end: Some("c".into()),
+            ..Default::default()
+        };
+        assert_eq!(keys(range, &mut db), ["b2", "b3"]);
+    }
+
+    #[test]
+    fn user_sql_cannot_touch_reserved_tables_or_transactions() {
+        let mut db = db();
+        db.begin_implicit().unwrap();
+        db.kv_put("k", b"v").unwrap();
+        db.commit().unwrap();
+        let error = db.sql_exec("SELECT * FROM _cf_KV", &[]).unwrap_err();
+        assert!(error.to_string().contains("_cf_KV.key is prohibited"), "{error}");
+        let error = db.sql_exec("BEGIN TRANSACTION", &[]).unwrap_err();
+        assert!(error.to_string().contains("state.storage.transaction()"), "{error}");
+        let error = db.sql_exec("CREATE TABLE _CF_mine (x)", &[]).unwrap_err();
+        assert!(error.to_string().contains("not authorized"), "{error}");
+    }
+
+    #[test]
+    fn multi_statement_exec_binds_the_last_statement() {
+        let mut db = db();
+        let result = db
+            .sql_exec(
+                "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO t (name) VALUES (?) RETURNING id",
+                &[SqlValue::Text("x".into())],
+            )
+            .unwrap();
+        assert_eq!(result.columns, ["id"]);
+        assert_eq!(result.rows, vec![vec![SqlValue::Integer(1)]]);
+        assert_eq!(result.rows_written, 1);
+        let error = db.sql_exec("SELECT ?", &[]).unwrap_err();
+        assert!(error.to_string().contains("Wrong number of parameter bindings"));
+        let error = db.sql_exec("  ", &[]).unwrap_err();
+        assert!(error.to_string().contains("did not contain a statement"));
+    }
+
+    #[test]
+    fn delete_all_drops_kv_and_user_tables() {
+        let mut db = db();
+        db.sql_exec("CREATE TABLE t (x)", &[]).unwrap();
+        db.kv_put("k", b"v").unwrap();
+        db.delete_all().unwrap();
+        db.commit().unwrap();
+        assert_eq!(db.kv_get("k").unwrap(), None);
+        assert!(db.sql_exec("SELECT * FROM t", &[]).is_err());
+    }
+}
