@@ -23,41 +23,61 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::loader::ModuleGraph;
+use crate::objects::{self, Event, ObjectCall, ObjectConfig, Reply};
 
 deno_core::extension!(
     dorun,
     deps = [deno_webidl, deno_web, deno_crypto, deno_net, deno_fetch],
     ops = [
-        op_dorun_next_request,
+        op_dorun_next_event,
+        op_dorun_event_args,
         op_dorun_respond,
         op_dorun_respond_stream,
         op_dorun_log,
         op_dorun_env,
         op_dorun_module_bytes,
+        objects::op_dorun_id_from_name,
+        objects::op_dorun_new_unique_id,
+        objects::op_dorun_id_from_string,
+        objects::op_dorun_object_rpc,
+        objects::op_dorun_object_fetch,
+        objects::op_dorun_reply_response,
+        objects::op_dorun_reply_payload,
+        objects::op_dorun_reply_value,
+        objects::op_dorun_storage_open,
+        objects::op_dorun_storage_close,
+        objects::op_dorun_storage_rollback,
+        objects::op_dorun_storage_commit,
+        objects::op_dorun_storage_in_transaction,
+        objects::op_dorun_storage_savepoint,
+        objects::op_dorun_kv_get,
+        objects::op_dorun_kv_put,
+        objects::op_dorun_kv_delete,
+        objects::op_dorun_kv_list,
+        objects::op_dorun_kv_delete_all,
+        objects::op_dorun_sql_exec,
+        objects::op_dorun_sql_database_size,
     ],
     esm_entry_point = "ext:dorun/01_worker.js",
     esm = [
         dir "src/js",
         "00_globals.js",
         "01_worker.js",
+        "02_objects.js",
     ],
     options = {
         context: IsolateContext,
     },
     state = |state, options| {
         state.put(options.context);
+        state.put(objects::ReplyTable::default());
+        state.put(objects::OpenDatabases::default());
     },
 );
 
-/// A request waiting for an isolate.
-pub struct QueuedRequest {
-    pub request: http::Request<RequestBody>,
-    pub reply: oneshot::Sender<http::Response<ResponseBody>>,
-}
-
-/// Requests answered by JS but not yet replied to, by id. Shared with the isolate thread
-/// so that a reset can answer them with an error.
-pub type InFlight = Rc<RefCell<HashMap<u32, oneshot::Sender<http::Response<ResponseBody>>>>>;
+/// Events handed to JS but not yet answered, by id. Shared with the isolate thread so that
+/// a reset can answer them with an error.
+pub type InFlight = Rc<RefCell<HashMap<u32, oneshot::Sender<Reply>>>>;
 
 /// Per-isolate state the ops use.
 #[derive(Clone)]
@@ -66,56 +86,129 @@ pub struct IsolateContext {
     pub graph: Arc<ModuleGraph>,
     /// JSON text of the non-binding `env` values.
     pub env_json: Arc<str>,
-    pub queue: Rc<tokio::sync::Mutex<mpsc::UnboundedReceiver<QueuedRequest>>>,
+    pub queue: Rc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Event>>>,
     pub in_flight: InFlight,
     pub next_id: Rc<std::cell::Cell<u32>>,
+    /// RPC arguments of events handed to JS, until it takes them.
+    pub event_args: Rc<RefCell<HashMap<u32, Vec<u8>>>>,
+    /// Every isolate thread's queue, for routing calls to the thread an object lives on.
+    pub senders: Arc<Vec<mpsc::UnboundedSender<Event>>>,
+    pub objects: Arc<ObjectConfig>,
 }
 
 #[derive(ToV8)]
-pub struct IncomingRequest {
+pub struct IncomingEvent {
+    /// 0 = HTTP request for the Worker, 1 = fetch to an object, 2 = RPC to an object.
+    kind: u32,
     id: u32,
-    method: ByteString,
-    url: String,
-    headers: Vec<(ByteString, ByteString)>,
+    method: Option<ByteString>,
+    url: Option<String>,
+    headers: Option<Vec<(ByteString, ByteString)>>,
     body_rid: Option<u32>,
+    namespace: Option<u32>,
+    object_id: Option<String>,
+    object_name: Option<String>,
+    rpc_method: Option<String>,
+    rpc_get: Option<bool>,
 }
 
-/// Waits for the next request for this isolate; `None` when the pool is shutting down.
+impl IncomingEvent {
+    fn empty(kind: u32, id: u32) -> Self {
+        Self {
+            kind,
+            id,
+            method: None,
+            url: None,
+            headers: None,
+            body_rid: None,
+            namespace: None,
+            object_id: None,
+            object_name: None,
+            rpc_method: None,
+            rpc_get: None,
+        }
+    }
+
+    fn with_request(
+        mut self,
+        state: &Rc<RefCell<OpState>>,
+        request: http::Request<RequestBody>,
+    ) -> Self {
+        let (parts, body) = request.into_parts();
+        self.body_rid = if http_body::Body::is_end_stream(&body) {
+            None
+        } else {
+            Some(
+                state
+                    .borrow_mut()
+                    .resource_table
+                    .add(RequestBodyResource::new(body)),
+            )
+        };
+        self.headers = Some(
+            parts
+                .headers
+                .iter()
+                .map(|(name, value)| {
+                    (
+                        ByteString::from(name.as_str().as_bytes()),
+                        ByteString::from(value.as_bytes()),
+                    )
+                })
+                .collect(),
+        );
+        self.method = Some(ByteString::from(parts.method.as_str().as_bytes()));
+        self.url = Some(parts.uri.to_string());
+        self
+    }
+}
+
+/// Waits for the next event for this isolate; `None` when the pool is shutting down.
 #[op2]
-pub async fn op_dorun_next_request(state: Rc<RefCell<OpState>>) -> Option<IncomingRequest> {
+pub async fn op_dorun_next_event(state: Rc<RefCell<OpState>>) -> Option<IncomingEvent> {
     let context = state.borrow().borrow::<IsolateContext>().clone();
-    let queued = context.queue.lock().await.recv().await?;
+    let event = context.queue.lock().await.recv().await?;
     let id = context.next_id.get().wrapping_add(1);
     context.next_id.set(id);
-    let (parts, body) = queued.request.into_parts();
-    let body_rid = if http_body::Body::is_end_stream(&body) {
-        None
-    } else {
-        let resource = RequestBodyResource {
-            body: AsyncRefCell::new(body),
-            leftover: RefCell::new(None),
-            cancel: CancelHandle::default(),
-        };
-        Some(state.borrow_mut().resource_table.add(resource))
-    };
-    let headers = parts
-        .headers
-        .iter()
-        .map(|(name, value)| {
-            (
-                ByteString::from(name.as_str().as_bytes()),
-                ByteString::from(value.as_bytes()),
-            )
-        })
-        .collect();
-    context.in_flight.borrow_mut().insert(id, queued.reply);
-    Some(IncomingRequest {
-        id,
-        method: ByteString::from(parts.method.as_str().as_bytes()),
-        url: parts.uri.to_string(),
-        headers,
-        body_rid,
-    })
+    match event {
+        Event::Http { request, reply } => {
+            context.in_flight.borrow_mut().insert(id, reply);
+            Some(IncomingEvent::empty(0, id).with_request(&state, request))
+        }
+        Event::Object(event) => {
+            let event = *event;
+            context.in_flight.borrow_mut().insert(id, event.reply);
+            let mut incoming = match event.call {
+                ObjectCall::Fetch(request) => {
+                    IncomingEvent::empty(1, id).with_request(&state, request)
+                }
+                ObjectCall::Rpc { method, get, args } => {
+                    context.event_args.borrow_mut().insert(id, args);
+                    let mut incoming = IncomingEvent::empty(2, id);
+                    incoming.rpc_method = Some(method);
+                    incoming.rpc_get = Some(get);
+                    incoming
+                }
+            };
+            incoming.namespace = Some(event.namespace);
+            incoming.object_id = Some(event.object_id);
+            incoming.object_name = event.object_name;
+            Some(incoming)
+        }
+        Event::Shutdown => None,
+    }
+}
+
+/// The serialized arguments of RPC event `id`.
+#[op2]
+#[buffer]
+pub fn op_dorun_event_args(state: &mut OpState, #[smi] id: u32) -> Vec<u8> {
+    state
+        .borrow::<IsolateContext>()
+        .event_args
+        .borrow_mut()
+        .remove(&id)
+        .unwrap_or_default()
 }
 
 fn response_head(
@@ -137,7 +230,7 @@ fn response_head(
     Ok(response)
 }
 
-fn take_reply(state: &OpState, id: u32) -> Option<oneshot::Sender<http::Response<ResponseBody>>> {
+fn take_reply(state: &OpState, id: u32) -> Option<oneshot::Sender<Reply>> {
     state
         .borrow::<IsolateContext>()
         .in_flight
@@ -161,7 +254,7 @@ pub fn op_dorun_respond(
     let response = response_head(status, headers, body)?;
     if let Some(reply) = take_reply(state, id) {
         // The client may have gone away; nothing to do then.
-        let _ = reply.send(response);
+        let _ = reply.send(Reply::Response(response));
     }
     Ok(())
 }
@@ -193,7 +286,7 @@ pub async fn op_dorun_respond_stream(
         resource.close();
         return Ok(());
     };
-    if reply.send(response).is_err() {
+    if reply.send(Reply::Response(response)).is_err() {
         resource.close();
         return Ok(());
     }
@@ -250,7 +343,8 @@ pub fn op_dorun_module_bytes(
         .ok_or_else(|| JsErrorBox::generic(format!("no module bytes for {url}")))
 }
 
-/// A request body as a deno resource, read by `readableStreamForRid`.
+/// A body from another thread (a request, or a response from an object) as a deno
+/// resource, read by `readableStreamForRid`.
 pub struct RequestBodyResource {
     body: AsyncRefCell<RequestBody>,
     /// Part of a frame larger than the reader asked for.
@@ -259,6 +353,14 @@ pub struct RequestBodyResource {
 }
 
 impl RequestBodyResource {
+    pub fn new(body: RequestBody) -> Self {
+        Self {
+            body: AsyncRefCell::new(body),
+            leftover: RefCell::new(None),
+            cancel: CancelHandle::default(),
+        }
+    }
+
     async fn read_chunk(self: Rc<Self>, limit: usize) -> Result<BufView, JsErrorBox> {
         let limit = limit.max(1);
         let leftover = self.leftover.borrow_mut().take();

@@ -18,8 +18,9 @@ use tokio::sync::{mpsc, oneshot};
 use url::Url;
 
 use crate::body::{RequestBody, ResponseBody};
-use crate::extension::{self, InFlight, IsolateContext, QueuedRequest};
+use crate::extension::{self, InFlight, IsolateContext};
 use crate::loader::{ModuleGraph, WorkerModuleLoader, ENTRY_SPECIFIER};
+use crate::objects::{Event, Reply};
 use crate::spec::WorkerSpec;
 use crate::supervisor::{spawn_supervisor, IsolateWatch, Termination};
 
@@ -42,7 +43,6 @@ pub enum DispatchError {
 }
 
 struct IsolateThread {
-    sender: Mutex<Option<mpsc::UnboundedSender<QueuedRequest>>>,
     join: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -50,6 +50,8 @@ struct IsolateThread {
 pub struct WorkerPool {
     spec: Arc<WorkerSpec>,
     threads: Vec<IsolateThread>,
+    senders: Arc<Vec<mpsc::UnboundedSender<Event>>>,
+    closed: std::sync::atomic::AtomicBool,
     next: AtomicUsize,
 }
 
@@ -62,18 +64,20 @@ impl WorkerPool {
         let mut handles = Vec::with_capacity(threads);
         let mut watches = Vec::with_capacity(threads);
         let mut readies = Vec::with_capacity(threads);
-        for index in 0..threads {
-            let (sender, receiver) = mpsc::unbounded_channel();
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..threads).map(|_| mpsc::unbounded_channel()).unzip();
+        let senders = Arc::new(senders);
+        for (index, receiver) in receivers.into_iter().enumerate() {
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
             let watch = IsolateWatch::new(spec.cpu_limit);
             watches.push(Arc::downgrade(&watch));
             let graph = graph.clone();
+            let senders = senders.clone();
             let join = std::thread::Builder::new()
                 .name(format!("dorun-isolate-{index}"))
-                .spawn(move || isolate_thread(graph, receiver, watch, ready_tx))
+                .spawn(move || isolate_thread(graph, receiver, senders, watch, ready_tx))
                 .map_err(|e| StartupError::Thread(e.to_string()))?;
             handles.push(IsolateThread {
-                sender: Mutex::new(Some(sender)),
                 join: Mutex::new(Some(join)),
             });
             readies.push(ready_rx);
@@ -81,6 +85,8 @@ impl WorkerPool {
         let pool = Self {
             spec,
             threads: handles,
+            senders,
+            closed: std::sync::atomic::AtomicBool::new(false),
             next: AtomicUsize::new(0),
         };
         for ready in readies {
@@ -111,22 +117,26 @@ impl WorkerPool {
         &self,
         request: http::Request<RequestBody>,
     ) -> Result<http::Response<ResponseBody>, DispatchError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(DispatchError::ShuttingDown);
+        }
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.threads.len();
         let (reply, response) = oneshot::channel();
-        {
-            let sender = self.threads[index].sender.lock().unwrap();
-            let sender = sender.as_ref().ok_or(DispatchError::ShuttingDown)?;
-            sender
-                .send(QueuedRequest { request, reply })
-                .map_err(|_| DispatchError::ShuttingDown)?;
+        self.senders[index]
+            .send(Event::Http { request, reply })
+            .map_err(|_| DispatchError::ShuttingDown)?;
+        match response.await.map_err(|_| DispatchError::Dropped)? {
+            Reply::Response(response) => Ok(response),
+            Reply::Value(_) | Reply::Error(_) => Err(DispatchError::Dropped),
         }
-        response.await.map_err(|_| DispatchError::Dropped)
     }
 
     /// Stops taking requests: each isolate finishes what it has, then its thread exits.
     pub fn close(&self) {
-        for thread in &self.threads {
-            thread.sender.lock().unwrap().take();
+        if !self.closed.swap(true, Ordering::SeqCst) {
+            for sender in self.senders.iter() {
+                let _ = sender.send(Event::Shutdown);
+            }
         }
     }
 
@@ -163,7 +173,8 @@ enum IsolateExit {
 
 fn isolate_thread(
     graph: Arc<ModuleGraph>,
-    receiver: mpsc::UnboundedReceiver<QueuedRequest>,
+    receiver: mpsc::UnboundedReceiver<Event>,
+    senders: Arc<Vec<mpsc::UnboundedSender<Event>>>,
     watch: Arc<IsolateWatch>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
@@ -186,12 +197,13 @@ fn isolate_thread(
             let context = IsolateContext {
                 worker_name: graph.spec().name.as_str().into(),
                 graph: graph.clone(),
-                env_json: serde_json::Value::Object(graph.spec().vars.clone())
-                    .to_string()
-                    .into(),
+                env_json: runtime_config_json(graph.spec()).into(),
                 queue: queue.clone(),
                 in_flight: in_flight.clone(),
                 next_id: next_id.clone(),
+                event_args: Rc::default(),
+                senders: senders.clone(),
+                objects: graph.spec().objects.clone(),
             };
             let exit = run_isolate(&graph, context, &watch, &mut ready).await;
             let (status, message) = match exit {
@@ -218,7 +230,7 @@ fn isolate_thread(
             for (_, reply) in failed {
                 let mut response = http::Response::new(ResponseBody::full(message));
                 *response.status_mut() = http::StatusCode::from_u16(status).expect("valid status");
-                let _ = reply.send(response);
+                let _ = reply.send(Reply::Response(response));
             }
         }
     });
@@ -328,6 +340,28 @@ fn describe_startup_error(message: &str) -> String {
         .unwrap_or(message)
         .trim_end()
         .to_string()
+}
+
+/// What the JS glue needs at startup: vars, namespaces, object settings.
+fn runtime_config_json(spec: &WorkerSpec) -> String {
+    let namespaces: Vec<serde_json::Value> = spec
+        .objects
+        .namespaces
+        .iter()
+        .map(|n| {
+            serde_json::json!({
+                "binding": n.binding,
+                "className": n.class_name,
+                "sqlite": n.sqlite,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "vars": spec.vars,
+        "namespaces": namespaces,
+        "idleTimeoutMs": spec.object_idle_timeout.as_millis() as u64,
+    })
+    .to_string()
 }
 
 /// The extensions of an isolate, in load order.

@@ -12,12 +12,15 @@
 //!   thread as streams, never whole in memory.
 //! - [`isolate`]: isolate threads (a current-thread tokio runtime + one `JsRuntime` each) and
 //!   [`WorkerPool`], the `Send` handle the front door uses to reach them.
+//! - [`objects`]: Durable Objects: IDs, routing calls to the thread an object is pinned to,
+//!   storage ops over `dorun-storage`.
 //! - [`supervisor`]: a thread that terminates JS running past its CPU limit.
 
 pub mod body;
 pub mod extension;
 pub mod isolate;
 pub mod loader;
+pub mod objects;
 pub mod spec;
 pub mod supervisor;
 mod transpile;

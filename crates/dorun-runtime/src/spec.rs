@@ -1,7 +1,10 @@
 //! What an isolate needs to know about a Worker.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::objects::ObjectConfig;
 
 /// How a file matched by a module rule is exposed to `import`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +43,10 @@ pub struct WorkerSpec {
     pub cpu_limit: Duration,
     /// V8 heap size above which the isolate is reset.
     pub heap_limit_bytes: usize,
+    /// Durable Object namespaces, data directory and durability.
+    pub objects: Arc<ObjectConfig>,
+    /// How long an object with no events in flight stays in memory.
+    pub object_idle_timeout: Duration,
 }
 
 impl WorkerSpec {

@@ -147,6 +147,11 @@ impl ObjectDatabase {
         Ok(())
     }
 
+    /// Whether writes are waiting for [`commit`](Self::commit).
+    pub fn in_transaction(&self) -> bool {
+        self.in_transaction
+    }
+
     /// Drops uncommitted writes.
     pub fn rollback(&mut self) -> Result<()> {
         if self.in_transaction {
@@ -197,8 +202,9 @@ impl ObjectDatabase {
             .optional()?)
     }
 
-    /// Writes a value; the caller must have called [`begin_implicit`](Self::begin_implicit).
+    /// Writes a value inside the implicit transaction.
     pub fn kv_put(&mut self, key: &str, value: &[u8]) -> Result<()> {
+        self.begin_implicit()?;
         self.ensure_kv()?;
         let mut statement = self
             .conn
@@ -212,7 +218,10 @@ impl ObjectDatabase {
         if !self.kv_ready {
             return Ok(false);
         }
-        let mut statement = self.conn.prepare_cached("DELETE FROM _cf_KV WHERE key = ?1")?;
+        self.begin_implicit()?;
+        let mut statement = self
+            .conn
+            .prepare_cached("DELETE FROM _cf_KV WHERE key = ?1")?;
         Ok(statement.execute([key])? > 0)
     }
 
@@ -246,7 +255,10 @@ impl ObjectDatabase {
         if let Some(prefix) = &options.prefix {
             if prefix_upper_bound(prefix).is_none() && !prefix.is_empty() {
                 bindings.push(prefix.clone());
-                sql.push_str(&format!(" AND substr(key, 1, length(?{0})) = ?{0}", bindings.len()));
+                sql.push_str(&format!(
+                    " AND substr(key, 1, length(?{0})) = ?{0}",
+                    bindings.len()
+                ));
             }
         }
         sql.push_str(if options.reverse {
@@ -277,8 +289,10 @@ impl ObjectDatabase {
         self.conn.execute_batch("PRAGMA defer_foreign_keys = ON")?;
         for (kind, name) in names {
             let kind = if kind == "view" { "VIEW" } else { "TABLE" };
-            self.conn
-                .execute_batch(&format!("DROP {kind} IF EXISTS \"{}\"", name.replace('"', "\"\"")))?;
+            self.conn.execute_batch(&format!(
+                "DROP {kind} IF EXISTS \"{}\"",
+                name.replace('"', "\"\"")
+            ))?;
         }
         self.kv_ready = false;
         Ok(())
@@ -335,10 +349,7 @@ impl ObjectDatabase {
         if !statement.readonly() && !writes {
             begin(conn, in_transaction)?;
         }
-        let columns: Vec<String> = statement
-            .column_names()
-            .map(|c| c.to_string())
-            .collect();
+        let columns: Vec<String> = statement.column_names().map(|c| c.to_string()).collect();
         let mut rows_out = Vec::new();
         {
             let mut rows = statement.query(params_from_iter(bindings.iter().map(to_sql_value)))?;
@@ -363,7 +374,9 @@ impl ObjectDatabase {
     /// `(page_count - freelist_count) * page_size`.
     pub fn database_size(&self) -> Result<u64> {
         let pages: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
-        let free: i64 = self.conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+        let free: i64 = self
+            .conn
+            .query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
         let size: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
         Ok(((pages - free).max(1) * size) as u64)
     }
@@ -620,9 +633,15 @@ mod tests {
         db.kv_put("k", b"v").unwrap();
         db.commit().unwrap();
         let error = db.sql_exec("SELECT * FROM _cf_KV", &[]).unwrap_err();
-        assert!(error.to_string().contains("_cf_KV.key is prohibited"), "{error}");
+        assert!(
+            error.to_string().contains("_cf_KV.key is prohibited"),
+            "{error}"
+        );
         let error = db.sql_exec("BEGIN TRANSACTION", &[]).unwrap_err();
-        assert!(error.to_string().contains("state.storage.transaction()"), "{error}");
+        assert!(
+            error.to_string().contains("state.storage.transaction()"),
+            "{error}"
+        );
         let error = db.sql_exec("CREATE TABLE _CF_mine (x)", &[]).unwrap_err();
         assert!(error.to_string().contains("not authorized"), "{error}");
     }
@@ -640,7 +659,9 @@ mod tests {
         assert_eq!(result.rows, vec![vec![SqlValue::Integer(1)]]);
         assert_eq!(result.rows_written, 1);
         let error = db.sql_exec("SELECT ?", &[]).unwrap_err();
-        assert!(error.to_string().contains("Wrong number of parameter bindings"));
+        assert!(error
+            .to_string()
+            .contains("Wrong number of parameter bindings"));
         let error = db.sql_exec("  ", &[]).unwrap_err();
         assert!(error.to_string().contains("did not contain a statement"));
     }

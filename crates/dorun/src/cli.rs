@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use dorun_runtime::objects::{ObjectConfig, ObjectNamespace};
 use dorun_runtime::{WorkerPool, WorkerSpec};
+use dorun_storage::Durability;
 
 use crate::config::{self, LoadOptions, UnsupportedBindings, WorkerConfig};
 use crate::server::{self, ServerOptions};
@@ -57,6 +59,23 @@ pub struct ConfigArgs {
     /// V8 heap size per isolate above which the isolate is reset.
     #[arg(long, value_name = "MB", default_value_t = 512)]
     pub heap_limit_mb: usize,
+    /// Where Durable Object data lives [default: .dorun beside the config file].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Seconds an object with no events in flight stays in memory.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+    pub object_idle_timeout: f64,
+    /// When a commit counts as durable: full (fsync every commit; RPO 0), normal (survives a
+    /// process crash; an OS crash or power loss can lose recent commits), off (no fsync).
+    #[arg(long, value_enum, default_value_t = DurabilityArg::Full)]
+    pub durability: DurabilityArg,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DurabilityArg {
+    Full,
+    Normal,
+    Off,
 }
 
 #[derive(Debug, Args)]
@@ -72,9 +91,6 @@ pub struct ServeArgs {
     /// Isolate threads [default: one per core].
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Where Durable Object data lives [default: .dorun beside the config file].
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
     /// Seconds shutdown waits for in-flight requests.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub drain_timeout: u64,
@@ -152,7 +168,58 @@ fn load_config(args: &ConfigArgs) -> Result<WorkerConfig, String> {
     Ok(config)
 }
 
-fn worker_spec(config: &WorkerConfig, args: &ConfigArgs) -> WorkerSpec {
+fn data_dir(config: &WorkerConfig, args: &ConfigArgs) -> PathBuf {
+    args.data_dir.clone().unwrap_or_else(|| {
+        config
+            .path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(".dorun")
+    })
+}
+
+/// Applies migrations and maps each binding to its namespace.
+fn object_config(
+    config: &WorkerConfig,
+    args: &ConfigArgs,
+    data_dir: &Path,
+) -> Result<ObjectConfig, String> {
+    let classes = crate::migrations::apply(data_dir, config)?;
+    let mut namespaces = Vec::new();
+    for binding in &config.durable_objects {
+        if let Some(script) = &binding.script_name {
+            if script != &config.name {
+                return Err(format!(
+                    "{}: durable_objects binding '{}' uses script_name '{script}': classes in other workers are not supported yet",
+                    config.path.display(),
+                    binding.name
+                ));
+            }
+        }
+        let (unique_key, sqlite) = match classes.get(&binding.class_name) {
+            Some(class) => (class.unique_key.clone(), class.sqlite),
+            // No migration mentions the class: serve it like `wrangler dev` does, KV-backed.
+            None => (format!("{}-{}", config.name, binding.class_name), false),
+        };
+        namespaces.push(ObjectNamespace {
+            binding: binding.name.clone(),
+            class_name: binding.class_name.clone(),
+            unique_key,
+            sqlite,
+        });
+    }
+    Ok(ObjectConfig {
+        namespaces,
+        data_dir: data_dir.to_path_buf(),
+        durability: match args.durability {
+            DurabilityArg::Full => Durability::Full,
+            DurabilityArg::Normal => Durability::Normal,
+            DurabilityArg::Off => Durability::Off,
+        },
+    })
+}
+
+fn worker_spec(config: &WorkerConfig, args: &ConfigArgs, objects: ObjectConfig) -> WorkerSpec {
     let cpu_limit_ms = args.cpu_limit_ms.or(config.cpu_limit_ms).unwrap_or(30_000);
     WorkerSpec {
         name: config.name.clone(),
@@ -163,12 +230,25 @@ fn worker_spec(config: &WorkerConfig, args: &ConfigArgs) -> WorkerSpec {
         compatibility_flags: config.compatibility_flags.clone(),
         cpu_limit: Duration::from_millis(cpu_limit_ms.max(1)),
         heap_limit_bytes: args.heap_limit_mb.max(16) * 1024 * 1024,
+        objects: Arc::new(objects),
+        object_idle_timeout: Duration::from_secs_f64(args.object_idle_timeout.max(0.01)),
     }
 }
 
 fn check(args: ConfigArgs) -> Result<(), String> {
     let config = load_config(&args)?;
-    let pool = WorkerPool::start(worker_spec(&config, &args), 1).map_err(|e| e.to_string())?;
+    // Check the config against a scratch copy of the data directory's migration record, so
+    // `check` never changes the data directory.
+    let scratch = std::env::temp_dir().join(format!("dorun-check-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
+    let record = data_dir(&config, &args).join("dorun-migrations.json");
+    if record.exists() {
+        let _ = std::fs::copy(&record, scratch.join("dorun-migrations.json"));
+    }
+    let objects = object_config(&config, &args, &scratch);
+    let _ = std::fs::remove_dir_all(&scratch);
+    let spec = worker_spec(&config, &args, objects?);
+    let pool = WorkerPool::start(spec, 1).map_err(|e| e.to_string())?;
     pool.join(Duration::from_secs(5));
     println!(
         "ok: {} ({}) loads with {} warning(s)",
@@ -181,15 +261,10 @@ fn check(args: ConfigArgs) -> Result<(), String> {
 
 fn serve(args: ServeArgs) -> Result<(), String> {
     let config = load_config(&args.config)?;
-    let data_dir = args.data_dir.clone().unwrap_or_else(|| {
-        config
-            .path
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join(".dorun")
-    });
+    let data_dir = data_dir(&config, &args.config);
     std::fs::create_dir_all(&data_dir)
         .map_err(|e| format!("cannot create data directory {}: {e}", data_dir.display()))?;
+    let objects = object_config(&config, &args.config, &data_dir)?;
     let threads = args.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -198,7 +273,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     if threads == 0 {
         return Err("--threads must be at least 1".into());
     }
-    let spec = worker_spec(&config, &args.config);
+    let spec = worker_spec(&config, &args.config, objects);
     let pool = Arc::new(WorkerPool::start(spec, threads).map_err(|e| e.to_string())?);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

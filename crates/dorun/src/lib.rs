@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`config`]: wrangler.toml / wrangler.json / wrangler.jsonc, read as wrangler reads them.
+//! - [`migrations`]: Durable Object migrations applied to the data directory at startup.
 //! - [`cli`]: the `dorun` command line (`serve`, `check`), turning config into a running server.
 //! - [`server`]: the HTTP front door (hyper): accepts connections, gives each request its
 //!   absolute URL and `CF-Connecting-IP`, hands it to the Worker pool, logs one line per
@@ -11,4 +12,5 @@
 
 pub mod cli;
 pub mod config;
+pub mod migrations;
 pub mod server;

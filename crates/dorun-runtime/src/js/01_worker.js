@@ -3,6 +3,7 @@
 
 import { core, primordials } from "ext:core/mod.js";
 import "ext:dorun/00_globals.js";
+import { createObjectSystem } from "ext:dorun/02_objects.js";
 
 const {
   Error,
@@ -19,7 +20,7 @@ const {
 } = primordials;
 
 const {
-  op_dorun_next_request,
+  op_dorun_next_event,
   op_dorun_respond,
   op_dorun_respond_stream,
   op_dorun_env,
@@ -38,7 +39,9 @@ const console = globalThis[SymbolFor("dorun.console")];
 delete globalThis[SymbolFor("dorun.console")];
 
 // --- env and waitUntil ---------------------------------------------------------------
-const env = JSONParse(op_dorun_env());
+const config = JSONParse(op_dorun_env());
+/** The Worker's env: vars and secrets, then one DurableObjectNamespace per binding. */
+const env = { ...config.vars };
 
 /** Promises passed to waitUntil that have not settled; kept so errors are logged. */
 const pendingWaitUntil = new SafeSet();
@@ -95,6 +98,21 @@ globalThis[SymbolFor("dorun.cloudflare:workers")] = {
   env,
   waitUntil,
 };
+
+const objects = createObjectSystem({
+  DurableObject,
+  env,
+  waitUntil,
+  makeRequest: (incoming) => makeRequest(incoming),
+  sendResponse: (id, response) => sendResponse(id, response),
+  console,
+  idleTimeoutMs: config.idleTimeoutMs,
+});
+for (let index = 0; index < config.namespaces.length; index++) {
+  env[config.namespaces[index].binding] = new objects.DurableObjectNamespace(index);
+}
+globalThis.DurableObjectNamespace = objects.DurableObjectNamespace;
+globalThis.DurableObjectId = objects.DurableObjectId;
 
 globalThis[SymbolFor("dorun.moduleBytes")] = (url) => op_dorun_module_bytes(url).buffer;
 
@@ -182,10 +200,22 @@ async function handle(handler, incoming) {
 async function serve(worker) {
   const handler = fetchHandlerFor(worker);
   if (handler === null) console.warn(NO_FETCH_HANDLER);
+  const eviction = setInterval(
+    () => objects.evictIdle(),
+    Math.max(10, Math.min(1000, config.idleTimeoutMs / 4)),
+  );
   while (true) {
-    const incoming = await op_dorun_next_request();
-    if (incoming === null || incoming === undefined) return;
-    handle(handler, incoming);
+    const incoming = await op_dorun_next_event();
+    if (incoming === null || incoming === undefined) break;
+    if (incoming.kind === 0) {
+      handle(handler, incoming);
+    } else {
+      objects.handleObjectEvent(worker, incoming, config.namespaces[incoming.namespace]);
+    }
+  }
+  clearInterval(eviction);
+  for (const object of objects.live.values()) {
+    PromisePrototypeThen(object.storage.outputGate(), () => object.storage.close(), () => {});
   }
 }
 

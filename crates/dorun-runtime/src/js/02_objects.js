@@ -1,0 +1,850 @@
+// Durable Objects in JS: namespaces, ids and stubs on the calling side; on the side of the
+// thread an object is pinned to, the live instances, their input gate, their storage with
+// its implicit transaction and output gate, and idle eviction.
+
+import { core, primordials } from "ext:core/mod.js";
+
+const {
+  ArrayIsArray,
+  ArrayPrototypeIncludes,
+  ArrayPrototypePush,
+  ArrayPrototypeShift,
+  ArrayPrototypeSort,
+  DateNow,
+  Error,
+  MapPrototypeGet,
+  MapPrototypeSet,
+  MapPrototypeDelete,
+  ObjectGetOwnPropertyDescriptor,
+  ObjectGetPrototypeOf,
+  ObjectKeys,
+  ObjectPrototype,
+  ObjectPrototypeIsPrototypeOf,
+  Promise,
+  PromisePrototypeThen,
+  PromiseReject,
+  PromiseResolve,
+  Proxy,
+  RangeError,
+  SafeMap,
+  String,
+  SymbolIterator,
+  TypeError,
+} = primordials;
+
+const {
+  op_dorun_id_from_name,
+  op_dorun_new_unique_id,
+  op_dorun_id_from_string,
+  op_dorun_object_rpc,
+  op_dorun_object_fetch,
+  op_dorun_reply_response,
+  op_dorun_reply_payload,
+  op_dorun_reply_value,
+  op_dorun_event_args,
+  op_dorun_storage_open,
+  op_dorun_storage_close,
+  op_dorun_storage_rollback,
+  op_dorun_storage_commit,
+  op_dorun_storage_in_transaction,
+  op_dorun_storage_savepoint,
+  op_dorun_kv_get,
+  op_dorun_kv_put,
+  op_dorun_kv_delete,
+  op_dorun_kv_list,
+  op_dorun_kv_delete_all,
+  op_dorun_sql_exec,
+  op_dorun_sql_database_size,
+} = core.ops;
+
+const streams = core.loadExtScript("ext:deno_web/06_streams.js");
+const { toInnerRequest } = core.loadExtScript("ext:deno_fetch/23_request.js");
+
+// --- serialization across isolates -------------------------------------------------------
+
+function serialize(value) {
+  return core.serialize(value, { forStorage: false });
+}
+
+function deserialize(bytes) {
+  return core.deserialize(bytes, { forStorage: false });
+}
+
+function serializeError(error) {
+  const isError = error !== null && typeof error === "object" && "message" in error;
+  const plain = {
+    dorunError: true,
+    name: isError ? String(error.name ?? "Error") : "Error",
+    message: isError ? String(error.message) : String(error),
+    stack: isError && typeof error.stack === "string" ? error.stack : undefined,
+  };
+  return serialize(plain);
+}
+
+const ERROR_TYPES = {
+  Error,
+  TypeError,
+  RangeError,
+  SyntaxError: globalThis.SyntaxError,
+  ReferenceError: globalThis.ReferenceError,
+  EvalError: globalThis.EvalError,
+  URIError: globalThis.URIError,
+};
+
+function deserializeError(bytes, objectId) {
+  let plain;
+  try {
+    plain = deserialize(bytes);
+  } catch {
+    plain = { name: "Error", message: "unreadable error from Durable Object" };
+  }
+  const Ctor = ERROR_TYPES[plain.name] ?? Error;
+  const error = new Ctor(plain.message);
+  if (error.name !== plain.name) error.name = plain.name;
+  error.remote = true;
+  if (objectId !== undefined) error.durableObjectId = objectId;
+  if (plain.stack) error.stack = plain.stack;
+  return error;
+}
+
+const RESERVED_METHODS = [
+  "fetch",
+  "connect",
+  "alarm",
+  "webSocketMessage",
+  "webSocketClose",
+  "webSocketError",
+  "dup",
+  "constructor",
+];
+
+export function createObjectSystem({
+  DurableObject,
+  env,
+  waitUntil,
+  makeRequest,
+  sendResponse,
+  respondError,
+  console,
+  idleTimeoutMs,
+}) {
+  // --- ids ----------------------------------------------------------------------------------
+  let idParts;
+  class DurableObjectId {
+    #namespace;
+    #hex;
+    #name;
+    constructor(namespace, hex, name) {
+      this.#namespace = namespace;
+      this.#hex = hex;
+      this.#name = name;
+    }
+    toString() {
+      return this.#hex;
+    }
+    equals(other) {
+      return other instanceof DurableObjectId && other.#hex === this.#hex;
+    }
+    get name() {
+      return this.#name;
+    }
+    get jurisdiction() {
+      return undefined;
+    }
+    static {
+      idParts = (id) => [id.#namespace, id.#hex, id.#name];
+    }
+  }
+
+  // --- stubs --------------------------------------------------------------------------------
+  function replyKind(handle) {
+    return handle & 3;
+  }
+  function replyHandle(handle) {
+    return handle >>> 2;
+  }
+
+  async function stubFetch(namespace, hex, name, input, init) {
+    const request = new Request(input, init);
+    const inner = toInnerRequest(request);
+    let bodyRid = null;
+    if (request.body !== null) {
+      bodyRid = streams.resourceForReadableStream(request.body);
+    }
+    const handle = await op_dorun_object_fetch(
+      namespace,
+      hex,
+      name ?? "",
+      request.method,
+      request.url,
+      inner.headerList,
+      bodyRid,
+    );
+    if (replyKind(handle) === 2) {
+      throw deserializeError(op_dorun_reply_payload(replyHandle(handle)), hex);
+    }
+    const head = op_dorun_reply_response(replyHandle(handle));
+    const body = head.bodyRid === null || head.bodyRid === undefined
+      ? null
+      : streams.readableStreamForRid(head.bodyRid);
+    return new Response(body, { status: head.status, headers: head.headers });
+  }
+
+  async function rpcCall(namespace, hex, name, method, get, args) {
+    let bytes;
+    try {
+      bytes = serialize(args);
+    } catch (error) {
+      throw new TypeError(`Could not serialize RPC arguments: ${error.message}`);
+    }
+    const handle = await op_dorun_object_rpc(namespace, hex, name ?? "", method, get, bytes);
+    const payload = op_dorun_reply_payload(replyHandle(handle));
+    if (replyKind(handle) === 2) throw deserializeError(payload, hex);
+    return deserialize(payload);
+  }
+
+  function rpcProperty(namespace, hex, name, method) {
+    const call = (...args) => rpcCall(namespace, hex, name, method, false, args);
+    // `await stub.prop` reads a property over RPC.
+    call.then = (resolve, reject) =>
+      PromisePrototypeThen(rpcCall(namespace, hex, name, method, true, []), resolve, reject);
+    return call;
+  }
+
+  function makeStub(id) {
+    const [namespace, hex, name] = idParts(id);
+    const target = { id, name };
+    const fetch = (input, init) => stubFetch(namespace, hex, name, input, init);
+    return new Proxy(target, {
+      get(target, property) {
+        if (property === "id" || property === "name") return target[property];
+        if (property === "fetch") return fetch;
+        if (typeof property === "symbol" || property === "then") return undefined;
+        return rpcProperty(namespace, hex, name, property);
+      },
+    });
+  }
+
+  const NOT_IMPLEMENTED_JURISDICTION = "Jurisdiction restrictions are not implemented in dorun.";
+
+  class DurableObjectNamespace {
+    #index;
+    constructor(index) {
+      this.#index = index;
+    }
+    idFromName(name) {
+      name = String(name);
+      return new DurableObjectId(this.#index, op_dorun_id_from_name(this.#index, name), name);
+    }
+    newUniqueId(options = undefined) {
+      if (options?.jurisdiction != null) throw new Error(NOT_IMPLEMENTED_JURISDICTION);
+      return new DurableObjectId(this.#index, op_dorun_new_unique_id(this.#index), undefined);
+    }
+    idFromString(text) {
+      return new DurableObjectId(
+        this.#index,
+        op_dorun_id_from_string(this.#index, String(text)),
+        undefined,
+      );
+    }
+    get(id, options = undefined) {
+      if (!(id instanceof DurableObjectId)) {
+        throw new TypeError("Failed to execute 'get' on 'DurableObjectNamespace': parameter 1 is not of type 'DurableObjectId'.");
+      }
+      if (idParts(id)[0] !== this.#index) {
+        throw new TypeError("ID is not for this Durable Object class.");
+      }
+      const mode = options?.routingMode;
+      if (mode !== undefined && mode !== "primary-only") {
+        throw new RangeError(`unknown routingMode: ${mode}`);
+      }
+      return makeStub(id);
+    }
+    getByName(name, options = undefined) {
+      return this.get(this.idFromName(name), options);
+    }
+    jurisdiction(jurisdiction) {
+      if (jurisdiction != null) throw new Error(NOT_IMPLEMENTED_JURISDICTION);
+      return this;
+    }
+  }
+
+  // --- storage ------------------------------------------------------------------------------
+  const MAX_KEYS = 128;
+
+  function checkKeyCount(count) {
+    if (count > MAX_KEYS) {
+      throw new RangeError(
+        `Maximum number of key value pairs is ${MAX_KEYS}. ${count} pairs were provided.`,
+      );
+    }
+  }
+
+  function sortKeys(keys) {
+    return ArrayPrototypeSort(keys, (a, b) => (a < b ? -1 : a > b ? 1 : 0));
+  }
+
+  function listArgs(options = {}) {
+    if (options.start !== undefined && options.startAfter !== undefined) {
+      throw new TypeError("list() cannot be called with both start and startAfter values.");
+    }
+    if (options.limit !== undefined && !(options.limit > 0)) {
+      throw new TypeError("List limit must be positive.");
+    }
+    const start = options.startAfter !== undefined
+      ? String(options.startAfter) + "\0"
+      : options.start === undefined ? undefined : String(options.start);
+    return {
+      start,
+      end: options.end === undefined ? undefined : String(options.end),
+      prefix: options.prefix === undefined ? undefined : String(options.prefix),
+      reverse: !!options.reverse,
+      limit: options.limit === undefined ? undefined : options.limit >>> 0,
+    };
+  }
+
+  const SQL_DISABLED =
+    "SQL is not enabled for this Durable Object class. To enable it, change `new_classes` to `new_sqlite_classes` within the 'migrations' field in your wrangler.jsonc or wrangler.toml file.";
+  const KV_DISABLED =
+    "The storage.kv (synchronous KV) API is only available for SQLite-backed Durable Objects, which can be enabled by changing `new_classes` to `new_sqlite_classes` within the 'migrations' field in your wrangler.jsonc or wrangler.toml file.";
+
+  class SqlStorageCursor {
+    #columns;
+    #rows;
+    #index = 0;
+    #rowsWritten;
+    constructor(columns, rows, rowsWritten) {
+      this.#columns = columns;
+      this.#rows = rows;
+      this.#rowsWritten = rowsWritten;
+    }
+    #object(row) {
+      const out = {};
+      for (let i = 0; i < this.#columns.length; i++) out[this.#columns[i]] = row[i];
+      return out;
+    }
+    next() {
+      if (this.#index < this.#rows.length) {
+        return { done: false, value: this.#object(this.#rows[this.#index++]) };
+      }
+      return { done: true, value: undefined };
+    }
+    [SymbolIterator]() {
+      return this;
+    }
+    toArray() {
+      const out = [];
+      while (this.#index < this.#rows.length) {
+        ArrayPrototypePush(out, this.#object(this.#rows[this.#index++]));
+      }
+      return out;
+    }
+    one() {
+      const remaining = this.#rows.length - this.#index;
+      if (remaining === 0) {
+        throw new Error("Expected exactly one result from SQL query, but got no results.");
+      }
+      if (remaining > 1) {
+        throw new Error("Expected exactly one result from SQL query, but got multiple results.");
+      }
+      return this.next().value;
+    }
+    raw() {
+      const cursor = this;
+      const rows = this.#rows;
+      return {
+        next() {
+          if (cursor.#index < rows.length) return { done: false, value: rows[cursor.#index++] };
+          return { done: true, value: undefined };
+        },
+        [SymbolIterator]() {
+          return this;
+        },
+        toArray() {
+          const out = [];
+          while (cursor.#index < rows.length) ArrayPrototypePush(out, rows[cursor.#index++]);
+          return out;
+        },
+      };
+    }
+    get columnNames() {
+      return [...this.#columns];
+    }
+    get rowsRead() {
+      return this.#index;
+    }
+    get rowsWritten() {
+      return this.#rowsWritten;
+    }
+  }
+
+  class DurableObjectStorage {
+    #object;
+    #handle = 0;
+    #commit = null;
+    #depth = 0;
+    constructor(object) {
+      this.#object = object;
+    }
+
+    #db() {
+      if (this.#handle === 0) {
+        this.#handle = op_dorun_storage_open(this.#object.namespace, this.#object.hex);
+      }
+      return this.#handle;
+    }
+
+    /** After a write: commit at the end of this turn, holding the output gate until then. */
+    #wrote() {
+      if (this.#commit !== null || !op_dorun_storage_in_transaction(this.#handle)) return;
+      const commit = op_dorun_storage_commit(this.#handle);
+      this.#commit = commit;
+      PromisePrototypeThen(
+        commit,
+        () => {
+          if (this.#commit === commit) this.#commit = null;
+        },
+        (error) => {
+          if (this.#commit === commit) this.#commit = null;
+          this.#object.reset(error);
+        },
+      );
+    }
+
+    /** Resolves when every write made so far is durable; rejects if a commit failed. */
+    async outputGate() {
+      while (this.#commit !== null) await this.#commit;
+    }
+
+    close() {
+      if (this.#handle !== 0) {
+        const handle = this.#handle;
+        this.#handle = 0;
+        op_dorun_storage_close(handle);
+      }
+    }
+
+    rollbackAndClose() {
+      if (this.#handle !== 0) {
+        const handle = this.#handle;
+        this.#handle = 0;
+        try {
+          op_dorun_storage_rollback(handle);
+        } finally {
+          op_dorun_storage_close(handle);
+        }
+      }
+    }
+
+    #read(key) {
+      const bytes = op_dorun_kv_get(this.#db(), String(key));
+      return bytes === null || bytes === undefined
+        ? undefined
+        : core.deserialize(bytes, { forStorage: true });
+    }
+
+    #write(key, value) {
+      if (value === undefined) throw new TypeError("put() called with undefined value.");
+      op_dorun_kv_put(this.#db(), String(key), core.serialize(value, { forStorage: true }));
+    }
+
+    getSync(keys) {
+      if (ArrayIsArray(keys)) {
+        checkKeyCount(keys.length);
+        const result = new SafeMap();
+        for (const key of sortKeys([...keys])) {
+          const value = this.#read(key);
+          if (value !== undefined) MapPrototypeSet(result, String(key), value);
+        }
+        return new Map(result);
+      }
+      return this.#read(keys);
+    }
+
+    putSync(keyOrEntries, value) {
+      if (keyOrEntries !== null && typeof keyOrEntries === "object") {
+        const keys = ObjectKeys(keyOrEntries);
+        checkKeyCount(keys.length);
+        for (const key of keys) {
+          if (keyOrEntries[key] !== undefined) this.#write(key, keyOrEntries[key]);
+        }
+      } else {
+        this.#write(keyOrEntries, value);
+      }
+      this.#wrote();
+    }
+
+    deleteSync(keys) {
+      const handle = this.#db();
+      let result;
+      if (ArrayIsArray(keys)) {
+        checkKeyCount(keys.length);
+        result = 0;
+        for (const key of keys) if (op_dorun_kv_delete(handle, String(key))) result++;
+      } else {
+        result = op_dorun_kv_delete(handle, String(keys));
+      }
+      this.#wrote();
+      return result;
+    }
+
+    listSync(options) {
+      const flat = op_dorun_kv_list(this.#db(), listArgs(options ?? {}));
+      const result = new Map();
+      for (let i = 0; i < flat.length; i += 2) {
+        result.set(flat[i], core.deserialize(flat[i + 1], { forStorage: true }));
+      }
+      return result;
+    }
+
+    // Asynchronous KV API: SQLite reads are synchronous, so results are already settled
+    // promises and no other event can run in between (the input gate holds trivially).
+    get(keys, _options) {
+      try {
+        return PromiseResolve(this.getSync(keys));
+      } catch (error) {
+        return PromiseReject(error);
+      }
+    }
+    put(keyOrEntries, value, _options) {
+      try {
+        if (keyOrEntries !== null && typeof keyOrEntries === "object" && value !== undefined &&
+          (value === null || typeof value !== "object")) {
+          throw new TypeError(
+            "put() may only be called with a single key-value pair and optional options as put(key, value, options) or with multiple key-value pairs and optional options as put(entries, options)",
+          );
+        }
+        this.putSync(keyOrEntries, value);
+        return PromiseResolve();
+      } catch (error) {
+        return PromiseReject(error);
+      }
+    }
+    delete(keys, _options) {
+      try {
+        return PromiseResolve(this.deleteSync(keys));
+      } catch (error) {
+        return PromiseReject(error);
+      }
+    }
+    list(options = {}) {
+      try {
+        return PromiseResolve(this.listSync(options));
+      } catch (error) {
+        return PromiseReject(error);
+      }
+    }
+    deleteAll(_options) {
+      try {
+        if (this.#depth > 0) throw new Error("Cannot call deleteAll() within a transaction");
+        op_dorun_kv_delete_all(this.#db());
+        this.#wrote();
+        return PromiseResolve();
+      } catch (error) {
+        return PromiseReject(error);
+      }
+    }
+    sync() {
+      return this.outputGate();
+    }
+
+    transactionSync(callback) {
+      const handle = this.#db();
+      const name = `_cf_sync_savepoint_${this.#depth}`;
+      op_dorun_storage_savepoint(handle, name, 0);
+      this.#wrote();
+      this.#depth++;
+      try {
+        const result = callback();
+        op_dorun_storage_savepoint(handle, name, 1);
+        return result;
+      } catch (error) {
+        op_dorun_storage_savepoint(handle, name, 2);
+        throw error;
+      } finally {
+        this.#depth--;
+      }
+    }
+
+    async transaction(closure) {
+      const storage = this;
+      return await this.#object.blockConcurrencyWhile(async () => {
+        const handle = storage.#db();
+        const name = `_cf_savepoint_${storage.#depth}`;
+        op_dorun_storage_savepoint(handle, name, 0);
+        storage.#wrote();
+        storage.#depth++;
+        let rolledBack = false;
+        const txn = {
+          get: (k, o) => storage.get(k, o),
+          put: (k, v, o) => storage.put(k, v, o),
+          delete: (k, o) => storage.delete(k, o),
+          list: (o) => storage.list(o),
+          getAlarm: (o) => storage.getAlarm(o),
+          setAlarm: (t, o) => storage.setAlarm(t, o),
+          deleteAlarm: (o) => storage.deleteAlarm(o),
+          deleteAll: () => PromiseReject(new Error("Cannot call deleteAll() within a transaction")),
+          rollback: () => {
+            rolledBack = true;
+          },
+        };
+        try {
+          const result = await closure(txn);
+          op_dorun_storage_savepoint(handle, name, rolledBack ? 2 : 1);
+          return result;
+        } catch (error) {
+          op_dorun_storage_savepoint(handle, name, 2);
+          throw error;
+        } finally {
+          storage.#depth--;
+        }
+      }, { resetOnError: false });
+    }
+
+    // Alarms are stored and scheduled by a later milestone.
+    getAlarm() {
+      return PromiseResolve(null);
+    }
+    setAlarm() {
+      return PromiseReject(new Error("Alarms are not supported by this version of dorun yet."));
+    }
+    deleteAlarm() {
+      return PromiseResolve();
+    }
+
+    get kv() {
+      if (!this.#object.sqlite) throw new Error(KV_DISABLED);
+      const storage = this;
+      return {
+        get: (key) => storage.getSync(String(key)),
+        put: (key, value) => storage.putSync(String(key), value),
+        delete: (key) => storage.deleteSync(String(key)),
+        list: (options) => storage.listSync(options).entries(),
+      };
+    }
+
+    get sql() {
+      const storage = this;
+      const object = this.#object;
+      return {
+        exec(query, ...bindings) {
+          if (!object.sqlite) throw new Error(SQL_DISABLED);
+          const handle = storage.#db();
+          let result;
+          try {
+            result = op_dorun_sql_exec(handle, String(query), bindings);
+          } finally {
+            storage.#wrote();
+          }
+          return new SqlStorageCursor(result[0], result[1], result[3]);
+        },
+        get databaseSize() {
+          if (!object.sqlite) throw new Error(SQL_DISABLED);
+          return op_dorun_sql_database_size(storage.#db());
+        },
+      };
+    }
+  }
+
+  // --- live objects --------------------------------------------------------------------------
+  const live = new SafeMap();
+
+  class LiveObject {
+    constructor(namespace, hex, name, classInfo) {
+      this.key = `${namespace}:${hex}`;
+      this.namespace = namespace;
+      this.hex = hex;
+      this.name = name;
+      this.className = classInfo.className;
+      this.sqlite = classInfo.sqlite;
+      this.instance = null;
+      this.broken = null;
+      this.locked = 0;
+      this.waiting = [];
+      this.inFlight = 0;
+      this.lastActive = DateNow();
+      this.storage = new DurableObjectStorage(this);
+      const object = this;
+      this.ctx = {
+        id: new DurableObjectId(namespace, hex, name),
+        storage: this.storage,
+        blockConcurrencyWhile: (callback) => object.blockConcurrencyWhile(callback),
+        waitUntil: (promise) => waitUntil(promise),
+        abort: (reason) => {
+          const error = new Error(reason ?? "Application called abort() to reset Durable Object.");
+          object.reset(error);
+          throw error;
+        },
+        props: {},
+      };
+    }
+
+    /** Runs `callback` with the input gate closed: no other event starts until it settles. */
+    async blockConcurrencyWhile(callback, { resetOnError = true } = {}) {
+      this.locked++;
+      try {
+        return await callback();
+      } catch (error) {
+        if (resetOnError) this.reset(error);
+        throw error;
+      } finally {
+        this.locked--;
+        this.#release();
+      }
+    }
+
+    #release() {
+      while (this.locked === 0 && this.waiting.length > 0) {
+        ArrayPrototypeShift(this.waiting)();
+      }
+    }
+
+    /** Waits for the input gate to open. */
+    gate() {
+      if (this.locked === 0 && this.waiting.length === 0) return null;
+      return new Promise((resolve) => ArrayPrototypePush(this.waiting, resolve));
+    }
+
+    construct(worker) {
+      const Class = worker[this.className];
+      if (typeof Class !== "function") {
+        throw new Error(
+          `Durable Object class "${this.className}" is not exported from the Worker's main module.`,
+        );
+      }
+      this.locked++;
+      try {
+        this.instance = new Class(this.ctx, env);
+      } finally {
+        this.locked--;
+      }
+      this.#release();
+    }
+
+    reset(error) {
+      if (this.broken !== null) return;
+      this.broken = error;
+      try {
+        this.storage.rollbackAndClose();
+      } catch (closeError) {
+        console.error("closing storage of a reset object failed:", closeError);
+      }
+      if (MapPrototypeGet(live, this.key) === this) MapPrototypeDelete(live, this.key);
+      console.error(`Durable Object ${this.className} ${this.hex} reset:`, error);
+    }
+  }
+
+  function lookupMember(instance, method) {
+    let prototype = ObjectGetPrototypeOf(instance);
+    while (prototype !== null && prototype !== ObjectPrototype) {
+      const descriptor = ObjectGetOwnPropertyDescriptor(prototype, method);
+      if (descriptor !== undefined) return descriptor;
+      prototype = ObjectGetPrototypeOf(prototype);
+    }
+    return undefined;
+  }
+
+  async function runRpc(object, incoming) {
+    const method = incoming.rpcMethod;
+    const args = deserialize(op_dorun_event_args(incoming.id));
+    const instance = object.instance;
+    if (!ObjectPrototypeIsPrototypeOf(DurableObject.prototype, instance)) {
+      throw new TypeError(
+        "The receiving Durable Object does not support RPC, because its class was not declared with `extends DurableObject`. In order to enable RPC, make sure your class extends the special class `DurableObject`, which can be imported from the module \"cloudflare:workers\".",
+      );
+    }
+    if (ArrayPrototypeIncludes(RESERVED_METHODS, method)) {
+      throw new TypeError(`'${method}' is a reserved method and cannot be called over RPC.`);
+    }
+    const descriptor = lookupMember(instance, method);
+    if (descriptor === undefined) {
+      throw new TypeError(`The RPC receiver does not implement the method "${method}".`);
+    }
+    const value = descriptor.get !== undefined ? descriptor.get.call(instance) : descriptor.value;
+    if (incoming.rpcGet) return await value;
+    if (typeof value !== "function") {
+      throw new TypeError(`"${method}" is not a method of the RPC receiver.`);
+    }
+    return await value.apply(instance, args);
+  }
+
+  async function handleObjectEvent(worker, incoming, classInfo) {
+    const key = `${incoming.namespace}:${incoming.objectId}`;
+    let object = MapPrototypeGet(live, key);
+    try {
+      if (object === undefined) {
+        object = new LiveObject(
+          incoming.namespace,
+          incoming.objectId,
+          incoming.objectName ?? undefined,
+          classInfo,
+        );
+        MapPrototypeSet(live, key, object);
+        try {
+          object.construct(worker);
+        } catch (error) {
+          MapPrototypeDelete(live, key);
+          throw error;
+        }
+      }
+      object.inFlight++;
+      object.lastActive = DateNow();
+      try {
+        const wait = object.gate();
+        if (wait !== null) await wait;
+        if (object.broken !== null) throw object.broken;
+        if (incoming.kind === 1) {
+          const instance = object.instance;
+          if (typeof instance.fetch !== "function") {
+            throw new Error("Handler does not export a fetch() function.");
+          }
+          const response = await instance.fetch(makeRequest(incoming));
+          if (!(response instanceof Response)) {
+            throw new TypeError(
+              "Incorrect type for Promise: the Promise did not resolve to 'Response'.",
+            );
+          }
+          await object.storage.outputGate();
+          sendResponse(incoming.id, response);
+        } else {
+          const result = await runRpc(object, incoming);
+          await object.storage.outputGate();
+          let bytes;
+          try {
+            bytes = serialize(result);
+          } catch (error) {
+            throw new TypeError(`Could not serialize the RPC result: ${error.message}`);
+          }
+          op_dorun_reply_value(incoming.id, false, bytes);
+        }
+      } finally {
+        object.inFlight--;
+        object.lastActive = DateNow();
+      }
+    } catch (error) {
+      // Writes made before the failure are still committed (as on Cloudflare), and the
+      // error is only released once they are durable.
+      try {
+        await object?.storage.outputGate();
+      } catch {
+        // The commit failed: the object was reset; report the original error.
+      }
+      op_dorun_reply_value(incoming.id, true, serializeError(error));
+    }
+  }
+
+  function evictIdle() {
+    const now = DateNow();
+    for (const object of live.values()) {
+      if (
+        object.inFlight === 0 && object.locked === 0 && object.waiting.length === 0 &&
+        now - object.lastActive >= idleTimeoutMs
+      ) {
+        MapPrototypeDelete(live, object.key);
+        PromisePrototypeThen(object.storage.outputGate(), () => object.storage.close(), () => {});
+      }
+    }
+  }
+
+  return { DurableObjectNamespace, DurableObjectId, handleObjectEvent, evictIdle, live };
+}

@@ -1,0 +1,249 @@
+//! Durable Object migrations, applied at startup and recorded in the data directory.
+//!
+//! `<data-dir>/dorun-migrations.json` records, per worker, the migration tags applied in
+//! order and, for each live class, the unique key its IDs and data directory derive from.
+//! A renamed class keeps its key (so its IDs and data follow it); a deleted class's data
+//! directory is removed. Re-running the same migrations is a no-op; a config whose history
+//! disagrees with the recorded one is a startup error.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Migration, WorkerConfig};
+
+const STATE_FILE: &str = "dorun-migrations.json";
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct State {
+    workers: BTreeMap<String, WorkerState>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct WorkerState {
+    applied: Vec<String>,
+    classes: BTreeMap<String, ClassState>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClassState {
+    pub unique_key: String,
+    pub sqlite: bool,
+}
+
+/// The classes of one worker after its migrations, by class name.
+pub type Classes = BTreeMap<String, ClassState>;
+
+/// Applies `config`'s migrations to the data directory and returns the worker's classes.
+pub fn apply(data_dir: &Path, config: &WorkerConfig) -> Result<Classes, String> {
+    let path = data_dir.join(STATE_FILE);
+    let mut state: State = match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map_err(|e| format!("{}: unreadable migration record: {e}", path.display()))?,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => State::default(),
+        Err(error) => return Err(format!("{}: {error}", path.display())),
+    };
+    let mut removed_dirs: Vec<PathBuf> = Vec::new();
+    let changed = apply_to_state(&mut state, config, data_dir, &mut removed_dirs)?;
+    if changed {
+        let text = serde_json::to_string_pretty(&state).expect("state serializes");
+        let temporary = data_dir.join(format!("{STATE_FILE}.tmp"));
+        std::fs::write(&temporary, text)
+            .and_then(|()| std::fs::rename(&temporary, &path))
+            .map_err(|e| format!("{}: cannot record migrations: {e}", path.display()))?;
+        for dir in removed_dirs {
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)
+                    .map_err(|e| format!("cannot remove {}: {e}", dir.display()))?;
+            }
+        }
+    }
+    Ok(state
+        .workers
+        .get(&config.name)
+        .map(|w| w.classes.clone())
+        .unwrap_or_default())
+}
+
+fn apply_to_state(
+    state: &mut State,
+    config: &WorkerConfig,
+    data_dir: &Path,
+    removed_dirs: &mut Vec<PathBuf>,
+) -> Result<bool, String> {
+    let worker = config.name.clone();
+    let recorded = state
+        .workers
+        .get(&worker)
+        .map(|w| w.applied.clone())
+        .unwrap_or_default();
+    let tags: Vec<&str> = config.migrations.iter().map(|m| m.tag.as_str()).collect();
+    for (index, tag) in recorded.iter().enumerate() {
+        if tags.get(index) != Some(&tag.as_str()) {
+            return Err(format!(
+                "{}: migrations conflict with the data directory {}: it recorded tags [{}] but the config lists [{}]; migrations can only be appended",
+                config.path.display(),
+                data_dir.display(),
+                recorded.join(", "),
+                tags.join(", ")
+            ));
+        }
+    }
+    let pending: Vec<&Migration> = config.migrations.iter().skip(recorded.len()).collect();
+    if pending.is_empty() {
+        return Ok(false);
+    }
+    for migration in pending {
+        // Classes transferred from another worker are taken out of that worker first.
+        let mut incoming: Vec<(String, ClassState)> = Vec::new();
+        for (from, from_script, to) in &migration.transferred_classes {
+            let source = state.workers.get_mut(from_script).ok_or_else(|| {
+                format!(
+                    "migration {}: transferred_classes names worker '{from_script}', which dorun has no record of",
+                    migration.tag
+                )
+            })?;
+            let class = source.classes.remove(from).ok_or_else(|| {
+                format!(
+                    "migration {}: worker '{from_script}' has no class '{from}' to transfer",
+                    migration.tag
+                )
+            })?;
+            incoming.push((to.clone(), class));
+        }
+        let entry = state.workers.entry(worker.clone()).or_default();
+        let tag = &migration.tag;
+        for (class_list, sqlite) in [
+            (&migration.new_classes, false),
+            (&migration.new_sqlite_classes, true),
+        ] {
+            for class in class_list {
+                if entry.classes.contains_key(class) {
+                    return Err(format!("migration {tag}: class '{class}' already exists"));
+                }
+                entry.classes.insert(
+                    class.clone(),
+                    ClassState {
+                        unique_key: format!("{worker}-{class}"),
+                        sqlite,
+                    },
+                );
+            }
+        }
+        for (from, to) in &migration.renamed_classes {
+            let class = entry.classes.remove(from).ok_or_else(|| {
+                format!("migration {tag}: renamed_classes names unknown class '{from}'")
+            })?;
+            if entry.classes.contains_key(to) {
+                return Err(format!(
+                    "migration {tag}: cannot rename to existing class '{to}'"
+                ));
+            }
+            entry.classes.insert(to.clone(), class);
+        }
+        for class in &migration.deleted_classes {
+            let removed = entry.classes.remove(class).ok_or_else(|| {
+                format!("migration {tag}: deleted_classes names unknown class '{class}'")
+            })?;
+            removed_dirs.push(data_dir.join(&removed.unique_key));
+        }
+        for (to, class) in incoming {
+            entry.classes.insert(to, class);
+        }
+        entry.applied.push(tag.clone());
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(name: &str, migrations: Vec<Migration>) -> WorkerConfig {
+        WorkerConfig {
+            path: PathBuf::from("wrangler.toml"),
+            name: name.into(),
+            main: PathBuf::new(),
+            compatibility_date: None,
+            compatibility_flags: Vec::new(),
+            vars: Default::default(),
+            secret_names: Vec::new(),
+            rules: Vec::new(),
+            durable_objects: Vec::new(),
+            migrations,
+            cpu_limit_ms: None,
+            warnings: Vec::new(),
+        }
+    }
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("dorun-migrations-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn renamed_class_keeps_its_key_and_rerun_is_a_no_op() {
+        let dir = temp_dir("rename");
+        let v1 = Migration {
+            tag: "v1".into(),
+            new_sqlite_classes: vec!["Counter".into()],
+            ..Default::default()
+        };
+        let classes = apply(&dir, &config("app", vec![v1.clone()])).unwrap();
+        assert_eq!(classes["Counter"].unique_key, "app-Counter");
+        let v2 = Migration {
+            tag: "v2".into(),
+            renamed_classes: vec![("Counter".into(), "Tally".into())],
+            ..Default::default()
+        };
+        let both = config("app", vec![v1.clone(), v2]);
+        let classes = apply(&dir, &both).unwrap();
+        assert_eq!(classes["Tally"].unique_key, "app-Counter");
+        assert!(!classes.contains_key("Counter"));
+        let again = apply(&dir, &both).unwrap();
+        assert_eq!(again["Tally"].unique_key, "app-Counter");
+    }
+
+    #[test]
+    fn deleted_class_loses_its_data_directory() {
+        let dir = temp_dir("delete");
+        let v1 = Migration {
+            tag: "v1".into(),
+            new_classes: vec!["Old".into()],
+            ..Default::default()
+        };
+        apply(&dir, &config("app", vec![v1.clone()])).unwrap();
+        std::fs::create_dir_all(dir.join("app-Old")).unwrap();
+        std::fs::write(dir.join("app-Old/x.sqlite"), b"data").unwrap();
+        let v2 = Migration {
+            tag: "v2".into(),
+            deleted_classes: vec!["Old".into()],
+            ..Default::default()
+        };
+        let classes = apply(&dir, &config("app", vec![v1, v2])).unwrap();
+        assert!(classes.is_empty());
+        assert!(!dir.join("app-Old").exists());
+    }
+
+    #[test]
+    fn conflicting_history_is_an_error() {
+        let dir = temp_dir("conflict");
+        let v1 = Migration {
+            tag: "v1".into(),
+            new_classes: vec!["A".into()],
+            ..Default::default()
+        };
+        apply(&dir, &config("app", vec![v1])).unwrap();
+        let other = Migration {
+            tag: "other".into(),
+            new_classes: vec!["A".into()],
+            ..Default::default()
+        };
+        let error = apply(&dir, &config("app", vec![other])).unwrap_err();
+        assert!(error.contains("conflict"), "{error}");
+    }
+}
