@@ -241,6 +241,12 @@ impl Server {
         }
     }
 
+    /// Kills the server with SIGKILL (no chance to flush or clean up) and waits for it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGTERM and waits for the process to exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")

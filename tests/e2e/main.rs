@@ -8,5 +8,6 @@ mod errors;
 mod examples;
 mod handlers;
 mod modules;
+mod objects;
 mod streaming;
 mod web_apis;

@@ -445,13 +445,15 @@ fn with_db<T>(
     f(db).map_err(storage_error)
 }
 
-/// Opens the object's SQLite file; returns a handle for the other storage ops.
+/// Opens the object's SQLite file; returns a handle for the other storage ops. Without
+/// `create`, an object that never wrote anything gets handle 0 and no file.
 #[op2(fast)]
 #[smi]
 pub fn op_dorun_storage_open(
     state: &mut OpState,
     #[smi] namespace_index: u32,
     #[string] object_id: &str,
+    create: bool,
 ) -> Result<u32, JsErrorBox> {
     let namespace = namespace(state, namespace_index)?;
     let objects = state.borrow::<IsolateContext>().objects.clone();
@@ -459,6 +461,9 @@ pub fn op_dorun_storage_open(
         .data_dir
         .join(&namespace.unique_key)
         .join(format!("{object_id}.sqlite"));
+    if !create && !path.exists() {
+        return Ok(0);
+    }
     let db = ObjectDatabase::open(&path, objects.durability).map_err(|e| {
         JsErrorBox::generic(format!(
             "cannot open Durable Object storage {}: {e}",
@@ -704,4 +709,53 @@ fn to_sql_value(
         .map(|s| s.to_rust_string_lossy(scope))
         .unwrap_or_default();
     Ok(SqlValue::Text(text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn namespace(unique_key: &str) -> ObjectNamespace {
+        ObjectNamespace {
+            binding: "NS".into(),
+            class_name: "Class".into(),
+            unique_key: unique_key.into(),
+            sqlite: true,
+        }
+    }
+
+    #[test]
+    fn id_from_name_matches_workerd_test_vectors() {
+        let ns = namespace("mykey");
+        assert_eq!(
+            ns.id_from_name("http://foo/"),
+            "59002eb8cf872e541722977a258a12d6a93bbe8192b502e1c0cb250aa91af234"
+        );
+        assert_eq!(
+            ns.id_from_name("http://foo/bar"),
+            "02b496f65dd35cbac90e3e72dc5a398ee93926ea4a3821e26677082d2e6f9b79"
+        );
+    }
+
+    #[test]
+    fn unique_ids_validate_only_in_their_namespace() {
+        let ns = namespace("a");
+        let id = ns.new_unique_id();
+        assert_eq!(ns.check_id(&id.to_uppercase()), Ok(id.clone()));
+        assert_eq!(
+            namespace("b").check_id(&id),
+            Err("Durable Object ID is not valid for this namespace.")
+        );
+        assert_eq!(
+            ns.check_id("abc"),
+            Err("Invalid Durable Object ID: must be 64 hex digits")
+        );
+    }
+
+    #[test]
+    fn objects_spread_over_threads_by_id() {
+        assert_eq!(thread_for("00000003ffff", 2), 1);
+        assert_eq!(thread_for("00000004ffff", 2), 0);
+        assert_eq!(thread_for("ffffffff", 1), 0);
+    }
 }

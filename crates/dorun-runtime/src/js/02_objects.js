@@ -387,9 +387,18 @@ export function createObjectSystem({
       this.#object = object;
     }
 
+    /** The database handle, creating the file on first use. */
     #db() {
       if (this.#handle === 0) {
-        this.#handle = op_dorun_storage_open(this.#object.namespace, this.#object.hex);
+        this.#handle = op_dorun_storage_open(this.#object.namespace, this.#object.hex, true);
+      }
+      return this.#handle;
+    }
+
+    /** The database handle for a read; 0 if the object has never written anything. */
+    #dbIfExists() {
+      if (this.#handle === 0) {
+        this.#handle = op_dorun_storage_open(this.#object.namespace, this.#object.hex, false);
       }
       return this.#handle;
     }
@@ -437,7 +446,9 @@ export function createObjectSystem({
     }
 
     #read(key) {
-      const bytes = op_dorun_kv_get(this.#db(), String(key));
+      const handle = this.#dbIfExists();
+      if (handle === 0) return undefined;
+      const bytes = op_dorun_kv_get(handle, String(key));
       return bytes === null || bytes === undefined
         ? undefined
         : core.deserialize(bytes, { forStorage: true });
@@ -475,7 +486,9 @@ export function createObjectSystem({
     }
 
     deleteSync(keys) {
-      const handle = this.#db();
+      if (ArrayIsArray(keys)) checkKeyCount(keys.length);
+      const handle = this.#dbIfExists();
+      if (handle === 0) return ArrayIsArray(keys) ? 0 : false;
       let result;
       if (ArrayIsArray(keys)) {
         checkKeyCount(keys.length);
@@ -489,7 +502,10 @@ export function createObjectSystem({
     }
 
     listSync(options) {
-      const flat = op_dorun_kv_list(this.#db(), listArgs(options ?? {}));
+      const args = listArgs(options ?? {});
+      const handle = this.#dbIfExists();
+      if (handle === 0) return new Map();
+      const flat = op_dorun_kv_list(handle, args);
       const result = new Map();
       for (let i = 0; i < flat.length; i += 2) {
         result.set(flat[i], core.deserialize(flat[i + 1], { forStorage: true }));

@@ -1,0 +1,348 @@
+//! Durable Objects end to end: RPC and fetch through stubs, storage and SQL, gates,
+//! eviction, persistence across restarts and kill -9, migrations.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::harness::{fixture, scratch_dir, Server};
+
+fn objects_config() -> std::path::PathBuf {
+    fixture("objects").join("wrangler.toml")
+}
+
+fn start(data_dir: &std::path::Path, extra: &[&str]) -> Server {
+    let mut args = vec!["--data-dir", data_dir.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    Server::start(&objects_config(), &args)
+}
+
+#[tokio::test]
+async fn rpc_and_storage_persist_across_a_clean_restart() {
+    let data = scratch_dir("objects-restart");
+    let mut server = start(&data, &[]);
+    for expected in 1..=3 {
+        assert_eq!(
+            server.post("/increment/alice", "").await.json(),
+            json!(expected)
+        );
+    }
+    assert_eq!(server.post("/increment/bob", "").await.json(), json!(1));
+    assert!(server.terminate().success());
+    let server = start(&data, &[]);
+    assert_eq!(server.get("/value/alice").await.json(), json!(3));
+    assert_eq!(server.get("/value/bob").await.json(), json!(1));
+    assert_eq!(server.get("/value/carol").await.json(), json!(0));
+    // One SQLite file per object under <data-dir>/<worker>-<Class>/<id>.sqlite.
+    let files: Vec<_> = std::fs::read_dir(data.join("objects-Counter"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".sqlite"))
+        .collect();
+    assert_eq!(files.len(), 2, "{files:?}");
+}
+
+#[tokio::test]
+async fn rpc_carries_structured_values_and_properties() {
+    let data = scratch_dir("objects-types");
+    let server = start(&data, &[]);
+    let reply = server.get("/types/t").await;
+    assert_eq!(reply.status, 200, "{}\n{}", reply.text(), server.logs());
+    assert_eq!(
+        reply.json(),
+        json!({
+            "date": true, "map": true, "set": true, "big": true, "buffer": true,
+            "typed": true, "nested": true, "error": true, "answer": 42
+        })
+    );
+}
+
+#[tokio::test]
+async fn errors_cross_rpc_with_name_message_and_remote() {
+    let data = scratch_dir("objects-errors");
+    let server = start(&data, &[]);
+    let reply = server.get("/errors/e").await;
+    assert_eq!(reply.status, 200, "{}\n{}", reply.text(), server.logs());
+    let body = reply.json();
+    assert_eq!(
+        body["type"],
+        json!({"error": {"name": "TypeError", "message": "bad type", "remote": true}})
+    );
+    assert_eq!(
+        body["range"],
+        json!({"error": {"name": "RangeError", "message": "out of range", "remote": true}})
+    );
+    assert_eq!(
+        body["missing"],
+        json!({"error": {"name": "TypeError", "message": "The RPC receiver does not implement the method \"noSuchMethod\".", "remote": true}})
+    );
+    assert_eq!(
+        body["reserved"]["error"]["message"],
+        json!("'alarm' is a reserved method and cannot be called over RPC.")
+    );
+    assert_eq!(
+        body["fetchThrows"],
+        json!({"error": {"name": "Error", "message": "fetch failed inside", "remote": true}})
+    );
+    let no_rpc = body["noRpc"]["error"]["message"].as_str().unwrap();
+    assert!(
+        no_rpc.starts_with("The receiving Durable Object does not support RPC"),
+        "{no_rpc}"
+    );
+    assert_eq!(body["noRpcFetch"], json!("no-rpc fetch ok"));
+}
+
+#[tokio::test]
+async fn ids_are_deterministic_and_validated() {
+    let data = scratch_dir("objects-ids");
+    let server = start(&data, &[]);
+    let body = server.get("/ids").await.json();
+    assert_eq!(body["equal"], json!(true));
+    assert_eq!(body["hex"].as_str().unwrap().len(), 64);
+    assert_eq!(body["name"], json!("alpha"));
+    assert_eq!(body["uniqueName"], json!(null));
+    assert_eq!(body["parsedEqual"], json!(true));
+    assert_eq!(body["parsedName"], json!(null));
+    assert_eq!(
+        body["problems"],
+        json!([
+            "TypeError: Invalid Durable Object ID: must be 64 hex digits",
+            "TypeError: Durable Object ID is not valid for this namespace."
+        ])
+    );
+    assert_eq!(body["stubKeys"], json!(["id", "name"]));
+    assert_eq!(body["stubName"], json!("alpha"));
+    assert!(body["otherNamespace"]["error"].is_object(), "{body}");
+}
+
+#[tokio::test]
+async fn storage_api_behaves_like_cloudflare() {
+    let data = scratch_dir("objects-storage");
+    let server = start(&data, &[]);
+    let reply = server.get("/storage/s").await;
+    assert_eq!(reply.status, 200, "{}\n{}", reply.text(), server.logs());
+    let body = reply.json();
+    assert_eq!(body["single"], json!(1));
+    assert_eq!(body.get("missing"), None, "undefined is dropped by JSON");
+    assert_eq!(body["many"], json!([["a/1", 1], ["a/3", "three"]]));
+    assert_eq!(body["prefix"], json!(["a/1", "a/2", "a/3"]));
+    assert_eq!(body["reverseLimit"], json!(["c", "b"]));
+    assert_eq!(body["startAfter"], json!(["a/2", "a/3"]));
+    assert_eq!(body["date"], json!(5));
+    assert_eq!(body["bigint"], json!("3"));
+    assert_eq!(body["deleted"], json!(true));
+    assert_eq!(body["deletedAgain"], json!(false));
+    assert_eq!(body["deletedMany"], json!(2));
+    assert_eq!(
+        body["errors"],
+        json!([
+            "TypeError: put() called with undefined value.",
+            "TypeError: List limit must be positive.",
+            "TypeError: list() cannot be called with both start and startAfter values.",
+            "RangeError: Maximum number of key value pairs is 128. 129 pairs were provided."
+        ])
+    );
+    assert_eq!(body["syncKv"], json!({"ok": true}));
+    assert_eq!(body["syncKvSeenAsync"], json!({"ok": true}));
+    assert_eq!(body["transactionResult"], json!("committed"));
+    assert_eq!(body["transactionError"], json!("abort txn"));
+    assert_eq!(body["afterTransactions"], json!([1, null, null]));
+    assert_eq!(body["transactionSyncError"], json!("sync abort"));
+    assert_eq!(body["transactionSync"], json!(null));
+    assert_eq!(body["afterSync"], json!([null, 2]));
+    assert_eq!(body["afterDeleteAll"], json!(0));
+}
+
+#[tokio::test]
+async fn sql_api_cursors_values_and_refusals() {
+    let data = scratch_dir("objects-sql");
+    let server = start(&data, &[]);
+    let reply = server.get("/sql/q").await;
+    assert_eq!(reply.status, 200, "{}\n{}", reply.text(), server.logs());
+    let body = reply.json();
+    assert_eq!(body["inserted"], json!([{"id": 1}, {"id": 2}]));
+    assert_eq!(body["rowsWritten"], json!(2));
+    assert_eq!(body["columnNames"], json!(["id", "name"]));
+    assert_eq!(body["first"], json!({"id": 1, "name": "ada"}));
+    assert_eq!(body["rest"], json!([{"id": 2, "name": "bob"}]));
+    assert_eq!(body["raw"], json!([[1, "ada"], [2, "bob"]]));
+    assert_eq!(body["one"], json!({"name": "ada"}));
+    assert_eq!(body["blob"], json!([1, 2]));
+    let errors: Vec<String> = serde_json::from_value(body["errors"].clone()).unwrap();
+    assert_eq!(
+        errors[0],
+        "Expected exactly one result from SQL query, but got multiple results."
+    );
+    assert_eq!(
+        errors[1],
+        "Expected exactly one result from SQL query, but got no results."
+    );
+    assert!(
+        errors[2].contains("_cf_KV") && errors[2].contains("prohibited"),
+        "{}",
+        errors[2]
+    );
+    assert!(
+        errors[3]
+            .starts_with("To execute a transaction, please use the state.storage.transaction()"),
+        "{}",
+        errors[3]
+    );
+    assert_eq!(
+        errors[4],
+        "Wrong number of parameter bindings for SQL query."
+    );
+    assert!(errors[5].contains("syntax error"), "{}", errors[5]);
+    assert_eq!(body["databaseSize"], json!(true));
+}
+
+#[tokio::test]
+async fn stub_fetch_streams_bodies_to_and_from_the_object() {
+    let data = scratch_dir("objects-fetch");
+    let server = start(&data, &[]);
+    let payload: Vec<u8> = (0..2_000_000).map(|i| (i % 253) as u8).collect();
+    let reply = server.post("/fetch-echo/named", payload.clone()).await;
+    assert_eq!(reply.status, 201, "{}", server.logs());
+    assert_eq!(reply.headers["x-object-name"], "named");
+    assert!(
+        reply.body == payload,
+        "body differs after passing through the object"
+    );
+}
+
+#[tokio::test]
+async fn input_gate_holds_events_during_block_concurrency_while() {
+    let data = scratch_dir("objects-gate");
+    let server = start(&data, &[]);
+    let reply = server.get("/gate/g").await;
+    assert_eq!(reply.status, 200, "{}\n{}", reply.text(), server.logs());
+    let body = reply.json();
+    assert_eq!(
+        body["ready"],
+        json!(true),
+        "no event before the constructor's critical section ends"
+    );
+    // Across a timer await the second call ran in between ...
+    assert_eq!(
+        body["fast"],
+        json!(["start slow", "start fast", "end fast"])
+    );
+    // ... but not across blockConcurrencyWhile.
+    let log: Vec<String> = serde_json::from_value(body["log"].clone()).unwrap();
+    let critical_start = log.iter().position(|e| e == "start critical").unwrap();
+    assert_eq!(log[critical_start + 1], "end critical", "{log:?}");
+    assert_eq!(log[critical_start + 2], "start after", "{log:?}");
+}
+
+#[tokio::test]
+async fn idle_objects_are_evicted_and_rebuilt_from_storage() {
+    let data = scratch_dir("objects-evict");
+    let server = start(&data, &["--object-idle-timeout", "0.3", "--threads", "1"]);
+    assert_eq!(server.post("/increment/e", "").await.json(), json!(1));
+    let first = server.get("/whoami/e").await.json();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let second = server.get("/whoami/e").await.json();
+    assert_eq!(first["name"], json!("e"));
+    assert_eq!(second["id"], first["id"]);
+    assert!(
+        second["construction"].as_u64() > first["construction"].as_u64(),
+        "constructor ran again after eviction: {first} {second}"
+    );
+    assert_eq!(
+        server.get("/value/e").await.json(),
+        json!(1),
+        "state rebuilt from storage"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_loses_no_acknowledged_write() {
+    let data = scratch_dir("objects-kill9");
+    let mut server = start(&data, &[]);
+    let base = server.base.clone();
+    let acknowledged: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+    let stop_at = Instant::now() + Duration::from_millis(1500);
+    let mut clients = Vec::new();
+    for client in 0..16 {
+        let base = base.clone();
+        let acknowledged = acknowledged.clone();
+        clients.push(tokio::spawn(async move {
+            let http =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build_http::<http_body_util::Full<bytes::Bytes>>();
+            let name = format!("k{}", client % 4);
+            while Instant::now() < stop_at + Duration::from_secs(5) {
+                let request = http::Request::post(format!("{base}/increment/{name}"))
+                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                    .unwrap();
+                let Ok(Ok(response)) =
+                    tokio::time::timeout(Duration::from_secs(5), http.request(request)).await
+                else {
+                    return;
+                };
+                let Ok(body) = http_body_util::BodyExt::collect(response.into_body()).await else {
+                    return;
+                };
+                let Ok(value) = serde_json::from_slice::<u64>(&body.to_bytes()) else {
+                    return;
+                };
+                let mut map = acknowledged.lock().unwrap();
+                let entry = map.entry(name.clone()).or_insert(0);
+                *entry = (*entry).max(value);
+            }
+        }));
+    }
+    tokio::time::sleep(stop_at - Instant::now()).await;
+    tokio::task::block_in_place(|| server.kill9());
+    for client in clients {
+        let _ = client.await;
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert_eq!(
+        acknowledged.len(),
+        4,
+        "every object got writes: {acknowledged:?}"
+    );
+    let server = start(&data, &[]);
+    for (name, value) in acknowledged {
+        let stored = server
+            .get(&format!("/value/{name}"))
+            .await
+            .json()
+            .as_u64()
+            .unwrap();
+        assert!(
+            stored >= value,
+            "{name}: a response reported {value} but after kill -9 the object holds {stored}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn renamed_class_keeps_its_data_and_ids() {
+    let data = scratch_dir("objects-rename");
+    let mut server = start(&data, &[]);
+    assert_eq!(server.post("/increment/r", "").await.json(), json!(1));
+    assert_eq!(server.post("/increment/r", "").await.json(), json!(2));
+    let id_before = server.get("/whoami/r").await.json()["id"].clone();
+    assert!(server.terminate().success());
+    let renamed = fixture("objects-renamed").join("wrangler.toml");
+    let server = Server::start(&renamed, &["--data-dir", data.to_str().unwrap()]);
+    let body = server.get("/value/r").await.json();
+    assert_eq!(body["value"], json!(2), "data followed the renamed class");
+    assert_eq!(body["id"], id_before, "ids follow the renamed class");
+    assert!(
+        !data.join("objects-Gated").exists()
+            || std::fs::read_dir(data.join("objects-Gated")).is_err()
+    );
+    drop(server);
+    // Going back to the old history conflicts with what the data directory recorded.
+    let error = match Server::try_start(&objects_config(), &["--data-dir", data.to_str().unwrap()])
+    {
+        Ok(_) => panic!("a conflicting migration history must refuse to start"),
+        Err(error) => error,
+    };
+    assert!(error.contains("migrations conflict"), "{error}");
+}
