@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::harness::{example, Server};
+use crate::harness::{example, scratch_dir, Server};
 
 #[tokio::test]
 async fn hello_example_greets_and_echoes() {
@@ -43,7 +43,7 @@ async fn hono_typescript_example_runs_with_its_npm_dependency() {
 fn install_npm_dependencies(dir: &std::path::Path) {
     static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = INSTALL.lock().unwrap();
-    if dir.join("node_modules/hono/package.json").exists() {
+    if dir.join("node_modules/.package-lock.json").exists() {
         return;
     }
     let status = std::process::Command::new("npm")
@@ -52,4 +52,32 @@ fn install_npm_dependencies(dir: &std::path::Path) {
         .status()
         .expect("npm is needed to install the example's dependencies");
     assert!(status.success(), "npm ci --prefix {} failed", dir.display());
+}
+
+async fn exercise_counter(server: &Server) {
+    assert_eq!(server.post("/card-1/increment", "").await.json(), json!({"value": 1}));
+    assert_eq!(server.post("/card-1/increment", "").await.json(), json!({"value": 2}));
+    assert_eq!(server.post("/card-1/decrement", "").await.json(), json!({"value": 1}));
+    assert_eq!(server.get("/card-1/value").await.json(), json!({"value": 1}));
+    assert_eq!(server.get("/card-2/value").await.json(), json!({"value": 0}), "counters are isolated");
+}
+
+#[tokio::test]
+async fn counter_example_plain_js() {
+    let data = scratch_dir("counter-js");
+    let config = example("counter/js").join("wrangler.toml");
+    let mut server = Server::start(&config, &["--data-dir", data.to_str().unwrap()]);
+    exercise_counter(&server).await;
+    assert!(server.terminate().success());
+    let server = Server::start(&config, &["--data-dir", data.to_str().unwrap()]);
+    assert_eq!(server.get("/card-1/value").await.json(), json!({"value": 1}), "persisted");
+}
+
+#[tokio::test]
+async fn counter_example_hono_typescript() {
+    let dir = example("counter/hono");
+    install_npm_dependencies(&dir);
+    let data = scratch_dir("counter-hono");
+    let server = Server::start(&dir.join("wrangler.toml"), &["--data-dir", data.to_str().unwrap()]);
+    exercise_counter(&server).await;
 }
