@@ -55,11 +55,27 @@ fn install_npm_dependencies(dir: &std::path::Path) {
 }
 
 async fn exercise_counter(server: &Server) {
-    assert_eq!(server.post("/card-1/increment", "").await.json(), json!({"value": 1}));
-    assert_eq!(server.post("/card-1/increment", "").await.json(), json!({"value": 2}));
-    assert_eq!(server.post("/card-1/decrement", "").await.json(), json!({"value": 1}));
-    assert_eq!(server.get("/card-1/value").await.json(), json!({"value": 1}));
-    assert_eq!(server.get("/card-2/value").await.json(), json!({"value": 0}), "counters are isolated");
+    assert_eq!(
+        server.post("/card-1/increment", "").await.json(),
+        json!({"value": 1})
+    );
+    assert_eq!(
+        server.post("/card-1/increment", "").await.json(),
+        json!({"value": 2})
+    );
+    assert_eq!(
+        server.post("/card-1/decrement", "").await.json(),
+        json!({"value": 1})
+    );
+    assert_eq!(
+        server.get("/card-1/value").await.json(),
+        json!({"value": 1})
+    );
+    assert_eq!(
+        server.get("/card-2/value").await.json(),
+        json!({"value": 0}),
+        "counters are isolated"
+    );
 }
 
 #[tokio::test]
@@ -70,7 +86,11 @@ async fn counter_example_plain_js() {
     exercise_counter(&server).await;
     assert!(server.terminate().success());
     let server = Server::start(&config, &["--data-dir", data.to_str().unwrap()]);
-    assert_eq!(server.get("/card-1/value").await.json(), json!({"value": 1}), "persisted");
+    assert_eq!(
+        server.get("/card-1/value").await.json(),
+        json!({"value": 1}),
+        "persisted"
+    );
 }
 
 #[tokio::test]
@@ -78,6 +98,9 @@ async fn counter_example_hono_typescript() {
     let dir = example("counter/hono");
     install_npm_dependencies(&dir);
     let data = scratch_dir("counter-hono");
-    let server = Server::start(&dir.join("wrangler.toml"), &["--data-dir", data.to_str().unwrap()]);
+    let server = Server::start(
+        &dir.join("wrangler.toml"),
+        &["--data-dir", data.to_str().unwrap()],
+    );
     exercise_counter(&server).await;
 }

@@ -346,3 +346,26 @@ async fn renamed_class_keeps_its_data_and_ids() {
     };
     assert!(error.contains("migrations conflict"), "{error}");
 }
+
+#[tokio::test]
+async fn kv_backed_classes_enforce_key_and_value_limits_and_have_no_sql() {
+    let data = scratch_dir("objects-limits");
+    let server = start(&data, &[]);
+    let reply = server.get("/limits/l").await;
+    assert_eq!(reply.status, 200, "{}\n{}", reply.text(), server.logs());
+    let errors: Vec<String> = serde_json::from_value(reply.json()).unwrap();
+    assert_eq!(
+        errors[0],
+        "RangeError: Keys cannot be larger than 2048 bytes. A key of size 2049 was provided."
+    );
+    assert!(
+        errors[1].starts_with("RangeError: Values cannot be larger than 131072 bytes."),
+        "{}",
+        errors[1]
+    );
+    assert!(
+        errors[2].starts_with("Error: SQL is not enabled for this Durable Object class."),
+        "{}",
+        errors[2]
+    );
+}

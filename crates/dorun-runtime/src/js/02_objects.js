@@ -271,6 +271,9 @@ export function createObjectSystem({
 
   // --- storage ------------------------------------------------------------------------------
   const MAX_KEYS = 128;
+  const MAX_KEY_BYTES = 2048;
+  const MAX_VALUE_BYTES = 131072;
+  const encoder = new TextEncoder();
 
   function checkKeyCount(count) {
     if (count > MAX_KEYS) {
@@ -456,7 +459,23 @@ export function createObjectSystem({
 
     #write(key, value) {
       if (value === undefined) throw new TypeError("put() called with undefined value.");
-      op_dorun_kv_put(this.#db(), String(key), core.serialize(value, { forStorage: true }));
+      key = String(key);
+      const bytes = core.serialize(value, { forStorage: true });
+      if (!this.#object.sqlite) {
+        // KV-backed classes (new_classes) have Cloudflare's KV limits.
+        const keySize = encoder.encode(key).byteLength;
+        if (keySize > MAX_KEY_BYTES) {
+          throw new RangeError(
+            `Keys cannot be larger than ${MAX_KEY_BYTES} bytes. A key of size ${keySize} was provided.`,
+          );
+        }
+        if (bytes.byteLength > MAX_VALUE_BYTES + 34) {
+          throw new RangeError(
+            `Values cannot be larger than ${MAX_VALUE_BYTES} bytes. A value of size ${bytes.byteLength} was provided.`,
+          );
+        }
+      }
+      op_dorun_kv_put(this.#db(), key, bytes);
     }
 
     getSync(keys) {
