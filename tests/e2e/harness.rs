@@ -161,6 +161,10 @@ impl Server {
         })
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Everything the server wrote to stderr so far.
     pub fn logs(&self) -> String {
         self.stderr.lock().unwrap().clone()

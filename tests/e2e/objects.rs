@@ -369,3 +369,73 @@ async fn kv_backed_classes_enforce_key_and_value_limits_and_have_no_sql() {
         errors[2]
     );
 }
+
+fn resident_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thousands_of_objects_stay_resident_with_small_memory_each() {
+    let data = scratch_dir("objects-many");
+    let server = Arc::new(start(&data, &["--object-idle-timeout", "600"]));
+    const OBJECTS: usize = 3000;
+    // Warm up both isolate threads before measuring.
+    for i in 0..8 {
+        server.post(&format!("/increment/warm{i}"), "").await;
+    }
+    let before = resident_bytes(server.pid());
+    let mut tasks = Vec::new();
+    for worker in 0..16 {
+        let server = server.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (worker..OBJECTS).step_by(16) {
+                let reply = server.post(&format!("/increment/many{i}"), "").await;
+                assert_eq!(reply.json(), json!(1), "{}", reply.text());
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let after = resident_bytes(server.pid());
+    let per_object = after.saturating_sub(before) / OBJECTS as u64;
+    println!("{OBJECTS} resident objects with open storage: {per_object} bytes each (RSS {before} -> {after})");
+    assert!(
+        per_object < 100 * 1024,
+        "{per_object} bytes per resident object"
+    );
+    // All of them are still live and consistent.
+    for i in (0..OBJECTS).step_by(499) {
+        assert_eq!(
+            server.get(&format!("/value/many{i}")).await.json(),
+            json!(1)
+        );
+    }
+}
+
+#[tokio::test]
+async fn objects_call_other_objects() {
+    let data = scratch_dir("objects-chain");
+    let server = start(&data, &[]);
+    // Several names, so both same-thread and cross-thread calls happen.
+    for name in ["a", "b", "c", "d"] {
+        let reply = server.get(&format!("/chain/{name}")).await;
+        assert_eq!(
+            reply.json(),
+            json!({"other": 10, "mine": 1}),
+            "{}",
+            server.logs()
+        );
+        assert_eq!(
+            server.get(&format!("/value/{name}-other")).await.json(),
+            json!(10)
+        );
+    }
+}

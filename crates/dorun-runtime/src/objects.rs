@@ -421,11 +421,81 @@ pub fn op_dorun_reply_value(
 
 // --- storage ------------------------------------------------------------------------------
 
-/// The open databases of the objects on this isolate thread.
+/// How many SQLite connections one isolate thread keeps open. Resident objects beyond this
+/// keep their handle; their connection is closed (when no transaction is pending) and
+/// reopened on next use, so memory stays bounded however many objects are resident.
+const MAX_OPEN_CONNECTIONS: usize = 256;
+
+struct StorageEntry {
+    path: PathBuf,
+    db: Option<ObjectDatabase>,
+    last_used: u64,
+}
+
+/// The storage of the objects on this isolate thread, by handle.
 #[derive(Default)]
 pub struct OpenDatabases {
     next: u32,
-    open: HashMap<u32, ObjectDatabase>,
+    clock: u64,
+    connected: usize,
+    entries: HashMap<u32, StorageEntry>,
+}
+
+impl OpenDatabases {
+    fn database(
+        &mut self,
+        handle: u32,
+        durability: Durability,
+    ) -> Result<&mut ObjectDatabase, JsErrorBox> {
+        self.clock += 1;
+        let clock = self.clock;
+        let needs_open = match self.entries.get(&handle) {
+            None => return Err(JsErrorBox::generic("Durable Object storage is closed")),
+            Some(entry) => entry.db.is_none(),
+        };
+        if needs_open {
+            if self.connected >= MAX_OPEN_CONNECTIONS {
+                self.close_least_recently_used(handle);
+            }
+            let entry = self.entries.get_mut(&handle).expect("checked above");
+            let db = ObjectDatabase::open(&entry.path, durability).map_err(|e| {
+                JsErrorBox::generic(format!(
+                    "cannot open Durable Object storage {}: {e}",
+                    entry.path.display()
+                ))
+            })?;
+            entry.db = Some(db);
+            self.connected += 1;
+        }
+        let entry = self.entries.get_mut(&handle).expect("checked above");
+        entry.last_used = clock;
+        Ok(entry.db.as_mut().expect("opened above"))
+    }
+
+    fn close_least_recently_used(&mut self, keep: u32) {
+        let victim = self
+            .entries
+            .iter()
+            .filter(|(handle, entry)| {
+                **handle != keep && entry.db.as_ref().is_some_and(|db| !db.in_transaction())
+            })
+            .min_by_key(|(_, entry)| entry.last_used)
+            .map(|(handle, _)| *handle);
+        if let Some(victim) = victim {
+            if let Some(entry) = self.entries.get_mut(&victim) {
+                entry.db = None;
+                self.connected -= 1;
+            }
+        }
+    }
+
+    fn remove(&mut self, handle: u32) -> Option<ObjectDatabase> {
+        let entry = self.entries.remove(&handle)?;
+        if entry.db.is_some() {
+            self.connected -= 1;
+        }
+        entry.db
+    }
 }
 
 fn storage_error(error: dorun_storage::StorageError) -> JsErrorBox {
@@ -437,11 +507,10 @@ fn with_db<T>(
     handle: u32,
     f: impl FnOnce(&mut ObjectDatabase) -> dorun_storage::Result<T>,
 ) -> Result<T, JsErrorBox> {
+    let durability = state.borrow::<IsolateContext>().objects.durability;
     let db = state
         .borrow_mut::<OpenDatabases>()
-        .open
-        .get_mut(&handle)
-        .ok_or_else(|| JsErrorBox::generic("Durable Object storage is closed"))?;
+        .database(handle, durability)?;
     f(db).map_err(storage_error)
 }
 
@@ -464,23 +533,29 @@ pub fn op_dorun_storage_open(
     if !create && !path.exists() {
         return Ok(0);
     }
-    let db = ObjectDatabase::open(&path, objects.durability).map_err(|e| {
-        JsErrorBox::generic(format!(
-            "cannot open Durable Object storage {}: {e}",
-            path.display()
-        ))
-    })?;
     let open = state.borrow_mut::<OpenDatabases>();
-    open.next = open.next.wrapping_add(1);
+    open.next = open.next.wrapping_add(1).max(1);
     let handle = open.next;
-    open.open.insert(handle, db);
+    open.entries.insert(
+        handle,
+        StorageEntry {
+            path,
+            db: None,
+            last_used: 0,
+        },
+    );
+    // Open now, so a bad path or a corrupt file is reported at the first storage call.
+    if let Err(error) = open.database(handle, objects.durability) {
+        open.remove(handle);
+        return Err(error);
+    }
     Ok(handle)
 }
 
 /// Commits pending writes and closes the file.
 #[op2(fast)]
 pub fn op_dorun_storage_close(state: &mut OpState, #[smi] handle: u32) -> Result<(), JsErrorBox> {
-    if let Some(mut db) = state.borrow_mut::<OpenDatabases>().open.remove(&handle) {
+    if let Some(mut db) = state.borrow_mut::<OpenDatabases>().remove(handle) {
         db.commit().map_err(storage_error)?;
     }
     Ok(())
@@ -504,8 +579,15 @@ pub async fn op_dorun_storage_commit(
 ) -> Result<(), JsErrorBox> {
     tokio::task::yield_now().await;
     let mut state = state.borrow_mut();
-    match state.borrow_mut::<OpenDatabases>().open.get_mut(&handle) {
+    let open = state.borrow_mut::<OpenDatabases>();
+    match open
+        .entries
+        .get_mut(&handle)
+        .and_then(|entry| entry.db.as_mut())
+    {
         Some(db) => db.commit().map_err(storage_error),
+        // Closed: either by the object (it committed then) or by the connection cap, which
+        // only closes connections without a pending transaction.
         None => Ok(()),
     }
 }
@@ -515,8 +597,9 @@ pub async fn op_dorun_storage_commit(
 pub fn op_dorun_storage_in_transaction(state: &mut OpState, #[smi] handle: u32) -> bool {
     state
         .borrow::<OpenDatabases>()
-        .open
+        .entries
         .get(&handle)
+        .and_then(|entry| entry.db.as_ref())
         .is_some_and(|db| db.in_transaction())
 }
 

@@ -108,6 +108,8 @@ impl ObjectDatabase {
         };
         conn.pragma_update(None, "synchronous", synchronous)?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Objects are many and small: keep each connection's page cache modest (KiB).
+        conn.pragma_update(None, "cache_size", -512)?;
         conn.set_prepared_statement_cache_capacity(64);
         let kv_ready = table_exists(&conn, "_cf_KV")?;
         let user_sql = Arc::new(AtomicBool::new(false));
