@@ -173,7 +173,7 @@ pub async fn op_dorun_next_event(state: Rc<RefCell<OpState>>) -> Option<Incoming
     match event {
         Event::Http { request, reply } => {
             context.in_flight.borrow_mut().insert(id, reply);
-            Some(IncomingEvent::empty(0, id).with_request(&state, request))
+            Some(IncomingEvent::empty(0, id).with_request(&state, *request))
         }
         Event::Object(event) => {
             let event = *event;

@@ -123,7 +123,10 @@ impl WorkerPool {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.threads.len();
         let (reply, response) = oneshot::channel();
         self.senders[index]
-            .send(Event::Http { request, reply })
+            .send(Event::Http {
+                request: Box::new(request),
+                reply,
+            })
             .map_err(|_| DispatchError::ShuttingDown)?;
         match response.await.map_err(|_| DispatchError::Dropped)? {
             Reply::Response(response) => Ok(response),

@@ -98,7 +98,7 @@ pub struct ObjectConfig {
 pub enum Event {
     /// A request from the front door for the Worker's fetch handler.
     Http {
-        request: http::Request<RequestBody>,
+        request: Box<http::Request<RequestBody>>,
         reply: oneshot::Sender<Reply>,
     },
     /// A call into a Durable Object pinned to this thread.
