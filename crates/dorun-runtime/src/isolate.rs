@@ -288,7 +288,9 @@ async fn run_isolate(
         runtime.with_event_loop_future(Box::pin(evaluation), PollEventLoopOptions::default()),
     )
     .await;
-    if let Err(error) = evaluated {
+    let evaluated = evaluated.unwrap_or(Ok(()));
+    if evaluated.is_err() || watch.termination().is_some() {
+        let error = evaluated.err().map(|e| e.to_string()).unwrap_or_default();
         if let Some(termination) = watch.termination() {
             return IsolateExit::Failed(match termination {
                 Termination::CpuLimit => {
@@ -299,7 +301,7 @@ async fn run_isolate(
                 }
             });
         }
-        return IsolateExit::Failed(describe_startup_error(&error.to_string()));
+        return IsolateExit::Failed(describe_startup_error(&error));
     }
     if let Some(ready) = ready.take() {
         let _ = ready.send(Ok(()));
@@ -310,6 +312,11 @@ async fn run_isolate(
             watch.enter();
             let poll = runtime.poll_event_loop(cx, PollEventLoopOptions::default());
             watch.leave();
+            // A terminated isolate may keep reporting Pending (deno_core treats a terminated
+            // timer callback as "nothing ran"), so termination is checked on every poll.
+            if watch.termination().is_some() {
+                return std::task::Poll::Ready(Ok(()));
+            }
             poll
         })
         .await;
@@ -326,13 +333,17 @@ async fn run_isolate(
 }
 
 /// Runs a future with the CPU watch marking it as JS time.
-async fn watched<F: std::future::Future>(watch: &IsolateWatch, future: F) -> F::Output {
+/// `None` if the isolate was terminated while the future was pending.
+async fn watched<F: std::future::Future>(watch: &IsolateWatch, future: F) -> Option<F::Output> {
     let mut future = std::pin::pin!(future);
     std::future::poll_fn(|cx| {
         watch.enter();
         let poll = future.as_mut().poll(cx);
         watch.leave();
-        poll
+        if poll.is_pending() && watch.termination().is_some() {
+            return std::task::Poll::Ready(None);
+        }
+        poll.map(Some)
     })
     .await
 }

@@ -82,6 +82,10 @@ impl IsolateWatch {
         }
         let now = self.epoch.elapsed().as_millis() as u64;
         if now.saturating_sub(since) > self.limit.as_millis() as u64 {
+            tracing::debug!(
+                "terminating JS that has run for {} ms",
+                now.saturating_sub(since)
+            );
             self.cpu_exceeded.store(true, Ordering::SeqCst);
             if let Some(handle) = self.handle.lock().unwrap().as_ref() {
                 handle.terminate_execution();
