@@ -439,3 +439,60 @@ async fn objects_call_other_objects() {
         );
     }
 }
+
+/// An upstream that counts the requests it receives.
+async fn start_counting_upstream() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |_request: http::Request<hyper::body::Incoming>| {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    async {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            bytes::Bytes::from("upstream reached"),
+                        )))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (format!("http://{address}/upstream"), hits)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_after_a_write_that_fails_to_commit_is_never_sent() {
+    let data = scratch_dir("objects-output-gate");
+    let server = start(&data, &[]);
+    let (upstream, hits) = start_counting_upstream().await;
+    let reply = server
+        .get(&format!("/violate-then-fetch/g?target={upstream}"))
+        .await;
+    let body = reply.json();
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("FOREIGN KEY"),
+        "the failed commit is the error: {body}\n{}",
+        server.logs()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the fetch issued after the failed write must be discarded, not sent"
+    );
+    // The object was reset to its last good state and keeps serving.
+    assert_eq!(server.post("/increment/g", "").await.json(), json!(1));
+}

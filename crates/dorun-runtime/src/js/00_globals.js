@@ -70,6 +70,19 @@ core.setUnhandledPromiseRejectionHandler((_promise, reason) => {
 });
 
 // --- outbound fetch: http and https only, as on Cloudflare -------------------------
+// Code running for a Durable Object carries it as its async context; a fetch made after a
+// write waits for that write to be durable (the output gate).
+const OUTPUT_GATE = SymbolFor("dorun.outputGate");
+
+/** The pending output gate of the Durable Object this code runs for, or null. */
+function pendingOutputGate() {
+  const current = core.getAsyncContext();
+  return current !== undefined && current !== null && typeof current[OUTPUT_GATE] === "function"
+    ? current[OUTPUT_GATE]()
+    : null;
+}
+globalThis[SymbolFor("dorun.pendingOutputGate")] = pendingOutputGate;
+
 function fetch(input, init = undefined) {
   let target;
   try {
@@ -83,6 +96,8 @@ function fetch(input, init = undefined) {
       new TypeError(`Fetch API cannot load: ${target.url}`),
     );
   }
+  const gate = pendingOutputGate();
+  if (gate !== null) return gate.then(() => fetchModule.fetch(target));
   return fetchModule.fetch(target);
 }
 

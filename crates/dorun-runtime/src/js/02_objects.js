@@ -28,6 +28,7 @@ const {
   RangeError,
   SafeMap,
   String,
+  SymbolFor,
   SymbolIterator,
   TypeError,
 } = primordials;
@@ -58,6 +59,9 @@ const {
 } = core.ops;
 
 const streams = core.loadExtScript("ext:deno_web/06_streams.js");
+const OUTPUT_GATE = SymbolFor("dorun.outputGate");
+const pendingOutputGate = globalThis[SymbolFor("dorun.pendingOutputGate")];
+delete globalThis[SymbolFor("dorun.pendingOutputGate")];
 const { toInnerRequest } = core.loadExtScript("ext:deno_fetch/23_request.js");
 
 // --- serialization across isolates -------------------------------------------------------
@@ -171,6 +175,8 @@ export function createObjectSystem({
     if (request.body !== null) {
       bodyRid = streams.resourceForReadableStream(request.body);
     }
+    const gate = pendingOutputGate();
+    if (gate !== null) await gate;
     const handle = await op_dorun_object_fetch(
       namespace,
       hex,
@@ -197,6 +203,8 @@ export function createObjectSystem({
     } catch (error) {
       throw new TypeError(`Could not serialize RPC arguments: ${error.message}`);
     }
+    const gate = pendingOutputGate();
+    if (gate !== null) await gate;
     const handle = await op_dorun_object_rpc(namespace, hex, name ?? "", method, get, bytes);
     const payload = op_dorun_reply_payload(replyHandle(handle));
     if (replyKind(handle) === 2) throw deserializeError(payload, hex);
@@ -384,7 +392,10 @@ export function createObjectSystem({
   class DurableObjectStorage {
     #object;
     #handle = 0;
+    /** The commit of the writes made in the current turn, if one is pending. */
     #commit = null;
+    /** The pending commit that outgoing messages must wait for (the output gate). */
+    #gate = null;
     #depth = 0;
     constructor(object) {
       this.#object = object;
@@ -406,25 +417,44 @@ export function createObjectSystem({
       return this.#handle;
     }
 
-    /** After a write: commit at the end of this turn, holding the output gate until then. */
-    #wrote() {
-      if (this.#commit !== null || !op_dorun_storage_in_transaction(this.#handle)) return;
-      const commit = op_dorun_storage_commit(this.#handle);
-      this.#commit = commit;
-      PromisePrototypeThen(
-        commit,
-        () => {
-          if (this.#commit === commit) this.#commit = null;
-        },
-        (error) => {
-          if (this.#commit === commit) this.#commit = null;
-          this.#object.reset(error);
-        },
-      );
+    /**
+     * After a write: commit at the end of this turn. Unless the write was made with
+     * `allowUnconfirmed`, the output gate is held until that commit is durable.
+     */
+    #wrote(options = undefined) {
+      if (this.#commit === null && op_dorun_storage_in_transaction(this.#handle)) {
+        const commit = op_dorun_storage_commit(this.#handle);
+        this.#commit = commit;
+        PromisePrototypeThen(
+          commit,
+          () => {
+            if (this.#commit === commit) this.#commit = null;
+            if (this.#gate === commit) this.#gate = null;
+          },
+          (error) => {
+            if (this.#commit === commit) this.#commit = null;
+            if (this.#gate === commit) this.#gate = null;
+            this.#object.reset(error);
+          },
+        );
+      }
+      if (this.#commit !== null && options?.allowUnconfirmed !== true) {
+        this.#gate = this.#commit;
+      }
     }
 
-    /** Resolves when every write made so far is durable; rejects if a commit failed. */
+    /** Resolves when every confirmed write so far is durable; rejects if a commit failed. */
     async outputGate() {
+      while (this.#gate !== null) await this.#gate;
+    }
+
+    /** The output gate if a confirmed write is not yet durable, else null. */
+    pendingGate() {
+      return this.#gate === null ? null : this.outputGate();
+    }
+
+    /** Resolves when every write so far, confirmed or not, is durable. */
+    async sync() {
       while (this.#commit !== null) await this.#commit;
     }
 
@@ -491,7 +521,7 @@ export function createObjectSystem({
       return this.#read(keys);
     }
 
-    putSync(keyOrEntries, value) {
+    putSync(keyOrEntries, value, options = undefined) {
       if (keyOrEntries !== null && typeof keyOrEntries === "object") {
         const keys = ObjectKeys(keyOrEntries);
         checkKeyCount(keys.length);
@@ -501,10 +531,10 @@ export function createObjectSystem({
       } else {
         this.#write(keyOrEntries, value);
       }
-      this.#wrote();
+      this.#wrote(options);
     }
 
-    deleteSync(keys) {
+    deleteSync(keys, options = undefined) {
       if (ArrayIsArray(keys)) checkKeyCount(keys.length);
       const handle = this.#dbIfExists();
       if (handle === 0) return ArrayIsArray(keys) ? 0 : false;
@@ -516,7 +546,7 @@ export function createObjectSystem({
       } else {
         result = op_dorun_kv_delete(handle, String(keys));
       }
-      this.#wrote();
+      this.#wrote(options);
       return result;
     }
 
@@ -541,23 +571,24 @@ export function createObjectSystem({
         return PromiseReject(error);
       }
     }
-    put(keyOrEntries, value, _options) {
+    put(keyOrEntries, value, options) {
       try {
-        if (keyOrEntries !== null && typeof keyOrEntries === "object" && value !== undefined &&
-          (value === null || typeof value !== "object")) {
+        const entries = keyOrEntries !== null && typeof keyOrEntries === "object";
+        if (entries && value !== undefined && (value === null || typeof value !== "object")) {
           throw new TypeError(
             "put() may only be called with a single key-value pair and optional options as put(key, value, options) or with multiple key-value pairs and optional options as put(entries, options)",
           );
         }
-        this.putSync(keyOrEntries, value);
+        if (entries) this.putSync(keyOrEntries, undefined, value);
+        else this.putSync(keyOrEntries, value, options);
         return PromiseResolve();
       } catch (error) {
         return PromiseReject(error);
       }
     }
-    delete(keys, _options) {
+    delete(keys, options) {
       try {
-        return PromiseResolve(this.deleteSync(keys));
+        return PromiseResolve(this.deleteSync(keys, options));
       } catch (error) {
         return PromiseReject(error);
       }
@@ -578,9 +609,6 @@ export function createObjectSystem({
       } catch (error) {
         return PromiseReject(error);
       }
-    }
-    sync() {
-      return this.outputGate();
     }
 
     transactionSync(callback) {
@@ -700,8 +728,12 @@ export function createObjectSystem({
       this.lastActive = DateNow();
       this.storage = new DurableObjectStorage(this);
       const object = this;
+      // As on Cloudflare, ctx.id.name is kept only for names up to 1024 bytes.
+      const idName = name !== undefined && encoder.encode(name).byteLength <= 1024
+        ? name
+        : undefined;
       this.ctx = {
-        id: new DurableObjectId(namespace, hex, name),
+        id: new DurableObjectId(namespace, hex, idName),
         storage: this.storage,
         blockConcurrencyWhile: (callback) => object.blockConcurrencyWhile(callback),
         waitUntil: (promise) => waitUntil(promise),
@@ -712,6 +744,10 @@ export function createObjectSystem({
         },
         props: {},
       };
+    }
+
+    [OUTPUT_GATE]() {
+      return this.storage.pendingGate();
     }
 
     /** Runs `callback` with the input gate closed: no other event starts until it settles. */
@@ -749,7 +785,7 @@ export function createObjectSystem({
       }
       this.locked++;
       try {
-        this.instance = new Class(this.ctx, env);
+        this.instance = runAs(this, () => new Class(this.ctx, env));
       } finally {
         this.locked--;
       }
@@ -766,6 +802,17 @@ export function createObjectSystem({
       }
       if (MapPrototypeGet(live, this.key) === this) MapPrototypeDelete(live, this.key);
       console.error(`Durable Object ${this.className} ${this.hex} reset:`, error);
+    }
+  }
+
+  /** Runs user code with `object` as its async context (followed across awaits by V8). */
+  function runAs(object, callback) {
+    const previous = core.getAsyncContext();
+    core.setAsyncContext(object);
+    try {
+      return callback();
+    } finally {
+      core.setAsyncContext(previous);
     }
   }
 
@@ -833,7 +880,7 @@ export function createObjectSystem({
           if (typeof instance.fetch !== "function") {
             throw new Error("Handler does not export a fetch() function.");
           }
-          const response = await instance.fetch(makeRequest(incoming));
+          const response = await runAs(object, () => instance.fetch(makeRequest(incoming)));
           if (!(response instanceof Response)) {
             throw new TypeError(
               "Incorrect type for Promise: the Promise did not resolve to 'Response'.",
@@ -842,7 +889,7 @@ export function createObjectSystem({
           await object.storage.outputGate();
           sendResponse(incoming.id, response);
         } else {
-          const result = await runRpc(object, incoming);
+          const result = await runAs(object, () => runRpc(object, incoming));
           await object.storage.outputGate();
           let bytes;
           try {
