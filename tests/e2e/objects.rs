@@ -66,17 +66,19 @@ async fn errors_cross_rpc_with_name_message_and_remote() {
     let reply = server.get("/errors/e").await;
     assert_eq!(reply.status, 200, "{}\n{}", reply.text(), server.logs());
     let body = reply.json();
+    let id = body["counterId"].clone();
+    assert_eq!(id.as_str().unwrap().len(), 64);
     assert_eq!(
         body["type"],
-        json!({"error": {"name": "TypeError", "message": "bad type", "remote": true}})
+        json!({"error": {"name": "TypeError", "message": "bad type", "remote": true, "durableObjectId": id}})
     );
     assert_eq!(
         body["range"],
-        json!({"error": {"name": "RangeError", "message": "out of range", "remote": true}})
+        json!({"error": {"name": "RangeError", "message": "out of range", "remote": true, "durableObjectId": id}})
     );
     assert_eq!(
         body["missing"],
-        json!({"error": {"name": "TypeError", "message": "The RPC receiver does not implement the method \"noSuchMethod\".", "remote": true}})
+        json!({"error": {"name": "TypeError", "message": "The RPC receiver does not implement the method \"noSuchMethod\".", "remote": true, "durableObjectId": id}})
     );
     assert_eq!(
         body["reserved"]["error"]["message"],
@@ -84,7 +86,7 @@ async fn errors_cross_rpc_with_name_message_and_remote() {
     );
     assert_eq!(
         body["fetchThrows"],
-        json!({"error": {"name": "Error", "message": "fetch failed inside", "remote": true}})
+        json!({"error": {"name": "Error", "message": "fetch failed inside", "remote": true, "durableObjectId": id}})
     );
     let no_rpc = body["noRpc"]["error"]["message"].as_str().unwrap();
     assert!(

@@ -111,6 +111,14 @@ function deserializeError(bytes, objectId) {
   return error;
 }
 
+/** A call that never got an answer (the object was reset or the server is stopping). */
+function disconnected(error, objectId) {
+  error.retryable = true;
+  error.durableObjectReset = true;
+  error.durableObjectId = objectId;
+  return error;
+}
+
 const RESERVED_METHODS = [
   "fetch",
   "connect",
@@ -177,15 +185,20 @@ export function createObjectSystem({
     }
     const gate = pendingOutputGate();
     if (gate !== null) await gate;
-    const handle = await op_dorun_object_fetch(
-      namespace,
-      hex,
-      name ?? "",
-      request.method,
-      request.url,
-      inner.headerList,
-      bodyRid,
-    );
+    let handle;
+    try {
+      handle = await op_dorun_object_fetch(
+        namespace,
+        hex,
+        name ?? "",
+        request.method,
+        request.url,
+        inner.headerList,
+        bodyRid,
+      );
+    } catch (error) {
+      throw disconnected(error, hex);
+    }
     if (replyKind(handle) === 2) {
       throw deserializeError(op_dorun_reply_payload(replyHandle(handle)), hex);
     }
@@ -205,7 +218,12 @@ export function createObjectSystem({
     }
     const gate = pendingOutputGate();
     if (gate !== null) await gate;
-    const handle = await op_dorun_object_rpc(namespace, hex, name ?? "", method, get, bytes);
+    let handle;
+    try {
+      handle = await op_dorun_object_rpc(namespace, hex, name ?? "", method, get, bytes);
+    } catch (error) {
+      throw disconnected(error, hex);
+    }
     const payload = op_dorun_reply_payload(replyHandle(handle));
     if (replyKind(handle) === 2) throw deserializeError(payload, hex);
     return deserialize(payload);
