@@ -230,6 +230,32 @@ mod tests {
     }
 
     #[test]
+    fn transferred_class_moves_with_its_key_to_the_new_worker() {
+        let dir = temp_dir("transfer");
+        let create = Migration {
+            tag: "v1".into(),
+            new_sqlite_classes: vec!["Room".into()],
+            ..Default::default()
+        };
+        apply(&dir, &config("old-app", vec![create])).unwrap();
+        let transfer = Migration {
+            tag: "v1".into(),
+            transferred_classes: vec![("Room".into(), "old-app".into(), "Lobby".into())],
+            ..Default::default()
+        };
+        let classes = apply(&dir, &config("new-app", vec![transfer])).unwrap();
+        assert_eq!(classes["Lobby"].unique_key, "old-app-Room", "data and ids follow");
+        assert!(classes["Lobby"].sqlite);
+        let unknown = Migration {
+            tag: "v1".into(),
+            transferred_classes: vec![("Nope".into(), "old-app".into(), "X".into())],
+            ..Default::default()
+        };
+        let error = apply(&dir, &config("third-app", vec![unknown])).unwrap_err();
+        assert!(error.contains("no class 'Nope'"), "{error}");
+    }
+
+    #[test]
     fn conflicting_history_is_an_error() {
         let dir = temp_dir("conflict");
         let v1 = Migration {
