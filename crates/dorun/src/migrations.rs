@@ -244,7 +244,10 @@ mod tests {
             ..Default::default()
         };
         let classes = apply(&dir, &config("new-app", vec![transfer])).unwrap();
-        assert_eq!(classes["Lobby"].unique_key, "old-app-Room", "data and ids follow");
+        assert_eq!(
+            classes["Lobby"].unique_key, "old-app-Room",
+            "data and ids follow"
+        );
         assert!(classes["Lobby"].sqlite);
         let unknown = Migration {
             tag: "v1".into(),
