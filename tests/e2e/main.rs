@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod alarms;
 mod config;
 mod errors;
 mod examples;

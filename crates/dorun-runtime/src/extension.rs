@@ -55,6 +55,9 @@ deno_core::extension!(
         objects::op_dorun_kv_delete,
         objects::op_dorun_kv_list,
         objects::op_dorun_kv_delete_all,
+        objects::op_dorun_alarm_get,
+        objects::op_dorun_alarm_set,
+        objects::op_dorun_alarm_done,
         objects::op_dorun_sql_exec,
         objects::op_dorun_sql_database_size,
     ],
@@ -94,11 +97,13 @@ pub struct IsolateContext {
     /// Every isolate thread's queue, for routing calls to the thread an object lives on.
     pub senders: Arc<Vec<mpsc::UnboundedSender<Event>>>,
     pub objects: Arc<ObjectConfig>,
+    pub alarms: Arc<crate::alarms::AlarmScheduler>,
 }
 
 #[derive(ToV8)]
 pub struct IncomingEvent {
-    /// 0 = HTTP request for the Worker, 1 = fetch to an object, 2 = RPC to an object.
+    /// 0 = HTTP request for the Worker, 1 = fetch to an object, 2 = RPC to an object,
+    /// 3 = an object's alarm.
     kind: u32,
     id: u32,
     method: Option<ByteString>,
@@ -110,6 +115,8 @@ pub struct IncomingEvent {
     object_name: Option<String>,
     rpc_method: Option<String>,
     rpc_get: Option<bool>,
+    alarm_scheduled: Option<f64>,
+    alarm_retries: Option<u32>,
 }
 
 impl IncomingEvent {
@@ -126,6 +133,8 @@ impl IncomingEvent {
             object_name: None,
             rpc_method: None,
             rpc_get: None,
+            alarm_scheduled: None,
+            alarm_retries: None,
         }
     }
 
@@ -187,6 +196,12 @@ pub async fn op_dorun_next_event(state: Rc<RefCell<OpState>>) -> Option<Incoming
                     let mut incoming = IncomingEvent::empty(2, id);
                     incoming.rpc_method = Some(method);
                     incoming.rpc_get = Some(get);
+                    incoming
+                }
+                ObjectCall::Alarm { scheduled, retries } => {
+                    let mut incoming = IncomingEvent::empty(3, id);
+                    incoming.alarm_scheduled = Some(scheduled as f64);
+                    incoming.alarm_retries = Some(retries);
                     incoming
                 }
             };

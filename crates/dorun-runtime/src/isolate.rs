@@ -17,6 +17,7 @@ use deno_core::{JsRuntime, PollEventLoopOptions, RuntimeOptions};
 use tokio::sync::{mpsc, oneshot};
 use url::Url;
 
+use crate::alarms::AlarmScheduler;
 use crate::body::{RequestBody, ResponseBody};
 use crate::extension::{self, InFlight, IsolateContext};
 use crate::loader::{ModuleGraph, WorkerModuleLoader, ENTRY_SPECIFIER};
@@ -53,6 +54,7 @@ pub struct WorkerPool {
     senders: Arc<Vec<mpsc::UnboundedSender<Event>>>,
     closed: std::sync::atomic::AtomicBool,
     next: AtomicUsize,
+    alarms: Arc<AlarmScheduler>,
 }
 
 impl WorkerPool {
@@ -64,6 +66,10 @@ impl WorkerPool {
         let mut handles = Vec::with_capacity(threads);
         let mut watches = Vec::with_capacity(threads);
         let mut readies = Vec::with_capacity(threads);
+        let alarms = Arc::new(
+            AlarmScheduler::load(spec.objects.clone(), spec.alarm_retry)
+                .map_err(StartupError::Code)?,
+        );
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..threads).map(|_| mpsc::unbounded_channel()).unzip();
         let senders = Arc::new(senders);
@@ -73,9 +79,10 @@ impl WorkerPool {
             watches.push(Arc::downgrade(&watch));
             let graph = graph.clone();
             let senders = senders.clone();
+            let alarms = alarms.clone();
             let join = std::thread::Builder::new()
                 .name(format!("dorun-isolate-{index}"))
-                .spawn(move || isolate_thread(graph, receiver, senders, watch, ready_tx))
+                .spawn(move || isolate_thread(graph, receiver, senders, alarms, watch, ready_tx))
                 .map_err(|e| StartupError::Thread(e.to_string()))?;
             handles.push(IsolateThread {
                 join: Mutex::new(Some(join)),
@@ -88,6 +95,7 @@ impl WorkerPool {
             senders,
             closed: std::sync::atomic::AtomicBool::new(false),
             next: AtomicUsize::new(0),
+            alarms: alarms.clone(),
         };
         for ready in readies {
             match ready.recv() {
@@ -105,6 +113,7 @@ impl WorkerPool {
             }
         }
         spawn_supervisor(watches);
+        alarms.spawn(pool.senders.clone());
         Ok(pool)
     }
 
@@ -130,13 +139,14 @@ impl WorkerPool {
             .map_err(|_| DispatchError::ShuttingDown)?;
         match response.await.map_err(|_| DispatchError::Dropped)? {
             Reply::Response(response) => Ok(response),
-            Reply::Value(_) | Reply::Error(_) => Err(DispatchError::Dropped),
+            Reply::Value(_) | Reply::Error(_) | Reply::Alarm(_) => Err(DispatchError::Dropped),
         }
     }
 
     /// Stops taking requests: each isolate finishes what it has, then its thread exits.
     pub fn close(&self) {
         if !self.closed.swap(true, Ordering::SeqCst) {
+            self.alarms.stop();
             for sender in self.senders.iter() {
                 let _ = sender.send(Event::Shutdown);
             }
@@ -178,6 +188,7 @@ fn isolate_thread(
     graph: Arc<ModuleGraph>,
     receiver: mpsc::UnboundedReceiver<Event>,
     senders: Arc<Vec<mpsc::UnboundedSender<Event>>>,
+    alarms: Arc<AlarmScheduler>,
     watch: Arc<IsolateWatch>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
@@ -207,6 +218,7 @@ fn isolate_thread(
                 event_args: Rc::default(),
                 senders: senders.clone(),
                 objects: graph.spec().objects.clone(),
+                alarms: alarms.clone(),
             };
             let exit = run_isolate(&graph, context, &watch, &mut ready).await;
             let (status, message) = match exit {
@@ -374,6 +386,8 @@ fn runtime_config_json(spec: &WorkerSpec) -> String {
         "vars": spec.vars,
         "namespaces": namespaces,
         "idleTimeoutMs": spec.object_idle_timeout.as_millis() as u64,
+        "alarmMaxRetries": spec.alarm_retry.max_retries,
+        "deleteAllDeletesAlarm": spec.compat_flag("delete_all_deletes_alarm", "delete_all_preserves_alarm", "2026-02-24"),
     })
     .to_string()
 }

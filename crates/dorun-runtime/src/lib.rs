@@ -14,8 +14,11 @@
 //!   [`WorkerPool`], the `Send` handle the front door uses to reach them.
 //! - [`objects`]: Durable Objects: IDs, routing calls to the thread an object is pinned to,
 //!   storage ops over `dorun-storage`.
+//! - [`alarms`]: the alarm scheduler: per-namespace alarm indexes, firing due alarms on the
+//!   owning isolate thread, retries with backoff.
 //! - [`supervisor`]: a thread that terminates JS running past its CPU limit.
 
+pub mod alarms;
 pub mod body;
 pub mod extension;
 pub mod isolate;

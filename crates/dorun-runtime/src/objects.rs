@@ -19,6 +19,7 @@ use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::alarms::{AlarmOutcome, AlarmScheduler};
 use crate::body::{BoxError, RequestBody, ResponseBody};
 use crate::extension::{IsolateContext, RequestBodyResource};
 
@@ -123,6 +124,11 @@ pub enum ObjectCall {
         get: bool,
         args: Vec<u8>,
     },
+    /// The object's alarm is due. `scheduled` is the stored time (ms since the epoch).
+    Alarm {
+        scheduled: i64,
+        retries: u32,
+    },
 }
 
 /// What an event produced.
@@ -132,6 +138,8 @@ pub enum Reply {
     Value(Vec<u8>),
     /// A V8-serialized error, rethrown at the caller.
     Error(Vec<u8>),
+    /// How an alarm event went.
+    Alarm(crate::alarms::AlarmOutcome),
 }
 
 /// The isolate thread an object lives on.
@@ -208,7 +216,7 @@ fn store_reply(state: &Rc<RefCell<OpState>>, reply: Reply) -> u32 {
     let kind = match reply {
         Reply::Response(_) => REPLY_RESPONSE,
         Reply::Value(_) => REPLY_VALUE,
-        Reply::Error(_) => REPLY_ERROR,
+        Reply::Error(_) | Reply::Alarm(_) => REPLY_ERROR,
     };
     table.replies.insert(handle, reply);
     handle * 4 + kind
@@ -428,6 +436,9 @@ const MAX_OPEN_CONNECTIONS: usize = 256;
 
 struct StorageEntry {
     path: PathBuf,
+    namespace: u32,
+    object_id: String,
+    name: Option<String>,
     db: Option<ObjectDatabase>,
     last_used: u64,
 }
@@ -522,6 +533,7 @@ pub fn op_dorun_storage_open(
     state: &mut OpState,
     #[smi] namespace_index: u32,
     #[string] object_id: &str,
+    #[string] object_name_or_empty: &str,
     create: bool,
 ) -> Result<u32, JsErrorBox> {
     let namespace = namespace(state, namespace_index)?;
@@ -540,6 +552,9 @@ pub fn op_dorun_storage_open(
         handle,
         StorageEntry {
             path,
+            namespace: namespace_index,
+            object_id: object_id.to_string(),
+            name: object_name(object_name_or_empty.to_string()),
             db: None,
             last_used: 0,
         },
@@ -555,8 +570,48 @@ pub fn op_dorun_storage_open(
 /// Commits pending writes and closes the file.
 #[op2(fast)]
 pub fn op_dorun_storage_close(state: &mut OpState, #[smi] handle: u32) -> Result<(), JsErrorBox> {
-    if let Some(mut db) = state.borrow_mut::<OpenDatabases>().remove(handle) {
-        db.commit().map_err(storage_error)?;
+    let alarms = state.borrow::<IsolateContext>().alarms.clone();
+    let open = state.borrow_mut::<OpenDatabases>();
+    if let Some(entry) = open.entries.get_mut(&handle) {
+        commit_entry(entry, &alarms)?;
+    }
+    open.remove(handle);
+    Ok(())
+}
+
+/// Commits an object's implicit transaction, keeping the alarm index and scheduler in step:
+/// a new alarm time reaches the index before the commit, a cleared one after it, so the
+/// index never misses an alarm the object has.
+fn commit_entry(entry: &mut StorageEntry, alarms: &AlarmScheduler) -> Result<(), JsErrorBox> {
+    let Some(db) = entry.db.as_mut() else {
+        return Ok(());
+    };
+    let change = db.pending_alarm_change().map_err(storage_error)?;
+    if let Some(Some(time)) = change {
+        if let Err(error) = alarms.index_put(
+            entry.namespace,
+            &entry.object_id,
+            entry.name.as_deref(),
+            time,
+        ) {
+            let _ = db.rollback();
+            return Err(JsErrorBox::generic(error));
+        }
+    }
+    db.commit().map_err(storage_error)?;
+    if let Some(time) = change {
+        if time.is_none() {
+            if let Err(error) = alarms.index_delete(entry.namespace, &entry.object_id) {
+                // Harmless: a stale index entry fires, finds no alarm and is dropped.
+                tracing::warn!("{error}");
+            }
+        }
+        alarms.update(
+            entry.namespace,
+            &entry.object_id,
+            entry.name.as_deref(),
+            time,
+        );
     }
     Ok(())
 }
@@ -579,15 +634,12 @@ pub async fn op_dorun_storage_commit(
 ) -> Result<(), JsErrorBox> {
     tokio::task::yield_now().await;
     let mut state = state.borrow_mut();
+    let alarms = state.borrow::<IsolateContext>().alarms.clone();
     let open = state.borrow_mut::<OpenDatabases>();
-    match open
-        .entries
-        .get_mut(&handle)
-        .and_then(|entry| entry.db.as_mut())
-    {
-        Some(db) => db.commit().map_err(storage_error),
-        // Closed: either by the object (it committed then) or by the connection cap, which
-        // only closes connections without a pending transaction.
+    match open.entries.get_mut(&handle) {
+        Some(entry) => commit_entry(entry, &alarms),
+        // Closed by the object, which committed then. (The connection cap only closes
+        // connections without a pending transaction.)
         None => Ok(()),
     }
 }
@@ -673,8 +725,51 @@ pub fn op_dorun_kv_list<'s>(
 }
 
 #[op2(fast)]
-pub fn op_dorun_kv_delete_all(state: &mut OpState, #[smi] handle: u32) -> Result<(), JsErrorBox> {
-    with_db(state, handle, |db| db.delete_all())
+pub fn op_dorun_kv_delete_all(
+    state: &mut OpState,
+    #[smi] handle: u32,
+    keep_alarm: bool,
+) -> Result<(), JsErrorBox> {
+    with_db(state, handle, |db| db.delete_all(keep_alarm))
+}
+
+/// The stored alarm (ms since the epoch) or null.
+#[op2]
+pub fn op_dorun_alarm_get(
+    state: &mut OpState,
+    #[smi] handle: u32,
+) -> Result<Option<f64>, JsErrorBox> {
+    with_db(state, handle, |db| db.alarm()).map(|t| t.map(|t| t as f64))
+}
+
+/// Sets (or with a negative time, clears) the alarm in the implicit transaction.
+#[op2(fast)]
+pub fn op_dorun_alarm_set(
+    state: &mut OpState,
+    #[smi] handle: u32,
+    time: f64,
+) -> Result<(), JsErrorBox> {
+    let time = (time >= 0.0).then_some(time as i64);
+    with_db(state, handle, |db| db.set_alarm(time))
+}
+
+/// Reports how alarm event `id` went: 0 done, 1 retry, 2 stale (`time` is the stored alarm,
+/// negative for none).
+#[op2(fast)]
+pub fn op_dorun_alarm_done(state: &mut OpState, #[smi] id: u32, #[smi] outcome: u32, time: f64) {
+    let sender = state
+        .borrow::<IsolateContext>()
+        .in_flight
+        .borrow_mut()
+        .remove(&id);
+    let outcome = match outcome {
+        0 => AlarmOutcome::Done,
+        1 => AlarmOutcome::Retry,
+        _ => AlarmOutcome::Stale((time >= 0.0).then_some(time as i64)),
+    };
+    if let Some(sender) = sender {
+        let _ = sender.send(Reply::Alarm(outcome));
+    }
 }
 
 #[op2(fast)]

@@ -47,9 +47,25 @@ pub struct WorkerSpec {
     pub objects: Arc<ObjectConfig>,
     /// How long an object with no events in flight stays in memory.
     pub object_idle_timeout: Duration,
+    /// How failing alarm() handlers are retried.
+    pub alarm_retry: crate::alarms::AlarmRetry,
 }
 
 impl WorkerSpec {
+    /// Whether a compatibility flag is on: set explicitly, or implied by the compatibility
+    /// date (`default_on`, as `YYYY-MM-DD`) unless its `disable` flag is set.
+    pub fn compat_flag(&self, enable: &str, disable: &str, default_on: &str) -> bool {
+        if self.compatibility_flags.iter().any(|f| f == enable) {
+            return true;
+        }
+        if self.compatibility_flags.iter().any(|f| f == disable) {
+            return false;
+        }
+        self.compatibility_date
+            .as_deref()
+            .is_some_and(|date| date >= default_on)
+    }
+
     /// The directory module rule globs are relative to.
     pub fn base_dir(&self) -> PathBuf {
         self.main

@@ -82,6 +82,8 @@ pub struct ObjectDatabase {
     user_sql: Arc<AtomicBool>,
     in_transaction: bool,
     kv_ready: bool,
+    /// The alarm was written in the open transaction.
+    alarm_dirty: bool,
 }
 
 impl ObjectDatabase {
@@ -126,6 +128,7 @@ impl ObjectDatabase {
             user_sql,
             in_transaction: false,
             kv_ready,
+            alarm_dirty: false,
         })
     }
 
@@ -142,6 +145,7 @@ impl ObjectDatabase {
             return Ok(());
         }
         self.in_transaction = false;
+        self.alarm_dirty = false;
         if let Err(error) = self.conn.execute_batch("COMMIT") {
             let _ = self.conn.execute_batch("ROLLBACK");
             return Err(error.into());
@@ -156,6 +160,7 @@ impl ObjectDatabase {
 
     /// Drops uncommitted writes.
     pub fn rollback(&mut self) -> Result<()> {
+        self.alarm_dirty = false;
         if self.in_transaction {
             self.in_transaction = false;
             self.conn.execute_batch("ROLLBACK")?;
@@ -279,8 +284,12 @@ impl ObjectDatabase {
     }
 
     /// Wipes the whole database (KV data and user tables), atomically.
-    pub fn delete_all(&mut self) -> Result<()> {
+    /// With `keep_alarm`, the alarm survives (compatibility dates before 2026-02-24).
+    pub fn delete_all(&mut self, keep_alarm: bool) -> Result<()> {
         self.begin_implicit()?;
+        if !keep_alarm && self.alarm()?.is_some() {
+            self.alarm_dirty = true;
+        }
         let names: Vec<(String, String)> = {
             let mut statement = self.conn.prepare(
                 "SELECT type, name FROM sqlite_master WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite_%'",
@@ -290,6 +299,9 @@ impl ObjectDatabase {
         };
         self.conn.execute_batch("PRAGMA defer_foreign_keys = ON")?;
         for (kind, name) in names {
+            if keep_alarm && name == METADATA_TABLE {
+                continue;
+            }
             let kind = if kind == "view" { "VIEW" } else { "TABLE" };
             self.conn.execute_batch(&format!(
                 "DROP {kind} IF EXISTS \"{}\"",
@@ -374,6 +386,48 @@ impl ObjectDatabase {
     }
 
     /// `(page_count - freelist_count) * page_size`.
+    /// The alarm time in ms since the epoch, as of the open transaction.
+    pub fn alarm(&self) -> Result<Option<i64>> {
+        if !table_exists(&self.conn, METADATA_TABLE)? {
+            return Ok(None);
+        }
+        let nanos: Option<i64> = self
+            .conn
+            .query_row("SELECT value FROM _cf_METADATA WHERE key = 1", [], |row| {
+                row.get(0)
+            })
+            .optional()?
+            .flatten();
+        Ok(nanos.map(|ns| ns.div_euclid(1_000_000)))
+    }
+
+    /// Sets or clears the alarm inside the implicit transaction. Stored as workerd does:
+    /// `_cf_METADATA` key 1, nanoseconds since the epoch.
+    pub fn set_alarm(&mut self, ms: Option<i64>) -> Result<()> {
+        self.begin_implicit()?;
+        self.conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS _cf_METADATA (key INTEGER PRIMARY KEY, value BLOB)",
+        )?;
+        self.conn
+            .prepare_cached("INSERT OR REPLACE INTO _cf_METADATA (key, value) VALUES (1, ?1)")?
+            .execute([ms.map(|ms| ms.saturating_mul(1_000_000))])?;
+        self.alarm_dirty = true;
+        Ok(())
+    }
+
+    /// If the open transaction wrote the alarm: its value as it will be committed.
+    pub fn pending_alarm_change(&self) -> Result<Option<Option<i64>>> {
+        if !self.alarm_dirty || !self.in_transaction {
+            return Ok(None);
+        }
+        Ok(Some(self.alarm()?))
+    }
+
+    /// Forgets that the alarm was written (after the runtime has scheduled the change).
+    pub fn clear_alarm_change(&mut self) {
+        self.alarm_dirty = false;
+    }
+
     pub fn database_size(&self) -> Result<u64> {
         let pages: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
         let free: i64 = self
@@ -388,6 +442,78 @@ impl Drop for ObjectDatabase {
     fn drop(&mut self) {
         // Whatever was not committed by the runtime is not confirmed to anyone: drop it.
         let _ = self.rollback();
+    }
+}
+
+const METADATA_TABLE: &str = "_cf_METADATA";
+
+/// A namespace's alarm index (`<namespace dir>/metadata.sqlite`, table `_cf_ALARM` as in
+/// workerd): which objects have an alarm and when, so that startup schedules every alarm
+/// without opening every object's file.
+pub struct AlarmIndex {
+    conn: Connection,
+}
+
+/// One row of an [`AlarmIndex`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexedAlarm {
+    pub object_id: String,
+    /// Milliseconds since the epoch.
+    pub time: i64,
+    pub name: Option<String>,
+}
+
+impl AlarmIndex {
+    pub fn open(path: &Path, durability: Durability) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let synchronous = match durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+            Durability::Off => "OFF",
+        };
+        conn.pragma_update(None, "synchronous", synchronous)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS _cf_ALARM (actor_id TEXT PRIMARY KEY, scheduled_time INTEGER, actor_name TEXT) WITHOUT ROWID",
+        )?;
+        Ok(Self { conn })
+    }
+
+    pub fn put(&self, object_id: &str, time_ms: i64, name: Option<&str>) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO _cf_ALARM (actor_id, scheduled_time, actor_name) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(rusqlite::params![
+                object_id,
+                time_ms.saturating_mul(1_000_000),
+                name
+            ])?;
+        Ok(())
+    }
+
+    pub fn delete(&self, object_id: &str) -> Result<()> {
+        self.conn
+            .prepare_cached("DELETE FROM _cf_ALARM WHERE actor_id = ?1")?
+            .execute([object_id])?;
+        Ok(())
+    }
+
+    pub fn all(&self) -> Result<Vec<IndexedAlarm>> {
+        let mut statement = self
+            .conn
+            .prepare("SELECT actor_id, scheduled_time, actor_name FROM _cf_ALARM")?;
+        let rows = statement.query_map([], |row| {
+            Ok(IndexedAlarm {
+                object_id: row.get(0)?,
+                time: row.get::<_, i64>(1)?.div_euclid(1_000_000),
+                name: row.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
     }
 }
 
@@ -673,9 +799,59 @@ mod tests {
         let mut db = db();
         db.sql_exec("CREATE TABLE t (x)", &[]).unwrap();
         db.kv_put("k", b"v").unwrap();
-        db.delete_all().unwrap();
+        db.delete_all(false).unwrap();
         db.commit().unwrap();
         assert_eq!(db.kv_get("k").unwrap(), None);
         assert!(db.sql_exec("SELECT * FROM t", &[]).is_err());
+    }
+
+    #[test]
+    fn alarm_commits_with_the_transaction_and_survives_delete_all_when_asked() {
+        let mut db = ObjectDatabase::open_in_memory().unwrap();
+        assert_eq!(db.alarm().unwrap(), None);
+        db.set_alarm(Some(1_700_000_000_123)).unwrap();
+        assert_eq!(
+            db.pending_alarm_change().unwrap(),
+            Some(Some(1_700_000_000_123))
+        );
+        db.rollback().unwrap();
+        assert_eq!(db.alarm().unwrap(), None);
+        assert_eq!(db.pending_alarm_change().unwrap(), None);
+        db.set_alarm(Some(5)).unwrap();
+        db.commit().unwrap();
+        assert_eq!(db.alarm().unwrap(), Some(5));
+        db.delete_all(true).unwrap();
+        db.commit().unwrap();
+        assert_eq!(db.alarm().unwrap(), Some(5));
+        db.delete_all(false).unwrap();
+        assert_eq!(db.pending_alarm_change().unwrap(), Some(None));
+        db.commit().unwrap();
+        assert_eq!(db.alarm().unwrap(), None);
+        // User SQL cannot see the metadata table.
+        db.set_alarm(Some(7)).unwrap();
+        db.commit().unwrap();
+        assert!(db.sql_exec("SELECT * FROM _cf_METADATA", &[]).is_err());
+    }
+
+    #[test]
+    fn alarm_index_round_trips() {
+        let dir = std::env::temp_dir().join(format!("dorun-alarm-index-{}", std::process::id()));
+        let path = dir.join("metadata.sqlite");
+        let index = AlarmIndex::open(&path, Durability::Full).unwrap();
+        index.put("ab", 10, Some("name")).unwrap();
+        index.put("cd", 20, None).unwrap();
+        index.put("ab", 30, Some("name")).unwrap();
+        index.delete("cd").unwrap();
+        drop(index);
+        let index = AlarmIndex::open(&path, Durability::Full).unwrap();
+        assert_eq!(
+            index.all().unwrap(),
+            vec![IndexedAlarm {
+                object_id: "ab".into(),
+                time: 30,
+                name: Some("name".into())
+            }]
+        );
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -69,6 +69,12 @@ pub struct ConfigArgs {
     /// process crash; an OS crash or power loss can lose recent commits), off (no fsync).
     #[arg(long, value_enum, default_value_t = DurabilityArg::Full)]
     pub durability: DurabilityArg,
+    /// Delay before the first retry of a failed alarm() (doubles each retry, as on Cloudflare).
+    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    pub alarm_retry_start_ms: u64,
+    /// Retries of a failing alarm() before it is given up.
+    #[arg(long, value_name = "N", default_value_t = 6)]
+    pub alarm_max_retries: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -232,6 +238,10 @@ fn worker_spec(config: &WorkerConfig, args: &ConfigArgs, objects: ObjectConfig) 
         heap_limit_bytes: args.heap_limit_mb.max(16) * 1024 * 1024,
         objects: Arc::new(objects),
         object_idle_timeout: Duration::from_secs_f64(args.object_idle_timeout.max(0.01)),
+        alarm_retry: dorun_runtime::alarms::AlarmRetry {
+            start: Duration::from_millis(args.alarm_retry_start_ms.max(1)),
+            max_retries: args.alarm_max_retries,
+        },
     }
 }
 

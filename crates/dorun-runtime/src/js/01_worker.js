@@ -107,6 +107,8 @@ const objects = createObjectSystem({
   sendResponse: (id, response) => sendResponse(id, response),
   console,
   idleTimeoutMs: config.idleTimeoutMs,
+  alarmMaxRetries: config.alarmMaxRetries,
+  deleteAllDeletesAlarm: config.deleteAllDeletesAlarm,
 });
 for (let index = 0; index < config.namespaces.length; index++) {
   env[config.namespaces[index].binding] = new objects.DurableObjectNamespace(index);

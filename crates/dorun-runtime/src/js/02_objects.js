@@ -11,8 +11,13 @@ const {
   ArrayPrototypeShift,
   ArrayPrototypeSort,
   DateNow,
+  DatePrototype,
+  DatePrototypeGetTime,
   Error,
+  MathFloor,
+  MathMax,
   MapPrototypeGet,
+  NumberIsFinite,
   MapPrototypeSet,
   MapPrototypeDelete,
   ObjectGetOwnPropertyDescriptor,
@@ -54,6 +59,9 @@ const {
   op_dorun_kv_delete,
   op_dorun_kv_list,
   op_dorun_kv_delete_all,
+  op_dorun_alarm_get,
+  op_dorun_alarm_set,
+  op_dorun_alarm_done,
   op_dorun_sql_exec,
   op_dorun_sql_database_size,
 } = core.ops;
@@ -136,9 +144,10 @@ export function createObjectSystem({
   waitUntil,
   makeRequest,
   sendResponse,
-  respondError,
   console,
   idleTimeoutMs,
+  alarmMaxRetries,
+  deleteAllDeletesAlarm,
 }) {
   // --- ids ----------------------------------------------------------------------------------
   let idParts;
@@ -422,7 +431,12 @@ export function createObjectSystem({
     /** The database handle, creating the file on first use. */
     #db() {
       if (this.#handle === 0) {
-        this.#handle = op_dorun_storage_open(this.#object.namespace, this.#object.hex, true);
+        this.#handle = op_dorun_storage_open(
+          this.#object.namespace,
+          this.#object.hex,
+          this.#object.name ?? "",
+          true,
+        );
       }
       return this.#handle;
     }
@@ -430,7 +444,12 @@ export function createObjectSystem({
     /** The database handle for a read; 0 if the object has never written anything. */
     #dbIfExists() {
       if (this.#handle === 0) {
-        this.#handle = op_dorun_storage_open(this.#object.namespace, this.#object.hex, false);
+        this.#handle = op_dorun_storage_open(
+          this.#object.namespace,
+          this.#object.hex,
+          this.#object.name ?? "",
+          false,
+        );
       }
       return this.#handle;
     }
@@ -621,7 +640,7 @@ export function createObjectSystem({
     deleteAll(_options) {
       try {
         if (this.#depth > 0) throw new Error("Cannot call deleteAll() within a transaction");
-        op_dorun_kv_delete_all(this.#db());
+        op_dorun_kv_delete_all(this.#db(), !deleteAllDeletesAlarm);
         this.#wrote();
         return PromiseResolve();
       } catch (error) {
@@ -682,15 +701,72 @@ export function createObjectSystem({
       }, { resetOnError: false });
     }
 
-    // Alarms are stored and scheduled by a later milestone.
-    getAlarm() {
-      return PromiseResolve(null);
+    // --- alarms: stored in the object's database (committed with the writes around
+    // them) and scheduled by the runtime's alarm scheduler once committed.
+
+    /** The stored alarm time, or null. */
+    storedAlarm() {
+      const handle = this.#dbIfExists();
+      if (handle === 0) return null;
+      return op_dorun_alarm_get(handle) ?? null;
     }
-    setAlarm() {
-      return PromiseReject(new Error("Alarms are not supported by this version of dorun yet."));
+
+    getAlarm(_options) {
+      try {
+        const time = this.storedAlarm();
+        // While alarm() runs, its own alarm reads as null (unless it set a new one).
+        if (time !== null && time === this.#object.runningAlarm) return PromiseResolve(null);
+        return PromiseResolve(time);
+      } catch (error) {
+        return PromiseReject(error);
+      }
     }
-    deleteAlarm() {
-      return PromiseResolve();
+
+    setAlarm(scheduledTime, options = undefined) {
+      try {
+        let time;
+        if (ObjectPrototypeIsPrototypeOf(DatePrototype, scheduledTime)) {
+          time = DatePrototypeGetTime(scheduledTime);
+        } else if (typeof scheduledTime === "number") {
+          time = scheduledTime;
+        } else {
+          throw new TypeError(
+            "Failed to execute 'setAlarm' on 'DurableObjectStorage': parameter 1 is not of type 'Date or number'.",
+          );
+        }
+        if (!NumberIsFinite(time)) throw new TypeError("setAlarm() requires a finite time.");
+        if (time <= 0) {
+          throw new TypeError("setAlarm() cannot be called with an alarm time <= 0");
+        }
+        if (
+          this.#object.instance !== null &&
+          typeof this.#object.instance.alarm !== "function"
+        ) {
+          throw new TypeError(
+            "Your Durable Object class must have an alarm() handler in order to call setAlarm()",
+          );
+        }
+        time = MathFloor(MathMax(time, DateNow()));
+        const current = this.storedAlarm();
+        if (current === time && current !== this.#object.runningAlarm) return PromiseResolve();
+        op_dorun_alarm_set(this.#db(), time);
+        this.#wrote(options);
+        return PromiseResolve();
+      } catch (error) {
+        return PromiseReject(error);
+      }
+    }
+
+    deleteAlarm(options = undefined) {
+      try {
+        if (this.storedAlarm() !== null) {
+          op_dorun_alarm_set(this.#db(), -1);
+          this.#wrote(options);
+        }
+        return PromiseResolve();
+      } catch (error) {
+        return PromiseReject(error);
+      }
     }
 
     get kv() {
@@ -744,6 +820,10 @@ export function createObjectSystem({
       this.waiting = [];
       this.inFlight = 0;
       this.lastActive = DateNow();
+      /** The scheduled time of the alarm whose alarm() is running, or null. */
+      this.runningAlarm = null;
+      /** Set by ctx.abort(reason, { retryAlarm: false }). */
+      this.noAlarmRetry = false;
       this.storage = new DurableObjectStorage(this);
       const object = this;
       // As on Cloudflare, ctx.id.name is kept only for names up to 1024 bytes.
@@ -755,7 +835,8 @@ export function createObjectSystem({
         storage: this.storage,
         blockConcurrencyWhile: (callback) => object.blockConcurrencyWhile(callback),
         waitUntil: (promise) => waitUntil(promise),
-        abort: (reason) => {
+        abort: (reason, options = undefined) => {
+          if (options?.retryAlarm === false) object.noAlarmRetry = true;
           const error = new Error(reason ?? "Application called abort() to reset Durable Object.");
           object.reset(error);
           throw error;
@@ -868,6 +949,67 @@ export function createObjectSystem({
     return await value.apply(instance, args);
   }
 
+  const ALARM_DONE = 0;
+  const ALARM_RETRY = 1;
+  const ALARM_STALE = 2;
+
+  /** Runs a due alarm and tells the scheduler what comes next. */
+  async function runAlarm(object, incoming) {
+    const scheduled = incoming.alarmScheduled;
+    const retryCount = incoming.alarmRetries;
+    const storage = object.storage;
+    const stored = storage.storedAlarm();
+    if (stored !== scheduled) {
+      // The scheduler's record is stale (from the index after a crash): go by the object's.
+      op_dorun_alarm_done(incoming.id, ALARM_STALE, stored ?? -1);
+      return;
+    }
+    const instance = object.instance;
+    if (typeof instance.alarm !== "function") {
+      console.error(
+        "Attempted to run a scheduled alarm without a handler, did you remember to export an alarm() function?",
+      );
+      await storage.deleteAlarm();
+      await storage.outputGate();
+      op_dorun_alarm_done(incoming.id, ALARM_DONE, -1);
+      return;
+    }
+    let failed = null;
+    object.runningAlarm = scheduled;
+    try {
+      await runAs(
+        object,
+        () => instance.alarm({ scheduledTime: scheduled, retryCount, isRetry: retryCount > 0 }),
+      );
+    } catch (error) {
+      failed = error;
+      console.error(`alarm() of Durable Object ${object.className} ${object.hex} threw:`, error);
+    } finally {
+      object.runningAlarm = null;
+    }
+    if (object.broken !== null) {
+      op_dorun_alarm_done(incoming.id, object.noAlarmRetry ? ALARM_DONE : ALARM_RETRY, -1);
+      return;
+    }
+    const after = storage.storedAlarm();
+    let outcome = ALARM_DONE;
+    if (after === scheduled) {
+      if (failed === null || object.noAlarmRetry || retryCount >= alarmMaxRetries) {
+        if (failed !== null) {
+          console.error(
+            `alarm() of Durable Object ${object.className} ${object.hex} gave up after ${retryCount} retries`,
+          );
+        }
+        // Done with this alarm (a new one set by the handler would differ from `scheduled`).
+        await storage.deleteAlarm();
+      } else {
+        outcome = ALARM_RETRY;
+      }
+    }
+    await storage.outputGate();
+    op_dorun_alarm_done(incoming.id, outcome, -1);
+  }
+
   async function handleObjectEvent(worker, incoming, classInfo) {
     const key = `${incoming.namespace}:${incoming.objectId}`;
     let object = MapPrototypeGet(live, key);
@@ -893,7 +1035,9 @@ export function createObjectSystem({
         const wait = object.gate();
         if (wait !== null) await wait;
         if (object.broken !== null) throw object.broken;
-        if (incoming.kind === 1) {
+        if (incoming.kind === 3) {
+          await runAlarm(object, incoming);
+        } else if (incoming.kind === 1) {
           const instance = object.instance;
           if (typeof instance.fetch !== "function") {
             throw new Error("Handler does not export a fetch() function.");
