@@ -58,6 +58,21 @@ deno_core::extension!(
         objects::op_dorun_alarm_get,
         objects::op_dorun_alarm_set,
         objects::op_dorun_alarm_done,
+        crate::sockets::op_dorun_ws_accept_local,
+        crate::sockets::op_dorun_ws_accept_object,
+        crate::sockets::op_dorun_ws_send_text,
+        crate::sockets::op_dorun_ws_send_binary,
+        crate::sockets::op_dorun_ws_close,
+        crate::sockets::op_dorun_ws_state,
+        crate::sockets::op_dorun_ws_object_sockets,
+        crate::sockets::op_dorun_ws_tags,
+        crate::sockets::op_dorun_ws_set_attachment,
+        crate::sockets::op_dorun_ws_attachment,
+        crate::sockets::op_dorun_ws_set_auto_response,
+        crate::sockets::op_dorun_ws_auto_response,
+        crate::sockets::op_dorun_ws_auto_response_timestamp,
+        crate::sockets::op_dorun_ws_set_event_timeout,
+        crate::sockets::op_dorun_ws_event_timeout,
         objects::op_dorun_sql_exec,
         objects::op_dorun_sql_database_size,
     ],
@@ -67,6 +82,7 @@ deno_core::extension!(
         "00_globals.js",
         "01_worker.js",
         "02_objects.js",
+        "03_websockets.js",
     ],
     options = {
         context: IsolateContext,
@@ -98,12 +114,16 @@ pub struct IsolateContext {
     pub senders: Arc<Vec<mpsc::UnboundedSender<Event>>>,
     pub objects: Arc<ObjectConfig>,
     pub alarms: Arc<crate::alarms::AlarmScheduler>,
+    pub sockets: Arc<crate::sockets::SocketRegistry>,
+    /// Which isolate thread this is.
+    pub thread_index: usize,
 }
 
 #[derive(ToV8)]
 pub struct IncomingEvent {
     /// 0 = HTTP request for the Worker, 1 = fetch to an object, 2 = RPC to an object,
-    /// 3 = an object's alarm.
+    /// 3 = an object's alarm, 4 = an object's hibernatable WebSocket event, 5 = an event of a
+    /// WebSocket accepted with `accept()` on this thread.
     kind: u32,
     id: u32,
     method: Option<ByteString>,
@@ -117,6 +137,12 @@ pub struct IncomingEvent {
     rpc_get: Option<bool>,
     alarm_scheduled: Option<f64>,
     alarm_retries: Option<u32>,
+    socket: Option<u32>,
+    /// 0 text, 1 binary (bytes via `op_dorun_event_args`), 2 close, 3 error.
+    socket_event: Option<u32>,
+    socket_text: Option<String>,
+    close_code: Option<u32>,
+    close_clean: Option<bool>,
 }
 
 impl IncomingEvent {
@@ -135,7 +161,47 @@ impl IncomingEvent {
             rpc_get: None,
             alarm_scheduled: None,
             alarm_retries: None,
+            socket: None,
+            socket_event: None,
+            socket_text: None,
+            close_code: None,
+            close_clean: None,
         }
+    }
+
+    fn with_socket(
+        mut self,
+        context: &IsolateContext,
+        socket: u32,
+        message: crate::sockets::SocketMessage,
+    ) -> Self {
+        use crate::sockets::SocketMessage;
+        self.socket = Some(socket);
+        match message {
+            SocketMessage::Text(text) => {
+                self.socket_event = Some(0);
+                self.socket_text = Some(text);
+            }
+            SocketMessage::Binary(bytes) => {
+                self.socket_event = Some(1);
+                context.event_args.borrow_mut().insert(self.id, bytes);
+            }
+            SocketMessage::Close {
+                code,
+                reason,
+                clean,
+            } => {
+                self.socket_event = Some(2);
+                self.close_code = Some(u32::from(code));
+                self.socket_text = Some(reason);
+                self.close_clean = Some(clean);
+            }
+            SocketMessage::Error(message) => {
+                self.socket_event = Some(3);
+                self.socket_text = Some(message);
+            }
+        }
+        self
     }
 
     fn with_request(
@@ -198,6 +264,9 @@ pub async fn op_dorun_next_event(state: Rc<RefCell<OpState>>) -> Option<Incoming
                     incoming.rpc_get = Some(get);
                     incoming
                 }
+                ObjectCall::Socket { socket, message } => {
+                    IncomingEvent::empty(4, id).with_socket(&context, socket, message)
+                }
                 ObjectCall::Alarm { scheduled, retries } => {
                     let mut incoming = IncomingEvent::empty(3, id);
                     incoming.alarm_scheduled = Some(scheduled as f64);
@@ -209,6 +278,14 @@ pub async fn op_dorun_next_event(state: Rc<RefCell<OpState>>) -> Option<Incoming
             incoming.object_id = Some(event.object_id);
             incoming.object_name = event.object_name;
             Some(incoming)
+        }
+        Event::Socket {
+            socket,
+            message,
+            reply,
+        } => {
+            context.in_flight.borrow_mut().insert(id, reply);
+            Some(IncomingEvent::empty(5, id).with_socket(&context, socket, message))
         }
         Event::Shutdown => None,
     }
@@ -261,12 +338,18 @@ pub fn op_dorun_respond(
     #[smi] status: u16,
     #[scoped] headers: Vec<(ByteString, ByteString)>,
     #[buffer] body: Option<JsBuffer>,
+    #[smi] websocket: u32,
 ) -> Result<(), JsErrorBox> {
     let body = match body {
         Some(bytes) if !bytes.is_empty() => ResponseBody::full(Bytes::copy_from_slice(&bytes)),
         _ => ResponseBody::Empty,
     };
-    let response = response_head(status, headers, body)?;
+    let mut response = response_head(status, headers, body)?;
+    if websocket != 0 {
+        response
+            .extensions_mut()
+            .insert(crate::sockets::WebSocketToken(websocket));
+    }
     if let Some(reply) = take_reply(state, id) {
         // The client may have gone away; nothing to do then.
         let _ = reply.send(Reply::Response(response));

@@ -22,6 +22,7 @@ use crate::body::{RequestBody, ResponseBody};
 use crate::extension::{self, InFlight, IsolateContext};
 use crate::loader::{ModuleGraph, WorkerModuleLoader, ENTRY_SPECIFIER};
 use crate::objects::{Event, Reply};
+use crate::sockets::SocketRegistry;
 use crate::spec::WorkerSpec;
 use crate::supervisor::{spawn_supervisor, IsolateWatch, Termination};
 
@@ -55,6 +56,15 @@ pub struct WorkerPool {
     closed: std::sync::atomic::AtomicBool,
     next: AtomicUsize,
     alarms: Arc<AlarmScheduler>,
+    sockets: Arc<SocketRegistry>,
+}
+
+/// What every isolate thread of a pool shares.
+struct Shared {
+    senders: Arc<Vec<mpsc::UnboundedSender<Event>>>,
+    alarms: Arc<AlarmScheduler>,
+    sockets: Arc<SocketRegistry>,
+    thread_index: usize,
 }
 
 impl WorkerPool {
@@ -70,6 +80,7 @@ impl WorkerPool {
             AlarmScheduler::load(spec.objects.clone(), spec.alarm_retry)
                 .map_err(StartupError::Code)?,
         );
+        let sockets = Arc::new(SocketRegistry::default());
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..threads).map(|_| mpsc::unbounded_channel()).unzip();
         let senders = Arc::new(senders);
@@ -78,11 +89,15 @@ impl WorkerPool {
             let watch = IsolateWatch::new(spec.cpu_limit);
             watches.push(Arc::downgrade(&watch));
             let graph = graph.clone();
-            let senders = senders.clone();
-            let alarms = alarms.clone();
+            let shared = Shared {
+                senders: senders.clone(),
+                alarms: alarms.clone(),
+                sockets: sockets.clone(),
+                thread_index: index,
+            };
             let join = std::thread::Builder::new()
                 .name(format!("dorun-isolate-{index}"))
-                .spawn(move || isolate_thread(graph, receiver, senders, alarms, watch, ready_tx))
+                .spawn(move || isolate_thread(graph, receiver, shared, watch, ready_tx))
                 .map_err(|e| StartupError::Thread(e.to_string()))?;
             handles.push(IsolateThread {
                 join: Mutex::new(Some(join)),
@@ -96,6 +111,7 @@ impl WorkerPool {
             closed: std::sync::atomic::AtomicBool::new(false),
             next: AtomicUsize::new(0),
             alarms: alarms.clone(),
+            sockets: sockets.clone(),
         };
         for ready in readies {
             match ready.recv() {
@@ -114,11 +130,17 @@ impl WorkerPool {
         }
         spawn_supervisor(watches);
         alarms.spawn(pool.senders.clone());
+        sockets.set_senders(pool.senders.clone());
         Ok(pool)
     }
 
     pub fn spec(&self) -> &WorkerSpec {
         &self.spec
+    }
+
+    /// The WebSockets the Worker's responses hand to the front door.
+    pub fn sockets(&self) -> &Arc<SocketRegistry> {
+        &self.sockets
     }
 
     /// Hands a request to the next isolate thread and waits for its response head.
@@ -187,8 +209,7 @@ enum IsolateExit {
 fn isolate_thread(
     graph: Arc<ModuleGraph>,
     receiver: mpsc::UnboundedReceiver<Event>,
-    senders: Arc<Vec<mpsc::UnboundedSender<Event>>>,
-    alarms: Arc<AlarmScheduler>,
+    shared: Shared,
     watch: Arc<IsolateWatch>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
@@ -216,9 +237,11 @@ fn isolate_thread(
                 in_flight: in_flight.clone(),
                 next_id: next_id.clone(),
                 event_args: Rc::default(),
-                senders: senders.clone(),
+                senders: shared.senders.clone(),
                 objects: graph.spec().objects.clone(),
-                alarms: alarms.clone(),
+                alarms: shared.alarms.clone(),
+                sockets: shared.sockets.clone(),
+                thread_index: shared.thread_index,
             };
             let exit = run_isolate(&graph, context, &watch, &mut ready).await;
             let (status, message) = match exit {

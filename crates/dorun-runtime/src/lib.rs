@@ -16,6 +16,8 @@
 //!   storage ops over `dorun-storage`.
 //! - [`alarms`]: the alarm scheduler: per-namespace alarm indexes, firing due alarms on the
 //!   owning isolate thread, retries with backoff.
+//! - [`sockets`]: WebSockets held outside JS (the registry the front door and the
+//!   Hibernation API share), so hibernated objects can be evicted with sockets open.
 //! - [`supervisor`]: a thread that terminates JS running past its CPU limit.
 
 pub mod alarms;
@@ -24,6 +26,7 @@ pub mod extension;
 pub mod isolate;
 pub mod loader;
 pub mod objects;
+pub mod sockets;
 pub mod spec;
 pub mod supervisor;
 mod transpile;

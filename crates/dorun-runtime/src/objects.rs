@@ -104,6 +104,12 @@ pub enum Event {
     },
     /// A call into a Durable Object pinned to this thread.
     Object(Box<ObjectEvent>),
+    /// Something happened on a WebSocket accepted with `accept()` on this thread.
+    Socket {
+        socket: u32,
+        message: crate::sockets::SocketMessage,
+        reply: oneshot::Sender<Reply>,
+    },
     /// Stop taking events: the isolate finishes what it has and its thread exits.
     Shutdown,
 }
@@ -128,6 +134,11 @@ pub enum ObjectCall {
     Alarm {
         scheduled: i64,
         retries: u32,
+    },
+    /// Something happened on one of the object's hibernatable WebSockets.
+    Socket {
+        socket: u32,
+        message: crate::sockets::SocketMessage,
     },
 }
 
@@ -353,6 +364,8 @@ pub struct ResponseHead {
     status: u16,
     headers: Vec<(ByteString, ByteString)>,
     body_rid: Option<u32>,
+    /// The socket of a WebSocket (101) response.
+    web_socket: Option<u32>,
 }
 
 /// The response of a `Reply::Response`; its body becomes a resource JS reads.
@@ -366,6 +379,10 @@ pub fn op_dorun_reply_response(
         return Err(JsErrorBox::generic("no response for this handle"));
     };
     let (parts, body) = response.into_parts();
+    let web_socket = parts
+        .extensions
+        .get::<crate::sockets::WebSocketToken>()
+        .map(|token| token.0);
     let headers = parts
         .headers
         .iter()
@@ -389,6 +406,7 @@ pub fn op_dorun_reply_response(
         status: parts.status.as_u16(),
         headers,
         body_rid,
+        web_socket,
     })
 }
 

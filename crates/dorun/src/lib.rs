@@ -7,6 +7,8 @@
 //! - [`server`]: the HTTP front door (hyper): accepts connections, gives each request its
 //!   absolute URL and `CF-Connecting-IP`, hands it to the Worker pool, logs one line per
 //!   request, and drains in-flight requests on shutdown.
+//! - [`websocket`]: completes WebSocket upgrades the Worker accepted and pumps frames
+//!   between clients and the socket registry (tokio-tungstenite).
 //!
 //! The JavaScript side (isolate threads, module loading, Web APIs) is `dorun-runtime`.
 
@@ -14,3 +16,4 @@ pub mod cli;
 pub mod config;
 pub mod migrations;
 pub mod server;
+pub mod websocket;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dorun_runtime::body::BoxError;
+use dorun_runtime::sockets::WebSocketToken;
 use dorun_runtime::{ResponseBody, WorkerPool};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -14,6 +15,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
+
+use crate::websocket;
 
 /// Front door settings.
 #[derive(Clone, Debug)]
@@ -83,20 +86,38 @@ pub async fn run(
 
 async fn handle(
     pool: &WorkerPool,
-    request: http::Request<Incoming>,
+    mut request: http::Request<Incoming>,
     peer: SocketAddr,
     local: Option<SocketAddr>,
 ) -> http::Response<ResponseBody> {
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
-    let response = match prepare(request, peer, local) {
+    let upgrade = websocket::take_upgrade(&mut request);
+    let mut response = match prepare(request, peer, local) {
         Ok(request) => match pool.dispatch(request).await {
             Ok(response) => response,
             Err(error) => plain(503, &format!("{error}")),
         },
         Err(message) => plain(400, &message),
     };
+    if let Some(token) = response.extensions_mut().remove::<WebSocketToken>() {
+        response = match upgrade {
+            Some(upgrade) if response.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+                websocket::accept(pool.sockets().clone(), token.0, upgrade, response)
+            }
+            _ => {
+                pool.sockets().remove(token.0);
+                tracing::error!(
+                    worker = %pool.spec().name,
+                    "the Worker answered a request without `Upgrade: websocket` with a WebSocket"
+                );
+                plain(500, "Internal Server Error")
+            }
+        };
+    } else if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        response = plain(500, "Internal Server Error");
+    }
     tracing::info!(
         target: "dorun::request",
         worker = %pool.spec().name,

@@ -215,3 +215,5 @@ ObjectDefineProperties(globalThis, {
 
 // Internals the worker glue (01_worker.js) and generated modules use.
 globalThis[SymbolFor("dorun.console")] = console;
+
+export { pendingOutputGate };

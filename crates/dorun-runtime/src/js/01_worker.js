@@ -4,6 +4,13 @@
 import { core, primordials } from "ext:core/mod.js";
 import "ext:dorun/00_globals.js";
 import { createObjectSystem } from "ext:dorun/02_objects.js";
+import {
+  handleLocalSocketEvent,
+  responseSocketToken,
+  WebSocket,
+  WebSocketPair,
+  WebSocketRequestResponsePair,
+} from "ext:dorun/03_websockets.js";
 
 const {
   Error,
@@ -114,6 +121,9 @@ for (let index = 0; index < config.namespaces.length; index++) {
   env[config.namespaces[index].binding] = new objects.DurableObjectNamespace(index);
 }
 globalThis.DurableObjectNamespace = objects.DurableObjectNamespace;
+globalThis.WebSocket = WebSocket;
+globalThis.WebSocketPair = WebSocketPair;
+globalThis.WebSocketRequestResponsePair = WebSocketRequestResponsePair;
 globalThis.DurableObjectId = objects.DurableObjectId;
 
 globalThis[SymbolFor("dorun.moduleBytes")] = (url) => op_dorun_module_bytes(url).buffer;
@@ -153,7 +163,13 @@ function makeRequest(incoming) {
 }
 
 function respondError(id, status, message) {
-  op_dorun_respond(id, status, [["content-type", "text/plain;charset=UTF-8"]], encoder.encode(message));
+  op_dorun_respond(
+    id,
+    status,
+    [["content-type", "text/plain;charset=UTF-8"]],
+    encoder.encode(message),
+    0,
+  );
 }
 
 function sendResponse(id, response) {
@@ -161,15 +177,17 @@ function sendResponse(id, response) {
   const status = inner.status;
   const headers = inner.headerList;
   const body = inner.body;
+  // A WebSocket response hands its socket to the front door.
+  const socket = responseSocketToken(response);
   if (body === null) {
-    op_dorun_respond(id, status, headers, null);
+    op_dorun_respond(id, status, headers, null, socket);
     return;
   }
   const source = body.streamOrStatic;
   if (!ObjectPrototypeIsPrototypeOf(streams.ReadableStreamPrototype, source)) {
     const bytes = typeof source.body === "string" ? encoder.encode(source.body) : source.body;
     source.consumed = true;
-    op_dorun_respond(id, status, headers, bytes);
+    op_dorun_respond(id, status, headers, bytes, 0);
     return;
   }
   if (streams.isReadableStreamLocked(source) || streams.isReadableStreamDisturbed(source)) {
@@ -211,6 +229,8 @@ async function serve(worker) {
     if (incoming === null || incoming === undefined) break;
     if (incoming.kind === 0) {
       handle(handler, incoming);
+    } else if (incoming.kind === 5) {
+      handleLocalSocketEvent(incoming, objects.runAs);
     } else {
       objects.handleObjectEvent(worker, incoming, config.namespaces[incoming.namespace]);
     }

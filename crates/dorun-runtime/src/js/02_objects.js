@@ -3,6 +3,11 @@
 // its implicit transaction and output gate, and idle eviction.
 
 import { core, primordials } from "ext:core/mod.js";
+import {
+  hibernationApi,
+  runHibernatableEvent,
+  WebSocketInternals,
+} from "ext:dorun/03_websockets.js";
 
 const {
   ArrayIsArray,
@@ -127,6 +132,8 @@ function disconnected(error, objectId) {
   return error;
 }
 
+const EMPTY_PAYLOAD = new Uint8Array(0);
+
 const RESERVED_METHODS = [
   "fetch",
   "connect",
@@ -212,6 +219,13 @@ export function createObjectSystem({
       throw deserializeError(op_dorun_reply_payload(replyHandle(handle)), hex);
     }
     const head = op_dorun_reply_response(replyHandle(handle));
+    if (head.webSocket !== null && head.webSocket !== undefined) {
+      return new Response(null, {
+        status: 101,
+        headers: head.headers,
+        webSocket: WebSocketInternals.remote(head.webSocket),
+      });
+    }
     const body = head.bodyRid === null || head.bodyRid === undefined
       ? null
       : streams.readableStreamForRid(head.bodyRid);
@@ -822,6 +836,10 @@ export function createObjectSystem({
       this.lastActive = DateNow();
       /** The scheduled time of the alarm whose alarm() is running, or null. */
       this.runningAlarm = null;
+      /** JS WebSockets of this object's hibernatable sockets, by registry id. */
+      this.sockets = new SafeMap();
+      /** Standard (accept()) WebSockets open in this object: they pin it in memory. */
+      this.localSockets = 0;
       /** Set by ctx.abort(reason, { retryAlarm: false }). */
       this.noAlarmRetry = false;
       this.storage = new DurableObjectStorage(this);
@@ -842,6 +860,7 @@ export function createObjectSystem({
           throw error;
         },
         props: {},
+        ...hibernationApi(this),
       };
     }
 
@@ -1037,6 +1056,14 @@ export function createObjectSystem({
         if (object.broken !== null) throw object.broken;
         if (incoming.kind === 3) {
           await runAlarm(object, incoming);
+        } else if (incoming.kind === 4) {
+          try {
+            await runAs(object, () => runHibernatableEvent(object, incoming));
+          } catch (error) {
+            console.error(`WebSocket handler of Durable Object ${object.className} threw:`, error);
+          }
+          await object.storage.outputGate();
+          op_dorun_reply_value(incoming.id, false, EMPTY_PAYLOAD);
         } else if (incoming.kind === 1) {
           const instance = object.instance;
           if (typeof instance.fetch !== "function") {
@@ -1082,6 +1109,7 @@ export function createObjectSystem({
     for (const object of live.values()) {
       if (
         object.inFlight === 0 && object.locked === 0 && object.waiting.length === 0 &&
+        object.localSockets === 0 &&
         now - object.lastActive >= idleTimeoutMs
       ) {
         MapPrototypeDelete(live, object.key);
@@ -1090,5 +1118,5 @@ export function createObjectSystem({
     }
   }
 
-  return { DurableObjectNamespace, DurableObjectId, handleObjectEvent, evictIdle, live };
+  return { DurableObjectNamespace, DurableObjectId, handleObjectEvent, evictIdle, live, runAs };
 }

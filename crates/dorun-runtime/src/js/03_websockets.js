@@ -1,0 +1,595 @@
+// WebSockets as Workers have them: WebSocketPair, the server end's accept(), send and close,
+// `new Response(null, { status: 101, webSocket })`, and the Hibernation API's pieces that
+// live on the socket (attachments, tags) or on the object (auto-response, event timeout).
+//
+// The connection itself is held by the front door (crates/dorun/src/websocket.rs) and the
+// socket registry (src/sockets.rs); a JS WebSocket is a handle on a registry id. A
+// hibernatable socket's JS object can be dropped with its Durable Object and made again
+// from the id when the next event arrives.
+
+import { core, primordials } from "ext:core/mod.js";
+import { pendingOutputGate } from "ext:dorun/00_globals.js";
+
+const {
+  ArrayBufferIsView,
+  ArrayPrototypeIncludes,
+  ArrayPrototypePush,
+  Error,
+  ObjectPrototypeIsPrototypeOf,
+  PromisePrototypeThen,
+  RangeError,
+  ReflectConstruct,
+  SafeMap,
+  SafeWeakMap,
+  String,
+  SymbolFor,
+  TypeError,
+  TypedArrayPrototypeGetBuffer,
+  TypedArrayPrototypeGetByteLength,
+  TypedArrayPrototypeGetByteOffset,
+  ArrayBufferPrototypeSlice,
+  ObjectDefineProperty,
+  Proxy,
+  WeakMapPrototypeGet,
+  WeakMapPrototypeSet,
+  DataViewPrototypeGetBuffer,
+  DataViewPrototypeGetByteLength,
+  DataViewPrototypeGetByteOffset,
+} = primordials;
+
+const {
+  op_dorun_ws_accept_local,
+  op_dorun_ws_accept_object,
+  op_dorun_ws_send_text,
+  op_dorun_ws_send_binary,
+  op_dorun_ws_close,
+  op_dorun_ws_state,
+  op_dorun_ws_object_sockets,
+  op_dorun_ws_tags,
+  op_dorun_ws_set_attachment,
+  op_dorun_ws_attachment,
+  op_dorun_ws_set_auto_response,
+  op_dorun_ws_auto_response,
+  op_dorun_ws_auto_response_timestamp,
+  op_dorun_ws_set_event_timeout,
+  op_dorun_ws_event_timeout,
+  op_dorun_event_args,
+  op_dorun_reply_value,
+} = core.ops;
+
+const { toInnerResponse } = core.loadExtScript("ext:deno_fetch/23_response.js");
+
+const CONNECTING = 0;
+const OPEN = 1;
+const CLOSING = 2;
+const CLOSED = 3;
+
+const MAX_TAGS = 10;
+const MAX_TAG_LENGTH = 256;
+const MAX_ATTACHMENT_BYTES = 16384;
+const MAX_AUTO_RESPONSE_BYTES = 2048;
+const MAX_CLOSE_REASON_BYTES = 123;
+const MAX_EVENT_TIMEOUT_MS = 604800000;
+
+const encoder = new TextEncoder();
+const CREATE = SymbolFor("dorun.createWebSocket");
+const EMPTY = new Uint8Array(0);
+
+/** WebSockets accepted with accept() on this thread, by registry id. */
+const localSockets = new SafeMap();
+
+function copyBytes(data) {
+  if (ObjectPrototypeIsPrototypeOf(ArrayBuffer.prototype, data)) return new Uint8Array(data);
+  if (ArrayBufferIsView(data)) {
+    if (ObjectPrototypeIsPrototypeOf(DataView.prototype, data)) {
+      return new Uint8Array(
+        DataViewPrototypeGetBuffer(data),
+        DataViewPrototypeGetByteOffset(data),
+        DataViewPrototypeGetByteLength(data),
+      );
+    }
+    return new Uint8Array(
+      TypedArrayPrototypeGetBuffer(data),
+      TypedArrayPrototypeGetByteOffset(data),
+      TypedArrayPrototypeGetByteLength(data),
+    );
+  }
+  return null;
+}
+
+/** Module-private access to WebSocket's private state; filled in by its static block. */
+const WebSocketInternals = {};
+
+class WebSocket extends EventTarget {
+  static CONNECTING = CONNECTING;
+  static OPEN = OPEN;
+  static CLOSING = CLOSING;
+  static CLOSED = CLOSED;
+
+  /** The other end of the pair, while both ends live in this isolate. */
+  #peer = null;
+  /** Registry id once this end is accepted (or, for a client end, once its peer is). */
+  #id = 0;
+  /** A client end received from another isolate (stub.fetch): the registry id it stands for. */
+  #remote = 0;
+  #accepted = false;
+  #hibernatable = false;
+  #usedInResponse = false;
+  #state = OPEN;
+  /** The Durable Object this socket belongs to (for its async context and pinning). */
+  #object = null;
+  /** Sends waiting for the output gate, in order. */
+  #sendChain = null;
+  #attachment = null;
+  binaryType = "arraybuffer";
+
+  constructor(url, _protocols = undefined) {
+    super();
+    if (url !== CREATE) {
+      throw new Error(
+        "dorun does not support outbound WebSockets (new WebSocket(url)) yet; accept them from clients with WebSocketPair.",
+      );
+    }
+  }
+
+  static {
+    WebSocketInternals.pair = () => {
+      const client = new WebSocket(CREATE);
+      const server = new WebSocket(CREATE);
+      client.#peer = server;
+      server.#peer = client;
+      return [client, server];
+    };
+    WebSocketInternals.remote = (id) => {
+      const ws = new WebSocket(CREATE);
+      ws.#remote = id;
+      return ws;
+    };
+    WebSocketInternals.hibernated = (id, object) => {
+      const ws = new WebSocket(CREATE);
+      ws.#id = id;
+      ws.#accepted = true;
+      ws.#hibernatable = true;
+      ws.#object = object;
+      return ws;
+    };
+    WebSocketInternals.acceptHibernatable = (ws, object, tags) => ws.#acceptHibernatable(object, tags);
+    WebSocketInternals.id = (ws) => ws.#id;
+    WebSocketInternals.isHibernatable = (ws) => ws.#hibernatable;
+    WebSocketInternals.tokenForResponse = (ws) => ws.#tokenForResponse();
+    WebSocketInternals.peerClosed = (ws, code, reason, clean) => {
+      ws.#state = CLOSED;
+      const object = ws.#object;
+      if (!ws.#hibernatable && object !== null) object.localSockets--;
+      return new CloseEvent("close", { code, reason, wasClean: clean });
+    };
+    WebSocketInternals.object = (ws) => ws.#object;
+  }
+
+  get readyState() {
+    if (this.#id !== 0) {
+      const shared = op_dorun_ws_state(this.#id);
+      return shared > this.#state ? shared : this.#state;
+    }
+    return this.#state;
+  }
+  get url() {
+    return null;
+  }
+  get protocol() {
+    return "";
+  }
+  get extensions() {
+    return "";
+  }
+
+  accept() {
+    if (this.#hibernatable) {
+      throw new TypeError("Can't accept() WebSocket after enabling hibernation.");
+    }
+    if (this.#accepted) return;
+    if (this.#remote !== 0 || this.#peer === null) {
+      throw new TypeError(
+        "dorun cannot accept() a WebSocket that came from another Worker or Durable Object; return it in a Response instead.",
+      );
+    }
+    if (this.#peer.#accepted) {
+      throw new TypeError(
+        "dorun does not support using both ends of a WebSocketPair in the same Worker; return one end in a Response.",
+      );
+    }
+    if (this.#usedInResponse) {
+      throw new TypeError("Can't accept() WebSocket that was already used in a response.");
+    }
+    this.#id = op_dorun_ws_accept_local();
+    this.#accepted = true;
+    this.#peer.#id = this.#id;
+    localSockets.set(this.#id, this);
+    const current = core.getAsyncContext();
+    if (current !== undefined && current !== null && current.localSockets !== undefined) {
+      // A standard WebSocket pins its Durable Object in memory (no hibernation).
+      this.#object = current;
+      current.localSockets++;
+    }
+  }
+
+  #acceptHibernatable(object, tags) {
+    if (!ObjectPrototypeIsPrototypeOf(WebSocket.prototype, this)) {
+      throw new TypeError("acceptWebSocket() expects a WebSocket.");
+    }
+    if (this.#accepted && !this.#hibernatable) {
+      throw new Error(
+        "Cannot call `acceptWebSocket()` if the WebSocket was already accepted via `accept()`",
+      );
+    }
+    if (this.#accepted || this.#peer === null || this.#peer.#accepted || this.#usedInResponse) {
+      throw new Error(
+        "Cannot call `acceptWebSocket()` on this WebSocket because its pair has already been accepted or used in a Response.",
+      );
+    }
+    const unique = [];
+    for (const tag of tags ?? []) {
+      const text = String(tag);
+      if (text.length > MAX_TAG_LENGTH) {
+        throw new Error(`"${text}" is longer than the max tag length (${MAX_TAG_LENGTH} characters).`);
+      }
+      if (!ArrayPrototypeIncludes(unique, text)) ArrayPrototypePush(unique, text);
+    }
+    if (unique.length > MAX_TAGS) {
+      throw new Error(`a Hibernatable WebSocket cannot have more than ${MAX_TAGS} tags`);
+    }
+    this.#id = op_dorun_ws_accept_object(object.namespace, object.hex, object.name ?? "", unique);
+    this.#accepted = true;
+    this.#hibernatable = true;
+    this.#object = object;
+    this.#peer.#id = this.#id;
+    object.sockets.set(this.#id, this);
+  }
+
+  #tokenForResponse() {
+    if (this.#remote !== 0) return this.#remote;
+    if (this.#peer === null || this.#accepted) {
+      throw new TypeError("The webSocket of a Response must be the client end of a WebSocketPair.");
+    }
+    if (this.#usedInResponse) {
+      throw new TypeError("This WebSocket was already used in a Response.");
+    }
+    if (this.#id === 0) {
+      throw new TypeError(
+        "dorun needs the server end of a WebSocketPair to be accepted (accept() or ctx.acceptWebSocket()) before the client end is returned in a Response.",
+      );
+    }
+    this.#usedInResponse = true;
+    return this.#id;
+  }
+
+  #checkSendable() {
+    if (!this.#accepted) {
+      throw new TypeError(
+        "You must call one of accept() or state.acceptWebSocket() on this WebSocket before sending messages.",
+      );
+    }
+    if (this.readyState !== OPEN) {
+      throw new TypeError("Can't call WebSocket send() after close().");
+    }
+  }
+
+  /** Runs `action` now, or after the output gate and earlier gated sends, keeping order. */
+  #gated(action) {
+    const gate = pendingOutputGate();
+    if (gate === null && this.#sendChain === null) {
+      action();
+      return;
+    }
+    const previous = this.#sendChain;
+    const chain = (async () => {
+      if (previous !== null) await previous;
+      if (gate !== null) await gate;
+      action();
+    })();
+    this.#sendChain = chain;
+    PromisePrototypeThen(chain, () => {
+      if (this.#sendChain === chain) this.#sendChain = null;
+    }, (error) => {
+      if (this.#sendChain === chain) this.#sendChain = null;
+      // A failed commit resets the object; the message it gated is never sent.
+      console.error("WebSocket message dropped:", error);
+    });
+  }
+
+  send(data) {
+    this.#checkSendable();
+    const id = this.#id;
+    if (typeof data === "string") {
+      this.#gated(() => op_dorun_ws_send_text(id, data));
+      return;
+    }
+    const bytes = copyBytes(data);
+    if (bytes === null) {
+      throw new TypeError(
+        "Failed to execute 'send' on 'WebSocket': parameter 1 is not of type 'ArrayBuffer or ArrayBufferView or string'.",
+      );
+    }
+    // Copy now: the caller may reuse its buffer before a gated send goes out.
+    const copy = new Uint8Array(bytes);
+    this.#gated(() => op_dorun_ws_send_binary(id, copy));
+  }
+
+  close(code = undefined, reason = undefined) {
+    if (code !== undefined) {
+      code = Number(code);
+      const reserved = code === 1004 || code === 1005 || code === 1006 || code === 1015;
+      if (!Number.isInteger(code) || code < 1000 || code > 4999 || reserved) {
+        throw new TypeError(`Invalid WebSocket close code: ${code}.`);
+      }
+    }
+    reason = reason === undefined ? "" : String(reason);
+    if (encoder.encode(reason).byteLength > MAX_CLOSE_REASON_BYTES) {
+      throw new DOMException(
+        `The WebSocket close reason must be at most ${MAX_CLOSE_REASON_BYTES} bytes.`,
+        "SyntaxError",
+      );
+    }
+    if (!this.#accepted) {
+      throw new TypeError(
+        "You must call one of accept() or state.acceptWebSocket() on this WebSocket before closing it.",
+      );
+    }
+    if (this.readyState !== OPEN) return;
+    this.#state = CLOSING;
+    const id = this.#id;
+    this.#gated(() => op_dorun_ws_close(id, code ?? -1, reason));
+  }
+
+  serializeAttachment(value) {
+    const bytes = core.serialize(value, { forStorage: true });
+    if (bytes.byteLength > MAX_ATTACHMENT_BYTES) {
+      throw new Error(
+        `A WebSocket 'attachment' cannot be larger than ${MAX_ATTACHMENT_BYTES} bytes.'attachment' was ${bytes.byteLength} bytes.`,
+      );
+    }
+    if (this.#id !== 0) op_dorun_ws_set_attachment(this.#id, bytes);
+    else this.#attachment = bytes;
+  }
+
+  deserializeAttachment() {
+    const bytes = this.#id !== 0 ? op_dorun_ws_attachment(this.#id) : this.#attachment;
+    if (bytes === null || bytes === undefined) return null;
+    return core.deserialize(bytes, { forStorage: true });
+  }
+}
+
+class WebSocketPair {
+  constructor() {
+    const [client, server] = WebSocketInternals.pair();
+    this[0] = client;
+    this[1] = server;
+  }
+}
+
+class WebSocketRequestResponsePair {
+  #request;
+  #response;
+  constructor(request, response) {
+    if (typeof request !== "string" || typeof response !== "string") {
+      throw new TypeError("WebSocketRequestResponsePair() expects two strings.");
+    }
+    this.#request = request;
+    this.#response = response;
+  }
+  get request() {
+    return this.#request;
+  }
+  get response() {
+    return this.#response;
+  }
+  getRequest() {
+    return this.#request;
+  }
+  getResponse() {
+    return this.#response;
+  }
+}
+
+// --- Response with a webSocket -----------------------------------------------------------
+const NativeResponse = globalThis.Response;
+const responseSockets = new SafeWeakMap();
+// deno's Response refuses status 101; a WebSocket response is built with 200 and then
+// given its real status.
+const WorkersResponse = new Proxy(NativeResponse, {
+  construct(target, args, newTarget) {
+    const init = args[1];
+    const webSocket = init !== null && typeof init === "object" ? init.webSocket ?? null : null;
+    if (webSocket === null) return ReflectConstruct(target, args, newTarget);
+    if (!ObjectPrototypeIsPrototypeOf(WebSocket.prototype, webSocket)) {
+      throw new TypeError("Response webSocket must be a WebSocket.");
+    }
+    if (init.status !== 101) {
+      throw new RangeError("Responses with a WebSocket must have status code 101.");
+    }
+    if (args[0] !== null && args[0] !== undefined) {
+      throw new TypeError("Response with status 101 cannot have a body.");
+    }
+    const response = ReflectConstruct(target, [null, { ...init, status: 200 }], newTarget);
+    toInnerResponse(response).status = 101;
+    toInnerResponse(response).statusMessage = "Switching Protocols";
+    WeakMapPrototypeSet(responseSockets, response, webSocket);
+    return response;
+  },
+});
+ObjectDefineProperty(NativeResponse.prototype, "webSocket", {
+  get() {
+    return WeakMapPrototypeGet(responseSockets, this) ?? null;
+  },
+  configurable: true,
+  enumerable: true,
+});
+ObjectDefineProperty(globalThis, "Response", {
+  value: WorkersResponse,
+  writable: true,
+  enumerable: false,
+  configurable: true,
+});
+
+/** The registry id to hand the front door for a Response's webSocket, or 0. */
+function responseSocketToken(response) {
+  const webSocket = WeakMapPrototypeGet(responseSockets, response);
+  return webSocket === undefined ? 0 : WebSocketInternals.tokenForResponse(webSocket);
+}
+
+// --- events ---------------------------------------------------------------------------------
+const SOCKET_TEXT = 0;
+const SOCKET_BINARY = 1;
+const SOCKET_CLOSE = 2;
+
+function messageData(incoming) {
+  if (incoming.socketEvent === SOCKET_TEXT) return incoming.socketText;
+  const bytes = op_dorun_event_args(incoming.id);
+  return TypedArrayPrototypeGetByteLength(bytes) === bytes.buffer.byteLength
+    ? bytes.buffer
+    : ArrayBufferPrototypeSlice(bytes.buffer, bytes.byteOffset, bytes.byteOffset + bytes.byteLength);
+}
+
+/** An event for a WebSocket accepted with accept() on this thread. */
+function handleLocalSocketEvent(incoming, runAs) {
+  const ws = localSockets.get(incoming.socket);
+  try {
+    if (ws === undefined) return;
+    let event;
+    if (incoming.socketEvent === SOCKET_CLOSE) {
+      localSockets.delete(incoming.socket);
+      event = WebSocketInternals.peerClosed(
+        ws,
+        incoming.closeCode,
+        incoming.socketText,
+        incoming.closeClean,
+      );
+    } else if (incoming.socketEvent === SOCKET_TEXT || incoming.socketEvent === SOCKET_BINARY) {
+      event = new MessageEvent("message", { data: messageData(incoming) });
+    } else {
+      event = new ErrorEvent("error", {
+        message: incoming.socketText,
+        error: new Error(incoming.socketText),
+      });
+    }
+    const object = WebSocketInternals.object(ws);
+    if (object !== null) runAs(object, () => ws.dispatchEvent(event));
+    else ws.dispatchEvent(event);
+  } finally {
+    op_dorun_reply_value(incoming.id, false, EMPTY);
+  }
+}
+
+/** The JS WebSocket for hibernatable socket `id` of `object`, made again after eviction. */
+function materialize(object, id) {
+  let ws = object.sockets.get(id);
+  if (ws === undefined) {
+    ws = WebSocketInternals.hibernated(id, object);
+    object.sockets.set(id, ws);
+  }
+  return ws;
+}
+
+/** Delivers a hibernatable socket's event to the object's handler (input gate passed). */
+async function runHibernatableEvent(object, incoming) {
+  const ws = materialize(object, incoming.socket);
+  const instance = object.instance;
+  if (incoming.socketEvent === SOCKET_TEXT || incoming.socketEvent === SOCKET_BINARY) {
+    if (typeof instance.webSocketMessage === "function") {
+      await instance.webSocketMessage(ws, messageData(incoming));
+    }
+  } else if (incoming.socketEvent === SOCKET_CLOSE) {
+    try {
+      if (typeof instance.webSocketClose === "function") {
+        await instance.webSocketClose(
+          ws,
+          incoming.closeCode,
+          incoming.socketText,
+          incoming.closeClean,
+        );
+      }
+    } finally {
+      object.sockets.delete(incoming.socket);
+    }
+  } else if (typeof instance.webSocketError === "function") {
+    await instance.webSocketError(ws, new Error(incoming.socketText));
+  }
+}
+
+/** The Hibernation API methods of `ctx` for `object`. */
+function hibernationApi(object) {
+  return {
+    acceptWebSocket(ws, tags = undefined) {
+      WebSocketInternals.acceptHibernatable(ws, object, tags);
+    },
+    getWebSockets(tag = undefined) {
+      const ids = op_dorun_ws_object_sockets(
+        object.namespace,
+        object.hex,
+        tag === undefined || tag === null ? null : String(tag),
+      );
+      const result = [];
+      for (const id of ids) ArrayPrototypePush(result, materialize(object, id));
+      return result;
+    },
+    getTags(ws) {
+      if (!WebSocketInternals.isHibernatable(ws)) {
+        throw new Error("only hibernatable websockets can have tags.");
+      }
+      return op_dorun_ws_tags(WebSocketInternals.id(ws));
+    },
+    setWebSocketAutoResponse(pair = undefined) {
+      if (pair === undefined || pair === null) {
+        op_dorun_ws_set_auto_response(object.namespace, object.hex, null, null);
+        return;
+      }
+      if (!ObjectPrototypeIsPrototypeOf(WebSocketRequestResponsePair.prototype, pair)) {
+        throw new TypeError("setWebSocketAutoResponse() expects a WebSocketRequestResponsePair.");
+      }
+      const requestSize = encoder.encode(pair.request).byteLength;
+      if (requestSize > MAX_AUTO_RESPONSE_BYTES) {
+        throw new RangeError(
+          `Request cannot be larger than ${MAX_AUTO_RESPONSE_BYTES} bytes. A request of size ${requestSize} was provided.`,
+        );
+      }
+      const responseSize = encoder.encode(pair.response).byteLength;
+      if (responseSize > MAX_AUTO_RESPONSE_BYTES) {
+        throw new RangeError(
+          `Response cannot be larger than ${MAX_AUTO_RESPONSE_BYTES} bytes. A response of size ${responseSize} was provided.`,
+        );
+      }
+      op_dorun_ws_set_auto_response(object.namespace, object.hex, pair.request, pair.response);
+    },
+    getWebSocketAutoResponse() {
+      const pair = op_dorun_ws_auto_response(object.namespace, object.hex);
+      return pair === null || pair === undefined
+        ? null
+        : new WebSocketRequestResponsePair(pair[0], pair[1]);
+    },
+    getWebSocketAutoResponseTimestamp(ws) {
+      const id = WebSocketInternals.id(ws);
+      const time = id === 0 ? null : op_dorun_ws_auto_response_timestamp(id);
+      return time === null || time === undefined ? null : new Date(time);
+    },
+    setHibernatableWebSocketEventTimeout(ms = undefined) {
+      if (ms !== undefined && ms !== null && ms > MAX_EVENT_TIMEOUT_MS) {
+        throw new Error(`Event timeout should not exceed ${MAX_EVENT_TIMEOUT_MS} ms.`);
+      }
+      op_dorun_ws_set_event_timeout(object.namespace, object.hex, ms ? Number(ms) : -1);
+    },
+    getHibernatableWebSocketEventTimeout() {
+      return op_dorun_ws_event_timeout(object.namespace, object.hex) ?? null;
+    },
+  };
+}
+
+export {
+  handleLocalSocketEvent,
+  hibernationApi,
+  responseSocketToken,
+  runHibernatableEvent,
+  WebSocket,
+  WebSocketInternals,
+  WebSocketPair,
+  WebSocketRequestResponsePair,
+};
