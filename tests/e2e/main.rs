@@ -12,3 +12,4 @@ mod modules;
 mod objects;
 mod streaming;
 mod web_apis;
+mod websockets;

@@ -76,9 +76,13 @@ pub fn accept<B>(
     tokio::spawn(async move {
         match upgrade.on_upgrade.await {
             Ok(upgraded) => {
-                let mut config = WebSocketConfig::default();
-                config.max_message_size = Some(MAX_MESSAGE_BYTES);
-                config.max_frame_size = Some(MAX_MESSAGE_BYTES);
+                // Small buffers: a hibernated socket costs a few KiB, not tungstenite's
+                // default 128 KiB read buffer. Writes go out as they are sent.
+                let config = WebSocketConfig::default()
+                    .read_buffer_size(4096)
+                    .write_buffer_size(0)
+                    .max_message_size(Some(MAX_MESSAGE_BYTES))
+                    .max_frame_size(Some(MAX_MESSAGE_BYTES));
                 let stream = WebSocketStream::from_raw_socket(
                     TokioIo::new(upgraded),
                     Role::Server,
