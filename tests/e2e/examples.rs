@@ -104,3 +104,105 @@ async fn counter_example_hono_typescript() {
     );
     exercise_counter(&server).await;
 }
+
+#[tokio::test]
+async fn chat_example_rooms_broadcast_and_replay_history() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    async fn next_json(
+        ws: &mut tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+    ) -> serde_json::Value {
+        loop {
+            let message = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next())
+                .await
+                .expect("a message within 5 s")
+                .expect("socket open")
+                .expect("no error");
+            if let Message::Text(text) = message {
+                return serde_json::from_str(text.as_str()).unwrap();
+            }
+        }
+    }
+
+    let data = scratch_dir("example-chat");
+    let server = Server::start(
+        &example("chat").join("wrangler.toml"),
+        &["--data-dir", data.to_str().unwrap()],
+    );
+    assert!(server
+        .get("/")
+        .await
+        .text()
+        .contains("<title>dorun chat</title>"));
+    let url = |name: &str| server.ws_url(&format!("/api/room/lobby/websocket?name={name}"));
+    let (mut ada, _) = tokio_tungstenite::connect_async(url("ada")).await.unwrap();
+    assert_eq!(next_json(&mut ada).await, json!({"history": []}));
+    assert_eq!(
+        next_json(&mut ada).await,
+        json!({"joined": "ada", "online": ["ada"]})
+    );
+    let (mut bo, _) = tokio_tungstenite::connect_async(url("bo")).await.unwrap();
+    assert_eq!(next_json(&mut bo).await, json!({"history": []}));
+    for ws in [&mut ada, &mut bo] {
+        assert_eq!(
+            next_json(ws).await,
+            json!({"joined": "bo", "online": ["ada", "bo"]})
+        );
+    }
+    ada.send(Message::Text(r#"{"message":"hi bo"}"#.into()))
+        .await
+        .unwrap();
+    for ws in [&mut ada, &mut bo] {
+        let said = next_json(ws).await;
+        assert_eq!(said["name"], json!("ada"));
+        assert_eq!(said["message"], json!("hi bo"));
+    }
+    bo.close(None).await.unwrap();
+    assert_eq!(
+        next_json(&mut ada).await,
+        json!({"quit": "bo", "online": ["ada"]})
+    );
+    // A newcomer gets the history.
+    let (mut cy, _) = tokio_tungstenite::connect_async(url("cy")).await.unwrap();
+    let history = next_json(&mut cy).await;
+    assert_eq!(history["history"][0]["message"], json!("hi bo"));
+    let stored = server.get("/api/room/lobby/history").await.json();
+    assert_eq!(stored.as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn alarms_example_flushes_a_batch_when_its_alarm_fires() {
+    let data = scratch_dir("example-alarms");
+    let server = Server::start(
+        &example("alarms").join("wrangler.toml"),
+        &[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--var",
+            "FLUSH_AFTER_MS=400",
+        ],
+    );
+    let first = server.post("/queue/orders", "first").await.json();
+    let second = server.post("/queue/orders", "second").await.json();
+    assert_eq!(first["pending"], json!(1));
+    assert_eq!(second["pending"], json!(2));
+    assert_eq!(first["flushAt"], second["flushAt"], "one alarm per batch");
+    assert_eq!(
+        server.get("/queue/orders").await.json()["batches"],
+        json!([])
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let status = loop {
+        let status = server.get("/queue/orders").await.json();
+        if status["pending"] == json!(0) || std::time::Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(status["flushAt"], serde_json::Value::Null, "{status}");
+    assert_eq!(status["batches"][0]["items"], json!(["first", "second"]));
+    assert_eq!(status["batches"][0]["scheduledTime"], first["flushAt"]);
+}
