@@ -357,3 +357,40 @@ async fn ten_thousand_sockets_on_one_object() {
         (held_rss.saturating_sub(idle_rss)) / SOCKETS as u64
     );
 }
+
+#[tokio::test]
+async fn outbound_websockets_from_a_worker() {
+    let server = start(&[]);
+    let echo = server.ws_url("/echo");
+    let reply = server.get(&format!("/outbound/x?target={echo}")).await;
+    assert_eq!(reply.status, 200, "{}\n{}", reply.text(), server.logs());
+    assert_eq!(
+        reply.json(),
+        json!({
+            "got": ["hello", [1, 2, 3]],
+            "code": 1000,
+            "reason": "done",
+            "states": [0, 1],
+            "url": echo,
+        })
+    );
+    let http_echo = format!("{}/echo", server.base);
+    let reply = server
+        .get(&format!("/outbound-fetch/x?target={http_echo}"))
+        .await;
+    assert_eq!(reply.status, 200, "{}\n{}", reply.text(), server.logs());
+    assert_eq!(reply.json(), json!({"status": 101, "got": "via fetch"}));
+    // Nothing listens on port 9 of loopback: an error event, then close 1006.
+    let reply = server
+        .get("/outbound/x?target=ws://127.0.0.1:9/")
+        .await
+        .json();
+    assert_eq!(reply["code"], json!(1006), "{reply}");
+    assert!(
+        reply["got"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("error: WebSocket connection"),
+        "{reply}"
+    );
+}

@@ -73,6 +73,8 @@ deno_core::extension!(
         crate::sockets::op_dorun_ws_auto_response_timestamp,
         crate::sockets::op_dorun_ws_set_event_timeout,
         crate::sockets::op_dorun_ws_event_timeout,
+        crate::sockets::op_dorun_ws_connect,
+        crate::sockets::op_dorun_ws_start,
         objects::op_dorun_sql_exec,
         objects::op_dorun_sql_database_size,
     ],
@@ -91,6 +93,7 @@ deno_core::extension!(
         state.put(options.context);
         state.put(objects::ReplyTable::default());
         state.put(objects::OpenDatabases::default());
+        state.put(crate::sockets::ParkedSockets::default());
     },
 );
 

@@ -15,7 +15,12 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use tokio::sync::{mpsc, oneshot};
+use futures::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
 use crate::objects::{thread_for, Event, ObjectCall, ObjectEvent, Reply};
 
@@ -368,6 +373,140 @@ impl SocketRegistry {
     }
 }
 
+/// Messages of one socket handed to JS and not yet handled.
+pub const IN_FLIGHT_PER_SOCKET: usize = 32;
+
+/// tungstenite settings for every socket: small buffers (a hibernated socket costs a few
+/// KiB, not the default 128 KiB read buffer), writes go out as they are sent, messages up
+/// to Cloudflare's 32 MiB.
+pub fn socket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_message_size(Some(MAX_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_MESSAGE_BYTES))
+}
+
+/// The close event of a connection that ended without a Close frame.
+pub fn disconnected() -> SocketMessage {
+    SocketMessage::Close {
+        code: 1006,
+        reason: "WebSocket disconnected without sending Close frame.".into(),
+        clean: false,
+    }
+}
+
+/// Pumps frames between a connected WebSocket and its registry entry until it closes:
+/// incoming messages become events for the socket's target (at most [`IN_FLIGHT_PER_SOCKET`]
+/// unhandled at a time, then reading stops and TCP pushes back), queued outgoing ones are
+/// written. The last event (close) is delivered after every earlier one was handled.
+pub async fn pump<S>(stream: WebSocketStream<S>, registry: Arc<SocketRegistry>, socket: u32)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(connection) = registry.connect(socket) else {
+        return;
+    };
+    let mut outbound = connection.outbound;
+    let queued = connection.queued;
+    let (mut sink, mut incoming) = stream.split();
+    let permits = Arc::new(Semaphore::new(IN_FLIGHT_PER_SOCKET));
+    // The close event, delivered after every message before it was handled.
+    let mut last: Option<SocketMessage> = None;
+    loop {
+        tokio::select! {
+            frame = incoming.next() => {
+                let message = match frame {
+                    Some(Ok(Message::Text(text))) => {
+                        let text = text.as_str();
+                        if connection.hibernatable {
+                            if let Some(reply) = registry.auto_response(socket, text) {
+                                if sink.send(Message::Text(reply.into())).await.is_err() {
+                                    registry.mark_closed(socket);
+                                    last = Some(disconnected());
+                                    break;
+                                }
+                                continue;
+                            }
+                        }
+                        SocketMessage::Text(text.to_string())
+                    }
+                    Some(Ok(Message::Binary(bytes))) => SocketMessage::Binary(bytes.to_vec()),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
+                        // tungstenite queued the pong; flush it.
+                        let _ = sink.flush().await;
+                        continue;
+                    }
+                    Some(Ok(Message::Close(frame))) => {
+                        registry.mark_closed(socket);
+                        let (code, reason) = frame
+                            .map(|f| (u16::from(f.code), f.reason.to_string()))
+                            .unwrap_or((1005, String::new()));
+                        // tungstenite answers the Close frame itself (flushed here).
+                        let _ = sink.flush().await;
+                        last = Some(SocketMessage::Close { code, reason, clean: true });
+                        break;
+                    }
+                    Some(Err(error)) => {
+                        tracing::debug!("websocket {socket}: {error}");
+                        registry.mark_closed(socket);
+                        last = Some(disconnected());
+                        break;
+                    }
+                    None => {
+                        registry.mark_closed(socket);
+                        last = Some(disconnected());
+                        break;
+                    }
+                };
+                let Ok(permit) = permits.clone().acquire_owned().await else { break };
+                match registry.deliver(socket, message) {
+                    Some(done) => {
+                        tokio::spawn(async move {
+                            let _ = done.await;
+                            drop(permit);
+                        });
+                    }
+                    None => break,
+                }
+            }
+            out = outbound.recv() => {
+                let Some(out) = out else { break };
+                let result = match out {
+                    Outbound::Text(text) => {
+                        queued.fetch_sub(text.len(), Ordering::AcqRel);
+                        sink.send(Message::Text(text.into())).await
+                    }
+                    Outbound::Binary(bytes) => {
+                        queued.fetch_sub(bytes.len(), Ordering::AcqRel);
+                        sink.send(Message::Binary(bytes.into())).await
+                    }
+                    Outbound::Close(frame) => {
+                        let frame = frame.map(|(code, reason)| CloseFrame {
+                            code: CloseCode::from(code),
+                            reason: reason.into(),
+                        });
+                        // Then wait for the client's Close frame (read by the other branch).
+                        sink.send(Message::Close(frame)).await
+                    }
+                };
+                if result.is_err() {
+                    registry.mark_closed(socket);
+                    last = Some(disconnected());
+                    break;
+                }
+            }
+        }
+    }
+    // Wait for the events already handed out before forgetting the socket, so a handler
+    // that runs late still finds its tags and attachment.
+    let _ = permits.acquire_many(IN_FLIGHT_PER_SOCKET as u32).await;
+    if let Some(done) = last.and_then(|message| registry.deliver(socket, message)) {
+        let _ = done.await;
+    }
+    registry.remove(socket);
+}
+
 /// Marks a 101 response whose WebSocket the front door should connect to socket `0`.
 #[derive(Clone, Copy, Debug)]
 pub struct WebSocketToken(pub u32);
@@ -548,4 +687,97 @@ pub fn op_dorun_ws_event_timeout(
         object_id,
     };
     registry(state).event_timeout(&key)
+}
+
+// --- outbound sockets -----------------------------------------------------------------------
+
+type ClientStream = WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Outbound sockets connected but not started: their frames are pumped only once JS has a
+/// `WebSocket` listening (`op_dorun_ws_start`), so no event arrives before there is a handler.
+#[derive(Default)]
+pub struct ParkedSockets(HashMap<u32, ClientStream>);
+
+fn tls_connector() -> Result<tokio_tungstenite::Connector, JsErrorBox> {
+    let config = deno_tls::create_client_config(deno_tls::TlsClientConfigOptions {
+        root_cert_store: Some(deno_tls::create_default_root_cert_store()),
+        ca_certs: Vec::new(),
+        unsafely_ignore_certificate_errors: None,
+        unsafely_disable_hostname_verification: false,
+        cert_chain_and_key: deno_tls::TlsKeys::Null,
+        socket_use: deno_tls::SocketUse::Http1Only,
+    })
+    .map_err(|e| JsErrorBox::generic(format!("TLS setup failed: {e}")))?;
+    Ok(tokio_tungstenite::Connector::Rustls(Arc::new(config)))
+}
+
+/// Connects to a `ws://` or `wss://` URL (`new WebSocket(url)`, or `fetch` with
+/// `Upgrade: websocket`). Resolves to `[id, protocol]` once the handshake is done.
+#[op2]
+#[serde]
+pub async fn op_dorun_ws_connect(
+    state: std::rc::Rc<std::cell::RefCell<OpState>>,
+    #[string] url: String,
+    #[serde] headers: Vec<(String, String)>,
+) -> Result<(u32, String), JsErrorBox> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| JsErrorBox::new("SyntaxError", format!("Invalid WebSocket URL {url}: {e}")))?;
+    for (name, value) in headers {
+        let lower = name.to_ascii_lowercase();
+        if matches!(
+            lower.as_str(),
+            "upgrade"
+                | "connection"
+                | "host"
+                | "sec-websocket-key"
+                | "sec-websocket-version"
+                | "sec-websocket-extensions"
+                | "content-length"
+        ) {
+            continue;
+        }
+        let name = http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|e| JsErrorBox::type_error(e.to_string()))?;
+        let value = http::HeaderValue::from_str(&value)
+            .map_err(|e| JsErrorBox::type_error(e.to_string()))?;
+        request.headers_mut().append(name, value);
+    }
+    let connector = if request.uri().scheme_str() == Some("wss") {
+        Some(tls_connector()?)
+    } else {
+        None
+    };
+    let (stream, response) = tokio_tungstenite::connect_async_tls_with_config(
+        request,
+        Some(socket_config()),
+        false,
+        connector,
+    )
+    .await
+    .map_err(|e| JsErrorBox::generic(format!("WebSocket connection to {url} failed: {e}")))?;
+    let protocol = response
+        .headers()
+        .get(http::header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let mut state = state.borrow_mut();
+    let thread = state.borrow::<IsolateContext>().thread_index;
+    let id = registry(&state)
+        .create(SocketTarget::Local { thread }, Vec::new())
+        .map_err(JsErrorBox::generic)?;
+    state.borrow_mut::<ParkedSockets>().0.insert(id, stream);
+    Ok((id, protocol))
+}
+
+/// Starts pumping a connected outbound socket's frames.
+#[op2(fast)]
+pub fn op_dorun_ws_start(state: &mut OpState, #[smi] id: u32) {
+    if let Some(stream) = state.borrow_mut::<ParkedSockets>().0.remove(&id) {
+        let registry = registry(state);
+        tokio::spawn(pump(stream, registry, id));
+    }
 }

@@ -83,6 +83,12 @@ function pendingOutputGate() {
 }
 globalThis[SymbolFor("dorun.pendingOutputGate")] = pendingOutputGate;
 
+/** Set by 03_websockets.js: connects a `fetch` that asks for `Upgrade: websocket`. */
+let fetchWebSocket = null;
+function setFetchWebSocket(f) {
+  fetchWebSocket = f;
+}
+
 function fetch(input, init = undefined) {
   let target;
   try {
@@ -96,9 +102,14 @@ function fetch(input, init = undefined) {
       new TypeError(`Fetch API cannot load: ${target.url}`),
     );
   }
+  // A WebSocket handshake: the runtime connects and answers 101 with `webSocket`.
+  const send = fetchWebSocket !== null &&
+      (target.headers.get("upgrade") ?? "").toLowerCase() === "websocket"
+    ? () => fetchWebSocket(target)
+    : () => fetchModule.fetch(target);
   const gate = pendingOutputGate();
-  if (gate !== null) return gate.then(() => fetchModule.fetch(target));
-  return fetchModule.fetch(target);
+  if (gate !== null) return gate.then(send);
+  return send();
 }
 
 const navigator = {};
@@ -216,4 +227,4 @@ ObjectDefineProperties(globalThis, {
 // Internals the worker glue (01_worker.js) and generated modules use.
 globalThis[SymbolFor("dorun.console")] = console;
 
-export { pendingOutputGate };
+export { pendingOutputGate, setFetchWebSocket };

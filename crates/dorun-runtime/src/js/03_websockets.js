@@ -8,7 +8,7 @@
 // from the id when the next event arrives.
 
 import { core, primordials } from "ext:core/mod.js";
-import { pendingOutputGate } from "ext:dorun/00_globals.js";
+import { pendingOutputGate, setFetchWebSocket } from "ext:dorun/00_globals.js";
 
 const {
   ArrayBufferIsView,
@@ -53,6 +53,8 @@ const {
   op_dorun_ws_auto_response_timestamp,
   op_dorun_ws_set_event_timeout,
   op_dorun_ws_event_timeout,
+  op_dorun_ws_connect,
+  op_dorun_ws_start,
   op_dorun_event_args,
   op_dorun_reply_value,
 } = core.ops;
@@ -74,6 +76,14 @@ const MAX_EVENT_TIMEOUT_MS = 604800000;
 const encoder = new TextEncoder();
 const CREATE = SymbolFor("dorun.createWebSocket");
 const EMPTY = new Uint8Array(0);
+
+/** The Durable Object the running code belongs to, or null. */
+function currentObject() {
+  const current = core.getAsyncContext();
+  return current !== undefined && current !== null && current.localSockets !== undefined
+    ? current
+    : null;
+}
 
 /** WebSockets accepted with accept() on this thread, by registry id. */
 const localSockets = new SafeMap();
@@ -121,15 +131,102 @@ class WebSocket extends EventTarget {
   /** Sends waiting for the output gate, in order. */
   #sendChain = null;
   #attachment = null;
+  /** An outbound socket's URL and negotiated subprotocol. */
+  #url = null;
+  #protocol = "";
+  /** close() called on an outbound socket still connecting: [code, reason]. */
+  #closeWhenOpen = null;
+  /** on<event> attribute handlers. */
+  #handlers = { __proto__: null };
   binaryType = "arraybuffer";
 
-  constructor(url, _protocols = undefined) {
+  /** `new WebSocket(url, protocols)`: an outbound socket, open once connected. */
+  constructor(url, protocols = undefined) {
     super();
-    if (url !== CREATE) {
-      throw new Error(
-        "dorun does not support outbound WebSockets (new WebSocket(url)) yet; accept them from clients with WebSocketPair.",
+    if (url === CREATE) return;
+    let parsed;
+    try {
+      parsed = new URL(String(url));
+    } catch {
+      throw new DOMException(`Failed to construct 'WebSocket': The URL '${url}' is invalid.`, "SyntaxError");
+    }
+    if (parsed.protocol === "http:") parsed.protocol = "ws:";
+    else if (parsed.protocol === "https:") parsed.protocol = "wss:";
+    if (parsed.protocol !== "ws:" && parsed.protocol !== "wss:") {
+      throw new DOMException(
+        `Failed to construct 'WebSocket': The URL's scheme must be either 'ws' or 'wss'. '${parsed.protocol}' is not allowed.`,
+        "SyntaxError",
       );
     }
+    const headers = [];
+    if (protocols !== undefined) {
+      const list = typeof protocols === "string" ? [protocols] : [...protocols];
+      if (list.length > 0) ArrayPrototypePush(headers, ["sec-websocket-protocol", list.join(", ")]);
+    }
+    this.#url = parsed.href;
+    this.#state = CONNECTING;
+    this.#accepted = true;
+    const object = currentObject();
+    PromisePrototypeThen(op_dorun_ws_connect(this.#url, headers), ([id, protocol]) => {
+      this.#id = id;
+      this.#protocol = protocol;
+      this.#state = OPEN;
+      this.#listen(object);
+      this.dispatchEvent(new Event("open"));
+      if (this.#closeWhenOpen !== null) {
+        const [code, reason] = this.#closeWhenOpen;
+        this.#state = CLOSING;
+        op_dorun_ws_close(id, code ?? -1, reason);
+      }
+    }, (error) => {
+      this.#state = CLOSED;
+      this.dispatchEvent(new ErrorEvent("error", { message: error.message, error }));
+      this.dispatchEvent(new CloseEvent("close", { code: 1006, reason: "", wasClean: false }));
+    });
+  }
+
+  /** Starts delivering an outbound socket's events to this object. */
+  #listen(object) {
+    localSockets.set(this.#id, this);
+    if (object !== null) {
+      this.#object = object;
+      object.localSockets++;
+    }
+    op_dorun_ws_start(this.#id);
+  }
+
+  get onopen() {
+    return this.#handlers.open ?? null;
+  }
+  set onopen(f) {
+    this.#setHandler("open", f);
+  }
+  get onmessage() {
+    return this.#handlers.message ?? null;
+  }
+  set onmessage(f) {
+    this.#setHandler("message", f);
+  }
+  get onclose() {
+    return this.#handlers.close ?? null;
+  }
+  set onclose(f) {
+    this.#setHandler("close", f);
+  }
+  get onerror() {
+    return this.#handlers.error ?? null;
+  }
+  set onerror(f) {
+    this.#setHandler("error", f);
+  }
+  #setHandler(type, f) {
+    if (!(type in this.#handlers)) {
+      this.addEventListener(type, (event) => {
+        const handler = this.#handlers[type];
+        if (typeof handler === "function") handler.call(this, event);
+      });
+    }
+    this.#handlers[type] = typeof f === "function" ? f : null;
   }
 
   static {
@@ -164,6 +261,13 @@ class WebSocket extends EventTarget {
       return new CloseEvent("close", { code, reason, wasClean: clean });
     };
     WebSocketInternals.object = (ws) => ws.#object;
+    WebSocketInternals.outbound = (id, protocol, url) => {
+      const ws = new WebSocket(CREATE);
+      ws.#id = id;
+      ws.#protocol = protocol;
+      ws.#url = url;
+      return ws;
+    };
   }
 
   get readyState() {
@@ -174,10 +278,10 @@ class WebSocket extends EventTarget {
     return this.#state;
   }
   get url() {
-    return null;
+    return this.#url;
   }
   get protocol() {
-    return "";
+    return this.#protocol;
   }
   get extensions() {
     return "";
@@ -188,6 +292,12 @@ class WebSocket extends EventTarget {
       throw new TypeError("Can't accept() WebSocket after enabling hibernation.");
     }
     if (this.#accepted) return;
+    if (this.#peer === null && this.#remote === 0 && this.#id !== 0) {
+      // The socket of a `fetch` with `Upgrade: websocket`.
+      this.#accepted = true;
+      this.#listen(currentObject());
+      return;
+    }
     if (this.#remote !== 0 || this.#peer === null) {
       throw new TypeError(
         "dorun cannot accept() a WebSocket that came from another Worker or Durable Object; return it in a Response instead.",
@@ -205,11 +315,11 @@ class WebSocket extends EventTarget {
     this.#accepted = true;
     this.#peer.#id = this.#id;
     localSockets.set(this.#id, this);
-    const current = core.getAsyncContext();
-    if (current !== undefined && current !== null && current.localSockets !== undefined) {
-      // A standard WebSocket pins its Durable Object in memory (no hibernation).
-      this.#object = current;
-      current.localSockets++;
+    // A standard WebSocket pins its Durable Object in memory (no hibernation).
+    const object = currentObject();
+    if (object !== null) {
+      this.#object = object;
+      object.localSockets++;
     }
   }
 
@@ -264,6 +374,9 @@ class WebSocket extends EventTarget {
   }
 
   #checkSendable() {
+    if (this.#state === CONNECTING) {
+      throw new DOMException("Failed to execute 'send' on 'WebSocket': Still in CONNECTING state.", "InvalidStateError");
+    }
     if (!this.#accepted) {
       throw new TypeError(
         "You must call one of accept() or state.acceptWebSocket() on this WebSocket before sending messages.",
@@ -334,6 +447,10 @@ class WebSocket extends EventTarget {
       throw new TypeError(
         "You must call one of accept() or state.acceptWebSocket() on this WebSocket before closing it.",
       );
+    }
+    if (this.#state === CONNECTING) {
+      this.#closeWhenOpen = [code, reason];
+      return;
     }
     if (this.readyState !== OPEN) return;
     this.#state = CLOSING;
@@ -436,6 +553,19 @@ function responseSocketToken(response) {
   const webSocket = WeakMapPrototypeGet(responseSockets, response);
   return webSocket === undefined ? 0 : WebSocketInternals.tokenForResponse(webSocket);
 }
+
+// --- fetch() with `Upgrade: websocket` ------------------------------------------------------
+setFetchWebSocket(async (request) => {
+  const url = new URL(request.url);
+  if (url.protocol === "http:") url.protocol = "ws:";
+  else if (url.protocol === "https:") url.protocol = "wss:";
+  const headers = [];
+  for (const [name, value] of request.headers) ArrayPrototypePush(headers, [name, value]);
+  const [id, protocol] = await op_dorun_ws_connect(url.href, headers);
+  const webSocket = WebSocketInternals.outbound(id, protocol, url.href);
+  const responseHeaders = protocol === "" ? {} : { "sec-websocket-protocol": protocol };
+  return new Response(null, { status: 101, webSocket, headers: responseHeaders });
+});
 
 // --- events ---------------------------------------------------------------------------------
 const SOCKET_TEXT = 0;
