@@ -323,6 +323,47 @@ async fn kill_9_loses_no_acknowledged_write() {
 }
 
 #[tokio::test]
+async fn functions_rpc_targets_and_stubs_cross_rpc_with_pipelining() {
+    let data = scratch_dir("objects-rpc-stubs");
+    let server = start(&data, &[]);
+    let reply = server.get("/rpc-stubs/p").await;
+    assert_eq!(reply.status, 200, "{}\n{}", reply.text(), server.logs());
+    assert_eq!(
+        reply.json(),
+        json!({
+            "mapped": [10, 20, 30],
+            "seen": [1, 2, 3],
+            "first": 5,
+            "second": 12,
+            "label": "session s1",
+            "pipelined": 1,
+            "logged": 2,
+            "lines": ["hello from p", "second line"],
+            "other": "p-other",
+            "added": 105,
+            "missing": "TypeError: The RPC receiver does not implement the method \"nope\".",
+        })
+    );
+}
+
+#[tokio::test]
+async fn block_concurrency_while_limits_nesting_and_times_out() {
+    let data = scratch_dir("objects-bcw");
+    let server = start(&data, &["--block-concurrency-timeout-ms", "500"]);
+    let reply = server.get("/bcw/b?ms=3000").await;
+    assert_eq!(reply.status, 200, "{}\n{}", reply.text(), server.logs());
+    assert_eq!(
+        reply.json(),
+        json!({
+            "nested10": "bottom",
+            "nested70": "Error: blockConcurrencyWhile() calls are nested too deeply.",
+            "stuck": "Error: A call to blockConcurrencyWhile() in a Durable Object waited for too long. The call was canceled and the Durable Object was reset.",
+            "ready": true,
+        })
+    );
+}
+
+#[tokio::test]
 async fn renamed_class_keeps_its_data_and_ids() {
     let data = scratch_dir("objects-rename");
     let mut server = start(&data, &[]);
@@ -347,6 +388,33 @@ async fn renamed_class_keeps_its_data_and_ids() {
         Err(error) => error,
     };
     assert!(error.contains("migrations conflict"), "{error}");
+    // A binding to the deleted class is refused, naming the binding and the class.
+    let with_deleted = scratch_dir("objects-deleted-binding");
+    let text = std::fs::read_to_string(&renamed)
+        .unwrap()
+        .replace(
+            "main = \"index.js\"",
+            &format!(
+                "main = {:?}",
+                fixture("objects-renamed").join("index.js").to_str().unwrap()
+            ),
+        )
+        .replace(
+            "[[durable_objects.bindings]]\nname = \"TALLY\"",
+            "[[durable_objects.bindings]]\nname = \"GATED\"\nclass_name = \"Gated\"\n\n[[durable_objects.bindings]]\nname = \"TALLY\"",
+        );
+    std::fs::write(with_deleted.join("wrangler.toml"), text).unwrap();
+    let error = match Server::try_start(
+        &with_deleted.join("wrangler.toml"),
+        &["--data-dir", data.to_str().unwrap()],
+    ) {
+        Ok(_) => panic!("a binding to a deleted class must refuse to start"),
+        Err(error) => error,
+    };
+    assert!(
+        error.contains("binding 'GATED'") && error.contains("'Gated'") && error.contains("deleted"),
+        "{error}"
+    );
 }
 
 #[tokio::test]

@@ -74,6 +74,10 @@ deno_core::extension!(
         crate::sockets::op_dorun_ws_set_event_timeout,
         crate::sockets::op_dorun_ws_event_timeout,
         crate::sockets::op_dorun_ws_connect,
+        objects::op_dorun_thread_index,
+        objects::op_dorun_export_call,
+        objects::op_dorun_export_release,
+        objects::op_dorun_export_retain,
         crate::sockets::op_dorun_ws_start,
         objects::op_dorun_sql_exec,
         objects::op_dorun_sql_database_size,
@@ -126,7 +130,8 @@ pub struct IsolateContext {
 pub struct IncomingEvent {
     /// 0 = HTTP request for the Worker, 1 = fetch to an object, 2 = RPC to an object,
     /// 3 = an object's alarm, 4 = an object's hibernatable WebSocket event, 5 = an event of a
-    /// WebSocket accepted with `accept()` on this thread.
+    /// WebSocket accepted with `accept()` on this thread, 6 = a call to an exported function
+    /// or `RpcTarget`, 7 = an export released, 8 = an export retained.
     kind: u32,
     id: u32,
     method: Option<ByteString>,
@@ -141,6 +146,7 @@ pub struct IncomingEvent {
     alarm_scheduled: Option<f64>,
     alarm_retries: Option<u32>,
     socket: Option<u32>,
+    export_id: Option<u32>,
     /// 0 text, 1 binary (bytes via `op_dorun_event_args`), 2 close, 3 error.
     socket_event: Option<u32>,
     socket_text: Option<String>,
@@ -165,6 +171,7 @@ impl IncomingEvent {
             alarm_scheduled: None,
             alarm_retries: None,
             socket: None,
+            export_id: None,
             socket_event: None,
             socket_text: None,
             close_code: None,
@@ -289,6 +296,31 @@ pub async fn op_dorun_next_event(state: Rc<RefCell<OpState>>) -> Option<Incoming
         } => {
             context.in_flight.borrow_mut().insert(id, reply);
             Some(IncomingEvent::empty(5, id).with_socket(&context, socket, message))
+        }
+        Event::Export {
+            export,
+            method,
+            get,
+            args,
+            reply,
+        } => {
+            context.in_flight.borrow_mut().insert(id, reply);
+            context.event_args.borrow_mut().insert(id, args);
+            let mut incoming = IncomingEvent::empty(6, id);
+            incoming.export_id = Some(export);
+            incoming.rpc_method = Some(method);
+            incoming.rpc_get = Some(get);
+            Some(incoming)
+        }
+        Event::Release { export } => {
+            let mut incoming = IncomingEvent::empty(7, id);
+            incoming.export_id = Some(export);
+            Some(incoming)
+        }
+        Event::Retain { export } => {
+            let mut incoming = IncomingEvent::empty(8, id);
+            incoming.export_id = Some(export);
+            Some(incoming)
         }
         Event::Shutdown => None,
     }

@@ -110,6 +110,19 @@ pub enum Event {
         message: crate::sockets::SocketMessage,
         reply: oneshot::Sender<Reply>,
     },
+    /// A call through an RPC stub to a function or `RpcTarget` this isolate exported
+    /// (passed as an argument or returned as a result). `method` is empty to call a function.
+    Export {
+        export: u32,
+        method: String,
+        get: bool,
+        args: Vec<u8>,
+        reply: oneshot::Sender<Reply>,
+    },
+    /// The last stub of an export is gone: forget it.
+    Release { export: u32 },
+    /// A stub of an export was passed on: one more holder.
+    Retain { export: u32 },
     /// Stop taking events: the isolate finishes what it has and its thread exits.
     Shutdown,
 }
@@ -953,5 +966,73 @@ mod tests {
         assert_eq!(thread_for("00000003ffff", 2), 1);
         assert_eq!(thread_for("00000004ffff", 2), 0);
         assert_eq!(thread_for("ffffffff", 1), 0);
+    }
+}
+
+// --- RPC stubs of functions and RpcTargets ------------------------------------------------
+
+/// This isolate's thread, which owns the functions and `RpcTarget`s it exports.
+#[op2(fast)]
+#[smi]
+pub fn op_dorun_thread_index(state: &mut OpState) -> u32 {
+    state.borrow::<IsolateContext>().thread_index as u32
+}
+
+/// Calls an exported function (`method` empty) or a method / property of an exported
+/// `RpcTarget` on isolate thread `thread`. Resolves to a reply handle like
+/// `op_dorun_object_rpc`.
+#[op2]
+pub async fn op_dorun_export_call(
+    state: Rc<RefCell<OpState>>,
+    #[smi] thread: u32,
+    #[smi] export: u32,
+    #[string] method: String,
+    get: bool,
+    #[buffer] args: JsBuffer,
+) -> Result<u32, JsErrorBox> {
+    let (reply, response) = oneshot::channel();
+    {
+        let state = state.borrow();
+        let context = state.borrow::<IsolateContext>();
+        context
+            .senders
+            .get(thread as usize)
+            .ok_or_else(|| JsErrorBox::generic("no such isolate thread"))?
+            .send(Event::Export {
+                export,
+                method,
+                get,
+                args: args.to_vec(),
+                reply,
+            })
+            .map_err(|_| JsErrorBox::generic("dorun is shutting down"))?;
+    }
+    let reply = response.await.map_err(|_| {
+        JsErrorBox::generic("The RPC stub's target was reset while handling the call.")
+    })?;
+    Ok(store_reply(&state, reply))
+}
+
+/// Tells the thread that exported `export` that no stub of it is left.
+#[op2(fast)]
+pub fn op_dorun_export_release(state: &mut OpState, #[smi] thread: u32, #[smi] export: u32) {
+    if let Some(sender) = state
+        .borrow::<IsolateContext>()
+        .senders
+        .get(thread as usize)
+    {
+        let _ = sender.send(Event::Release { export });
+    }
+}
+
+/// A stub of `export` was forwarded to another isolate: its owner counts one more holder.
+#[op2(fast)]
+pub fn op_dorun_export_retain(state: &mut OpState, #[smi] thread: u32, #[smi] export: u32) {
+    if let Some(sender) = state
+        .borrow::<IsolateContext>()
+        .senders
+        .get(thread as usize)
+    {
+        let _ = sender.send(Event::Retain { export });
     }
 }

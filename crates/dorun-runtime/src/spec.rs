@@ -49,6 +49,8 @@ pub struct WorkerSpec {
     pub object_idle_timeout: Duration,
     /// How failing alarm() handlers are retried.
     pub alarm_retry: crate::alarms::AlarmRetry,
+    /// How long `blockConcurrencyWhile` may hold an object before it is reset (30 s).
+    pub block_concurrency_timeout: Duration,
 }
 
 impl WorkerSpec {

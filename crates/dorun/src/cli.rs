@@ -75,6 +75,9 @@ pub struct ConfigArgs {
     /// Retries of a failing alarm() before it is given up.
     #[arg(long, value_name = "N", default_value_t = 6)]
     pub alarm_max_retries: u32,
+    /// How long blockConcurrencyWhile() may hold an object before it is reset (tests).
+    #[arg(long, value_name = "MS", default_value_t = 30_000, hide = true)]
+    pub block_concurrency_timeout_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -204,7 +207,17 @@ fn object_config(
         }
         let (unique_key, sqlite) = match classes.get(&binding.class_name) {
             Some(class) => (class.unique_key.clone(), class.sqlite),
-            // No migration mentions the class: serve it like `wrangler dev` does, KV-backed.
+            // Migrations exist but none leaves this class in the worker (never created, or
+            // renamed, deleted or transferred away): refused, as Cloudflare refuses the deploy.
+            None if !config.migrations.is_empty() => {
+                return Err(format!(
+                    "{}: durable_objects binding '{}': Cannot create binding for class '{}' because it is not currently configured to implement Durable Objects. Did you forget to apply a Durable Object migration (new_sqlite_classes), or was the class renamed, deleted or transferred?",
+                    config.path.display(),
+                    binding.name,
+                    binding.class_name
+                ));
+            }
+            // No migrations at all: serve it like `wrangler dev` does, KV-backed.
             None => (format!("{}-{}", config.name, binding.class_name), false),
         };
         namespaces.push(ObjectNamespace {
@@ -242,6 +255,7 @@ fn worker_spec(config: &WorkerConfig, args: &ConfigArgs, objects: ObjectConfig) 
             start: Duration::from_millis(args.alarm_retry_start_ms.max(1)),
             max_retries: args.alarm_max_retries,
         },
+        block_concurrency_timeout: Duration::from_millis(args.block_concurrency_timeout_ms.max(1)),
     }
 }
 

@@ -116,6 +116,8 @@ const objects = createObjectSystem({
   idleTimeoutMs: config.idleTimeoutMs,
   alarmMaxRetries: config.alarmMaxRetries,
   deleteAllDeletesAlarm: config.deleteAllDeletesAlarm,
+  blockConcurrencyTimeoutMs: config.blockConcurrencyTimeoutMs,
+  RpcTarget,
 });
 for (let index = 0; index < config.namespaces.length; index++) {
   env[config.namespaces[index].binding] = new objects.DurableObjectNamespace(index);
@@ -231,6 +233,12 @@ async function serve(worker) {
       handle(handler, incoming);
     } else if (incoming.kind === 5) {
       handleLocalSocketEvent(incoming, objects.runAs);
+    } else if (incoming.kind === 6) {
+      objects.handleExportEvent(incoming);
+    } else if (incoming.kind === 7) {
+      objects.releaseExport(incoming.exportId);
+    } else if (incoming.kind === 8) {
+      objects.retainExport(incoming.exportId);
     } else {
       objects.handleObjectEvent(worker, incoming, config.namespaces[incoming.namespace]);
     }

@@ -30,14 +30,20 @@ const {
   ObjectKeys,
   ObjectPrototype,
   ObjectPrototypeIsPrototypeOf,
+  MapPrototype,
+  SetPrototype,
   Promise,
   PromisePrototypeThen,
+  PromiseRace,
   PromiseReject,
   PromiseResolve,
   Proxy,
   RangeError,
   SafeMap,
+  SafeWeakMap,
   String,
+  WeakMapPrototypeGet,
+  WeakMapPrototypeSet,
   SymbolFor,
   SymbolIterator,
   TypeError,
@@ -67,11 +73,16 @@ const {
   op_dorun_alarm_get,
   op_dorun_alarm_set,
   op_dorun_alarm_done,
+  op_dorun_thread_index,
+  op_dorun_export_call,
+  op_dorun_export_release,
+  op_dorun_export_retain,
   op_dorun_sql_exec,
   op_dorun_sql_database_size,
 } = core.ops;
 
 const streams = core.loadExtScript("ext:deno_web/06_streams.js");
+const SymbolDispose = globalThis.Symbol.dispose ?? SymbolFor("Symbol.dispose");
 const OUTPUT_GATE = SymbolFor("dorun.outputGate");
 const pendingOutputGate = globalThis[SymbolFor("dorun.pendingOutputGate")];
 delete globalThis[SymbolFor("dorun.pendingOutputGate")];
@@ -133,6 +144,9 @@ function disconnected(error, objectId) {
 }
 
 const EMPTY_PAYLOAD = new Uint8Array(0);
+const MAX_BCW_DEPTH = 64;
+const BCW_TIMEOUT =
+  "A call to blockConcurrencyWhile() in a Durable Object waited for too long. The call was canceled and the Durable Object was reset.";
 
 const RESERVED_METHODS = [
   "fetch",
@@ -155,6 +169,8 @@ export function createObjectSystem({
   idleTimeoutMs,
   alarmMaxRetries,
   deleteAllDeletesAlarm,
+  blockConcurrencyTimeoutMs,
+  RpcTarget,
 }) {
   // --- ids ----------------------------------------------------------------------------------
   let idParts;
@@ -235,7 +251,7 @@ export function createObjectSystem({
   async function rpcCall(namespace, hex, name, method, get, args) {
     let bytes;
     try {
-      bytes = serialize(args);
+      bytes = serialize(marshal(args));
     } catch (error) {
       throw new TypeError(`Could not serialize RPC arguments: ${error.message}`);
     }
@@ -249,22 +265,273 @@ export function createObjectSystem({
     }
     const payload = op_dorun_reply_payload(replyHandle(handle));
     if (replyKind(handle) === 2) throw deserializeError(payload, hex);
-    return deserialize(payload);
+    return unmarshal(deserialize(payload));
   }
 
+  /**
+   * A member of a stub: calling it calls the method over RPC, awaiting it reads the
+   * property; either way the result can be used before it arrives (pipelining).
+   */
   function rpcProperty(namespace, hex, name, method) {
-    const call = (...args) => rpcCall(namespace, hex, name, method, false, args);
-    // `await stub.prop` reads a property over RPC.
-    call.then = (resolve, reject) =>
-      PromisePrototypeThen(rpcCall(namespace, hex, name, method, true, []), resolve, reject);
-    return call;
+    return pipelined(
+      () => rpcCall(namespace, hex, name, method, true, []),
+      (args) => rpcCall(namespace, hex, name, method, false, args),
+    );
+  }
+
+  /**
+   * Promise pipelining: a thenable for a value still on its way whose members can already
+   * be called or read (`stub.getCounter().increment()`), each step waiting for the one
+   * before. `read` makes the promise of the value, only when someone awaits it; `call`,
+   * if given, is what calling the pipelined value itself does.
+   */
+  function pipelined(read, call = null) {
+    let promise = null;
+    const value = () => (promise ??= read());
+    return new Proxy(function pipelinedValue() {}, {
+      apply(_target, _this, args) {
+        if (call === null) throw new TypeError("The RPC result is not a function.");
+        const result = call(args);
+        return pipelined(() => result);
+      },
+      get(_target, property) {
+        if (property === "then") {
+          return (resolve, reject) => PromisePrototypeThen(value(), resolve, reject);
+        }
+        if (property === "catch") {
+          return (reject) => PromisePrototypeThen(value(), undefined, reject);
+        }
+        if (property === "finally") return (f) => value().finally(f);
+        if (typeof property === "symbol") return undefined;
+        return pipelined(
+          () => PromisePrototypeThen(value(), (v) => v[property]),
+          (args) => PromisePrototypeThen(value(), (v) => v[property](...args)),
+        );
+      },
+    });
+  }
+
+  // --- functions, RpcTargets and stubs across RPC ----------------------------------------
+  // Functions and RpcTarget instances in arguments or results stay where they are and are
+  // exported; the other side gets a stub that calls back over the same channels as RPC.
+  // Stubs of Durable Objects travel as their ids. An export lives until every stub of it
+  // is garbage-collected (each side releases its stubs through a FinalizationRegistry).
+  const STUB_KEY = "__dorunRpcStub";
+  const OBJECT_STUB_KEY = "__dorunObjectStub";
+  const threadIndex = op_dorun_thread_index();
+  /** id -> { value, refs, object } */
+  const exportsById = new SafeMap();
+  const exportIds = new SafeWeakMap();
+  let nextExport = 0;
+  /** A stub of an export -> [thread, export id, kind]. */
+  const remoteIdentity = new SafeWeakMap();
+  /** A Durable Object stub -> [namespace, hex, name]. */
+  const objectStubIdentity = new SafeWeakMap();
+  const releases = new FinalizationRegistry(([thread, id]) => {
+    if (thread === threadIndex) releaseExport(id);
+    else op_dorun_export_release(thread, id);
+  });
+
+  function retainExport(id) {
+    const entry = MapPrototypeGet(exportsById, id);
+    if (entry !== undefined) entry.refs++;
+  }
+
+  function releaseExport(id) {
+    const entry = MapPrototypeGet(exportsById, id);
+    if (entry !== undefined && --entry.refs <= 0) {
+      MapPrototypeDelete(exportsById, id);
+      exportIds.delete(entry.value);
+    }
+  }
+
+  function exportValue(value, kind) {
+    let id = WeakMapPrototypeGet(exportIds, value);
+    if (id === undefined) {
+      id = ++nextExport;
+      const current = core.getAsyncContext();
+      MapPrototypeSet(exportsById, id, {
+        value,
+        refs: 0,
+        object: current instanceof LiveObject ? current : null,
+      });
+      WeakMapPrototypeSet(exportIds, value, id);
+    }
+    MapPrototypeGet(exportsById, id).refs++;
+    return { [STUB_KEY]: [threadIndex, id, kind] };
+  }
+
+  function isPlainObject(value) {
+    const prototype = ObjectGetPrototypeOf(value);
+    return prototype === ObjectPrototype || prototype === null;
+  }
+
+  /** `value` with functions, RpcTargets and stubs replaced by what crosses RPC. */
+  function marshal(value, seen = null) {
+    const type = typeof value;
+    if (value === null || (type !== "object" && type !== "function")) return value;
+    const remote = WeakMapPrototypeGet(remoteIdentity, value);
+    if (remote !== undefined) {
+      // Forwarding a stub: its owner counts one more holder (sent before our own release).
+      if (remote[0] === threadIndex) {
+        const entry = MapPrototypeGet(exportsById, remote[1]);
+        if (entry !== undefined) entry.refs++;
+      } else {
+        op_dorun_export_retain(remote[0], remote[1]);
+      }
+      return { [STUB_KEY]: remote };
+    }
+    const objectStub = WeakMapPrototypeGet(objectStubIdentity, value);
+    if (objectStub !== undefined) return { [OBJECT_STUB_KEY]: objectStub };
+    if (type === "function") return exportValue(value, "function");
+    if (ObjectPrototypeIsPrototypeOf(RpcTarget.prototype, value)) return exportValue(value, "target");
+    seen ??= new SafeMap();
+    const done = MapPrototypeGet(seen, value);
+    if (done !== undefined) return done;
+    if (ArrayIsArray(value)) {
+      const out = [];
+      MapPrototypeSet(seen, value, out);
+      for (let i = 0; i < value.length; i++) out[i] = marshal(value[i], seen);
+      return out;
+    }
+    if (ObjectPrototypeIsPrototypeOf(MapPrototype, value)) {
+      const out = new Map();
+      MapPrototypeSet(seen, value, out);
+      for (const [k, v] of value) out.set(marshal(k, seen), marshal(v, seen));
+      return out;
+    }
+    if (ObjectPrototypeIsPrototypeOf(SetPrototype, value)) {
+      const out = new Set();
+      MapPrototypeSet(seen, value, out);
+      for (const v of value) out.add(marshal(v, seen));
+      return out;
+    }
+    if (isPlainObject(value)) {
+      const out = {};
+      MapPrototypeSet(seen, value, out);
+      for (const key of ObjectKeys(value)) out[key] = marshal(value[key], seen);
+      return out;
+    }
+    return value;
+  }
+
+  /** The reverse of `marshal`, in place on a freshly deserialized value. */
+  function unmarshal(value, seen = null) {
+    if (value === null || typeof value !== "object") return value;
+    seen ??= new SafeMap();
+    if (MapPrototypeGet(seen, value) !== undefined) return value;
+    MapPrototypeSet(seen, value, true);
+    if (ArrayIsArray(value)) {
+      for (let i = 0; i < value.length; i++) value[i] = unmarshal(value[i], seen);
+      return value;
+    }
+    if (ObjectPrototypeIsPrototypeOf(MapPrototype, value)) {
+      const entries = [...value];
+      value.clear();
+      for (const [k, v] of entries) value.set(unmarshal(k, seen), unmarshal(v, seen));
+      return value;
+    }
+    if (ObjectPrototypeIsPrototypeOf(SetPrototype, value)) {
+      const items = [...value];
+      value.clear();
+      for (const v of items) value.add(unmarshal(v, seen));
+      return value;
+    }
+    if (isPlainObject(value)) {
+      const keys = ObjectKeys(value);
+      if (keys.length === 1 && keys[0] === STUB_KEY) return remoteStub(value[STUB_KEY]);
+      if (keys.length === 1 && keys[0] === OBJECT_STUB_KEY) {
+        const [namespace, hex, name] = value[OBJECT_STUB_KEY];
+        return makeStub(new DurableObjectId(namespace, hex, name ?? undefined));
+      }
+      for (const key of keys) value[key] = unmarshal(value[key], seen);
+    }
+    return value;
+  }
+
+  async function exportCall(thread, id, method, get, args) {
+    let bytes;
+    try {
+      bytes = serialize(marshal(args));
+    } catch (error) {
+      throw new TypeError(`Could not serialize RPC arguments: ${error.message}`);
+    }
+    const gate = pendingOutputGate();
+    if (gate !== null) await gate;
+    const handle = await op_dorun_export_call(thread, id, method, get, bytes);
+    const payload = op_dorun_reply_payload(replyHandle(handle));
+    if (replyKind(handle) === 2) throw deserializeError(payload);
+    return unmarshal(deserialize(payload));
+  }
+
+  /** A stub for a function or RpcTarget exported by isolate thread `thread`. */
+  function remoteStub(identity) {
+    const [thread, id, kind] = identity;
+    let stub;
+    if (kind === "function") {
+      // Not thenable: awaiting a function stub gives the stub.
+      stub = (...args) => {
+        const result = exportCall(thread, id, "", false, args);
+        return pipelined(() => result);
+      };
+    } else {
+      stub = new Proxy({}, {
+        get(_target, property) {
+          if (property === SymbolDispose) return () => {};
+          if (typeof property === "symbol" || property === "then") return undefined;
+          return pipelined(
+            () => exportCall(thread, id, property, true, []),
+            (args) => exportCall(thread, id, property, false, args),
+          );
+        },
+      });
+    }
+    WeakMapPrototypeSet(remoteIdentity, stub, identity);
+    releases.register(stub, [thread, id]);
+    return stub;
+  }
+
+  /** A call through a stub to something this isolate exported. */
+  async function handleExportEvent(incoming) {
+    const entry = MapPrototypeGet(exportsById, incoming.exportId);
+    try {
+      if (entry === undefined) {
+        throw new Error("This RPC stub's target no longer exists (it was released).");
+      }
+      const args = unmarshal(deserialize(op_dorun_event_args(incoming.id)));
+      const invoke = () => {
+        const target = entry.value;
+        if (incoming.rpcMethod === "") {
+          if (typeof target !== "function") throw new TypeError("The RPC stub is not a function.");
+          return target(...args);
+        }
+        const descriptor = lookupMember(target, incoming.rpcMethod);
+        if (descriptor === undefined) {
+          throw new TypeError(
+            `The RPC receiver does not implement the method "${incoming.rpcMethod}".`,
+          );
+        }
+        const member = descriptor.get !== undefined ? descriptor.get.call(target) : descriptor.value;
+        if (incoming.rpcGet) return member;
+        if (typeof member !== "function") {
+          throw new TypeError(`"${incoming.rpcMethod}" is not a method of the RPC receiver.`);
+        }
+        return member.apply(target, args);
+      };
+      const object = entry.object;
+      const result = object !== null ? await runAs(object, invoke) : await invoke();
+      if (object !== null) await object.storage.outputGate();
+      op_dorun_reply_value(incoming.id, false, serialize(marshal(result)));
+    } catch (error) {
+      op_dorun_reply_value(incoming.id, true, serializeError(error));
+    }
   }
 
   function makeStub(id) {
     const [namespace, hex, name] = idParts(id);
     const target = { id, name };
     const fetch = (input, init) => stubFetch(namespace, hex, name, input, init);
-    return new Proxy(target, {
+    const stub = new Proxy(target, {
       get(target, property) {
         if (property === "id" || property === "name") return target[property];
         if (property === "fetch") return fetch;
@@ -272,6 +539,8 @@ export function createObjectSystem({
         return rpcProperty(namespace, hex, name, property);
       },
     });
+    WeakMapPrototypeSet(objectStubIdentity, stub, [namespace, hex, name ?? null]);
+    return stub;
   }
 
   const NOT_IMPLEMENTED_JURISDICTION = "Jurisdiction restrictions are not implemented in dorun.";
@@ -851,7 +1120,12 @@ export function createObjectSystem({
       this.ctx = {
         id: new DurableObjectId(namespace, hex, idName),
         storage: this.storage,
-        blockConcurrencyWhile: (callback) => object.blockConcurrencyWhile(callback),
+        blockConcurrencyWhile: (callback) => {
+          if (object.locked >= MAX_BCW_DEPTH) {
+            throw new Error("blockConcurrencyWhile() calls are nested too deeply.");
+          }
+          return object.blockConcurrencyWhile(callback);
+        },
         waitUntil: (promise) => waitUntil(promise),
         abort: (reason, options = undefined) => {
           if (options?.retryAlarm === false) object.noAlarmRetry = true;
@@ -868,15 +1142,23 @@ export function createObjectSystem({
       return this.storage.pendingGate();
     }
 
-    /** Runs `callback` with the input gate closed: no other event starts until it settles. */
+    /**
+     * Runs `callback` with the input gate closed: no other event starts until it settles.
+     * Past the timeout (30 s, as on Cloudflare) the object is reset.
+     */
     async blockConcurrencyWhile(callback, { resetOnError = true } = {}) {
       this.locked++;
+      let timer;
       try {
-        return await callback();
+        const timeout = new Promise((_, reject) => {
+          timer = setTimeout(() => reject(new Error(BCW_TIMEOUT)), blockConcurrencyTimeoutMs);
+        });
+        return await PromiseRace([callback(), timeout]);
       } catch (error) {
-        if (resetOnError) this.reset(error);
+        if (resetOnError || error?.message === BCW_TIMEOUT) this.reset(error);
         throw error;
       } finally {
+        clearTimeout(timer);
         this.locked--;
         this.#release();
       }
@@ -946,7 +1228,7 @@ export function createObjectSystem({
 
   async function runRpc(object, incoming) {
     const method = incoming.rpcMethod;
-    const args = deserialize(op_dorun_event_args(incoming.id));
+    const args = unmarshal(deserialize(op_dorun_event_args(incoming.id)));
     const instance = object.instance;
     if (!ObjectPrototypeIsPrototypeOf(DurableObject.prototype, instance)) {
       throw new TypeError(
@@ -1082,7 +1364,7 @@ export function createObjectSystem({
           await object.storage.outputGate();
           let bytes;
           try {
-            bytes = serialize(result);
+            bytes = serialize(marshal(result));
           } catch (error) {
             throw new TypeError(`Could not serialize the RPC result: ${error.message}`);
           }
@@ -1118,5 +1400,15 @@ export function createObjectSystem({
     }
   }
 
-  return { DurableObjectNamespace, DurableObjectId, handleObjectEvent, evictIdle, live, runAs };
+  return {
+    DurableObjectNamespace,
+    DurableObjectId,
+    handleObjectEvent,
+    handleExportEvent,
+    releaseExport,
+    retainExport,
+    evictIdle,
+    live,
+    runAs,
+  };
 }
