@@ -9,6 +9,7 @@ mod errors;
 mod examples;
 mod handlers;
 mod modules;
+mod multi;
 mod objects;
 mod streaming;
 mod web_apis;

@@ -109,7 +109,8 @@ impl AlarmScheduler {
         for (index, namespace) in config.namespaces.iter().enumerate() {
             let path = Self::index_path(&config, index);
             let mut opened = None;
-            if path.exists() {
+            // Another worker's class: its own pool schedules its alarms.
+            if path.exists() && namespace.foreign.is_none() {
                 let db = AlarmIndex::open(&path, config.durability)
                     .map_err(|e| format!("cannot open alarm index {}: {e}", path.display()))?;
                 let rows = db

@@ -138,6 +138,11 @@ impl WorkerPool {
         &self.spec
     }
 
+    /// The isolate threads' queues (for workers that bind to this one's classes).
+    pub fn senders(&self) -> Arc<Vec<mpsc::UnboundedSender<Event>>> {
+        self.senders.clone()
+    }
+
     /// The WebSockets the Worker's responses hand to the front door.
     pub fn sockets(&self) -> &Arc<SocketRegistry> {
         &self.sockets

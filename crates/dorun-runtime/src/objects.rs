@@ -9,6 +9,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::{Arc, OnceLock};
 
 use deno_core::convert::ByteString;
 use deno_core::{op2, v8, JsBuffer, OpState, ResourceId, ToV8};
@@ -33,6 +34,20 @@ pub struct ObjectNamespace {
     pub unique_key: String,
     /// Created by `new_sqlite_classes` (SQL and sync KV APIs available).
     pub sqlite: bool,
+    /// Set when the class lives in another worker served by the same process
+    /// (`script_name`): calls go to that worker's isolate threads.
+    pub foreign: Option<Arc<ForeignNamespace>>,
+}
+
+/// A namespace whose class another worker of this process implements.
+#[derive(Debug)]
+pub struct ForeignNamespace {
+    /// The worker that owns the class.
+    pub worker: String,
+    /// The namespace's index in the owning worker's namespaces.
+    pub index: u32,
+    /// The owning worker's isolate threads, set once its pool has started.
+    pub senders: OnceLock<Arc<Vec<mpsc::UnboundedSender<Event>>>>,
 }
 
 impl ObjectNamespace {
@@ -173,9 +188,23 @@ pub fn thread_for(object_id: &str, threads: usize) -> usize {
 }
 
 /// Sends an object event to the thread that owns the object.
-pub fn route(context: &IsolateContext, event: ObjectEvent) -> Result<(), JsErrorBox> {
-    let index = thread_for(&event.object_id, context.senders.len());
-    context.senders[index]
+pub fn route(context: &IsolateContext, mut event: ObjectEvent) -> Result<(), JsErrorBox> {
+    let foreign = context
+        .objects
+        .namespaces
+        .get(event.namespace as usize)
+        .and_then(|n| n.foreign.clone());
+    let senders = match &foreign {
+        None => &context.senders,
+        Some(foreign) => {
+            event.namespace = foreign.index;
+            foreign.senders.get().ok_or_else(|| {
+                JsErrorBox::generic(format!("worker '{}' is not running", foreign.worker))
+            })?
+        }
+    };
+    let index = thread_for(&event.object_id, senders.len());
+    senders[index]
         .send(Event::Object(Box::new(event)))
         .map_err(|_| JsErrorBox::generic("dorun is shutting down"))
 }
@@ -930,6 +959,7 @@ mod tests {
             class_name: "Class".into(),
             unique_key: unique_key.into(),
             sqlite: true,
+            foreign: None,
         }
     }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use dorun_runtime::objects::{ObjectConfig, ObjectNamespace};
+use dorun_runtime::objects::{ForeignNamespace, ObjectConfig, ObjectNamespace};
 use dorun_runtime::{WorkerPool, WorkerSpec};
 use dorun_storage::Durability;
 
@@ -42,8 +42,9 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct ConfigArgs {
     /// wrangler.toml, wrangler.json or wrangler.jsonc (default: found in the current
-    /// directory or a parent, in wrangler's order).
-    pub config: Option<PathBuf>,
+    /// directory or a parent, in wrangler's order). Several: workers that bind to each
+    /// other's Durable Object classes (`script_name`); the first one serves HTTP.
+    pub config: Vec<PathBuf>,
     /// The [env.<name>] section to use.
     #[arg(long, short = 'e')]
     pub env: Option<String>,
@@ -157,8 +158,8 @@ fn locate_config(explicit: Option<&Path>) -> Result<PathBuf, String> {
     }
 }
 
-fn load_config(args: &ConfigArgs) -> Result<WorkerConfig, String> {
-    let path = locate_config(args.config.as_deref())?;
+fn load_config(path: Option<&Path>, args: &ConfigArgs) -> Result<WorkerConfig, String> {
+    let path = locate_config(path)?;
     let path = std::fs::canonicalize(&path)
         .map_err(|e| format!("{}: cannot open: {e}", path.display()))?;
     let options = LoadOptions {
@@ -177,6 +178,29 @@ fn load_config(args: &ConfigArgs) -> Result<WorkerConfig, String> {
     Ok(config)
 }
 
+/// Every config named on the command line (or the one found), with distinct worker names.
+fn load_configs(args: &ConfigArgs) -> Result<Vec<WorkerConfig>, String> {
+    let configs = if args.config.is_empty() {
+        vec![load_config(None, args)?]
+    } else {
+        args.config
+            .iter()
+            .map(|path| load_config(Some(path), args))
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    for (index, config) in configs.iter().enumerate() {
+        if let Some(other) = configs[..index].iter().find(|c| c.name == config.name) {
+            return Err(format!(
+                "{} and {} both define worker '{}'; each config served together needs its own name",
+                other.path.display(),
+                config.path.display(),
+                config.name
+            ));
+        }
+    }
+    Ok(configs)
+}
+
 fn data_dir(config: &WorkerConfig, args: &ConfigArgs) -> PathBuf {
     args.data_dir.clone().unwrap_or_else(|| {
         config
@@ -187,55 +211,151 @@ fn data_dir(config: &WorkerConfig, args: &ConfigArgs) -> PathBuf {
     })
 }
 
-/// Applies migrations and maps each binding to its namespace.
-fn object_config(
-    config: &WorkerConfig,
+/// Applies every worker's migrations and maps each binding to its namespace. A binding with
+/// `script_name` reaches a class of another worker served by this process; that worker gets
+/// a namespace for the class (without a binding of its own if it had none). Returns the
+/// object config of each worker, and the foreign namespaces with the index of the worker
+/// whose isolate threads they must be connected to once it runs.
+#[allow(clippy::type_complexity)]
+fn object_configs(
+    configs: &[WorkerConfig],
     args: &ConfigArgs,
     data_dir: &Path,
-) -> Result<ObjectConfig, String> {
-    let classes = crate::migrations::apply(data_dir, config)?;
-    let mut namespaces = Vec::new();
-    for binding in &config.durable_objects {
-        if let Some(script) = &binding.script_name {
-            if script != &config.name {
-                return Err(format!(
-                    "{}: durable_objects binding '{}' uses script_name '{script}': classes in other workers are not supported yet",
-                    config.path.display(),
-                    binding.name
-                ));
-            }
-        }
-        let (unique_key, sqlite) = match classes.get(&binding.class_name) {
-            Some(class) => (class.unique_key.clone(), class.sqlite),
+) -> Result<(Vec<ObjectConfig>, Vec<(Arc<ForeignNamespace>, usize)>), String> {
+    let mut classes = Vec::with_capacity(configs.len());
+    for config in configs {
+        classes.push(crate::migrations::apply(data_dir, config)?);
+    }
+    // A class of worker `w`: its key and storage kind.
+    let class_of = |w: usize,
+                    binding_name: &str,
+                    class_name: &str|
+     -> Result<(String, bool), String> {
+        let config = &configs[w];
+        match classes[w].get(class_name) {
+            Some(class) => Ok((class.unique_key.clone(), class.sqlite)),
             // Migrations exist but none leaves this class in the worker (never created, or
             // renamed, deleted or transferred away): refused, as Cloudflare refuses the deploy.
-            None if !config.migrations.is_empty() => {
+            None if !config.migrations.is_empty() => Err(format!(
+                "{}: durable_objects binding '{binding_name}': Cannot create binding for class '{class_name}' because it is not currently configured to implement Durable Objects in worker '{}'. Did you forget to apply a Durable Object migration (new_sqlite_classes), or was the class renamed, deleted or transferred?",
+                configs[w].path.display(),
+                config.name
+            )),
+            // No migrations at all: serve it like `wrangler dev` does, KV-backed.
+            None => Ok((format!("{}-{class_name}", config.name), false)),
+        }
+    };
+    let mut namespaces: Vec<Vec<ObjectNamespace>> = vec![Vec::new(); configs.len()];
+    for (w, config) in configs.iter().enumerate() {
+        for binding in &config.durable_objects {
+            if binding
+                .script_name
+                .as_ref()
+                .is_some_and(|s| s != &config.name)
+            {
+                continue;
+            }
+            let (unique_key, sqlite) = class_of(w, &binding.name, &binding.class_name)?;
+            namespaces[w].push(ObjectNamespace {
+                binding: binding.name.clone(),
+                class_name: binding.class_name.clone(),
+                unique_key,
+                sqlite,
+                foreign: None,
+            });
+        }
+    }
+    let mut foreign_links = Vec::new();
+    for (w, config) in configs.iter().enumerate() {
+        for binding in &config.durable_objects {
+            let Some(script) = binding.script_name.as_ref().filter(|s| *s != &config.name) else {
+                continue;
+            };
+            let Some(owner) = configs.iter().position(|c| &c.name == script) else {
                 return Err(format!(
-                    "{}: durable_objects binding '{}': Cannot create binding for class '{}' because it is not currently configured to implement Durable Objects. Did you forget to apply a Durable Object migration (new_sqlite_classes), or was the class renamed, deleted or transferred?",
+                    "{}: durable_objects binding '{}' uses script_name '{script}', but no worker of that name is being served; name its config too: dorun serve {} <{script}'s wrangler file>",
                     config.path.display(),
                     binding.name,
-                    binding.class_name
+                    config.path.display()
                 ));
-            }
-            // No migrations at all: serve it like `wrangler dev` does, KV-backed.
-            None => (format!("{}-{}", config.name, binding.class_name), false),
-        };
-        namespaces.push(ObjectNamespace {
-            binding: binding.name.clone(),
-            class_name: binding.class_name.clone(),
-            unique_key,
-            sqlite,
-        });
+            };
+            let (unique_key, sqlite) = class_of(owner, &binding.name, &binding.class_name)?;
+            let index = match namespaces[owner]
+                .iter()
+                .position(|n| n.class_name == binding.class_name && n.foreign.is_none())
+            {
+                Some(index) => index,
+                None => {
+                    namespaces[owner].push(ObjectNamespace {
+                        binding: String::new(),
+                        class_name: binding.class_name.clone(),
+                        unique_key: unique_key.clone(),
+                        sqlite,
+                        foreign: None,
+                    });
+                    namespaces[owner].len() - 1
+                }
+            };
+            let foreign = Arc::new(ForeignNamespace {
+                worker: script.clone(),
+                index: index as u32,
+                senders: Default::default(),
+            });
+            foreign_links.push((foreign.clone(), owner));
+            namespaces[w].push(ObjectNamespace {
+                binding: binding.name.clone(),
+                class_name: binding.class_name.clone(),
+                unique_key,
+                sqlite,
+                foreign: Some(foreign),
+            });
+        }
     }
-    Ok(ObjectConfig {
-        namespaces,
-        data_dir: data_dir.to_path_buf(),
-        durability: match args.durability {
-            DurabilityArg::Full => Durability::Full,
-            DurabilityArg::Normal => Durability::Normal,
-            DurabilityArg::Off => Durability::Off,
-        },
-    })
+    let durability = match args.durability {
+        DurabilityArg::Full => Durability::Full,
+        DurabilityArg::Normal => Durability::Normal,
+        DurabilityArg::Off => Durability::Off,
+    };
+    let objects = namespaces
+        .into_iter()
+        .map(|namespaces| ObjectConfig {
+            namespaces,
+            data_dir: data_dir.to_path_buf(),
+            durability,
+        })
+        .collect();
+    Ok((objects, foreign_links))
+}
+
+/// Starts a pool per worker, then connects the workers that use each other's classes.
+fn start_pools(
+    configs: &[WorkerConfig],
+    args: &ConfigArgs,
+    data_dir: &Path,
+    threads: usize,
+) -> Result<Vec<Arc<WorkerPool>>, String> {
+    let (objects, links) = object_configs(configs, args, data_dir)?;
+    let mut pools: Vec<Arc<WorkerPool>> = Vec::with_capacity(configs.len());
+    for (config, objects) in configs.iter().zip(objects) {
+        let spec = worker_spec(config, args, objects);
+        match WorkerPool::start(spec, threads) {
+            Ok(pool) => pools.push(Arc::new(pool)),
+            Err(error) => {
+                for pool in &pools {
+                    pool.close();
+                }
+                return Err(if configs.len() > 1 {
+                    format!("worker '{}': {error}", config.name)
+                } else {
+                    error.to_string()
+                });
+            }
+        }
+    }
+    for (foreign, owner) in links {
+        let _ = foreign.senders.set(pools[owner].senders());
+    }
+    Ok(pools)
 }
 
 fn worker_spec(config: &WorkerConfig, args: &ConfigArgs, objects: ObjectConfig) -> WorkerSpec {
@@ -260,35 +380,36 @@ fn worker_spec(config: &WorkerConfig, args: &ConfigArgs, objects: ObjectConfig) 
 }
 
 fn check(args: ConfigArgs) -> Result<(), String> {
-    let config = load_config(&args)?;
+    let configs = load_configs(&args)?;
     // Check the config against a scratch copy of the data directory's migration record, so
     // `check` never changes the data directory.
     let scratch = std::env::temp_dir().join(format!("dorun-check-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
-    let record = data_dir(&config, &args).join("dorun-migrations.json");
+    let record = data_dir(&configs[0], &args).join("dorun-migrations.json");
     if record.exists() {
         let _ = std::fs::copy(&record, scratch.join("dorun-migrations.json"));
     }
-    let objects = object_config(&config, &args, &scratch);
+    let pools = start_pools(&configs, &args, &scratch, 1);
     let _ = std::fs::remove_dir_all(&scratch);
-    let spec = worker_spec(&config, &args, objects?);
-    let pool = WorkerPool::start(spec, 1).map_err(|e| e.to_string())?;
-    pool.join(Duration::from_secs(5));
-    println!(
-        "ok: {} ({}) loads with {} warning(s)",
-        config.name,
-        config.path.display(),
-        config.warnings.len()
-    );
+    for pool in pools? {
+        pool.join(Duration::from_secs(5));
+    }
+    for config in &configs {
+        println!(
+            "ok: {} ({}) loads with {} warning(s)",
+            config.name,
+            config.path.display(),
+            config.warnings.len()
+        );
+    }
     Ok(())
 }
 
 fn serve(args: ServeArgs) -> Result<(), String> {
-    let config = load_config(&args.config)?;
-    let data_dir = data_dir(&config, &args.config);
+    let configs = load_configs(&args.config)?;
+    let data_dir = data_dir(&configs[0], &args.config);
     std::fs::create_dir_all(&data_dir)
         .map_err(|e| format!("cannot create data directory {}: {e}", data_dir.display()))?;
-    let objects = object_config(&config, &args.config, &data_dir)?;
     let threads = args.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -297,8 +418,10 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     if threads == 0 {
         return Err("--threads must be at least 1".into());
     }
-    let spec = worker_spec(&config, &args.config, objects);
-    let pool = Arc::new(WorkerPool::start(spec, threads).map_err(|e| e.to_string())?);
+    let pools = start_pools(&configs, &args.config, &data_dir, threads)?;
+    // The first worker serves HTTP; the others are reached through their classes.
+    let pool = pools[0].clone();
+    let config = &configs[0];
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -314,8 +437,10 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         let bound = listener
             .local_addr()
             .map_err(|e| format!("cannot read the bound address: {e}"))?;
+        let others: Vec<&str> = configs[1..].iter().map(|c| c.name.as_str()).collect();
         tracing::info!(
             worker = %config.name,
+            also = %others.join(","),
             threads,
             data_dir = %data_dir.display(),
             "listening on http://{bound}"
@@ -335,8 +460,13 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         server::run(listener, pool.clone(), shutdown, ServerOptions { drain_timeout }).await;
         Ok::<(), String>(())
     })?;
-    if !pool.join(Duration::from_secs(5)) {
-        tracing::warn!("some isolate work (waitUntil, timers) was still running at exit");
+    for pool in &pools {
+        pool.close();
+    }
+    for pool in &pools {
+        if !pool.join(Duration::from_secs(5)) {
+            tracing::warn!("some isolate work (waitUntil, timers) was still running at exit");
+        }
     }
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())

@@ -120,7 +120,9 @@ const objects = createObjectSystem({
   RpcTarget,
 });
 for (let index = 0; index < config.namespaces.length; index++) {
-  env[config.namespaces[index].binding] = new objects.DurableObjectNamespace(index);
+  // A class only other workers bind to has a namespace without a binding of its own.
+  const binding = config.namespaces[index].binding;
+  if (binding !== "") env[binding] = new objects.DurableObjectNamespace(index);
 }
 globalThis.DurableObjectNamespace = objects.DurableObjectNamespace;
 globalThis.WebSocket = WebSocket;

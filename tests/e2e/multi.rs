@@ -1,0 +1,49 @@
+//! Several workers in one process: a `script_name` binding reaches a class that another
+//! worker (another config on the command line) implements.
+
+use serde_json::json;
+
+use crate::harness::{fixture, scratch_dir, Server};
+
+#[tokio::test]
+async fn script_name_bindings_reach_another_workers_class() {
+    let data = scratch_dir("multi");
+    let app = fixture("multi").join("app/wrangler.toml");
+    let rooms = fixture("multi").join("rooms/wrangler.toml");
+    let args = [
+        "--data-dir",
+        data.to_str().unwrap(),
+        rooms.to_str().unwrap(),
+    ];
+    let mut server = Server::start(&app, &args);
+    let reply = server.get("/join/lobby").await;
+    assert_eq!(reply.status, 200, "{}\n{}", reply.text(), server.logs());
+    assert_eq!(
+        reply.json(),
+        json!({"worker": "rooms", "room": "lobby", "members": 1})
+    );
+    assert_eq!(server.get("/join/lobby").await.json()["members"], json!(2));
+    assert_eq!(
+        server.get("/fetch/lobby").await.text(),
+        "room lobby got /fetch/lobby"
+    );
+    // IDs derive from the owning worker's key (`rooms-Room`), so they match that worker's own.
+    let id = server.get("/id/lobby").await.json();
+    assert!(data
+        .join("rooms-Room")
+        .join(format!("{}.sqlite", id.as_str().unwrap()))
+        .exists());
+    assert!(server.terminate().success());
+    let server = Server::start(&app, &args);
+    assert_eq!(server.get("/join/lobby").await.json()["members"], json!(3));
+    drop(server);
+    // Without the other worker's config, the binding is a clear startup error.
+    let error = match Server::try_start(&app, &["--data-dir", data.to_str().unwrap()]) {
+        Ok(_) => panic!("a script_name binding to an absent worker must refuse to start"),
+        Err(error) => error,
+    };
+    assert!(
+        error.contains("binding 'ROOMS' uses script_name 'rooms'"),
+        "{error}"
+    );
+}
