@@ -323,7 +323,7 @@ async fn kill_9_loses_no_acknowledged_write() {
 }
 
 #[tokio::test]
-async fn functions_rpc_targets_and_stubs_cross_rpc_with_pipelining() {
+async fn functions_rpc_targets_streams_and_stubs_cross_rpc_with_pipelining() {
     let data = scratch_dir("objects-rpc-stubs");
     let server = start(&data, &[]);
     let reply = server.get("/rpc-stubs/p").await;
@@ -342,6 +342,8 @@ async fn functions_rpc_targets_and_stubs_cross_rpc_with_pipelining() {
             "other": "p-other",
             "added": 105,
             "missing": "TypeError: The RPC receiver does not implement the method \"nope\".",
+            "counted": 64 * 65536,
+            "numbers": "0\n1\n2\n3\n4\n",
         })
     );
 }

@@ -78,6 +78,8 @@ deno_core::extension!(
         objects::op_dorun_export_call,
         objects::op_dorun_export_release,
         objects::op_dorun_export_retain,
+        objects::op_dorun_stream_export,
+        objects::op_dorun_stream_import,
         crate::sockets::op_dorun_ws_start,
         objects::op_dorun_sql_exec,
         objects::op_dorun_sql_database_size,

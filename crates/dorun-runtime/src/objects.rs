@@ -346,36 +346,7 @@ pub async fn op_dorun_object_fetch(
         None => http_body_util::Empty::new()
             .map_err(|never| match never {})
             .boxed(),
-        Some(rid) => {
-            let resource = state
-                .borrow_mut()
-                .resource_table
-                .take_any(rid)
-                .map_err(JsErrorBox::from_err)?;
-            let (tx, rx) = mpsc::channel::<Result<bytes::Bytes, BoxError>>(4);
-            deno_core::unsync::spawn(async move {
-                loop {
-                    match resource.clone().read(64 * 1024).await {
-                        Ok(chunk) if chunk.is_empty() => break,
-                        Ok(chunk) => {
-                            if tx
-                                .send(Ok(bytes::Bytes::copy_from_slice(&chunk)))
-                                .await
-                                .is_err()
-                            {
-                                break;
-                            }
-                        }
-                        Err(error) => {
-                            let _ = tx.send(Err(error.to_string().into())).await;
-                            break;
-                        }
-                    }
-                }
-                resource.close();
-            });
-            ResponseBody::Channel(rx).boxed()
-        }
+        Some(rid) => body_from_resource(&mut state.borrow_mut(), rid)?,
     };
     let request = builder
         .body(body)
@@ -1065,4 +1036,71 @@ pub fn op_dorun_export_retain(state: &mut OpState, #[smi] thread: u32, #[smi] ex
     {
         let _ = sender.send(Event::Retain { export });
     }
+}
+
+// --- ReadableStreams across RPC ----------------------------------------------------------
+
+/// A JS stream (resource `rid`, from `resourceForReadableStream`) as a body that another
+/// thread can read: chunks are copied through a 4-chunk channel as they are produced.
+fn body_from_resource(state: &mut OpState, rid: ResourceId) -> Result<RequestBody, JsErrorBox> {
+    let resource = state
+        .resource_table
+        .take_any(rid)
+        .map_err(JsErrorBox::from_err)?;
+    let (tx, rx) = mpsc::channel::<Result<bytes::Bytes, BoxError>>(4);
+    deno_core::unsync::spawn(async move {
+        loop {
+            match resource.clone().read(64 * 1024).await {
+                Ok(chunk) if chunk.is_empty() => break,
+                Ok(chunk) => {
+                    if tx
+                        .send(Ok(bytes::Bytes::copy_from_slice(&chunk)))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    let _ = tx.send(Err(error.to_string().into())).await;
+                    break;
+                }
+            }
+        }
+        resource.close();
+    });
+    Ok(ResponseBody::Channel(rx).boxed())
+}
+
+/// Streams in flight between isolates (RPC arguments and results), by token. Process-wide:
+/// any isolate of any worker may receive one.
+fn streams_in_flight() -> &'static std::sync::Mutex<HashMap<u32, RequestBody>> {
+    static STREAMS: OnceLock<std::sync::Mutex<HashMap<u32, RequestBody>>> = OnceLock::new();
+    STREAMS.get_or_init(Default::default)
+}
+
+/// Sends a JS stream across RPC: returns the token the receiving side redeems.
+#[op2(fast)]
+#[smi]
+pub fn op_dorun_stream_export(
+    state: &mut OpState,
+    #[smi] rid: ResourceId,
+) -> Result<u32, JsErrorBox> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    let body = body_from_resource(state, rid)?;
+    let token = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) & 0x3fff_ffff;
+    streams_in_flight().lock().unwrap().insert(token, body);
+    Ok(token)
+}
+
+/// Receives a stream sent across RPC: a resource for `readableStreamForRid`.
+#[op2(fast)]
+#[smi]
+pub fn op_dorun_stream_import(state: &mut OpState, #[smi] token: u32) -> Result<u32, JsErrorBox> {
+    let body = streams_in_flight()
+        .lock()
+        .unwrap()
+        .remove(&token)
+        .ok_or_else(|| JsErrorBox::generic("this stream was already received"))?;
+    Ok(state.resource_table.add(RequestBodyResource::new(body)))
 }

@@ -77,6 +77,8 @@ const {
   op_dorun_export_call,
   op_dorun_export_release,
   op_dorun_export_retain,
+  op_dorun_stream_export,
+  op_dorun_stream_import,
   op_dorun_sql_exec,
   op_dorun_sql_database_size,
 } = core.ops;
@@ -318,6 +320,7 @@ export function createObjectSystem({
   // is garbage-collected (each side releases its stubs through a FinalizationRegistry).
   const STUB_KEY = "__dorunRpcStub";
   const OBJECT_STUB_KEY = "__dorunObjectStub";
+  const STREAM_KEY = "__dorunStream";
   const threadIndex = op_dorun_thread_index();
   /** id -> { value, refs, object } */
   const exportsById = new SafeMap();
@@ -384,6 +387,13 @@ export function createObjectSystem({
     const objectStub = WeakMapPrototypeGet(objectStubIdentity, value);
     if (objectStub !== undefined) return { [OBJECT_STUB_KEY]: objectStub };
     if (type === "function") return exportValue(value, "function");
+    if (ObjectPrototypeIsPrototypeOf(streams.ReadableStreamPrototype, value)) {
+      // A byte stream crosses as a channel: the receiver reads it as it is produced.
+      if (streams.isReadableStreamLocked(value)) {
+        throw new TypeError("A locked ReadableStream cannot be sent over RPC.");
+      }
+      return { [STREAM_KEY]: op_dorun_stream_export(streams.resourceForReadableStream(value)) };
+    }
     if (ObjectPrototypeIsPrototypeOf(RpcTarget.prototype, value)) return exportValue(value, "target");
     seen ??= new SafeMap();
     const done = MapPrototypeGet(seen, value);
@@ -440,6 +450,9 @@ export function createObjectSystem({
     if (isPlainObject(value)) {
       const keys = ObjectKeys(value);
       if (keys.length === 1 && keys[0] === STUB_KEY) return remoteStub(value[STUB_KEY]);
+      if (keys.length === 1 && keys[0] === STREAM_KEY) {
+        return streams.readableStreamForRid(op_dorun_stream_import(value[STREAM_KEY]));
+      }
       if (keys.length === 1 && keys[0] === OBJECT_STUB_KEY) {
         const [namespace, hex, name] = value[OBJECT_STUB_KEY];
         return makeStub(new DurableObjectId(namespace, hex, name ?? undefined));
