@@ -394,3 +394,22 @@ async fn outbound_websockets_from_a_worker() {
         "{reply}"
     );
 }
+
+#[tokio::test]
+async fn shutdown_closes_open_websockets_with_1001() {
+    let mut server = start(&[]);
+    let mut room = connect(&server, "/room/bye?user=u").await;
+    assert_eq!(text(&mut room).await, "join u");
+    let mut echo = connect(&server, "/echo").await;
+    let status = tokio::task::spawn_blocking(move || {
+        let status = server.terminate();
+        (server, status)
+    });
+    for ws in [&mut room, &mut echo] {
+        let (code, reason) = close_of(next(ws).await);
+        assert_eq!(code, 1001);
+        assert_eq!(reason, "dorun is shutting down");
+    }
+    let (_server, status) = status.await.unwrap();
+    assert!(status.success());
+}

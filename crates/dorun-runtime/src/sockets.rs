@@ -213,6 +213,23 @@ impl SocketRegistry {
         }
     }
 
+    /// Closes every open socket with `code` (server shutdown: 1001 "going away").
+    /// Returns how many were open.
+    pub fn close_all(&self, code: u16, reason: &str) -> usize {
+        let mut inner = self.inner.lock().unwrap();
+        let mut closed = 0;
+        for entry in inner.sockets.values_mut() {
+            if entry.state == OPEN {
+                entry.state = CLOSING;
+                let _ = entry
+                    .outbound
+                    .send(Outbound::Close(Some((code, reason.to_string()))));
+                closed += 1;
+            }
+        }
+        closed
+    }
+
     /// The client's side is gone (or both sides closed): forget the socket.
     pub fn remove(&self, id: u32) {
         let mut inner = self.inner.lock().unwrap();

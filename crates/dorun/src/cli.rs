@@ -458,6 +458,20 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             }
         };
         server::run(listener, pool.clone(), shutdown, ServerOptions { drain_timeout }).await;
+        // Open WebSockets get a Close frame (1001) instead of a dropped connection.
+        let open: usize = pools
+            .iter()
+            .map(|pool| pool.sockets().close_all(1001, "dorun is shutting down"))
+            .sum();
+        if open > 0 {
+            tracing::info!(sockets = open, "closing open WebSockets");
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+            while pools.iter().any(|pool| !pool.sockets().is_empty())
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         Ok::<(), String>(())
     })?;
     for pool in &pools {
