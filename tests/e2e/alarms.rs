@@ -55,7 +55,8 @@ async fn an_alarm_fires_once_at_its_time_and_reads_null_while_running() {
     assert_eq!(run["isRetry"], json!(false));
     assert_eq!(run["alarmDuringRun"], Value::Null);
     let late = number(&run["at"]) - at;
-    assert!((0..250).contains(&late), "fired {late} ms after its time");
+    // On an idle server this is a few ms; the bound leaves room for a loaded CI machine.
+    assert!((0..500).contains(&late), "fired {late} ms after its time");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let log = server.get("/log/a").await.json();
     assert_eq!(runs(&log).len(), 1, "fired once: {log}");

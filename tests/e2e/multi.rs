@@ -27,6 +27,23 @@ async fn script_name_bindings_reach_another_workers_class() {
         server.get("/fetch/lobby").await.text(),
         "room lobby got /fetch/lobby"
     );
+    // A WebSocket accepted by the other worker's class reaches the client through this
+    // worker's front door.
+    {
+        use futures::{SinkExt, StreamExt};
+        let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url("/fetch/lobby"))
+            .await
+            .unwrap();
+        ws.send(tokio_tungstenite::tungstenite::Message::Text("hi".into()))
+            .await
+            .unwrap();
+        let reply = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(reply.into_text().unwrap().as_str(), "lobby in rooms: hi");
+    }
     // IDs derive from the owning worker's key (`rooms-Room`), so they match that worker's own.
     let id = server.get("/id/lobby").await.json();
     assert!(data

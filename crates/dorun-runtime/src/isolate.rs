@@ -70,6 +70,17 @@ struct Shared {
 impl WorkerPool {
     /// Starts `threads` isolate threads and waits until each has loaded the Worker's modules.
     pub fn start(spec: WorkerSpec, threads: usize) -> Result<Self, StartupError> {
+        Self::start_with_sockets(spec, threads, Arc::default())
+    }
+
+    /// Like [`start`](Self::start), sharing a WebSocket registry with other workers of the
+    /// process (a socket accepted by one worker's class may reach a client through another's
+    /// front door).
+    pub fn start_with_sockets(
+        spec: WorkerSpec,
+        threads: usize,
+        sockets: Arc<SocketRegistry>,
+    ) -> Result<Self, StartupError> {
         let spec = Arc::new(spec);
         let graph = ModuleGraph::new(spec.clone()).map_err(StartupError::Code)?;
         let threads = threads.max(1);
@@ -80,7 +91,6 @@ impl WorkerPool {
             AlarmScheduler::load(spec.objects.clone(), spec.alarm_retry)
                 .map_err(StartupError::Code)?,
         );
-        let sockets = Arc::new(SocketRegistry::default());
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..threads).map(|_| mpsc::unbounded_channel()).unzip();
         let senders = Arc::new(senders);
@@ -130,7 +140,6 @@ impl WorkerPool {
         }
         spawn_supervisor(watches);
         alarms.spawn(pool.senders.clone());
-        sockets.set_senders(pool.senders.clone());
         Ok(pool)
     }
 

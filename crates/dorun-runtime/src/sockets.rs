@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use futures::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -58,8 +58,14 @@ pub enum SocketMessage {
     Error(String),
 }
 
+/// The isolate threads of one worker.
+pub type Senders = Arc<Vec<mpsc::UnboundedSender<Event>>>;
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectKey {
+    /// The worker whose namespace `namespace` indexes (one registry serves every worker of
+    /// the process, so a socket can be answered by a class of another worker).
+    pub worker: Arc<str>,
     pub namespace: u32,
     pub object_id: String,
 }
@@ -81,6 +87,8 @@ pub const CLOSED: u32 = 3;
 
 struct SocketEntry {
     target: SocketTarget,
+    /// The isolate threads of the worker that handles the socket's events.
+    senders: Senders,
     tags: Vec<String>,
     attachment: Option<Vec<u8>>,
     outbound: mpsc::UnboundedSender<Outbound>,
@@ -105,11 +113,10 @@ struct Inner {
     objects: HashMap<ObjectKey, ObjectSockets>,
 }
 
-/// Every WebSocket of a Worker, shared by the front door and the isolate threads.
+/// Every WebSocket of the process, shared by the front door and all isolate threads.
 #[derive(Default)]
 pub struct SocketRegistry {
     inner: Mutex<Inner>,
-    senders: OnceLock<Arc<Vec<mpsc::UnboundedSender<Event>>>>,
 }
 
 /// The front door's side of a connected socket.
@@ -120,12 +127,13 @@ pub struct Connection {
 }
 
 impl SocketRegistry {
-    pub fn set_senders(&self, senders: Arc<Vec<mpsc::UnboundedSender<Event>>>) {
-        let _ = self.senders.set(senders);
-    }
-
-    /// Registers a socket accepted in JS; returns its id.
-    pub fn create(&self, target: SocketTarget, tags: Vec<String>) -> Result<u32, String> {
+    /// Registers a socket accepted in JS by a worker whose threads are `senders`.
+    pub fn create(
+        &self,
+        target: SocketTarget,
+        tags: Vec<String>,
+        senders: Senders,
+    ) -> Result<u32, String> {
         let mut inner = self.inner.lock().unwrap();
         if let SocketTarget::Object { key, .. } = &target {
             let count = inner.objects.get(key).map(|o| o.ids.len()).unwrap_or(0);
@@ -148,6 +156,7 @@ impl SocketRegistry {
             id,
             SocketEntry {
                 target,
+                senders,
                 tags,
                 attachment: None,
                 outbound,
@@ -267,8 +276,11 @@ impl SocketRegistry {
 
     /// Hands an event to the socket's target. The receiver resolves when JS handled it.
     pub fn deliver(&self, id: u32, message: SocketMessage) -> Option<oneshot::Receiver<Reply>> {
-        let target = self.inner.lock().unwrap().sockets.get(&id)?.target.clone();
-        let senders = self.senders.get()?;
+        let (target, senders) = {
+            let inner = self.inner.lock().unwrap();
+            let entry = inner.sockets.get(&id)?;
+            (entry.target.clone(), entry.senders.clone())
+        };
         let (reply, receiver) = oneshot::channel();
         let sent = match target {
             SocketTarget::Local { thread } => senders.get(thread)?.send(Event::Socket {
@@ -543,10 +555,24 @@ fn registry(state: &OpState) -> Arc<SocketRegistry> {
 #[op2(fast)]
 #[smi]
 pub fn op_dorun_ws_accept_local(state: &mut OpState) -> Result<u32, JsErrorBox> {
-    let thread = state.borrow::<IsolateContext>().thread_index;
-    registry(state)
-        .create(SocketTarget::Local { thread }, Vec::new())
+    let context = state.borrow::<IsolateContext>();
+    let thread = context.thread_index;
+    context
+        .sockets
+        .create(
+            SocketTarget::Local { thread },
+            Vec::new(),
+            context.senders.clone(),
+        )
         .map_err(JsErrorBox::generic)
+}
+
+fn object_key(state: &OpState, namespace: u32, object_id: String) -> ObjectKey {
+    ObjectKey {
+        worker: state.borrow::<IsolateContext>().worker_name.clone(),
+        namespace,
+        object_id,
+    }
 }
 
 /// `ctx.acceptWebSocket(ws, tags)`: the socket's events go to the object.
@@ -560,14 +586,12 @@ pub fn op_dorun_ws_accept_object(
     #[serde] tags: Vec<String>,
 ) -> Result<u32, JsErrorBox> {
     let target = SocketTarget::Object {
-        key: ObjectKey {
-            namespace,
-            object_id,
-        },
+        key: object_key(state, namespace, object_id),
         name: (!name.is_empty()).then_some(name),
     };
+    let senders = state.borrow::<IsolateContext>().senders.clone();
     registry(state)
-        .create(target, tags)
+        .create(target, tags, senders)
         .map_err(JsErrorBox::generic)
 }
 
@@ -614,10 +638,7 @@ pub fn op_dorun_ws_object_sockets(
     #[string] object_id: String,
     #[string] tag: Option<String>,
 ) -> Vec<u32> {
-    let key = ObjectKey {
-        namespace,
-        object_id,
-    };
+    let key = object_key(state, namespace, object_id);
     registry(state).object_sockets(&key, tag.as_deref())
 }
 
@@ -652,10 +673,7 @@ pub fn op_dorun_ws_set_auto_response(
     #[string] request: Option<String>,
     #[string] response: Option<String>,
 ) {
-    let key = ObjectKey {
-        namespace,
-        object_id,
-    };
+    let key = object_key(state, namespace, object_id);
     registry(state).set_auto_response(&key, request.zip(response));
 }
 
@@ -666,10 +684,7 @@ pub fn op_dorun_ws_auto_response(
     #[smi] namespace: u32,
     #[string] object_id: String,
 ) -> Option<(String, String)> {
-    let key = ObjectKey {
-        namespace,
-        object_id,
-    };
+    let key = object_key(state, namespace, object_id);
     registry(state).get_auto_response(&key)
 }
 
@@ -686,10 +701,7 @@ pub fn op_dorun_ws_set_event_timeout(
     #[string] object_id: String,
     ms: f64,
 ) {
-    let key = ObjectKey {
-        namespace,
-        object_id,
-    };
+    let key = object_key(state, namespace, object_id);
     registry(state).set_event_timeout(&key, (ms > 0.0).then_some(ms));
 }
 
@@ -699,10 +711,7 @@ pub fn op_dorun_ws_event_timeout(
     #[smi] namespace: u32,
     #[string] object_id: String,
 ) -> Option<f64> {
-    let key = ObjectKey {
-        namespace,
-        object_id,
-    };
+    let key = object_key(state, namespace, object_id);
     registry(state).event_timeout(&key)
 }
 
@@ -782,9 +791,16 @@ pub async fn op_dorun_ws_connect(
         .unwrap_or_default()
         .to_string();
     let mut state = state.borrow_mut();
-    let thread = state.borrow::<IsolateContext>().thread_index;
-    let id = registry(&state)
-        .create(SocketTarget::Local { thread }, Vec::new())
+    let context = state.borrow::<IsolateContext>();
+    let id = context
+        .sockets
+        .create(
+            SocketTarget::Local {
+                thread: context.thread_index,
+            },
+            Vec::new(),
+            context.senders.clone(),
+        )
         .map_err(JsErrorBox::generic)?;
     state.borrow_mut::<ParkedSockets>().0.insert(id, stream);
     Ok((id, protocol))

@@ -336,9 +336,12 @@ fn start_pools(
 ) -> Result<Vec<Arc<WorkerPool>>, String> {
     let (objects, links) = object_configs(configs, args, data_dir)?;
     let mut pools: Vec<Arc<WorkerPool>> = Vec::with_capacity(configs.len());
+    // One registry: a socket accepted by one worker's class reaches its client through the
+    // first worker's front door.
+    let sockets = Arc::new(dorun_runtime::sockets::SocketRegistry::default());
     for (config, objects) in configs.iter().zip(objects) {
         let spec = worker_spec(config, args, objects);
-        match WorkerPool::start(spec, threads) {
+        match WorkerPool::start_with_sockets(spec, threads, sockets.clone()) {
             Ok(pool) => pools.push(Arc::new(pool)),
             Err(error) => {
                 for pool in &pools {
@@ -459,16 +462,12 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         };
         server::run(listener, pool.clone(), shutdown, ServerOptions { drain_timeout }).await;
         // Open WebSockets get a Close frame (1001) instead of a dropped connection.
-        let open: usize = pools
-            .iter()
-            .map(|pool| pool.sockets().close_all(1001, "dorun is shutting down"))
-            .sum();
+        let sockets = pool.sockets();
+        let open = sockets.close_all(1001, "dorun is shutting down");
         if open > 0 {
             tracing::info!(sockets = open, "closing open WebSockets");
             let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-            while pools.iter().any(|pool| !pool.sockets().is_empty())
-                && tokio::time::Instant::now() < deadline
-            {
+            while !sockets.is_empty() && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
