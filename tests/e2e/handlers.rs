@@ -122,3 +122,21 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
         "in-flight request completed"
     );
 }
+
+#[tokio::test]
+async fn shutdown_finishes_wait_until_work_without_waiting_for_interval_timers() {
+    let mut server = Server::start(&fixture("timers").join("wrangler.toml"), &[]);
+    assert_eq!(server.get("/").await.text(), "ok");
+    let started = std::time::Instant::now();
+    assert!(server.terminate().success());
+    let took = started.elapsed();
+    assert!(
+        server.logs().contains("waitUntil finished"),
+        "{}",
+        server.logs()
+    );
+    assert!(
+        took < Duration::from_secs(4),
+        "shutdown took {took:?} with an interval timer running"
+    );
+}

@@ -36,6 +36,7 @@ deno_core::extension!(
         op_dorun_log,
         op_dorun_env,
         op_dorun_module_bytes,
+        op_dorun_done,
         objects::op_dorun_id_from_name,
         objects::op_dorun_new_unique_id,
         objects::op_dorun_id_from_string,
@@ -126,6 +127,9 @@ pub struct IsolateContext {
     pub sockets: Arc<crate::sockets::SocketRegistry>,
     /// Which isolate thread this is.
     pub thread_index: usize,
+    /// Set by the glue once it has finished after a shutdown: the isolate stops even if
+    /// user timers (setInterval) would keep its event loop alive.
+    pub done: Rc<std::cell::Cell<bool>>,
 }
 
 #[derive(ToV8)]
@@ -183,7 +187,7 @@ impl IncomingEvent {
 
     fn with_socket(
         mut self,
-        context: &IsolateContext,
+        context: &EventContext,
         socket: u32,
         message: crate::sockets::SocketMessage,
     ) -> Self {
@@ -250,13 +254,36 @@ impl IncomingEvent {
     }
 }
 
+/// The glue finished after a shutdown (waitUntil work settled, storage closed).
+#[op2(fast)]
+pub fn op_dorun_done(state: &mut OpState) {
+    state.borrow::<IsolateContext>().done.set(true);
+}
+
+/// The parts of the isolate's context an incoming event needs.
+struct EventContext {
+    in_flight: InFlight,
+    event_args: Rc<RefCell<HashMap<u32, Vec<u8>>>>,
+}
+
 /// Waits for the next event for this isolate; `None` when the pool is shutting down.
 #[op2]
 pub async fn op_dorun_next_event(state: Rc<RefCell<OpState>>) -> Option<IncomingEvent> {
-    let context = state.borrow().borrow::<IsolateContext>().clone();
-    let event = context.queue.lock().await.recv().await?;
-    let id = context.next_id.get().wrapping_add(1);
-    context.next_id.set(id);
+    let (queue, next_id, context) = {
+        let state = state.borrow();
+        let context = state.borrow::<IsolateContext>();
+        (
+            context.queue.clone(),
+            context.next_id.clone(),
+            EventContext {
+                in_flight: context.in_flight.clone(),
+                event_args: context.event_args.clone(),
+            },
+        )
+    };
+    let event = queue.lock().await.recv().await?;
+    let id = next_id.get().wrapping_add(1);
+    next_id.set(id);
     match event {
         Event::Http { request, reply } => {
             context.in_flight.borrow_mut().insert(id, reply);

@@ -256,6 +256,7 @@ fn isolate_thread(
                 alarms: shared.alarms.clone(),
                 sockets: shared.sockets.clone(),
                 thread_index: shared.thread_index,
+                done: Rc::default(),
             };
             let exit = run_isolate(&graph, context, &watch, &mut ready).await;
             let (status, message) = match exit {
@@ -294,6 +295,7 @@ async fn run_isolate(
     watch: &Arc<IsolateWatch>,
     ready: &mut Option<std::sync::mpsc::Sender<Result<(), String>>>,
 ) -> IsolateExit {
+    let done = context.done.clone();
     let heap_limit = graph.spec().heap_limit_bytes;
     let runtime = JsRuntime::try_new(RuntimeOptions {
         module_loader: Some(Rc::new(WorkerModuleLoader::new(graph.clone()))),
@@ -363,7 +365,7 @@ async fn run_isolate(
             watch.leave();
             // A terminated isolate may keep reporting Pending (deno_core treats a terminated
             // timer callback as "nothing ran"), so termination is checked on every poll.
-            if watch.termination().is_some() {
+            if watch.termination().is_some() || done.get() {
                 return std::task::Poll::Ready(Ok(()));
             }
             poll

@@ -13,7 +13,11 @@ import {
 } from "ext:dorun/03_websockets.js";
 
 const {
+  ArrayPrototypePush,
   Error,
+  Promise,
+  PromiseAllSettled,
+  PromiseRace,
   JSONParse,
   ObjectPrototypeIsPrototypeOf,
   PromisePrototypeThen,
@@ -32,6 +36,7 @@ const {
   op_dorun_respond_stream,
   op_dorun_env,
   op_dorun_module_bytes,
+  op_dorun_done,
 } = core.ops;
 
 const streams = core.loadExtScript("ext:deno_web/06_streams.js");
@@ -246,9 +251,24 @@ async function serve(worker) {
     }
   }
   clearInterval(eviction);
+  // Let waitUntil work and pending commits finish (bounded: the pool waits 5 s at most),
+  // close every object's storage, then stop even if user timers are still scheduled.
+  const settled = [...pendingWaitUntil];
   for (const object of objects.live.values()) {
-    PromisePrototypeThen(object.storage.outputGate(), () => object.storage.close(), () => {});
+    ArrayPrototypePush(
+      settled,
+      PromisePrototypeThen(object.storage.outputGate(), () => object.storage.close(), () => {}),
+    );
   }
+  let timer;
+  await PromiseRace([
+    PromiseAllSettled(settled),
+    new Promise((resolve) => {
+      timer = setTimeout(resolve, 4000);
+    }),
+  ]);
+  clearTimeout(timer);
+  op_dorun_done();
 }
 
 globalThis[SymbolFor("dorun.start")] = (worker) => {
