@@ -422,6 +422,7 @@ fn runtime_config_json(spec: &WorkerSpec) -> String {
         })
         .collect();
     serde_json::json!({
+        "workerName": spec.name,
         "vars": spec.vars,
         "namespaces": namespaces,
         "idleTimeoutMs": spec.object_idle_timeout.as_millis() as u64,

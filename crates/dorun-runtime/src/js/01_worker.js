@@ -123,6 +123,7 @@ const objects = createObjectSystem({
   deleteAllDeletesAlarm: config.deleteAllDeletesAlarm,
   blockConcurrencyTimeoutMs: config.blockConcurrencyTimeoutMs,
   RpcTarget,
+  workerName: config.workerName,
 });
 for (let index = 0; index < config.namespaces.length; index++) {
   // A class only other workers bind to has a namespace without a binding of its own.

@@ -173,6 +173,7 @@ export function createObjectSystem({
   deleteAllDeletesAlarm,
   blockConcurrencyTimeoutMs,
   RpcTarget,
+  workerName,
 }) {
   // --- ids ----------------------------------------------------------------------------------
   let idParts;
@@ -322,6 +323,18 @@ export function createObjectSystem({
   const OBJECT_STUB_KEY = "__dorunObjectStub";
   const STREAM_KEY = "__dorunStream";
   const threadIndex = op_dorun_thread_index();
+  /**
+   * Thread indexes and namespace indexes mean something only inside one worker; a stub
+   * that reaches another worker (script_name) is refused with a clear error.
+   */
+  function checkSameWorker(identity) {
+    const from = identity[3];
+    if (from !== workerName) {
+      throw new TypeError(
+        `dorun cannot pass functions, RpcTargets or Durable Object stubs between different workers yet (from worker '${from}' to '${workerName}').`,
+      );
+    }
+  }
   /** id -> { value, refs, object } */
   const exportsById = new SafeMap();
   const exportIds = new SafeWeakMap();
@@ -361,7 +374,7 @@ export function createObjectSystem({
       WeakMapPrototypeSet(exportIds, value, id);
     }
     MapPrototypeGet(exportsById, id).refs++;
-    return { [STUB_KEY]: [threadIndex, id, kind] };
+    return { [STUB_KEY]: [threadIndex, id, kind, workerName] };
   }
 
   function isPlainObject(value) {
@@ -449,11 +462,15 @@ export function createObjectSystem({
     }
     if (isPlainObject(value)) {
       const keys = ObjectKeys(value);
-      if (keys.length === 1 && keys[0] === STUB_KEY) return remoteStub(value[STUB_KEY]);
+      if (keys.length === 1 && keys[0] === STUB_KEY) {
+        checkSameWorker(value[STUB_KEY]);
+        return remoteStub(value[STUB_KEY]);
+      }
       if (keys.length === 1 && keys[0] === STREAM_KEY) {
         return streams.readableStreamForRid(op_dorun_stream_import(value[STREAM_KEY]));
       }
       if (keys.length === 1 && keys[0] === OBJECT_STUB_KEY) {
+        checkSameWorker(value[OBJECT_STUB_KEY]);
         const [namespace, hex, name] = value[OBJECT_STUB_KEY];
         return makeStub(new DurableObjectId(namespace, hex, name ?? undefined));
       }
@@ -552,7 +569,7 @@ export function createObjectSystem({
         return rpcProperty(namespace, hex, name, property);
       },
     });
-    WeakMapPrototypeSet(objectStubIdentity, stub, [namespace, hex, name ?? null]);
+    WeakMapPrototypeSet(objectStubIdentity, stub, [namespace, hex, name ?? null, workerName]);
     return stub;
   }
 
