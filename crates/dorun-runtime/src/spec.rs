@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::objects::ObjectConfig;
+use crate::namespaces::ObjectConfig;
 
 /// How a file matched by a module rule is exposed to `import`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

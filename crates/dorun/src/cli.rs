@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use dorun_runtime::objects::{ForeignNamespace, ObjectConfig, ObjectNamespace};
+use dorun_runtime::namespaces::{ForeignNamespace, ObjectConfig, ObjectNamespace};
 use dorun_runtime::{WorkerPool, WorkerSpec};
 use dorun_storage::Durability;
 
@@ -299,7 +299,7 @@ fn object_configs(
             let foreign = Arc::new(ForeignNamespace {
                 worker: script.clone(),
                 index: index as u32,
-                senders: Default::default(),
+                mailboxes: Default::default(),
             });
             foreign_links.push((foreign.clone(), owner));
             namespaces[w].push(ObjectNamespace {
@@ -341,7 +341,7 @@ fn start_pools(
     let sockets = Arc::new(dorun_runtime::sockets::SocketRegistry::default());
     for (config, objects) in configs.iter().zip(objects) {
         let spec = worker_spec(config, args, objects);
-        match WorkerPool::start_with_sockets(spec, threads, sockets.clone()) {
+        match WorkerPool::start(spec, threads, sockets.clone()) {
             Ok(pool) => pools.push(Arc::new(pool)),
             Err(error) => {
                 for pool in &pools {
@@ -356,7 +356,7 @@ fn start_pools(
         }
     }
     for (foreign, owner) in links {
-        let _ = foreign.senders.set(pools[owner].senders());
+        let _ = foreign.mailboxes.set(pools[owner].mailboxes());
     }
     Ok(pools)
 }

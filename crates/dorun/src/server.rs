@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use dorun_runtime::body::BoxError;
 use dorun_runtime::sockets::WebSocketToken;
-use dorun_runtime::{ResponseBody, WorkerPool};
+use dorun_runtime::{Failure, ResponseBody, WorkerPool};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -97,7 +97,7 @@ async fn handle(
     let mut response = match prepare(request, peer, local) {
         Ok(request) => match pool.dispatch(request).await {
             Ok(response) => response,
-            Err(error) => plain(503, &format!("{error}")),
+            Err(error) => error.failure().response(),
         },
         Err(message) => plain(400, &message),
     };
@@ -112,11 +112,11 @@ async fn handle(
                     worker = %pool.spec().name,
                     "the Worker answered a request without `Upgrade: websocket` with a WebSocket"
                 );
-                plain(500, "Internal Server Error")
+                Failure::Exception.response()
             }
         };
     } else if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-        response = plain(500, "Internal Server Error");
+        response = Failure::Exception.response();
     }
     tracing::info!(
         target: "dorun::request",
@@ -159,6 +159,7 @@ fn prepare(
     Ok(http::Request::from_parts(parts, body))
 }
 
+/// A client error of the front door itself (a malformed request).
 fn plain(status: u16, message: &str) -> http::Response<ResponseBody> {
     let mut response = http::Response::new(ResponseBody::full(message.to_string()));
     *response.status_mut() = http::StatusCode::from_u16(status).expect("valid status");
