@@ -4,6 +4,7 @@
 mod harness;
 
 mod alarms;
+mod api_gaps;
 mod config;
 mod errors;
 mod examples;

@@ -5,7 +5,7 @@
 import { core, internals, primordials } from "ext:core/mod.js";
 import { console, pendingOutputGate } from "ext:dorun/00_runtime.js";
 
-const { ObjectDefineProperty, ObjectDefineProperties, Symbol } = primordials;
+const { MathCeil, ObjectDefineProperty, ObjectDefineProperties, Symbol } = primordials;
 
 // deno_fetch reports spans to Deno's OpenTelemetry layer, which dorun does not ship:
 // tracing stays off, so these are never called with a span.
@@ -92,6 +92,19 @@ function fetch(input, init = undefined) {
   if (gate !== null) return gate.then(send);
   return send();
 }
+
+// workerd's ReadableStreamBYOBReader.readAtLeast(minBytes, view): a BYOB read that resolves
+// once at least `minBytes` bytes are in `view` (or the stream ended), i.e. the standard
+// read(view, { min }) with min counted in bytes.
+ObjectDefineProperty(streams.ReadableStreamBYOBReader.prototype, "readAtLeast", {
+  value: function readAtLeast(minBytes, view) {
+    const elementSize = view?.BYTES_PER_ELEMENT ?? 1;
+    return this.read(view, { min: MathCeil(minBytes / elementSize) });
+  },
+  writable: true,
+  enumerable: false,
+  configurable: true,
+});
 
 const navigator = {};
 ObjectDefineProperty(navigator, "userAgent", {

@@ -110,6 +110,11 @@ class WebSocket extends EventTarget {
   static OPEN = OPEN;
   static CLOSING = CLOSING;
   static CLOSED = CLOSED;
+  // workerd's names for the same constants (partyserver compares readyState to these).
+  static READY_STATE_CONNECTING = CONNECTING;
+  static READY_STATE_OPEN = OPEN;
+  static READY_STATE_CLOSING = CLOSING;
+  static READY_STATE_CLOSED = CLOSED;
 
   /** The other end of the pair, while both ends live in this isolate. */
   #peer = null;
@@ -468,6 +473,16 @@ class WebSocket extends EventTarget {
     const bytes = this.#id !== 0 ? op_dorun_ws_attachment(this.#id) : this.#attachment;
     if (bytes === null || bytes === undefined) return null;
     return core.deserialize(bytes, { forStorage: true });
+  }
+}
+
+// As on the DOM and in workerd, the state constants are on instances too.
+for (const name of ["CONNECTING", "OPEN", "CLOSING", "CLOSED"]) {
+  for (const key of [name, `READY_STATE_${name}`]) {
+    ObjectDefineProperty(WebSocket.prototype, key, {
+      value: WebSocket[name],
+      enumerable: true,
+    });
   }
 }
 

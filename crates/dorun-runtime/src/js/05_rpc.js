@@ -53,7 +53,12 @@ const {
 } = core.ops;
 
 const streams = core.loadExtScript("ext:deno_web/06_streams.js");
-const { toInnerRequest } = core.loadExtScript("ext:deno_fetch/23_request.js");
+const { Request, RequestPrototype, toInnerRequest } = core.loadExtScript(
+  "ext:deno_fetch/23_request.js",
+);
+const { Response, ResponsePrototype } = core.loadExtScript("ext:deno_fetch/23_response.js");
+const { Headers } = core.loadExtScript("ext:deno_fetch/20_headers.js");
+const HeadersPrototype = Headers.prototype;
 const SymbolDispose = globalThis.Symbol.dispose ?? SymbolFor("Symbol.dispose");
 const workerName = config.workerName;
 
@@ -226,6 +231,76 @@ function pipelined(read, call = null) {
 const STUB_KEY = "__dorunRpcStub";
 const OBJECT_STUB_KEY = "__dorunObjectStub";
 const STREAM_KEY = "__dorunStream";
+const FETCH_KEY = "__dorunFetchObject";
+
+/** A body crossing RPC: a stream token, or null. */
+function marshalBody(body) {
+  if (body === null) return null;
+  if (streams.isReadableStreamLocked(body) || streams.isReadableStreamDisturbed(body)) {
+    throw new TypeError("A Request or Response whose body was already used cannot be sent over RPC.");
+  }
+  return op_dorun_stream_export(streams.resourceForReadableStream(body));
+}
+
+function unmarshalBody(token) {
+  return token === null ? null : streams.readableStreamForRid(op_dorun_stream_import(token));
+}
+
+/**
+ * Request, Response and Headers cross RPC as workerd sends them: their head by value, their
+ * body as a stream read as it is produced. null if `value` is none of them.
+ */
+function marshalFetchObject(value) {
+  if (ObjectPrototypeIsPrototypeOf(HeadersPrototype, value)) {
+    return { [FETCH_KEY]: { type: "headers", headers: [...value] } };
+  }
+  if (ObjectPrototypeIsPrototypeOf(RequestPrototype, value)) {
+    return {
+      [FETCH_KEY]: {
+        type: "request",
+        url: value.url,
+        method: value.method,
+        headers: [...value.headers],
+        redirect: value.redirect,
+        body: marshalBody(value.body),
+      },
+    };
+  }
+  if (ObjectPrototypeIsPrototypeOf(ResponsePrototype, value)) {
+    if (value.status === 101) {
+      throw new TypeError("A WebSocket Response cannot be sent over RPC; use stub.fetch().");
+    }
+    return {
+      [FETCH_KEY]: {
+        type: "response",
+        status: value.status,
+        statusText: value.statusText,
+        headers: [...value.headers],
+        body: marshalBody(value.body),
+      },
+    };
+  }
+  return null;
+}
+
+function unmarshalFetchObject(plain) {
+  if (plain.type === "headers") return new Headers(plain.headers);
+  if (plain.type === "request") {
+    const body = unmarshalBody(plain.body);
+    return new Request(plain.url, {
+      method: plain.method,
+      headers: plain.headers,
+      redirect: plain.redirect,
+      body,
+      ...(body === null ? {} : { duplex: "half" }),
+    });
+  }
+  return new Response(unmarshalBody(plain.body), {
+    status: plain.status,
+    statusText: plain.statusText,
+    headers: plain.headers,
+  });
+}
 const threadIndex = op_dorun_thread_index();
 /**
  * Thread indexes and namespace indexes mean something only inside one worker; a stub
@@ -308,6 +383,8 @@ export function marshal(value, seen = null) {
     return { [STREAM_KEY]: op_dorun_stream_export(streams.resourceForReadableStream(value)) };
   }
   if (ObjectPrototypeIsPrototypeOf(RpcTarget.prototype, value)) return exportValue(value, "target");
+  const fetchObject = marshalFetchObject(value);
+  if (fetchObject !== null) return fetchObject;
   seen ??= new SafeMap();
   const done = MapPrototypeGet(seen, value);
   if (done !== undefined) return done;
@@ -369,6 +446,7 @@ export function unmarshal(value, seen = null) {
     if (keys.length === 1 && keys[0] === STREAM_KEY) {
       return streams.readableStreamForRid(op_dorun_stream_import(value[STREAM_KEY]));
     }
+    if (keys.length === 1 && keys[0] === FETCH_KEY) return unmarshalFetchObject(value[FETCH_KEY]);
     if (keys.length === 1 && keys[0] === OBJECT_STUB_KEY) {
       checkSameWorker(value[OBJECT_STUB_KEY]);
       const [namespace, hex, name] = value[OBJECT_STUB_KEY];
