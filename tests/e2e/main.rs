@@ -4,7 +4,9 @@
 mod harness;
 
 mod alarms;
+mod assets;
 mod config;
+mod entry;
 mod errors;
 mod examples;
 mod handlers;

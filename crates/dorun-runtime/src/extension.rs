@@ -84,6 +84,7 @@ deno_core::extension!(
         crate::sockets::op_dorun_ws_start,
         objects::op_dorun_sql_exec,
         objects::op_dorun_sql_database_size,
+        crate::assets_binding::op_dorun_assets_fetch,
     ],
     esm_entry_point = "ext:dorun/01_worker.js",
     esm = [
@@ -92,6 +93,7 @@ deno_core::extension!(
         "01_worker.js",
         "02_objects.js",
         "03_websockets.js",
+        "04_assets.js",
     ],
     options = {
         context: IsolateContext,

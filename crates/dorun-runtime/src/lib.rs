@@ -21,6 +21,7 @@
 //! - [`supervisor`]: a thread that terminates JS running past its CPU limit.
 
 pub mod alarms;
+pub mod assets_binding;
 pub mod body;
 pub mod extension;
 pub mod isolate;

@@ -11,6 +11,7 @@ import {
   WebSocketPair,
   WebSocketRequestResponsePair,
 } from "ext:dorun/03_websockets.js";
+import { createAssetsBinding } from "ext:dorun/04_assets.js";
 
 const {
   ArrayPrototypePush,
@@ -130,6 +131,7 @@ for (let index = 0; index < config.namespaces.length; index++) {
   const binding = config.namespaces[index].binding;
   if (binding !== "") env[binding] = new objects.DurableObjectNamespace(index);
 }
+if (config.assetsBinding) env[config.assetsBinding] = createAssetsBinding();
 globalThis.DurableObjectNamespace = objects.DurableObjectNamespace;
 globalThis.WebSocket = WebSocket;
 globalThis.WebSocketPair = WebSocketPair;
