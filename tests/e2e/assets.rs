@@ -382,3 +382,37 @@ async fn check_names_a_missing_assets_directory() {
     assert!(ok, "{stderr}");
     assert!(stdout.contains("ok:"), "{stdout}");
 }
+
+#[tokio::test]
+async fn run_worker_first_true_sends_everything_through_the_worker() {
+    let dir = scratch_dir("assets-worker-first");
+    std::fs::create_dir_all(dir.join("public")).unwrap();
+    std::fs::write(dir.join("public").join("about.html"), "about").unwrap();
+    std::fs::write(
+        dir.join("worker.js"),
+        r#"export default {
+  async fetch(request, env) {
+    const asset = await env.STATIC.fetch(request);
+    const response = new Response(asset.body, asset);
+    response.headers.set("x-through", "worker");
+    return response;
+  },
+};"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("wrangler.toml"),
+        "main = \"worker.js\"\ncompatibility_date = \"2025-06-01\"\n[assets]\ndirectory = \"public\"\nbinding = \"STATIC\"\nrun_worker_first = true\nhtml_handling = \"none\"\n",
+    )
+    .unwrap();
+    let server = Server::start(&dir.join("wrangler.toml"), &[]);
+    let exact = server.get("/about.html").await;
+    assert_eq!((exact.status, exact.text().as_str()), (200, "about"));
+    assert_eq!(header(&exact, "x-through"), "worker");
+    let pretty = server.get("/about").await;
+    assert_eq!(
+        pretty.status, 404,
+        "html_handling none serves exact paths only"
+    );
+    assert_eq!(header(&pretty, "x-through"), "worker");
+}
