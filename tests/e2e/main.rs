@@ -5,7 +5,9 @@ mod harness;
 
 mod alarms;
 mod api_gaps;
+mod assets;
 mod config;
+mod entry;
 mod errors;
 mod examples;
 mod handlers;

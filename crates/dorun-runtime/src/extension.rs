@@ -14,7 +14,7 @@ use crate::namespaces::ObjectConfig;
 use crate::router::Router;
 use crate::sockets::{ParkedSockets, SocketRegistry};
 use crate::storage::{OpenDatabases, MAX_OPEN_CONNECTIONS};
-use crate::{events, namespaces, rpc, sockets, storage};
+use crate::{assets_binding, events, namespaces, rpc, sockets, storage};
 
 /// What an isolate's ops share besides [`IsolateContext`]; each piece goes into the op
 /// state on its own.
@@ -97,8 +97,10 @@ deno_core::extension!(
         sockets::op_dorun_ws_event_timeout,
         sockets::op_dorun_ws_connect,
         sockets::op_dorun_ws_start,
+        // the assets binding (assets_binding.rs)
+        assets_binding::op_dorun_assets_fetch,
     ],
-    esm_entry_point = "ext:dorun/10_worker.js",
+    esm_entry_point = "ext:dorun/99_worker.js",
     esm = [
         dir "src/js",
         "00_runtime.js",
@@ -111,7 +113,8 @@ deno_core::extension!(
         "07_storage.js",
         "08_alarms.js",
         "09_objects.js",
-        "10_worker.js",
+        "10_assets.js",
+        "99_worker.js",
     ],
     options = {
         services: IsolateServices,
@@ -124,6 +127,9 @@ deno_core::extension!(
         state.put(services.objects);
         state.put(services.alarms);
         state.put(services.sockets);
+        if let Some(assets) = services.graph.spec().assets.clone() {
+            state.put(assets);
+        }
         state.put(services.graph);
         state.put(ParkedSockets::default());
     },

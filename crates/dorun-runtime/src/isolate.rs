@@ -247,6 +247,7 @@ fn runtime_config_json(spec: &WorkerSpec) -> String {
         "workerName": spec.name,
         "vars": spec.vars,
         "namespaces": namespaces,
+        "assetsBinding": spec.assets.as_ref().and_then(|a| a.config().binding.clone()),
         "idleTimeoutMs": spec.object_idle_timeout.as_millis() as u64,
         "alarmMaxRetries": spec.alarm_retry.max_retries,
         "blockConcurrencyTimeoutMs": spec.block_concurrency_timeout.as_millis() as u64,

@@ -10,13 +10,15 @@
 //! - One module per concern, each with its ops: [`events`] (the named protocol between the
 //!   thread and the JS glue), [`rpc`] (calls through stubs, streams), [`alarms`] (the
 //!   scheduler and the per-namespace index), [`storage`] (each object's SQLite file and the
-//!   connection cache), [`sockets`] (WebSockets held outside JS).
+//!   connection cache), [`sockets`] (WebSockets held outside JS), [`assets_binding`]
+//!   (`env.ASSETS`, answered by `dorun-assets`).
 //! - [`spec`], [`loader`] (+ `transpile`), [`supervisor`]: the Worker as the runtime sees it,
 //!   its modules, the CPU-limit watchdog.
 //! - [`extension`]: the deno_core extension (ops + the JS glue in `js/`).
 //! - [`isolate`]: one isolate thread; [`pool`]: [`WorkerPool`], the threads of one Worker.
 
 pub mod alarms;
+pub mod assets_binding;
 pub mod body;
 pub mod clock;
 pub mod context;

@@ -51,6 +51,8 @@ pub struct WorkerSpec {
     pub alarm_retry: crate::alarms::AlarmRetry,
     /// How long `blockConcurrencyWhile` may hold an object before it is reset (30 s).
     pub block_concurrency_timeout: Duration,
+    /// Static assets; `env.<binding>` when the `assets` config names a binding.
+    pub assets: Option<Arc<dorun_assets::Assets>>,
 }
 
 impl WorkerSpec {

@@ -721,6 +721,7 @@ function hibernationApi(object) {
 
 export {
   handleLocalSocketEvent,
+  WorkersResponse,
   hibernationApi,
   responseSocketToken,
   runHibernatableEvent,

@@ -12,7 +12,10 @@ import {
   runAs,
 } from "ext:dorun/00_runtime.js";
 import { DurableObjectId, idParts, setStubMaker } from "ext:dorun/02_ids.js";
-import { WebSocketInternals } from "ext:dorun/03_websockets.js";
+import {
+  WebSocketInternals,
+  WorkersResponse as Response,
+} from "ext:dorun/03_websockets.js";
 
 const {
   ArrayIsArray,
@@ -56,7 +59,7 @@ const streams = core.loadExtScript("ext:deno_web/06_streams.js");
 const { Request, RequestPrototype, toInnerRequest } = core.loadExtScript(
   "ext:deno_fetch/23_request.js",
 );
-const { Response, ResponsePrototype } = core.loadExtScript("ext:deno_fetch/23_response.js");
+const { ResponsePrototype } = core.loadExtScript("ext:deno_fetch/23_response.js");
 const { Headers } = core.loadExtScript("ext:deno_fetch/20_headers.js");
 const HeadersPrototype = Headers.prototype;
 const SymbolDispose = globalThis.Symbol.dispose ?? SymbolFor("Symbol.dispose");

@@ -25,6 +25,7 @@ import {
 import { makeRequest, respondFailure, sendResponse } from "ext:dorun/04_http.js";
 import { handleExportCall, releaseExport, retainExport } from "ext:dorun/05_rpc.js";
 import { evictIdle, handleObjectEvent, live } from "ext:dorun/09_objects.js";
+import { createAssetsBinding } from "ext:dorun/10_assets.js";
 
 const {
   ArrayPrototypePush,
@@ -66,6 +67,7 @@ for (let index = 0; index < config.namespaces.length; index++) {
   const binding = config.namespaces[index].binding;
   if (binding !== "") env[binding] = new DurableObjectNamespace(index);
 }
+if (config.assetsBinding) env[config.assetsBinding] = createAssetsBinding();
 globalThis.DurableObjectNamespace = DurableObjectNamespace;
 globalThis.WebSocket = WebSocket;
 globalThis.WebSocketPair = WebSocketPair;
