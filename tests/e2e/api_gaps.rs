@@ -5,11 +5,20 @@ use serde_json::json;
 use crate::harness::{fixture, scratch_dir, Server};
 
 fn start() -> Server {
+    start_with(&[])
+}
+
+fn start_with(args: &[&str]) -> Server {
     let data = scratch_dir("api-gaps");
-    Server::start(
-        &fixture("api-gaps").join("wrangler.toml"),
-        &["--data-dir", data.to_str().unwrap()],
-    )
+    let mut all = vec!["--data-dir", data.to_str().unwrap()];
+    all.extend_from_slice(args);
+    Server::start(&fixture("api-gaps").join("wrangler.toml"), &all)
+}
+
+async fn get_with(server: &Server, path: &str, headers: &[(&str, &str)]) -> crate::harness::Reply {
+    server
+        .request(http::Method::GET, path, headers, bytes::Bytes::new())
+        .await
 }
 
 #[tokio::test]
@@ -64,5 +73,75 @@ async fn byob_read_at_least_fills_the_minimum() {
     assert_eq!(
         reply.json(),
         json!({"first": [1, 2, 3, 4, 5, 6], "second": [7], "done": true})
+    );
+}
+
+#[tokio::test]
+async fn request_cf_is_filled_in_and_fields_can_be_set() {
+    let server = start();
+    let cf = get_with(&server, "/cf", &[("accept-encoding", "gzip, br")])
+        .await
+        .json();
+    assert_eq!(cf["country"], json!("US"), "{cf}");
+    assert!(cf["colo"].is_string() && cf["asn"].is_number(), "{cf}");
+    assert_eq!(cf["clientAcceptEncoding"], json!("gzip, br"));
+    let server = start_with(&["--cf", "country=DE", "--cf", "asn=3320", "--cf", "colo=FRA"]);
+    let cf = server.get("/cf").await.json();
+    assert_eq!(
+        (&cf["country"], &cf["asn"], &cf["colo"]),
+        (&json!("DE"), &json!(3320), &json!("FRA"))
+    );
+}
+
+#[tokio::test]
+async fn client_ip_comes_from_forwarding_headers_only_behind_a_trusted_proxy() {
+    let claims = [
+        ("cf-connecting-ip", "203.0.113.7"),
+        ("x-forwarded-for", "198.51.100.1"),
+    ];
+    let untrusted = start();
+    assert_eq!(
+        get_with(&untrusted, "/ip", &claims).await.text(),
+        "127.0.0.1"
+    );
+    let behind_proxy = start_with(&["--trust-proxy", "127.0.0.0/8"]);
+    assert_eq!(
+        get_with(&behind_proxy, "/ip", &claims).await.text(),
+        "203.0.113.7"
+    );
+    let forwarded = [("x-forwarded-for", "198.51.100.1, 127.0.0.5")];
+    assert_eq!(
+        get_with(&behind_proxy, "/ip", &forwarded).await.text(),
+        "198.51.100.1"
+    );
+    assert_eq!(behind_proxy.get("/ip").await.text(), "127.0.0.1");
+}
+
+#[tokio::test]
+async fn an_uncaught_exception_shows_a_page_to_browsers_unless_turned_off() {
+    let server = start();
+    let browser = [("accept", "text/html,application/xhtml+xml")];
+    let page = get_with(&server, "/throw", &browser).await;
+    assert_eq!(page.status, 500);
+    assert_eq!(page.headers["content-type"], "text/html;charset=UTF-8");
+    let html = page.text();
+    assert!(
+        html.contains("TypeError: page &#60;on&#62; purpose"),
+        "{html}"
+    );
+    assert!(
+        html.contains("api-gaps/index.js:"),
+        "the stack names the file: {html}"
+    );
+    let api = server.get("/throw").await;
+    assert_eq!(
+        (api.status, api.text().as_str()),
+        (500, "Internal Server Error")
+    );
+    let production = start_with(&["--no-error-page"]);
+    let plain = get_with(&production, "/throw", &browser).await;
+    assert_eq!(
+        (plain.status, plain.text().as_str()),
+        (500, "Internal Server Error")
     );
 }

@@ -248,6 +248,8 @@ fn runtime_config_json(spec: &WorkerSpec) -> String {
         "vars": spec.vars,
         "namespaces": namespaces,
         "assetsBinding": spec.assets.as_ref().and_then(|a| a.config().binding.clone()),
+        "cf": spec.cf,
+        "errorPages": spec.error_pages,
         "idleTimeoutMs": spec.object_idle_timeout.as_millis() as u64,
         "alarmMaxRetries": spec.alarm_retry.max_retries,
         "blockConcurrencyTimeoutMs": spec.block_concurrency_timeout.as_millis() as u64,

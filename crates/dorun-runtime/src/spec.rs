@@ -51,6 +51,10 @@ pub struct WorkerSpec {
     pub alarm_retry: crate::alarms::AlarmRetry,
     /// How long `blockConcurrencyWhile` may hold an object before it is reset (30 s).
     pub block_concurrency_timeout: Duration,
+    /// The `request.cf` object of requests from the front door.
+    pub cf: serde_json::Map<String, serde_json::Value>,
+    /// An HTML request whose handler threw gets a page with the error (local development).
+    pub error_pages: bool,
     /// Static assets; `env.<binding>` when the `assets` config names a binding.
     pub assets: Option<Arc<dorun_assets::Assets>>,
 }

@@ -7,6 +7,36 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
+/// The `[build]` section is malformed, or its command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("{}: key '{key}{problem}", path.display())]
+    Key {
+        path: PathBuf,
+        key: String,
+        problem: String,
+    },
+    #[error("{}: cannot run the [build] command `{command}`: {source}", config.display())]
+    Spawn {
+        config: PathBuf,
+        command: String,
+        source: std::io::Error,
+    },
+    #[error("{}: the [build] command `{command}` failed with {how}; fix the build or remove [build]", config.display())]
+    Failed {
+        config: PathBuf,
+        command: String,
+        how: String,
+    },
+}
+
 /// A `[build]` command to run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BuildCommand {
@@ -16,18 +46,26 @@ pub struct BuildCommand {
 
 /// The build command of a config file (the `[env.<name>.build]` section if there is one,
 /// as wrangler inherits it), or `None`.
-pub fn read(path: &Path, env: Option<&str>) -> Result<Option<BuildCommand>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    let root = crate::config::parse_document(path, &text)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+pub fn read(path: &Path, env: Option<&str>) -> Result<Option<BuildCommand>, BuildError> {
+    let text = std::fs::read_to_string(path).map_err(|source| BuildError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let root = crate::config::parse_document(path, &text).map_err(|message| BuildError::Parse {
+        path: path.to_path_buf(),
+        message,
+    })?;
     let env_build = env.and_then(|name| root.get("env")?.get(name)?.get("build"));
     let (key, section) = match (env_build, root.get("build")) {
         (Some(section), _) => (format!("env.{}.build", env.unwrap_or_default()), section),
         (None, Some(section)) => ("build".to_string(), section),
         (None, None) => return Ok(None),
     };
-    let fail = |message: String| format!("{}: key '{key}{message}", path.display());
+    let fail = |problem: String| BuildError::Key {
+        path: path.to_path_buf(),
+        key: key.clone(),
+        problem,
+    };
     let Some(section) = section.as_object() else {
         return Err(fail("' must be a table / object".into()));
     };
@@ -67,7 +105,7 @@ pub fn read(path: &Path, env: Option<&str>) -> Result<Option<BuildCommand>, Stri
 }
 
 /// Runs the command with `sh -c` (its stdout and stderr both on dorun's stderr) and waits.
-pub fn run(build: &BuildCommand, config: &Path) -> Result<(), String> {
+pub fn run(build: &BuildCommand, config: &Path) -> Result<(), BuildError> {
     eprintln!(
         "dorun: running custom build: {} (in {})",
         build.command,
@@ -81,12 +119,10 @@ pub fn run(build: &BuildCommand, config: &Path) -> Result<(), String> {
         .stdout(std::io::stderr())
         .stderr(std::io::stderr())
         .status()
-        .map_err(|e| {
-            format!(
-                "{}: cannot run the [build] command `{}`: {e}",
-                config.display(),
-                build.command
-            )
+        .map_err(|source| BuildError::Spawn {
+            config: config.to_path_buf(),
+            command: build.command.clone(),
+            source,
         })?;
     if status.success() {
         Ok(())
@@ -95,10 +131,10 @@ pub fn run(build: &BuildCommand, config: &Path) -> Result<(), String> {
             Some(code) => format!("exit status {code}"),
             None => "a signal".to_string(),
         };
-        Err(format!(
-            "{}: the [build] command `{}` failed with {how}; fix the build or remove [build]",
-            config.display(),
-            build.command
-        ))
+        Err(BuildError::Failed {
+            config: config.to_path_buf(),
+            command: build.command.clone(),
+            how,
+        })
     }
 }

@@ -4,7 +4,12 @@
 //! - [`config`]: wrangler.toml / wrangler.json / wrangler.jsonc, read as wrangler reads them.
 //! - [`migrations`]: Durable Object migrations applied to the data directory at startup.
 //! - [`build`]: wrangler's `[build]` command, run before the Worker loads.
-//! - [`cli`]: the `dorun` command line (`serve`, `check`), turning config into a running server.
+//! - [`workers`]: the worker assembly: configs -> worker specs -> running pools (with
+//!   migrations, `script_name` links and static assets), shared by `serve`, `check` and
+//!   in-process use.
+//! - [`client_ip`]: `CF-Connecting-IP` from the TCP peer or, behind `--trust-proxy`, the
+//!   forwarding headers.
+//! - [`cli`]: the `dorun` command line (`serve`, `check`): arguments, logging, signals.
 //! - [`server`]: the HTTP front door (hyper): accepts connections, gives each request its
 //!   absolute URL and `CF-Connecting-IP`, hands it to the Worker pool, logs one line per
 //!   request, and drains in-flight requests on shutdown.
@@ -15,7 +20,9 @@
 
 pub mod build;
 pub mod cli;
+pub mod client_ip;
 pub mod config;
 pub mod migrations;
 pub mod server;
 pub mod websocket;
+pub mod workers;

@@ -35,14 +35,68 @@ pub struct ClassState {
 /// The classes of one worker after its migrations, by class name.
 pub type Classes = BTreeMap<String, ClassState>;
 
+/// Why migrations could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    #[error("{}: unreadable migration record: {source}", path.display())]
+    UnreadableRecord {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: cannot record migrations: {source}", path.display())]
+    Record {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot remove {}: {source}", path.display())]
+    Remove {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: migrations conflict with the data directory {}: it recorded tags [{}] but the config lists [{}]; migrations can only be appended", config.display(), data_dir.display(), recorded.join(", "), listed.join(", "))]
+    Conflict {
+        config: PathBuf,
+        data_dir: PathBuf,
+        recorded: Vec<String>,
+        listed: Vec<String>,
+    },
+    #[error("migration {tag}: transferred_classes names worker '{worker}', which dorun has no record of")]
+    UnknownWorker { tag: String, worker: String },
+    #[error("migration {tag}: worker '{worker}' has no class '{class}' to transfer")]
+    NothingToTransfer {
+        tag: String,
+        worker: String,
+        class: String,
+    },
+    #[error("migration {tag}: class '{class}' already exists")]
+    ClassExists { tag: String, class: String },
+    #[error("migration {tag}: {list} names unknown class '{class}'")]
+    UnknownClass {
+        tag: String,
+        list: &'static str,
+        class: String,
+    },
+    #[error("migration {tag}: cannot rename to existing class '{class}'")]
+    RenameOntoExisting { tag: String, class: String },
+}
+
 /// Applies `config`'s migrations to the data directory and returns the worker's classes.
-pub fn apply(data_dir: &Path, config: &WorkerConfig) -> Result<Classes, String> {
+pub fn apply(data_dir: &Path, config: &WorkerConfig) -> Result<Classes, MigrationError> {
     let path = data_dir.join(STATE_FILE);
     let mut state: State = match std::fs::read_to_string(&path) {
-        Ok(text) => serde_json::from_str(&text)
-            .map_err(|e| format!("{}: unreadable migration record: {e}", path.display()))?,
+        Ok(text) => {
+            serde_json::from_str(&text).map_err(|source| MigrationError::UnreadableRecord {
+                path: path.clone(),
+                source,
+            })?
+        }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => State::default(),
-        Err(error) => return Err(format!("{}: {error}", path.display())),
+        Err(source) => return Err(MigrationError::Io { path, source }),
     };
     let mut removed_dirs: Vec<PathBuf> = Vec::new();
     let changed = apply_to_state(&mut state, config, data_dir, &mut removed_dirs)?;
@@ -51,11 +105,14 @@ pub fn apply(data_dir: &Path, config: &WorkerConfig) -> Result<Classes, String> 
         let temporary = data_dir.join(format!("{STATE_FILE}.tmp"));
         std::fs::write(&temporary, text)
             .and_then(|()| std::fs::rename(&temporary, &path))
-            .map_err(|e| format!("{}: cannot record migrations: {e}", path.display()))?;
+            .map_err(|source| MigrationError::Record {
+                path: path.clone(),
+                source,
+            })?;
         for dir in removed_dirs {
             if dir.exists() {
                 std::fs::remove_dir_all(&dir)
-                    .map_err(|e| format!("cannot remove {}: {e}", dir.display()))?;
+                    .map_err(|source| MigrationError::Remove { path: dir, source })?;
             }
         }
     }
@@ -71,7 +128,7 @@ fn apply_to_state(
     config: &WorkerConfig,
     data_dir: &Path,
     removed_dirs: &mut Vec<PathBuf>,
-) -> Result<bool, String> {
+) -> Result<bool, MigrationError> {
     let worker = config.name.clone();
     let recorded = state
         .workers
@@ -81,13 +138,12 @@ fn apply_to_state(
     let tags: Vec<&str> = config.migrations.iter().map(|m| m.tag.as_str()).collect();
     for (index, tag) in recorded.iter().enumerate() {
         if tags.get(index) != Some(&tag.as_str()) {
-            return Err(format!(
-                "{}: migrations conflict with the data directory {}: it recorded tags [{}] but the config lists [{}]; migrations can only be appended",
-                config.path.display(),
-                data_dir.display(),
-                recorded.join(", "),
-                tags.join(", ")
-            ));
+            return Err(MigrationError::Conflict {
+                config: config.path.clone(),
+                data_dir: data_dir.to_path_buf(),
+                recorded: recorded.clone(),
+                listed: tags.iter().map(|t| t.to_string()).collect(),
+            });
         }
     }
     let pending: Vec<&Migration> = config.migrations.iter().skip(recorded.len()).collect();
@@ -99,17 +155,20 @@ fn apply_to_state(
         let mut incoming: Vec<(String, ClassState)> = Vec::new();
         for (from, from_script, to) in &migration.transferred_classes {
             let source = state.workers.get_mut(from_script).ok_or_else(|| {
-                format!(
-                    "migration {}: transferred_classes names worker '{from_script}', which dorun has no record of",
-                    migration.tag
-                )
+                MigrationError::UnknownWorker {
+                    tag: migration.tag.clone(),
+                    worker: from_script.clone(),
+                }
             })?;
-            let class = source.classes.remove(from).ok_or_else(|| {
-                format!(
-                    "migration {}: worker '{from_script}' has no class '{from}' to transfer",
-                    migration.tag
-                )
-            })?;
+            let class =
+                source
+                    .classes
+                    .remove(from)
+                    .ok_or_else(|| MigrationError::NothingToTransfer {
+                        tag: migration.tag.clone(),
+                        worker: from_script.clone(),
+                        class: from.clone(),
+                    })?;
             incoming.push((to.clone(), class));
         }
         let entry = state.workers.entry(worker.clone()).or_default();
@@ -120,7 +179,10 @@ fn apply_to_state(
         ] {
             for class in class_list {
                 if entry.classes.contains_key(class) {
-                    return Err(format!("migration {tag}: class '{class}' already exists"));
+                    return Err(MigrationError::ClassExists {
+                        tag: tag.clone(),
+                        class: class.clone(),
+                    });
                 }
                 entry.classes.insert(
                     class.clone(),
@@ -132,20 +194,32 @@ fn apply_to_state(
             }
         }
         for (from, to) in &migration.renamed_classes {
-            let class = entry.classes.remove(from).ok_or_else(|| {
-                format!("migration {tag}: renamed_classes names unknown class '{from}'")
-            })?;
+            let class = entry
+                .classes
+                .remove(from)
+                .ok_or_else(|| MigrationError::UnknownClass {
+                    tag: tag.clone(),
+                    list: "renamed_classes",
+                    class: from.clone(),
+                })?;
             if entry.classes.contains_key(to) {
-                return Err(format!(
-                    "migration {tag}: cannot rename to existing class '{to}'"
-                ));
+                return Err(MigrationError::RenameOntoExisting {
+                    tag: tag.clone(),
+                    class: to.clone(),
+                });
             }
             entry.classes.insert(to.clone(), class);
         }
         for class in &migration.deleted_classes {
-            let removed = entry.classes.remove(class).ok_or_else(|| {
-                format!("migration {tag}: deleted_classes names unknown class '{class}'")
-            })?;
+            let removed =
+                entry
+                    .classes
+                    .remove(class)
+                    .ok_or_else(|| MigrationError::UnknownClass {
+                        tag: tag.clone(),
+                        list: "deleted_classes",
+                        class: class.clone(),
+                    })?;
             removed_dirs.push(data_dir.join(&removed.unique_key));
         }
         for (to, class) in incoming {
@@ -256,7 +330,11 @@ mod tests {
             ..Default::default()
         };
         let error = apply(&dir, &config("third-app", vec![unknown])).unwrap_err();
-        assert!(error.contains("no class 'Nope'"), "{error}");
+        assert!(
+            matches!(&error, MigrationError::NothingToTransfer { class, .. } if class == "Nope"),
+            "{error}"
+        );
+        assert!(error.to_string().contains("no class 'Nope'"), "{error}");
     }
 
     #[test]
@@ -274,6 +352,7 @@ mod tests {
             ..Default::default()
         };
         let error = apply(&dir, &config("app", vec![other])).unwrap_err();
-        assert!(error.contains("conflict"), "{error}");
+        assert!(matches!(error, MigrationError::Conflict { .. }), "{error}");
+        assert!(error.to_string().contains("conflict"), "{error}");
     }
 }

@@ -17,6 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
+use crate::client_ip::TrustedProxies;
 use crate::websocket;
 
 /// Front door settings.
@@ -28,6 +29,8 @@ pub struct ServerOptions {
     pub assets: Option<Arc<Assets>>,
     /// The worker's name for log lines (an assets-only worker has no pool).
     pub name: String,
+    /// Reverse proxies whose `CF-Connecting-IP` / `X-Forwarded-For` are believed.
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Default for ServerOptions {
@@ -36,6 +39,7 @@ impl Default for ServerOptions {
             drain_timeout: Duration::from_secs(30),
             assets: None,
             name: String::new(),
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 }
@@ -135,7 +139,7 @@ async fn handle(
         return response;
     };
     let upgrade = websocket::take_upgrade(&mut request);
-    let mut response = match prepare(request, peer, local) {
+    let mut response = match prepare(request, peer, local, &options.trusted_proxies) {
         Ok(request) => match pool.dispatch(request).await {
             Ok(response) => response,
             Err(error) => error.failure().response(),
@@ -189,6 +193,7 @@ fn prepare(
     request: http::Request<Incoming>,
     peer: SocketAddr,
     local: Option<SocketAddr>,
+    proxies: &TrustedProxies,
 ) -> Result<http::Request<dorun_runtime::RequestBody>, String> {
     let (mut parts, body) = request.into_parts();
     if parts.uri.scheme().is_none() {
@@ -208,7 +213,8 @@ fn prepare(
             .parse()
             .map_err(|_| format!("bad Host header '{authority}'"))?;
     }
-    let ip = http::HeaderValue::from_str(&peer.ip().to_string()).expect("an IP is a header value");
+    let client = proxies.client_ip(peer.ip(), &parts.headers);
+    let ip = http::HeaderValue::from_str(&client.to_string()).expect("an IP is a header value");
     parts.headers.insert("cf-connecting-ip", ip);
     let body = body.map_err(|e| Box::new(e) as BoxError).boxed();
     Ok(http::Request::from_parts(parts, body))

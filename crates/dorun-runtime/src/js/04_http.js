@@ -3,10 +3,18 @@
 // chunk by chunk, or handing a WebSocket to the front door.
 
 import { core, primordials } from "ext:core/mod.js";
-import { console } from "ext:dorun/00_runtime.js";
+import { config, console } from "ext:dorun/00_runtime.js";
 import { responseSocketToken } from "ext:dorun/03_websockets.js";
 
-const { ObjectPrototypeIsPrototypeOf, PromisePrototypeThen, TypeError } = primordials;
+const {
+  ObjectDefineProperty,
+  ObjectFreeze,
+  ObjectPrototypeIsPrototypeOf,
+  PromisePrototypeThen,
+  StringPrototypeIncludes,
+  StringPrototypeReplace,
+  TypeError,
+} = primordials;
 
 const { op_dorun_respond, op_dorun_respond_stream, op_dorun_respond_failure } = core.ops;
 
@@ -26,6 +34,18 @@ export function makeRequest(head) {
     : new InnerBody(streams.readableStreamForRid(head.bodyRid));
   const inner = newInnerRequest(head.method, head.url, () => head.headers, body, false);
   return fromInnerRequest(inner, "immutable");
+}
+
+/** A request from the front door: with `request.cf` as Cloudflare's edge fills it in. */
+export function makeIncomingRequest(head) {
+  const request = makeRequest(head);
+  let acceptEncoding = "";
+  for (const [name, value] of head.headers) {
+    if (name === "accept-encoding") acceptEncoding = value;
+  }
+  const cf = ObjectFreeze({ ...config.cf, clientAcceptEncoding: acceptEncoding });
+  ObjectDefineProperty(request, "cf", { value: cf, enumerable: true });
+  return request;
 }
 
 /** Answers event `id` with `response`. */
@@ -59,4 +79,39 @@ export function sendResponse(id, response) {
 /** Answers event `id` with the Worker's code having failed (the status is chosen in Rust). */
 export function respondFailure(id) {
   op_dorun_respond_failure(id);
+}
+
+function escapeHtml(text) {
+  return StringPrototypeReplace(String(text), /[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
+
+/**
+ * Whether a failed request gets the error page: a browser asking for HTML, while serving
+ * locally (`--no-error-page` turns it off).
+ */
+export function wantsErrorPage(head) {
+  if (!config.errorPages) return false;
+  for (const [name, value] of head.headers) {
+    if (name === "accept" && StringPrototypeIncludes(value, "text/html")) return true;
+  }
+  return false;
+}
+
+/** Answers event `id` with a page showing `error` and its (source-mapped) stack. */
+export function respondErrorPage(id, error) {
+  const name = error?.name ?? "Error";
+  const message = error?.message ?? String(error);
+  const stack = typeof error?.stack === "string" ? error.stack : `${name}: ${message}`;
+  const html = `<!doctype html>
+<html><head><meta charset="utf-8"><title>${escapeHtml(name)}: ${escapeHtml(message)}</title>
+<style>body{font:15px/1.5 system-ui,sans-serif;margin:2rem;color:#222}
+h1{font-size:1.3rem;color:#b00020}pre{background:#f6f6f6;padding:1rem;overflow:auto}</style>
+</head><body>
+<h1>${escapeHtml(name)}: ${escapeHtml(message)}</h1>
+<p>The Worker threw while handling this request. This page is shown by <code>dorun serve</code>
+for local development; start it with <code>--no-error-page</code> to answer a plain 500.</p>
+<pre>${escapeHtml(stack)}</pre>
+</body></html>
+`;
+  op_dorun_respond(id, 500, [["content-type", "text/html;charset=UTF-8"]], encoder.encode(html), null);
 }

@@ -22,7 +22,13 @@ import {
   WebSocketPair,
   WebSocketRequestResponsePair,
 } from "ext:dorun/03_websockets.js";
-import { makeRequest, respondFailure, sendResponse } from "ext:dorun/04_http.js";
+import {
+  makeIncomingRequest,
+  respondErrorPage,
+  respondFailure,
+  sendResponse,
+  wantsErrorPage,
+} from "ext:dorun/04_http.js";
 import { handleExportCall, releaseExport, retainExport } from "ext:dorun/05_rpc.js";
 import { evictIdle, handleObjectEvent, live } from "ext:dorun/09_objects.js";
 import { createAssetsBinding } from "ext:dorun/10_assets.js";
@@ -99,7 +105,7 @@ async function handleHttp(handler, incoming) {
   let response;
   try {
     if (handler === null) throw new Error(NO_FETCH_HANDLER);
-    const request = makeRequest(incoming.request);
+    const request = makeIncomingRequest(incoming.request);
     response = await handler(request, new ExecutionContext());
     if (!ObjectPrototypeIsPrototypeOf(ResponsePrototype, response)) {
       throw new TypeError(
@@ -109,7 +115,8 @@ async function handleHttp(handler, incoming) {
     sendResponse(incoming.id, response);
   } catch (error) {
     console.error(error);
-    respondFailure(incoming.id);
+    if (wantsErrorPage(incoming.request)) respondErrorPage(incoming.id, error);
+    else respondFailure(incoming.id);
   }
 }
 
