@@ -4,6 +4,7 @@
 mod harness;
 
 mod alarms;
+mod commonjs;
 mod config;
 mod errors;
 mod examples;

@@ -6,6 +6,8 @@
 //! - [`loader`]: the ES module loader: relative imports, node_modules resolution through
 //!   package.json `exports` (with wrangler's conditions), TypeScript transpiling, JSON,
 //!   module rules (Text, Data, CompiledWasm) and the built-in `cloudflare:workers` module.
+//! - [`commonjs`]: CommonJS files as esbuild runs them: `require` tables found by parsing,
+//!   the wrapper each file runs in, the facades ES modules import them through.
 //! - [`extension`]: the `dorun` deno_core extension: ops and the JS glue in `js/`, which
 //!   installs the Web APIs from deno's ext crates as Workers globals and runs handlers.
 //! - [`body`]: request and response bodies that cross between the front door and an isolate
@@ -22,6 +24,7 @@
 
 pub mod alarms;
 pub mod body;
+mod commonjs;
 pub mod extension;
 pub mod isolate;
 pub mod loader;
