@@ -109,13 +109,12 @@ fn literal_argument(call: &CallExpr) -> Option<String> {
     let argument = call.args.first().filter(|a| a.spread.is_none())?;
     match &*argument.expr {
         Expr::Lit(Lit::Str(text)) => text.value.as_str().map(str::to_string),
-        Expr::Tpl(template) if template.exprs.is_empty() && template.quasis.len() == 1 => {
-            template.quasis[0]
-                .cooked
-                .as_ref()
-                .and_then(|c| c.as_str())
-                .map(str::to_string)
-        }
+        Expr::Tpl(template) if template.exprs.is_empty() && template.quasis.len() == 1 => template
+            .quasis[0]
+            .cooked
+            .as_ref()
+            .and_then(|c| c.as_str())
+            .map(str::to_string),
         _ => None,
     }
 }
@@ -358,7 +357,10 @@ mod tests {
         );
         let file = CommonJsFile::analyze(&parsed, String::new());
         assert_eq!(file.exports, vec!["a", "b", "c"]);
-        let parsed = parse("module.exports = require('./other');", MediaType::JavaScript);
+        let parsed = parse(
+            "module.exports = require('./other');",
+            MediaType::JavaScript,
+        );
         assert_eq!(
             CommonJsFile::analyze(&parsed, String::new()).reexports,
             vec!["./other"]

@@ -221,7 +221,10 @@ impl ModuleGraph {
         self.require_resolver
             .resolve(dir, specifier)
             .map(|resolution| resolution.into_path_buf())
-            .map_err(|error| error.to_string())
+            .map_err(|error| match error {
+                oxc_resolver::ResolveError::NotFound(_) => "no such file or package".to_string(),
+                error => error.to_string(),
+            })
     }
 
     /// What a `require(specifier)` in the file at `from` reaches.
@@ -437,7 +440,8 @@ impl ModuleGraph {
                             _ => Goal::Detect,
                         };
                         let parsed = transpile::parse(url, source, media, goal)?;
-                        if goal == Goal::Script || goal == Goal::Detect && parsed.compute_is_script()
+                        if goal == Goal::Script
+                            || goal == Goal::Detect && parsed.compute_is_script()
                         {
                             let code = parsed.text().to_string();
                             Prepared::CommonJs(Arc::new(CommonJsFile::analyze(&parsed, code)))
