@@ -61,14 +61,15 @@ async fn exceptions_become_500s_and_the_server_keeps_serving() {
         assert_eq!(reply.status, 500, "{path}");
         assert_eq!(server.get("/").await.text(), "ok", "after {path}");
     }
+    // The log lines come before the responses, but stderr is read on another thread.
     assert!(server.wait_for_log("thrown on purpose").await);
+    assert!(server.wait_for_log("rejected on purpose").await);
+    assert!(server.wait_for_log("did not resolve to 'Response'").await);
     let logs = server.logs();
     assert!(
         logs.contains("plain/index.js:"),
         "stack names the source file: {logs}"
     );
-    assert!(logs.contains("rejected on purpose"), "{logs}");
-    assert!(logs.contains("did not resolve to 'Response'"), "{logs}");
 }
 
 #[tokio::test]

@@ -4,8 +4,11 @@
 mod harness;
 
 mod alarms;
+mod api_gaps;
+mod assets;
 mod commonjs;
 mod config;
+mod entry;
 mod errors;
 mod examples;
 mod handlers;

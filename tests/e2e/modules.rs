@@ -15,6 +15,14 @@ async fn typescript_is_transpiled_with_extensionless_imports() {
 }
 
 #[tokio::test]
+async fn typescript_decorators_run_as_tc39_decorators() {
+    let server = Server::start(&fixture("typescript").join("wrangler.toml"), &[]);
+    let reply = server.get("/decorated").await;
+    assert_eq!(reply.status, 200, "{}\n{}", reply.text(), server.logs());
+    assert_eq!(reply.json(), json!({"exposed": ["hello"], "hello": "hi"}));
+}
+
+#[tokio::test]
 async fn typescript_exception_is_logged_at_the_typescript_line() {
     let server = Server::start(&fixture("typescript").join("wrangler.toml"), &[]);
     let reply = server.get("/throw").await;

@@ -12,13 +12,31 @@
 //! exponential backoff.
 
 use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use dorun_storage::{AlarmIndex, Durability};
-use tokio::sync::{mpsc, oneshot, Notify};
+use dorun_storage::{AlarmIndex, StorageError};
+use tokio::sync::{oneshot, Notify};
 
-use crate::objects::{thread_for, Event, ObjectCall, ObjectConfig, ObjectEvent, Reply};
+use crate::clock::{Clock, SystemClock};
+use crate::mailbox::{AlarmOutcome, ObjectCall, ObjectEvent, Reply};
+use crate::namespaces::ObjectConfig;
+use crate::router::Router;
+
+/// A namespace's alarm index could not be opened, read or written.
+#[derive(Debug, thiserror::Error, deno_error::JsError)]
+#[class(generic)]
+pub enum AlarmIndexError {
+    #[error("cannot open alarm index {}: {source}", path.display())]
+    Open { path: PathBuf, source: StorageError },
+    #[error("cannot read alarm index {}: {source}", path.display())]
+    Read { path: PathBuf, source: StorageError },
+    #[error("alarm index: {0}")]
+    Write(#[from] StorageError),
+    #[error("unknown namespace {0}")]
+    UnknownNamespace(u32),
+}
 
 /// How alarm() failures are retried.
 #[derive(Clone, Copy, Debug)]
@@ -37,18 +55,6 @@ impl Default for AlarmRetry {
             max_retries: 6,
         }
     }
-}
-
-/// What running an alarm event came to, reported by the JS glue.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum AlarmOutcome {
-    /// Ran (or gave up); the object's storage says what is scheduled next.
-    Done,
-    /// alarm() threw: retry the same scheduled time after a backoff.
-    Retry,
-    /// The object's own record differs from what fired (a stale index entry): the real
-    /// alarm time, if any.
-    Stale(Option<i64>),
 }
 
 type ObjectKey = (u32, String);
@@ -92,18 +98,32 @@ pub struct AlarmScheduler {
     indexes: Vec<Mutex<Option<AlarmIndex>>>,
     config: Arc<ObjectConfig>,
     retry: AlarmRetry,
+    clock: Arc<dyn Clock>,
 }
 
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+/// An alarm that is due, to be sent to its object.
+#[derive(Debug, PartialEq, Eq)]
+pub struct DueAlarm {
+    pub namespace: u32,
+    pub object_id: String,
+    pub name: Option<String>,
+    /// The stored alarm time that fires.
+    pub scheduled: i64,
+    pub retries: u32,
 }
 
 impl AlarmScheduler {
     /// Loads every namespace's alarm index.
-    pub fn load(config: Arc<ObjectConfig>, retry: AlarmRetry) -> Result<Self, String> {
+    pub fn load(config: Arc<ObjectConfig>, retry: AlarmRetry) -> Result<Self, AlarmIndexError> {
+        Self::load_with_clock(config, retry, Arc::new(SystemClock))
+    }
+
+    /// Like [`load`](Self::load), telling time by `clock`.
+    pub fn load_with_clock(
+        config: Arc<ObjectConfig>,
+        retry: AlarmRetry,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, AlarmIndexError> {
         let mut state = State::default();
         let mut indexes = Vec::new();
         for (index, namespace) in config.namespaces.iter().enumerate() {
@@ -111,11 +131,16 @@ impl AlarmScheduler {
             let mut opened = None;
             // Another worker's class: its own pool schedules its alarms.
             if path.exists() && namespace.foreign.is_none() {
-                let db = AlarmIndex::open(&path, config.durability)
-                    .map_err(|e| format!("cannot open alarm index {}: {e}", path.display()))?;
-                let rows = db
-                    .all()
-                    .map_err(|e| format!("cannot read alarm index {}: {e}", path.display()))?;
+                let db = AlarmIndex::open(&path, config.durability).map_err(|source| {
+                    AlarmIndexError::Open {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+                let rows = db.all().map_err(|source| AlarmIndexError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
                 for row in rows {
                     if namespace.check_id(&row.object_id).is_err() {
                         continue;
@@ -140,10 +165,11 @@ impl AlarmScheduler {
             indexes,
             config,
             retry,
+            clock,
         })
     }
 
-    fn index_path(config: &ObjectConfig, namespace: usize) -> std::path::PathBuf {
+    fn index_path(config: &ObjectConfig, namespace: usize) -> PathBuf {
         config
             .data_dir
             .join(&config.namespaces[namespace].unique_key)
@@ -154,21 +180,19 @@ impl AlarmScheduler {
         &self,
         namespace: u32,
         f: impl FnOnce(&AlarmIndex) -> dorun_storage::Result<T>,
-    ) -> Result<T, String> {
+    ) -> Result<T, AlarmIndexError> {
         let slot = self
             .indexes
             .get(namespace as usize)
-            .ok_or_else(|| "unknown namespace".to_string())?;
+            .ok_or(AlarmIndexError::UnknownNamespace(namespace))?;
         let mut slot = slot.lock().unwrap();
         if slot.is_none() {
             let path = Self::index_path(&self.config, namespace as usize);
-            let durability: Durability = self.config.durability;
-            *slot = Some(
-                AlarmIndex::open(&path, durability)
-                    .map_err(|e| format!("cannot open alarm index {}: {e}", path.display()))?,
-            );
+            let index = AlarmIndex::open(&path, self.config.durability)
+                .map_err(|source| AlarmIndexError::Open { path, source })?;
+            *slot = Some(index);
         }
-        f(slot.as_ref().expect("opened above")).map_err(|e| format!("alarm index: {e}"))
+        Ok(f(slot.as_ref().expect("opened above"))?)
     }
 
     /// Records an alarm in the index. Called before the object's commit.
@@ -178,12 +202,12 @@ impl AlarmScheduler {
         object_id: &str,
         name: Option<&str>,
         time: i64,
-    ) -> Result<(), String> {
+    ) -> Result<(), AlarmIndexError> {
         self.with_index(namespace, |index| index.put(object_id, time, name))
     }
 
     /// Removes an alarm from the index. Called after the object's commit.
-    pub fn index_delete(&self, namespace: u32, object_id: &str) -> Result<(), String> {
+    pub fn index_delete(&self, namespace: u32, object_id: &str) -> Result<(), AlarmIndexError> {
         self.with_index(namespace, |index| index.delete(object_id))
     }
 
@@ -215,7 +239,7 @@ impl AlarmScheduler {
     }
 
     /// Fires due alarms until [`stop`](Self::stop). Runs on its own thread.
-    pub fn spawn(self: &Arc<Self>, senders: Arc<Vec<mpsc::UnboundedSender<Event>>>) {
+    pub fn spawn(self: &Arc<Self>, router: Arc<Router>) {
         let scheduler = self.clone();
         let spawned = std::thread::Builder::new()
             .name("dorun-alarms".into())
@@ -224,73 +248,90 @@ impl AlarmScheduler {
                     .enable_all()
                     .build()
                     .expect("alarm runtime");
-                runtime.block_on(scheduler.run(senders));
+                runtime.block_on(scheduler.run(router));
             });
         if let Err(error) = spawned {
             tracing::error!("cannot start the alarm scheduler: {error}");
         }
     }
 
-    async fn run(self: Arc<Self>, senders: Arc<Vec<mpsc::UnboundedSender<Event>>>) {
+    /// Marks the alarms due now as running and returns them, with when the next one is due
+    /// (`None`: nothing scheduled; the scheduler waits to be woken). An object runs at most
+    /// one alarm at a time, so one whose alarm is running is skipped until it finishes.
+    pub fn take_due(&self) -> (Vec<DueAlarm>, Option<i64>) {
+        let mut state = self.state.lock().unwrap();
+        let now = self.clock.now_ms();
+        let mut due = Vec::new();
+        let mut next = None;
+        for (time, namespace, id) in state.queue.iter() {
+            let key = (*namespace, id.clone());
+            if state.running.contains_key(&key) {
+                continue;
+            }
+            if *time <= now {
+                due.push(key);
+            } else {
+                next = Some(*time);
+                break;
+            }
+        }
+        let due = due
+            .into_iter()
+            .map(|key| {
+                let entry = &state.entries[&key];
+                let alarm = DueAlarm {
+                    namespace: key.0,
+                    object_id: key.1.clone(),
+                    name: entry.name.clone(),
+                    scheduled: entry.scheduled,
+                    retries: entry.retries,
+                };
+                state.running.insert(key, alarm.scheduled);
+                alarm
+            })
+            .collect();
+        (due, next)
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.state.lock().unwrap().stopped
+    }
+
+    async fn run(self: Arc<Self>, router: Arc<Router>) {
         loop {
-            let wait = {
-                let mut state = self.state.lock().unwrap();
-                if state.stopped {
+            if self.is_stopped() {
+                return;
+            }
+            let (due, next) = self.take_due();
+            for alarm in due {
+                let key = (alarm.namespace, alarm.object_id.clone());
+                let (reply, response) = oneshot::channel();
+                let event = ObjectEvent {
+                    namespace: alarm.namespace,
+                    object_id: alarm.object_id,
+                    object_name: alarm.name,
+                    call: ObjectCall::Alarm {
+                        scheduled: alarm.scheduled,
+                        retries: alarm.retries,
+                    },
+                    reply,
+                };
+                if router.to_object(event).is_err() {
                     return;
                 }
-                let now = now_ms();
-                let mut due = Vec::new();
-                let mut next = None;
-                for (time, namespace, id) in state.queue.iter() {
-                    let key = (*namespace, id.clone());
-                    if state.running.contains_key(&key) {
-                        continue;
-                    }
-                    if *time <= now {
-                        due.push(key);
-                    } else {
-                        next = Some(*time);
-                        break;
-                    }
-                }
-                for key in due {
-                    let entry = &state.entries[&key];
-                    let call = ObjectCall::Alarm {
-                        scheduled: entry.scheduled,
-                        retries: entry.retries,
+                let scheduler = self.clone();
+                tokio::spawn(async move {
+                    let outcome = match response.await {
+                        Ok(Reply::Alarm(outcome)) => outcome,
+                        // The object was reset while running it, or an internal error.
+                        _ => AlarmOutcome::Retry,
                     };
-                    let name = entry.name.clone();
-                    let scheduled = entry.scheduled;
-                    state.running.insert(key.clone(), scheduled);
-                    let (reply, response) = oneshot::channel();
-                    let event = ObjectEvent {
-                        namespace: key.0,
-                        object_id: key.1.clone(),
-                        object_name: name,
-                        call,
-                        reply,
-                    };
-                    let thread = thread_for(&key.1, senders.len());
-                    if senders[thread]
-                        .send(Event::Object(Box::new(event)))
-                        .is_err()
-                    {
-                        return;
-                    }
-                    let scheduler = self.clone();
-                    tokio::spawn(async move {
-                        let outcome = match response.await {
-                            Ok(Reply::Alarm(outcome)) => outcome,
-                            // The object was reset while running it, or an internal error.
-                            _ => AlarmOutcome::Retry,
-                        };
-                        scheduler.finished(key, outcome);
-                    });
-                }
-                next.map(|time| Duration::from_millis((time - now).max(0) as u64))
-            };
-            match wait {
-                Some(wait) => {
+                    scheduler.finished(key, outcome);
+                });
+            }
+            match next {
+                Some(time) => {
+                    let wait = Duration::from_millis((time - self.clock.now_ms()).max(0) as u64);
                     tokio::select! {
                         () = tokio::time::sleep(wait) => {}
                         () = self.wake.notified() => {}
@@ -301,7 +342,8 @@ impl AlarmScheduler {
         }
     }
 
-    fn finished(&self, key: ObjectKey, outcome: AlarmOutcome) {
+    /// An alarm event came back with `outcome`.
+    pub fn finished(&self, key: (u32, String), outcome: AlarmOutcome) {
         let mut state = self.state.lock().unwrap();
         let fired = state.running.remove(&key);
         match outcome {
@@ -351,7 +393,7 @@ impl AlarmScheduler {
                     state.insert(
                         key,
                         Entry {
-                            due: now_ms() + delay + jitter,
+                            due: self.clock.now_ms() + delay + jitter,
                             retries,
                             ..entry
                         },
@@ -361,5 +403,163 @@ impl AlarmScheduler {
         }
         drop(state);
         self.wake.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use dorun_storage::Durability;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::namespaces::ObjectNamespace;
+
+    fn scheduler(tag: &str, retry: AlarmRetry) -> (Arc<AlarmScheduler>, Arc<ManualClock>) {
+        let dir = std::env::temp_dir().join(format!("dorun-alarms-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("w-A")).unwrap();
+        let config = Arc::new(ObjectConfig {
+            namespaces: vec![ObjectNamespace {
+                binding: "A".into(),
+                class_name: "A".into(),
+                unique_key: "w-A".into(),
+                sqlite: true,
+                foreign: None,
+            }],
+            data_dir: dir,
+            durability: Durability::Off,
+        });
+        let clock = Arc::new(ManualClock::new(0));
+        let scheduler = AlarmScheduler::load_with_clock(config, retry, clock.clone()).unwrap();
+        (Arc::new(scheduler), clock)
+    }
+
+    fn fired(due: &[DueAlarm]) -> Vec<(&str, i64, u32)> {
+        due.iter()
+            .map(|d| (d.object_id.as_str(), d.scheduled, d.retries))
+            .collect()
+    }
+
+    fn key(id: &str) -> (u32, String) {
+        (0, id.to_string())
+    }
+
+    const RETRY: AlarmRetry = AlarmRetry {
+        start: Duration::from_millis(1000),
+        max_retries: 2,
+    };
+
+    #[test]
+    fn alarms_fire_in_time_order_once_their_time_has_come() {
+        let (alarms, clock) = scheduler("order", RETRY);
+        alarms.update(0, "c", None, Some(300));
+        alarms.update(0, "a", Some("name-a"), Some(100));
+        alarms.update(0, "b", None, Some(200));
+        let (due, next) = alarms.take_due();
+        assert!(due.is_empty());
+        assert_eq!(next, Some(100));
+        clock.set(250);
+        let (due, next) = alarms.take_due();
+        assert_eq!(fired(&due), vec![("a", 100, 0), ("b", 200, 0)]);
+        assert_eq!(due[0].name.as_deref(), Some("name-a"));
+        assert_eq!(next, Some(300));
+        // Running alarms are not handed out again; done ones are gone.
+        assert!(alarms.take_due().0.is_empty());
+        alarms.finished(key("a"), AlarmOutcome::Done);
+        alarms.finished(key("b"), AlarmOutcome::Done);
+        clock.set(10_000);
+        assert_eq!(fired(&alarms.take_due().0), vec![("c", 300, 0)]);
+        alarms.finished(key("c"), AlarmOutcome::Done);
+        assert_eq!(alarms.take_due(), (Vec::new(), None));
+    }
+
+    #[test]
+    fn a_failing_alarm_is_retried_with_exponential_backoff_then_given_up() {
+        let (alarms, clock) = scheduler("retry", RETRY);
+        alarms.update(0, "a", None, Some(100));
+        clock.set(100);
+        assert_eq!(fired(&alarms.take_due().0), vec![("a", 100, 0)]);
+        alarms.finished(key("a"), AlarmOutcome::Retry);
+        // First retry after 1 s plus at most 25 % jitter, keeping its scheduled time.
+        let (due, next) = alarms.take_due();
+        assert!(due.is_empty());
+        let next = next.unwrap();
+        assert!((1100..=1350).contains(&next), "first retry at {next}");
+        clock.set(next);
+        assert_eq!(fired(&alarms.take_due().0), vec![("a", 100, 1)]);
+        alarms.finished(key("a"), AlarmOutcome::Retry);
+        let next = alarms.take_due().1.unwrap();
+        assert!(
+            (next - clock.now_ms() >= 2000) && (next - clock.now_ms() <= 2500),
+            "second retry {} ms later",
+            next - clock.now_ms()
+        );
+        clock.set(next);
+        assert_eq!(fired(&alarms.take_due().0), vec![("a", 100, 2)]);
+        // max_retries = 2: the third failure gives up.
+        alarms.finished(key("a"), AlarmOutcome::Retry);
+        clock.set(i64::MAX / 2);
+        assert_eq!(alarms.take_due(), (Vec::new(), None));
+    }
+
+    #[test]
+    fn a_new_alarm_set_inside_alarm_replaces_both_the_done_and_the_retry() {
+        let (alarms, clock) = scheduler("resched", RETRY);
+        alarms.update(0, "a", None, Some(100));
+        alarms.update(0, "b", None, Some(100));
+        clock.set(100);
+        assert_eq!(alarms.take_due().0.len(), 2);
+        // Both handlers set a new alarm (committed while they run), then one succeeds and
+        // the other throws: neither the done nor the retry touches the new alarm.
+        alarms.update(0, "a", None, Some(5000));
+        alarms.update(0, "b", None, Some(6000));
+        alarms.finished(key("a"), AlarmOutcome::Done);
+        alarms.finished(key("b"), AlarmOutcome::Retry);
+        assert_eq!(alarms.take_due().1, Some(5000));
+        clock.set(6000);
+        assert_eq!(
+            fired(&alarms.take_due().0),
+            vec![("a", 5000, 0), ("b", 6000, 0)]
+        );
+    }
+
+    #[test]
+    fn a_stale_entry_follows_the_objects_own_record() {
+        let (alarms, clock) = scheduler("stale", RETRY);
+        alarms.index_put(0, "a", None, 100).unwrap();
+        alarms.update(0, "a", None, Some(100));
+        alarms.update(0, "b", None, Some(100));
+        clock.set(100);
+        assert_eq!(alarms.take_due().0.len(), 2);
+        // a's object says its alarm is at 900; b's object has none.
+        alarms.finished(key("a"), AlarmOutcome::Stale(Some(900)));
+        alarms.finished(key("b"), AlarmOutcome::Stale(None));
+        assert_eq!(alarms.take_due(), (Vec::new(), Some(900)));
+        clock.set(900);
+        assert_eq!(fired(&alarms.take_due().0), vec![("a", 900, 0)]);
+        // The index row of the object without an alarm was removed; a's stays.
+        let rows = alarms.with_index(0, |index| index.all()).unwrap();
+        assert_eq!(
+            rows.iter()
+                .map(|r| r.object_id.as_str())
+                .collect::<Vec<_>>(),
+            vec!["a"]
+        );
+    }
+
+    #[test]
+    fn the_index_is_read_back_at_startup() {
+        let (alarms, _clock) = scheduler("reload", RETRY);
+        let config = alarms.config.clone();
+        let id = config.namespaces[0].id_from_name("n");
+        alarms.index_put(0, &id, Some("n"), 42).unwrap();
+        // Rows with ids not of this namespace are ignored.
+        alarms.index_put(0, "not-an-id", None, 42).unwrap();
+        drop(alarms);
+        let clock = Arc::new(ManualClock::new(50));
+        let reloaded = AlarmScheduler::load_with_clock(config, RETRY, clock).unwrap();
+        let (due, _) = reloaded.take_due();
+        assert_eq!(fired(&due), vec![(id.as_str(), 42, 0)]);
+        assert_eq!(due[0].name.as_deref(), Some("n"));
     }
 }

@@ -5,8 +5,14 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use bytes::Bytes;
+use deno_core::{AsyncRefCell, AsyncResult, BufView, CancelHandle, RcRef, Resource};
+use deno_error::JsErrorBox;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 
 /// Errors carried inside bodies.
@@ -80,5 +86,78 @@ impl Body for ResponseBody {
             ResponseBody::Full(None) => SizeHint::with_exact(0),
             ResponseBody::Channel(_) => SizeHint::default(),
         }
+    }
+}
+
+/// A body from another thread (a request, or a response from an object) as a deno
+/// resource, read by `readableStreamForRid`.
+pub struct RequestBodyResource {
+    body: AsyncRefCell<RequestBody>,
+    /// Part of a frame larger than the reader asked for.
+    leftover: RefCell<Option<Bytes>>,
+    cancel: CancelHandle,
+}
+
+impl RequestBodyResource {
+    pub fn new(body: RequestBody) -> Self {
+        Self {
+            body: AsyncRefCell::new(body),
+            leftover: RefCell::new(None),
+            cancel: CancelHandle::default(),
+        }
+    }
+
+    async fn read_chunk(self: Rc<Self>, limit: usize) -> Result<BufView, JsErrorBox> {
+        let limit = limit.max(1);
+        let leftover = self.leftover.borrow_mut().take();
+        if let Some(mut rest) = leftover {
+            if rest.len() > limit {
+                let head = rest.split_to(limit);
+                *self.leftover.borrow_mut() = Some(rest);
+                return Ok(BufView::from(head.to_vec()));
+            }
+            return Ok(BufView::from(rest.to_vec()));
+        }
+        let mut body = RcRef::map(&self, |r| &r.body).borrow_mut().await;
+        let cancel = RcRef::map(&self, |r| &r.cancel);
+        loop {
+            let frame = deno_core::CancelFuture::or_cancel(body.frame(), cancel.clone())
+                .await
+                .map_err(|_| JsErrorBox::generic("request body read cancelled"))?;
+            match frame {
+                None => return Ok(BufView::empty()),
+                Some(Err(error)) => {
+                    return Err(JsErrorBox::generic(format!("request body: {error}")))
+                }
+                Some(Ok(frame)) => {
+                    let Ok(mut data) = frame.into_data() else {
+                        continue; // trailers
+                    };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    if data.len() > limit {
+                        let head = data.split_to(limit);
+                        *self.leftover.borrow_mut() = Some(data);
+                        return Ok(BufView::from(head.to_vec()));
+                    }
+                    return Ok(BufView::from(data.to_vec()));
+                }
+            }
+        }
+    }
+}
+
+impl Resource for RequestBodyResource {
+    fn name(&self) -> std::borrow::Cow<'_, str> {
+        "dorunRequestBody".into()
+    }
+
+    fn read(self: Rc<Self>, limit: usize) -> AsyncResult<BufView> {
+        Box::pin(self.read_chunk(limit))
+    }
+
+    fn close(self: Rc<Self>) {
+        self.cancel.cancel();
     }
 }

@@ -1,39 +1,48 @@
 //! The V8 side of dorun: the only crate that names deno_core and V8.
 //!
-//! # Layout
-//! - [`spec`]: [`WorkerSpec`], everything an isolate needs to know about a Worker
-//!   (entry module, module rules, env values), independent of wrangler's file formats.
-//! - [`loader`]: the ES module loader: relative imports, node_modules resolution through
-//!   package.json `exports` (with wrangler's conditions), TypeScript transpiling, JSON,
-//!   module rules (Text, Data, CompiledWasm) and the built-in `cloudflare:workers` module.
-//! - [`commonjs`]: CommonJS files as esbuild runs them: `require` tables found by parsing,
-//!   the wrapper each file runs in, the facades ES modules import them through.
-//! - [`extension`]: the `dorun` deno_core extension: ops and the JS glue in `js/`, which
-//!   installs the Web APIs from deno's ext crates as Workers globals and runs handlers.
-//! - [`body`]: request and response bodies that cross between the front door and an isolate
-//!   thread as streams, never whole in memory.
-//! - [`isolate`]: isolate threads (a current-thread tokio runtime + one `JsRuntime` each) and
-//!   [`WorkerPool`], the `Send` handle the front door uses to reach them.
-//! - [`objects`]: Durable Objects: IDs, routing calls to the thread an object is pinned to,
-//!   storage ops over `dorun-storage`.
-//! - [`alarms`]: the alarm scheduler: per-namespace alarm indexes, firing due alarms on the
-//!   owning isolate thread, retries with backoff.
-//! - [`sockets`]: WebSockets held outside JS (the registry the front door and the
-//!   Hibernation API share), so hibernated objects can be evicted with sockets open.
-//! - [`supervisor`]: a thread that terminates JS running past its CPU limit.
+//! # Layout, from the bottom up (a module imports only modules above it in this list)
+//! - [`clock`], [`body`], [`mailbox`], [`failure`]: shared types — wall-clock time, bodies
+//!   that cross threads as streams, the events and replies of an isolate thread's mailbox,
+//!   and the failures a client sees as an HTTP status.
+//! - [`namespaces`]: Durable Object namespaces and workerd-compatible IDs.
+//! - [`router`]: the one way to reach the thread that owns an object (or a given thread).
+//! - [`context`]: what every op of an isolate may ask (worker, thread, events in flight).
+//! - One module per concern, each with its ops: [`events`] (the named protocol between the
+//!   thread and the JS glue), [`rpc`] (calls through stubs, streams), [`alarms`] (the
+//!   scheduler and the per-namespace index), [`storage`] (each object's SQLite file and the
+//!   connection cache), [`sockets`] (WebSockets held outside JS), [`assets_binding`]
+//!   (`env.ASSETS`, answered by `dorun-assets`).
+//! - [`spec`], [`loader`] (+ `transpile`, `commonjs`), [`supervisor`]: the Worker as the
+//!   runtime sees it, its modules (ES modules and CommonJS), the CPU-limit watchdog.
+//! - [`extension`]: the deno_core extension (ops + the JS glue in `js/`).
+//! - [`isolate`]: one isolate thread; [`pool`]: [`WorkerPool`], the threads of one Worker.
 
 pub mod alarms;
+pub mod assets_binding;
 pub mod body;
+pub mod clock;
 mod commonjs;
+pub mod context;
+pub mod events;
 pub mod extension;
+pub mod failure;
 pub mod isolate;
 pub mod loader;
-pub mod objects;
+pub mod mailbox;
+pub mod namespaces;
+pub mod pool;
+pub mod router;
+pub mod rpc;
 pub mod sockets;
 pub mod spec;
+pub mod storage;
 pub mod supervisor;
 mod transpile;
 
 pub use body::{RequestBody, ResponseBody};
-pub use isolate::{StartupError, WorkerPool};
+pub use failure::Failure;
+pub use pool::{DispatchError, StartupError, WorkerPool};
 pub use spec::{ModuleRule, ModuleRuleKind, WorkerSpec};
+
+#[cfg(test)]
+mod gates_tests;

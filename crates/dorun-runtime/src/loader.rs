@@ -67,6 +67,23 @@ pub struct ModuleGraph {
     module_bytes: Mutex<HashMap<String, bytes::Bytes>>,
 }
 
+/// The Worker's module rules are not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("invalid module rule glob '{glob}': {source}")]
+    RuleGlob {
+        glob: String,
+        source: globset::Error,
+    },
+    #[error("invalid module rule globs: {0}")]
+    RuleSet(globset::Error),
+    #[error("cannot read {}: {source}", path.display())]
+    Tsconfig {
+        path: PathBuf,
+        source: oxc_resolver::ResolveError,
+    },
+}
+
 /// A module ready to hand to V8.
 #[derive(Clone)]
 enum Prepared {
@@ -77,7 +94,7 @@ enum Prepared {
 }
 
 impl ModuleGraph {
-    pub fn new(spec: Arc<WorkerSpec>) -> Result<Arc<Self>, String> {
+    pub fn new(spec: Arc<WorkerSpec>) -> Result<Arc<Self>, LoadError> {
         let base_dir = spec.base_dir();
         let mut rules = Vec::new();
         for rule in &spec.rules {
@@ -88,14 +105,13 @@ impl ModuleGraph {
                 let glob = GlobBuilder::new(pattern)
                     .literal_separator(true)
                     .build()
-                    .map_err(|e| format!("invalid module rule glob '{glob}': {e}"))?;
+                    .map_err(|source| LoadError::RuleGlob {
+                        glob: glob.clone(),
+                        source,
+                    })?;
                 set.add(glob);
             }
-            rules.push((
-                rule.kind,
-                set.build()
-                    .map_err(|e| format!("invalid module rule globs: {e}"))?,
-            ));
+            rules.push((rule.kind, set.build().map_err(LoadError::RuleSet)?));
         }
         let tsconfig = find_tsconfig(&spec.main);
         let resolver = oxc_resolver::Resolver::new(oxc_resolver::ResolveOptions {
@@ -120,7 +136,10 @@ impl ModuleGraph {
         if let Some(tsconfig) = &tsconfig {
             resolver
                 .resolve_tsconfig(tsconfig)
-                .map_err(|e| format!("cannot read {}: {e}", tsconfig.display()))?;
+                .map_err(|source| LoadError::Tsconfig {
+                    path: tsconfig.clone(),
+                    source,
+                })?;
         }
         let require_resolver = resolver.clone_with_options(oxc_resolver::ResolveOptions {
             condition_names: REQUIRE_CONDITIONS.iter().map(|s| s.to_string()).collect(),

@@ -22,7 +22,10 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::objects::{thread_for, Event, ObjectCall, ObjectEvent, Reply};
+use crate::context::IsolateContext;
+use crate::mailbox::{Event, ObjectCall, ObjectEvent, Reply};
+pub use crate::mailbox::{SocketMessage, WebSocketToken};
+use crate::router::Router;
 
 /// Cloudflare's limits (reference §1.13, §1.17).
 pub const MAX_SOCKETS_PER_OBJECT: usize = 32_768;
@@ -36,6 +39,23 @@ pub const MAX_MESSAGE_BYTES: usize = 32 << 20;
 /// socket is closed with 1008: a slow client cannot make the server's memory grow unbounded.
 pub const MAX_QUEUED_BYTES: usize = 16 << 20;
 
+/// Why a socket operation failed, with Cloudflare's messages.
+#[derive(Debug, thiserror::Error, deno_error::JsError)]
+pub enum SocketError {
+    #[class(generic)]
+    #[error("only {MAX_SOCKETS_PER_OBJECT} websockets can be accepted on a single Durable Object instance")]
+    TooManySockets,
+    #[class(type)]
+    #[error("Can't call WebSocket send() after close().")]
+    SendAfterClose,
+    #[class(type)]
+    #[error("WebSocket send buffer is full: the client is not reading; the socket was closed.")]
+    QueueFull,
+    #[class(generic)]
+    #[error("only hibernatable websockets can have tags.")]
+    NotHibernatable,
+}
+
 /// What the front door sends to a client.
 #[derive(Debug)]
 pub enum Outbound {
@@ -43,23 +63,6 @@ pub enum Outbound {
     Binary(Vec<u8>),
     Close(Option<(u16, String)>),
 }
-
-/// What happened on a socket, for its target.
-#[derive(Debug)]
-pub enum SocketMessage {
-    Text(String),
-    Binary(Vec<u8>),
-    /// The peer closed (`clean`: with a Close frame; else code 1006).
-    Close {
-        code: u16,
-        reason: String,
-        clean: bool,
-    },
-    Error(String),
-}
-
-/// The isolate threads of one worker.
-pub type Senders = Arc<Vec<mpsc::UnboundedSender<Event>>>;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectKey {
@@ -87,8 +90,8 @@ pub const CLOSED: u32 = 3;
 
 struct SocketEntry {
     target: SocketTarget,
-    /// The isolate threads of the worker that handles the socket's events.
-    senders: Senders,
+    /// Reaches the isolate threads of the worker that handles the socket's events.
+    router: Arc<Router>,
     tags: Vec<String>,
     attachment: Option<Vec<u8>>,
     outbound: mpsc::UnboundedSender<Outbound>,
@@ -127,20 +130,18 @@ pub struct Connection {
 }
 
 impl SocketRegistry {
-    /// Registers a socket accepted in JS by a worker whose threads are `senders`.
+    /// Registers a socket accepted in JS by the worker that `router` reaches.
     pub fn create(
         &self,
         target: SocketTarget,
         tags: Vec<String>,
-        senders: Senders,
-    ) -> Result<u32, String> {
+        router: Arc<Router>,
+    ) -> Result<u32, SocketError> {
         let mut inner = self.inner.lock().unwrap();
         if let SocketTarget::Object { key, .. } = &target {
             let count = inner.objects.get(key).map(|o| o.ids.len()).unwrap_or(0);
             if count >= MAX_SOCKETS_PER_OBJECT {
-                return Err(format!(
-                    "only {MAX_SOCKETS_PER_OBJECT} websockets can be accepted on a single Durable Object instance"
-                ));
+                return Err(SocketError::TooManySockets);
             }
         }
         let mut id = inner.next.wrapping_add(1).max(1);
@@ -156,7 +157,7 @@ impl SocketRegistry {
             id,
             SocketEntry {
                 target,
-                senders,
+                router,
                 tags,
                 attachment: None,
                 outbound,
@@ -181,13 +182,13 @@ impl SocketRegistry {
     }
 
     /// Queues a message for the client. Errors if the socket is closed or its queue is full.
-    pub fn send(&self, id: u32, message: Outbound) -> Result<(), &'static str> {
+    pub fn send(&self, id: u32, message: Outbound) -> Result<(), SocketError> {
         let mut inner = self.inner.lock().unwrap();
         let Some(entry) = inner.sockets.get_mut(&id) else {
-            return Err("Can't call WebSocket send() after close().");
+            return Err(SocketError::SendAfterClose);
         };
         if entry.state != OPEN {
-            return Err("Can't call WebSocket send() after close().");
+            return Err(SocketError::SendAfterClose);
         }
         let size = match &message {
             Outbound::Text(text) => text.len(),
@@ -201,9 +202,7 @@ impl SocketRegistry {
                 1008,
                 "send buffer full: the client is not reading".into(),
             ))));
-            return Err(
-                "WebSocket send buffer is full: the client is not reading; the socket was closed.",
-            );
+            return Err(SocketError::QueueFull);
         }
         let _ = entry.outbound.send(message);
         Ok(())
@@ -276,31 +275,31 @@ impl SocketRegistry {
 
     /// Hands an event to the socket's target. The receiver resolves when JS handled it.
     pub fn deliver(&self, id: u32, message: SocketMessage) -> Option<oneshot::Receiver<Reply>> {
-        let (target, senders) = {
+        let (target, router) = {
             let inner = self.inner.lock().unwrap();
             let entry = inner.sockets.get(&id)?;
-            (entry.target.clone(), entry.senders.clone())
+            (entry.target.clone(), entry.router.clone())
         };
         let (reply, receiver) = oneshot::channel();
         let sent = match target {
-            SocketTarget::Local { thread } => senders.get(thread)?.send(Event::Socket {
-                socket: id,
-                message,
+            SocketTarget::Local { thread } => router.to_thread(
+                thread,
+                Event::Socket {
+                    socket: id,
+                    message,
+                    reply,
+                },
+            ),
+            SocketTarget::Object { key, name } => router.to_object(ObjectEvent {
+                namespace: key.namespace,
+                object_id: key.object_id,
+                object_name: name,
+                call: ObjectCall::Socket {
+                    socket: id,
+                    message,
+                },
                 reply,
             }),
-            SocketTarget::Object { key, name } => {
-                let thread = thread_for(&key.object_id, senders.len());
-                senders[thread].send(Event::Object(Box::new(ObjectEvent {
-                    namespace: key.namespace,
-                    object_id: key.object_id,
-                    object_name: name,
-                    call: ObjectCall::Socket {
-                        socket: id,
-                        message,
-                    },
-                    reply,
-                })))
-            }
         };
         sent.ok()?;
         Some(receiver)
@@ -319,7 +318,7 @@ impl SocketRegistry {
         if request != text {
             return None;
         }
-        entry.auto_response_at = Some(crate::alarms::now_ms() as f64);
+        entry.auto_response_at = Some(crate::clock::now_ms() as f64);
         Some(response.clone())
     }
 
@@ -536,35 +535,25 @@ where
     registry.remove(socket);
 }
 
-/// Marks a 101 response whose WebSocket the front door should connect to socket `0`.
-#[derive(Clone, Copy, Debug)]
-pub struct WebSocketToken(pub u32);
-
 // --- ops ----------------------------------------------------------------------------------
 
 use deno_core::{op2, JsBuffer, OpState};
 use deno_error::JsErrorBox;
 
-use crate::extension::IsolateContext;
-
 fn registry(state: &OpState) -> Arc<SocketRegistry> {
-    state.borrow::<IsolateContext>().sockets.clone()
+    state.borrow::<Arc<SocketRegistry>>().clone()
+}
+
+fn router(state: &OpState) -> Arc<Router> {
+    state.borrow::<Arc<Router>>().clone()
 }
 
 /// `ws.accept()`: the socket's events come to this thread's JS `WebSocket`.
 #[op2(fast)]
 #[smi]
-pub fn op_dorun_ws_accept_local(state: &mut OpState) -> Result<u32, JsErrorBox> {
-    let context = state.borrow::<IsolateContext>();
-    let thread = context.thread_index;
-    context
-        .sockets
-        .create(
-            SocketTarget::Local { thread },
-            Vec::new(),
-            context.senders.clone(),
-        )
-        .map_err(JsErrorBox::generic)
+pub fn op_dorun_ws_accept_local(state: &mut OpState) -> Result<u32, SocketError> {
+    let thread = state.borrow::<IsolateContext>().thread_index;
+    registry(state).create(SocketTarget::Local { thread }, Vec::new(), router(state))
 }
 
 fn object_key(state: &OpState, namespace: u32, object_id: String) -> ObjectKey {
@@ -582,17 +571,14 @@ pub fn op_dorun_ws_accept_object(
     state: &mut OpState,
     #[smi] namespace: u32,
     #[string] object_id: String,
-    #[string] name: String,
+    #[string] name: Option<String>,
     #[serde] tags: Vec<String>,
-) -> Result<u32, JsErrorBox> {
+) -> Result<u32, SocketError> {
     let target = SocketTarget::Object {
         key: object_key(state, namespace, object_id),
-        name: (!name.is_empty()).then_some(name),
+        name,
     };
-    let senders = state.borrow::<IsolateContext>().senders.clone();
-    registry(state)
-        .create(target, tags, senders)
-        .map_err(JsErrorBox::generic)
+    registry(state).create(target, tags, router(state))
 }
 
 #[op2(fast)]
@@ -600,10 +586,8 @@ pub fn op_dorun_ws_send_text(
     state: &mut OpState,
     #[smi] id: u32,
     #[string] text: String,
-) -> Result<(), JsErrorBox> {
-    registry(state)
-        .send(id, Outbound::Text(text))
-        .map_err(JsErrorBox::type_error)
+) -> Result<(), SocketError> {
+    registry(state).send(id, Outbound::Text(text))
 }
 
 #[op2(fast)]
@@ -611,16 +595,19 @@ pub fn op_dorun_ws_send_binary(
     state: &mut OpState,
     #[smi] id: u32,
     #[buffer] bytes: &[u8],
-) -> Result<(), JsErrorBox> {
-    registry(state)
-        .send(id, Outbound::Binary(bytes.to_vec()))
-        .map_err(JsErrorBox::type_error)
+) -> Result<(), SocketError> {
+    registry(state).send(id, Outbound::Binary(bytes.to_vec()))
 }
 
-/// Closes with `code` (negative: no code) and `reason`.
-#[op2(fast)]
-pub fn op_dorun_ws_close(state: &mut OpState, #[smi] id: u32, code: i32, #[string] reason: String) {
-    let code = u16::try_from(code).ok();
+/// Closes with `code` (if any) and `reason`.
+#[op2]
+pub fn op_dorun_ws_close(
+    state: &mut OpState,
+    #[smi] id: u32,
+    #[smi] code: Option<u32>,
+    #[string] reason: String,
+) {
+    let code = code.and_then(|code| u16::try_from(code).ok());
     registry(state).close(id, code, reason);
 }
 
@@ -644,10 +631,8 @@ pub fn op_dorun_ws_object_sockets(
 
 #[op2]
 #[serde]
-pub fn op_dorun_ws_tags(state: &mut OpState, #[smi] id: u32) -> Result<Vec<String>, JsErrorBox> {
-    registry(state)
-        .tags(id)
-        .ok_or_else(|| JsErrorBox::generic("only hibernatable websockets can have tags."))
+pub fn op_dorun_ws_tags(state: &mut OpState, #[smi] id: u32) -> Result<Vec<String>, SocketError> {
+    registry(state).tags(id).ok_or(SocketError::NotHibernatable)
 }
 
 #[op2]
@@ -693,7 +678,7 @@ pub fn op_dorun_ws_auto_response_timestamp(state: &mut OpState, #[smi] id: u32) 
     registry(state).auto_response_timestamp(id)
 }
 
-/// Sets (negative: unsets) the object's hibernatable event timeout.
+/// Sets (0: unsets) the object's hibernatable event timeout.
 #[op2(fast)]
 pub fn op_dorun_ws_set_event_timeout(
     state: &mut OpState,
@@ -791,17 +776,10 @@ pub async fn op_dorun_ws_connect(
         .unwrap_or_default()
         .to_string();
     let mut state = state.borrow_mut();
-    let context = state.borrow::<IsolateContext>();
-    let id = context
-        .sockets
-        .create(
-            SocketTarget::Local {
-                thread: context.thread_index,
-            },
-            Vec::new(),
-            context.senders.clone(),
-        )
-        .map_err(JsErrorBox::generic)?;
+    let thread = state.borrow::<IsolateContext>().thread_index;
+    let id = registry(&state)
+        .create(SocketTarget::Local { thread }, Vec::new(), router(&state))
+        .map_err(JsErrorBox::from_err)?;
     state.borrow_mut::<ParkedSockets>().0.insert(id, stream);
     Ok((id, protocol))
 }

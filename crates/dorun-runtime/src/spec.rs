@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::objects::ObjectConfig;
+use crate::namespaces::ObjectConfig;
 
 /// How a file matched by a module rule is exposed to `import`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +51,8 @@ pub struct WorkerSpec {
     pub alarm_retry: crate::alarms::AlarmRetry,
     /// How long `blockConcurrencyWhile` may hold an object before it is reset (30 s).
     pub block_concurrency_timeout: Duration,
+    /// Static assets; `env.<binding>` when the `assets` config names a binding.
+    pub assets: Option<Arc<dorun_assets::Assets>>,
 }
 
 impl WorkerSpec {

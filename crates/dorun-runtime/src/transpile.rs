@@ -53,7 +53,9 @@ pub fn emit(parsed: ParsedSource) -> Result<Transpiled, String> {
     let emitted = parsed
         .transpile(
             &TranspileOptions {
-                // Workers code uses TC39 decorators; keep the default JSX settings.
+                // Workers code uses TC39 decorators (the Agents SDK's `@callable()`), which V8
+                // does not run yet: lowered as esbuild lowers them for wrangler. Default JSX.
+                decorators: deno_ast::DecoratorsTranspileOption::Ecma,
                 ..Default::default()
             },
             &TranspileModuleOptions::default(),

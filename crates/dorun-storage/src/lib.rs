@@ -423,11 +423,6 @@ impl ObjectDatabase {
         Ok(Some(self.alarm()?))
     }
 
-    /// Forgets that the alarm was written (after the runtime has scheduled the change).
-    pub fn clear_alarm_change(&mut self) {
-        self.alarm_dirty = false;
-    }
-
     pub fn database_size(&self) -> Result<u64> {
         let pages: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
         let free: i64 = self

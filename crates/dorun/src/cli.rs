@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use dorun_runtime::objects::{ForeignNamespace, ObjectConfig, ObjectNamespace};
+use dorun_assets::Assets;
+use dorun_runtime::namespaces::{ForeignNamespace, ObjectConfig, ObjectNamespace};
 use dorun_runtime::{WorkerPool, WorkerSpec};
 use dorun_storage::Durability;
 
@@ -43,8 +44,13 @@ pub enum Command {
 pub struct ConfigArgs {
     /// wrangler.toml, wrangler.json or wrangler.jsonc (default: found in the current
     /// directory or a parent, in wrangler's order). Several: workers that bind to each
-    /// other's Durable Object classes (`script_name`); the first one serves HTTP.
+    /// other's Durable Object classes (`script_name`); the first one serves HTTP. A script
+    /// (`src/index.ts`) instead: the Worker's entry, with the config found beside or above
+    /// it (or defaults when there is none), as `wrangler dev <script>`.
     pub config: Vec<PathBuf>,
+    /// The Worker's entry module; replaces the config's `main` (for a config without one).
+    #[arg(long, value_name = "PATH")]
+    pub script: Option<PathBuf>,
     /// The [env.<name>] section to use.
     #[arg(long, short = 'e')]
     pub env: Option<String>,
@@ -158,11 +164,21 @@ fn locate_config(explicit: Option<&Path>) -> Result<PathBuf, String> {
     }
 }
 
+/// Extensions of a Worker script named where a config is expected.
+const SCRIPT_EXTENSIONS: &[&str] = &["js", "mjs", "cjs", "jsx", "ts", "mts", "cts", "tsx"];
+
+fn is_script(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| SCRIPT_EXTENSIONS.contains(&e))
+}
+
+fn absolute(path: &Path) -> Result<PathBuf, String> {
+    std::fs::canonicalize(path).map_err(|e| format!("{}: cannot open: {e}", path.display()))
+}
+
 fn load_config(path: Option<&Path>, args: &ConfigArgs) -> Result<WorkerConfig, String> {
-    let path = locate_config(path)?;
-    let path = std::fs::canonicalize(&path)
-        .map_err(|e| format!("{}: cannot open: {e}", path.display()))?;
-    let options = LoadOptions {
+    let mut options = LoadOptions {
         env: args.env.clone(),
         vars: args.vars.clone(),
         unsupported_bindings: if args.allow_unsupported_bindings {
@@ -170,7 +186,42 @@ fn load_config(path: Option<&Path>, args: &ConfigArgs) -> Result<WorkerConfig, S
         } else {
             UnsupportedBindings::Error
         },
+        script: args.script.as_deref().map(absolute).transpose()?,
     };
+    // `dorun serve src/index.ts`: the script is the entry; the config beside or above it
+    // (if any) supplies the rest.
+    let path = match path {
+        Some(script) if is_script(script) => {
+            if options.script.is_some() {
+                return Err(format!(
+                    "{} and --script both name the Worker's entry; give one",
+                    script.display()
+                ));
+            }
+            let script = absolute(script)?;
+            let found = script.parent().and_then(config::find_config);
+            options.script = Some(script.clone());
+            match found {
+                Some(found) => found,
+                None => {
+                    let config =
+                        config::load_default(&script, &options).map_err(|e| e.to_string())?;
+                    tracing::info!(
+                        "no wrangler config beside or above {}; using main = that script, compatibility_date = {}",
+                        script.display(),
+                        config.compatibility_date.as_deref().unwrap_or("")
+                    );
+                    return Ok(config);
+                }
+            }
+        }
+        other => locate_config(other)?,
+    };
+    let path = absolute(&path)?;
+    // [build] runs first: it may produce `main` or the assets.
+    if let Some(build) = crate::build::read(&path, args.env.as_deref())? {
+        crate::build::run(&build, &path)?;
+    }
     let config = config::load(&path, &options).map_err(|e| e.to_string())?;
     for warning in &config.warnings {
         tracing::warn!("{}: {warning}", path.display());
@@ -188,6 +239,17 @@ fn load_configs(args: &ConfigArgs) -> Result<Vec<WorkerConfig>, String> {
             .map(|path| load_config(Some(path), args))
             .collect::<Result<Vec<_>, _>>()?
     };
+    if args.script.is_some() && configs.len() > 1 {
+        return Err("--script names the entry of one worker; serve one config with it".into());
+    }
+    if configs.len() > 1 {
+        if let Some(config) = configs.iter().find(|c| c.main.is_none()) {
+            return Err(format!(
+                "{}: a config without 'main' (assets only) can only be served alone",
+                config.path.display()
+            ));
+        }
+    }
     for (index, config) in configs.iter().enumerate() {
         if let Some(other) = configs[..index].iter().find(|c| c.name == config.name) {
             return Err(format!(
@@ -299,7 +361,7 @@ fn object_configs(
             let foreign = Arc::new(ForeignNamespace {
                 worker: script.clone(),
                 index: index as u32,
-                senders: Default::default(),
+                mailboxes: Default::default(),
             });
             foreign_links.push((foreign.clone(), owner));
             namespaces[w].push(ObjectNamespace {
@@ -327,24 +389,47 @@ fn object_configs(
     Ok((objects, foreign_links))
 }
 
-/// Starts a pool per worker, then connects the workers that use each other's classes.
+/// Opens each worker's assets directory (reads `_headers`, `_redirects`, `.assetsignore`).
+fn open_assets(configs: &[WorkerConfig]) -> Result<Vec<Option<Arc<Assets>>>, String> {
+    configs
+        .iter()
+        .map(|config| {
+            let Some(assets) = &config.assets else {
+                return Ok(None);
+            };
+            let assets = Assets::open(assets.clone())
+                .map_err(|e| format!("{}: key 'assets': {e}", config.path.display()))?;
+            for warning in &assets.warnings {
+                tracing::warn!("{}: {warning}", assets.config().directory.display());
+            }
+            Ok(Some(Arc::new(assets)))
+        })
+        .collect()
+}
+
+/// Starts a pool per worker (none for an assets-only worker), then connects the workers
+/// that use each other's classes.
 fn start_pools(
     configs: &[WorkerConfig],
+    assets: &[Option<Arc<Assets>>],
     args: &ConfigArgs,
     data_dir: &Path,
     threads: usize,
-) -> Result<Vec<Arc<WorkerPool>>, String> {
+) -> Result<Vec<Option<Arc<WorkerPool>>>, String> {
     let (objects, links) = object_configs(configs, args, data_dir)?;
-    let mut pools: Vec<Arc<WorkerPool>> = Vec::with_capacity(configs.len());
+    let mut pools: Vec<Option<Arc<WorkerPool>>> = Vec::with_capacity(configs.len());
     // One registry: a socket accepted by one worker's class reaches its client through the
     // first worker's front door.
     let sockets = Arc::new(dorun_runtime::sockets::SocketRegistry::default());
-    for (config, objects) in configs.iter().zip(objects) {
-        let spec = worker_spec(config, args, objects);
-        match WorkerPool::start_with_sockets(spec, threads, sockets.clone()) {
-            Ok(pool) => pools.push(Arc::new(pool)),
+    for ((config, objects), assets) in configs.iter().zip(objects).zip(assets) {
+        let Some(spec) = worker_spec(config, args, objects, assets.clone()) else {
+            pools.push(None);
+            continue;
+        };
+        match WorkerPool::start(spec, threads, sockets.clone()) {
+            Ok(pool) => pools.push(Some(Arc::new(pool))),
             Err(error) => {
-                for pool in &pools {
+                for pool in pools.iter().flatten() {
                     pool.close();
                 }
                 return Err(if configs.len() > 1 {
@@ -356,16 +441,24 @@ fn start_pools(
         }
     }
     for (foreign, owner) in links {
-        let _ = foreign.senders.set(pools[owner].senders());
+        if let Some(pool) = &pools[owner] {
+            let _ = foreign.mailboxes.set(pool.mailboxes());
+        }
     }
     Ok(pools)
 }
 
-fn worker_spec(config: &WorkerConfig, args: &ConfigArgs, objects: ObjectConfig) -> WorkerSpec {
+/// The runtime's view of a worker; `None` for an assets-only worker (no script).
+fn worker_spec(
+    config: &WorkerConfig,
+    args: &ConfigArgs,
+    objects: ObjectConfig,
+    assets: Option<Arc<Assets>>,
+) -> Option<WorkerSpec> {
     let cpu_limit_ms = args.cpu_limit_ms.or(config.cpu_limit_ms).unwrap_or(30_000);
-    WorkerSpec {
+    Some(WorkerSpec {
         name: config.name.clone(),
-        main: config.main.clone(),
+        main: config.main.clone()?,
         rules: config.rules.clone(),
         vars: config.vars.clone(),
         compatibility_date: config.compatibility_date.clone(),
@@ -379,7 +472,8 @@ fn worker_spec(config: &WorkerConfig, args: &ConfigArgs, objects: ObjectConfig) 
             max_retries: args.alarm_max_retries,
         },
         block_concurrency_timeout: Duration::from_millis(args.block_concurrency_timeout_ms.max(1)),
-    }
+        assets,
+    })
 }
 
 fn check(args: ConfigArgs) -> Result<(), String> {
@@ -392,9 +486,10 @@ fn check(args: ConfigArgs) -> Result<(), String> {
     if record.exists() {
         let _ = std::fs::copy(&record, scratch.join("dorun-migrations.json"));
     }
-    let pools = start_pools(&configs, &args, &scratch, 1);
+    let assets = open_assets(&configs)?;
+    let pools = start_pools(&configs, &assets, &args, &scratch, 1);
     let _ = std::fs::remove_dir_all(&scratch);
-    for pool in pools? {
+    for pool in pools?.into_iter().flatten() {
         pool.join(Duration::from_secs(5));
     }
     for config in &configs {
@@ -421,10 +516,12 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     if threads == 0 {
         return Err("--threads must be at least 1".into());
     }
-    let pools = start_pools(&configs, &args.config, &data_dir, threads)?;
+    let assets = open_assets(&configs)?;
+    let pools = start_pools(&configs, &assets, &args.config, &data_dir, threads)?;
     // The first worker serves HTTP; the others are reached through their classes.
     let pool = pools[0].clone();
     let config = &configs[0];
+    let sockets = pool.as_ref().map(|pool| pool.sockets().clone());
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -460,9 +557,16 @@ fn serve(args: ServeArgs) -> Result<(), String> {
                 None => shutdown_signal().await,
             }
         };
-        server::run(listener, pool.clone(), shutdown, ServerOptions { drain_timeout }).await;
+        let options = ServerOptions {
+            drain_timeout,
+            assets: assets[0].clone(),
+            name: config.name.clone(),
+        };
+        server::run(listener, pool.clone(), shutdown, options).await;
         // Open WebSockets get a Close frame (1001) instead of a dropped connection.
-        let sockets = pool.sockets();
+        let Some(sockets) = sockets else {
+            return Ok(());
+        };
         let open = sockets.close_all(1001, "dorun is shutting down");
         if open > 0 {
             tracing::info!(sockets = open, "closing open WebSockets");
@@ -473,10 +577,10 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         }
         Ok::<(), String>(())
     })?;
-    for pool in &pools {
+    for pool in pools.iter().flatten() {
         pool.close();
     }
-    for pool in &pools {
+    for pool in pools.iter().flatten() {
         if !pool.join(Duration::from_secs(5)) {
             tracing::warn!("some isolate work (waitUntil, timers) was still running at exit");
         }

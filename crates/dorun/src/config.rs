@@ -24,6 +24,8 @@ const INHERITABLE_KEYS: &[&str] = &[
     "compatibility_flags",
     "rules",
     "limits",
+    "assets",
+    "build",
 ];
 
 /// Keys that are used only when deploying to Cloudflare; dorun accepts and ignores them.
@@ -46,7 +48,6 @@ const DEPLOY_ONLY_KEYS: &[&str] = &[
     "preserve_file_names",
     "tsconfig",
     "placement",
-    "build",
     "usage_model",
     "node_compat",
     "define",
@@ -83,7 +84,6 @@ const UNSUPPORTED_BINDING_KEYS: &[&str] = &[
     "secrets_store_secrets",
     "ratelimits",
     "unsafe",
-    "assets",
     "version_metadata",
     "wasm_modules",
     "text_blobs",
@@ -113,6 +113,8 @@ pub struct LoadOptions {
     /// `--var KEY=VALUE`, applied last.
     pub vars: Vec<(String, String)>,
     pub unsupported_bindings: UnsupportedBindings,
+    /// The entry module given on the command line (absolute); replaces `main`.
+    pub script: Option<PathBuf>,
 }
 
 pub use dorun_runtime::spec::{ModuleRule, ModuleRuleKind};
@@ -146,8 +148,8 @@ pub struct WorkerConfig {
     pub path: PathBuf,
     /// The worker's name (`<name>-<env>` under `--env` unless the env names it).
     pub name: String,
-    /// Absolute path of the entry module.
-    pub main: PathBuf,
+    /// Absolute path of the entry module; `None` for an assets-only Worker.
+    pub main: Option<PathBuf>,
     pub compatibility_date: Option<String>,
     pub compatibility_flags: Vec<String>,
     /// `vars`, then secrets, then `--var`: later sources win.
@@ -160,6 +162,8 @@ pub struct WorkerConfig {
     pub migrations: Vec<Migration>,
     /// `limits.cpu_ms`, if set.
     pub cpu_limit_ms: Option<u64>,
+    /// The `assets` section: static files served by the front door and `env.<binding>`.
+    pub assets: Option<dorun_assets::AssetsConfig>,
     /// Problems that do not stop startup.
     pub warnings: Vec<String>,
 }
@@ -214,12 +218,33 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<WorkerConfig, ConfigEr
     let Value::Object(root) = root else {
         return Err(fail("the top level must be a table / object".into()));
     };
+    load_table(path, &root, options)
+}
+
+/// The config of a Worker started from its script alone (`dorun serve src/index.ts` with no
+/// wrangler file around): that `main`, today's compatibility date, `.dev.vars` beside the
+/// script. `options.script` must be set.
+pub fn load_default(script: &Path, options: &LoadOptions) -> Result<WorkerConfig, ConfigError> {
+    let mut root = Map::new();
+    root.insert(
+        "main".into(),
+        Value::String(script.to_string_lossy().into_owned()),
+    );
+    root.insert("compatibility_date".into(), Value::String(today_utc()));
+    load_table(script, &root, options)
+}
+
+fn load_table(
+    path: &Path,
+    root: &Map<String, Value>,
+    options: &LoadOptions,
+) -> Result<WorkerConfig, ConfigError> {
     let mut reader = Reader {
         problems: Vec::new(),
         warnings: Vec::new(),
         unsupported_bindings: options.unsupported_bindings,
     };
-    let config = reader.resolve(path, &root, options);
+    let config = reader.resolve(path, root, options);
     if reader.problems.is_empty() {
         let mut config = config.expect("a config is produced when there are no problems");
         config.warnings = reader.warnings;
@@ -233,7 +258,7 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<WorkerConfig, ConfigEr
 }
 
 /// Parses TOML, JSON or JSONC (comments and trailing commas) by file extension.
-fn parse_document(path: &Path, text: &str) -> Result<Value, String> {
+pub(crate) fn parse_document(path: &Path, text: &str) -> Result<Value, String> {
     let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     match extension {
         "toml" => toml::from_str::<Value>(text).map_err(|e| format!("invalid TOML: {e}")),
@@ -339,8 +364,17 @@ impl Reader {
             None => name,
         };
 
-        let main = match effective.get("main") {
-            Some(Value::String(main)) => {
+        let main = match (options.script.as_ref(), effective.get("main")) {
+            (Some(script), _) => {
+                if !script.is_file() {
+                    self.problems.push(format!(
+                        "the script {} given on the command line does not exist",
+                        script.display()
+                    ));
+                }
+                Some(script.clone())
+            }
+            (None, Some(Value::String(main))) => {
                 let main = base_dir.join(main);
                 if !main.is_file() {
                     self.problems.push(format!(
@@ -350,13 +384,16 @@ impl Reader {
                 }
                 Some(main)
             }
-            Some(_) => {
+            (None, Some(_)) => {
                 self.problems.push("key 'main' must be a string".into());
                 None
             }
-            None => {
-                self.problems
-                    .push("key 'main' is missing: dorun needs the Worker's entry module".into());
+            (None, None) if effective.contains_key("assets") => None,
+            (None, None) => {
+                self.problems.push(
+                    "key 'main' is missing: dorun needs the Worker's entry module (set main, pass the script: dorun serve <config> --script src/index.js, or configure `assets` to serve only static files)"
+                        .into(),
+                );
                 None
             }
         };
@@ -396,6 +433,7 @@ impl Reader {
             vars.insert(key.clone(), Value::String(value.clone()));
         }
 
+        let assets = self.read_assets(&effective, &base_dir, main.is_some());
         let rules = self.read_rules(&effective);
         let durable_objects = self.read_durable_objects(&effective);
         let migrations = self.read_migrations(root);
@@ -433,15 +471,35 @@ impl Reader {
         Some(WorkerConfig {
             path: path.to_path_buf(),
             name,
-            main: main.unwrap_or_default(),
-            compatibility_date,
-            compatibility_flags,
+            main,
             vars,
             secret_names,
             rules,
             durable_objects,
             migrations,
             cpu_limit_ms,
+            assets: assets.map(|mut assets| {
+                let navigation = ["assets_navigation_prefers_asset_serving"];
+                let off = ["assets_navigation_has_no_effect"];
+                assets.navigation_prefers_assets = if compatibility_flags
+                    .iter()
+                    .any(|f| navigation.contains(&f.as_str()))
+                {
+                    true
+                } else if compatibility_flags
+                    .iter()
+                    .any(|f| off.contains(&f.as_str()))
+                {
+                    false
+                } else {
+                    compatibility_date
+                        .as_deref()
+                        .is_none_or(|date| date >= "2025-04-01")
+                };
+                assets
+            }),
+            compatibility_date,
+            compatibility_flags,
             warnings: Vec::new(),
         })
     }
@@ -457,6 +515,8 @@ impl Reader {
             "rules",
             "durable_objects",
             "limits",
+            "assets",
+            "build",
         ];
         for key in table.keys() {
             let key = key.as_str();
@@ -551,6 +611,135 @@ impl Reader {
             }
         }
         secrets
+    }
+
+    /// The `assets` section: `directory` (required, relative to the config file),
+    /// `binding`, `html_handling`, `not_found_handling`, `run_worker_first`.
+    fn read_assets(
+        &mut self,
+        table: &Map<String, Value>,
+        base_dir: &Path,
+        has_worker: bool,
+    ) -> Option<dorun_assets::AssetsConfig> {
+        use dorun_assets::{AssetsConfig, HtmlHandling, NotFoundHandling, RunWorkerFirst};
+        let section = table.get("assets")?;
+        let Some(section) = section.as_object() else {
+            self.problems
+                .push("key 'assets' must be a table / object".into());
+            return None;
+        };
+        let mut config = AssetsConfig::default();
+        let mut ok = true;
+        for (key, value) in section {
+            match key.as_str() {
+                "directory" => match value.as_str() {
+                    Some(dir) if !dir.is_empty() => {
+                        let directory = base_dir.join(dir);
+                        if !directory.is_dir() {
+                            self.problems.push(format!(
+                                "key 'assets.directory': {} does not exist or is not a directory",
+                                directory.display()
+                            ));
+                            ok = false;
+                        }
+                        config.directory = directory;
+                    }
+                    _ => {
+                        self.problems
+                            .push("key 'assets.directory' must be a non-empty string".into());
+                        ok = false;
+                    }
+                },
+                "binding" => match value.as_str() {
+                    Some(name) if is_js_identifier(name) => config.binding = Some(name.into()),
+                    _ => {
+                        self.problems.push(format!(
+                            "key 'assets.binding' must be a JavaScript identifier, got {value}"
+                        ));
+                        ok = false;
+                    }
+                },
+                "html_handling" => match value.as_str().and_then(HtmlHandling::parse) {
+                    Some(handling) => config.html_handling = handling,
+                    None => {
+                        self.problems.push(format!(
+                            "key 'assets.html_handling' must be one of \"auto-trailing-slash\", \"force-trailing-slash\", \"drop-trailing-slash\", \"none\"; got {value}"
+                        ));
+                        ok = false;
+                    }
+                },
+                "not_found_handling" => match value.as_str().and_then(NotFoundHandling::parse) {
+                    Some(handling) => config.not_found_handling = handling,
+                    None => {
+                        self.problems.push(format!(
+                            "key 'assets.not_found_handling' must be one of \"none\", \"404-page\", \"single-page-application\"; got {value}"
+                        ));
+                        ok = false;
+                    }
+                },
+                "run_worker_first" | "experimental_serve_directly" => {
+                    let serve_directly = key == "experimental_serve_directly";
+                    match value {
+                        Value::Bool(flag) => {
+                            config.run_worker_first = if *flag != serve_directly {
+                                RunWorkerFirst::Always
+                            } else {
+                                RunWorkerFirst::No
+                            };
+                        }
+                        Value::Array(items) if !serve_directly => {
+                            let mut routes = Vec::new();
+                            for item in items {
+                                match item.as_str() {
+                                    Some(route)
+                                        if route.starts_with('/') || route.starts_with("!/") =>
+                                    {
+                                        routes.push(route.to_string())
+                                    }
+                                    _ => {
+                                        self.problems.push(format!(
+                                            "key 'assets.run_worker_first': route {item} must be a string starting with '/' (or '!/' to exclude)"
+                                        ));
+                                        ok = false;
+                                    }
+                                }
+                            }
+                            config.run_worker_first = RunWorkerFirst::Routes(routes);
+                        }
+                        _ => {
+                            self.problems.push(format!(
+                                "key 'assets.{key}' must be a boolean{}, got {value}",
+                                if serve_directly {
+                                    ""
+                                } else {
+                                    " or a list of route patterns"
+                                }
+                            ));
+                            ok = false;
+                        }
+                    }
+                }
+                other => self
+                    .warnings
+                    .push(format!("unknown key 'assets.{other}' is ignored")),
+            }
+        }
+        if !section.contains_key("directory") {
+            self.problems.push(
+                "key 'assets.directory' is missing: name the folder of static files to serve"
+                    .into(),
+            );
+            return None;
+        }
+        if !has_worker {
+            if let Some(binding) = &config.binding {
+                self.problems.push(format!(
+                    "key 'assets.binding' ('{binding}') needs a Worker: set 'main' or pass the script"
+                ));
+                ok = false;
+            }
+        }
+        ok.then_some(config)
     }
 
     fn read_rules(&mut self, table: &Map<String, Value>) -> Vec<ModuleRule> {
@@ -831,6 +1020,25 @@ fn default_rules() -> Vec<ModuleRule> {
     ]
 }
 
+/// Today's date in UTC as `YYYY-MM-DD`.
+pub fn today_utc() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = (secs / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
 fn is_iso_date(s: &str) -> bool {
     let b = s.as_bytes();
     b.len() == 10
@@ -896,7 +1104,7 @@ A = "staging"
         };
         let config = load(&path, &options).unwrap();
         assert_eq!(config.name, "app-staging");
-        assert_eq!(config.main, dir.join("index.js"));
+        assert_eq!(config.main, Some(dir.join("index.js")));
         assert_eq!(config.vars.get("A"), Some(&Value::String("staging".into())));
         assert_eq!(config.vars.get("B"), None);
     }

@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`config`]: wrangler.toml / wrangler.json / wrangler.jsonc, read as wrangler reads them.
 //! - [`migrations`]: Durable Object migrations applied to the data directory at startup.
+//! - [`build`]: wrangler's `[build]` command, run before the Worker loads.
 //! - [`cli`]: the `dorun` command line (`serve`, `check`), turning config into a running server.
 //! - [`server`]: the HTTP front door (hyper): accepts connections, gives each request its
 //!   absolute URL and `CF-Connecting-IP`, hands it to the Worker pool, logs one line per
@@ -12,6 +13,7 @@
 //!
 //! The JavaScript side (isolate threads, module loading, Web APIs) is `dorun-runtime`.
 
+pub mod build;
 pub mod cli;
 pub mod config;
 pub mod migrations;

@@ -164,7 +164,7 @@ mod tests {
         WorkerConfig {
             path: PathBuf::from("wrangler.toml"),
             name: name.into(),
-            main: PathBuf::new(),
+            main: None,
             compatibility_date: None,
             compatibility_flags: Vec::new(),
             vars: Default::default(),
@@ -173,6 +173,7 @@ mod tests {
             durable_objects: Vec::new(),
             migrations,
             cpu_limit_ms: None,
+            assets: None,
             warnings: Vec::new(),
         }
     }

@@ -6,9 +6,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dorun_assets::{Assets, Route};
 use dorun_runtime::body::BoxError;
 use dorun_runtime::sockets::WebSocketToken;
-use dorun_runtime::{ResponseBody, WorkerPool};
+use dorun_runtime::{Failure, ResponseBody, WorkerPool};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -23,21 +24,28 @@ use crate::websocket;
 pub struct ServerOptions {
     /// How long shutdown waits for in-flight requests before closing connections.
     pub drain_timeout: Duration,
+    /// Static assets answered here, without entering JS, when they match (as on Cloudflare).
+    pub assets: Option<Arc<Assets>>,
+    /// The worker's name for log lines (an assets-only worker has no pool).
+    pub name: String,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
         Self {
             drain_timeout: Duration::from_secs(30),
+            assets: None,
+            name: String::new(),
         }
     }
 }
 
-/// Serves `pool` on `listener` until `shutdown` resolves, then stops accepting and drains
-/// in-flight requests for up to `options.drain_timeout`.
+/// Serves `pool` (and the assets) on `listener` until `shutdown` resolves, then stops
+/// accepting and drains in-flight requests for up to `options.drain_timeout`. Without a
+/// pool only the assets answer.
 pub async fn run(
     listener: TcpListener,
-    pool: Arc<WorkerPool>,
+    pool: Option<Arc<WorkerPool>>,
     shutdown: impl Future<Output = ()>,
     options: ServerOptions,
 ) {
@@ -60,9 +68,13 @@ pub async fn run(
         };
         let _ = stream.set_nodelay(true);
         let pool = pool.clone();
+        let options = options.clone();
         let service = service_fn(move |request| {
             let pool = pool.clone();
-            async move { Ok::<_, Infallible>(handle(&pool, request, peer, local).await) }
+            let options = options.clone();
+            async move {
+                Ok::<_, Infallible>(handle(pool.as_deref(), &options, request, peer, local).await)
+            }
         });
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
@@ -85,7 +97,8 @@ pub async fn run(
 }
 
 async fn handle(
-    pool: &WorkerPool,
+    pool: Option<&WorkerPool>,
+    options: &ServerOptions,
     mut request: http::Request<Incoming>,
     peer: SocketAddr,
     local: Option<SocketAddr>,
@@ -93,11 +106,39 @@ async fn handle(
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
+    let log = |response: &http::Response<ResponseBody>| {
+        tracing::info!(
+            target: "dorun::request",
+            worker = %options.name,
+            status = response.status().as_u16(),
+            ms = (started.elapsed().as_secs_f64() * 1000.0 * 100.0).round() / 100.0,
+            "{method} {path} {}",
+            response.status().as_u16()
+        );
+    };
+    if let Some(assets) = &options.assets {
+        let route = assets.route(
+            request.method(),
+            request.uri(),
+            request.headers(),
+            pool.is_some(),
+        );
+        if route == Route::Assets {
+            let response = serve_assets(assets.clone(), request).await;
+            log(&response);
+            return response;
+        }
+    }
+    let Some(pool) = pool else {
+        let response = plain(404, "Not Found");
+        log(&response);
+        return response;
+    };
     let upgrade = websocket::take_upgrade(&mut request);
     let mut response = match prepare(request, peer, local) {
         Ok(request) => match pool.dispatch(request).await {
             Ok(response) => response,
-            Err(error) => plain(503, &format!("{error}")),
+            Err(error) => error.failure().response(),
         },
         Err(message) => plain(400, &message),
     };
@@ -112,21 +153,35 @@ async fn handle(
                     worker = %pool.spec().name,
                     "the Worker answered a request without `Upgrade: websocket` with a WebSocket"
                 );
-                plain(500, "Internal Server Error")
+                Failure::Exception.response()
             }
         };
     } else if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-        response = plain(500, "Internal Server Error");
+        response = Failure::Exception.response();
     }
-    tracing::info!(
-        target: "dorun::request",
-        worker = %pool.spec().name,
-        status = response.status().as_u16(),
-        ms = (started.elapsed().as_secs_f64() * 1000.0 * 100.0).round() / 100.0,
-        "{method} {path} {}",
-        response.status().as_u16()
-    );
+    log(&response);
     response
+}
+
+/// Answers from the assets; file reads run on a blocking thread.
+async fn serve_assets(
+    assets: Arc<Assets>,
+    request: http::Request<Incoming>,
+) -> http::Response<ResponseBody> {
+    let (parts, _body) = request.into_parts();
+    let answer = tokio::task::spawn_blocking(move || {
+        assets.fetch(&parts.method, &parts.uri, &parts.headers)
+    })
+    .await;
+    match answer {
+        Ok(answer) => {
+            let mut response = http::Response::new(ResponseBody::full(answer.body));
+            *response.status_mut() = answer.status;
+            *response.headers_mut() = answer.headers;
+            response
+        }
+        Err(_) => plain(500, "Internal Server Error"),
+    }
 }
 
 /// Gives the request the absolute URL the client asked for and the peer's address.
@@ -159,6 +214,7 @@ fn prepare(
     Ok(http::Request::from_parts(parts, body))
 }
 
+/// A client error of the front door itself (a malformed request).
 fn plain(status: u16, message: &str) -> http::Response<ResponseBody> {
     let mut response = http::Response::new(ResponseBody::full(message.to_string()));
     *response.status_mut() = http::StatusCode::from_u16(status).expect("valid status");

@@ -8,7 +8,8 @@
 // from the id when the next event arrives.
 
 import { core, primordials } from "ext:core/mod.js";
-import { pendingOutputGate, setFetchWebSocket } from "ext:dorun/00_globals.js";
+import { config, currentObject, pendingOutputGate, runAs } from "ext:dorun/00_runtime.js";
+import { setFetchWebSocket } from "ext:dorun/01_globals.js";
 
 const {
   ArrayBufferIsView,
@@ -55,7 +56,6 @@ const {
   op_dorun_ws_event_timeout,
   op_dorun_ws_connect,
   op_dorun_ws_start,
-  op_dorun_event_args,
   op_dorun_reply_value,
 } = core.ops;
 
@@ -66,24 +66,19 @@ const OPEN = 1;
 const CLOSING = 2;
 const CLOSED = 3;
 
-const MAX_TAGS = 10;
-const MAX_TAG_LENGTH = 256;
-const MAX_ATTACHMENT_BYTES = 16384;
-const MAX_AUTO_RESPONSE_BYTES = 2048;
+// Cloudflare's limits, as the Rust side enforces them (sockets.rs).
+const {
+  maxTags: MAX_TAGS,
+  maxTagLength: MAX_TAG_LENGTH,
+  maxAttachmentBytes: MAX_ATTACHMENT_BYTES,
+  maxAutoResponseBytes: MAX_AUTO_RESPONSE_BYTES,
+} = config.socketLimits;
 const MAX_CLOSE_REASON_BYTES = 123;
 const MAX_EVENT_TIMEOUT_MS = 604800000;
 
 const encoder = new TextEncoder();
 const CREATE = SymbolFor("dorun.createWebSocket");
 const EMPTY = new Uint8Array(0);
-
-/** The Durable Object the running code belongs to, or null. */
-function currentObject() {
-  const current = core.getAsyncContext();
-  return current !== undefined && current !== null && current.localSockets !== undefined
-    ? current
-    : null;
-}
 
 /** WebSockets accepted with accept() on this thread, by registry id. */
 const localSockets = new SafeMap();
@@ -115,6 +110,11 @@ class WebSocket extends EventTarget {
   static OPEN = OPEN;
   static CLOSING = CLOSING;
   static CLOSED = CLOSED;
+  // workerd's names for the same constants (partyserver compares readyState to these).
+  static READY_STATE_CONNECTING = CONNECTING;
+  static READY_STATE_OPEN = OPEN;
+  static READY_STATE_CLOSING = CLOSING;
+  static READY_STATE_CLOSED = CLOSED;
 
   /** The other end of the pair, while both ends live in this isolate. */
   #peer = null;
@@ -176,7 +176,7 @@ class WebSocket extends EventTarget {
       if (this.#closeWhenOpen !== null) {
         const [code, reason] = this.#closeWhenOpen;
         this.#state = CLOSING;
-        op_dorun_ws_close(id, code ?? -1, reason);
+        op_dorun_ws_close(id, code ?? null, reason);
       }
     }, (error) => {
       this.#state = CLOSED;
@@ -348,7 +348,7 @@ class WebSocket extends EventTarget {
     if (unique.length > MAX_TAGS) {
       throw new Error(`a Hibernatable WebSocket cannot have more than ${MAX_TAGS} tags`);
     }
-    this.#id = op_dorun_ws_accept_object(object.namespace, object.hex, object.name ?? "", unique);
+    this.#id = op_dorun_ws_accept_object(object.namespace, object.hex, object.name ?? null, unique);
     this.#accepted = true;
     this.#hibernatable = true;
     this.#object = object;
@@ -455,7 +455,7 @@ class WebSocket extends EventTarget {
     if (this.readyState !== OPEN) return;
     this.#state = CLOSING;
     const id = this.#id;
-    this.#gated(() => op_dorun_ws_close(id, code ?? -1, reason));
+    this.#gated(() => op_dorun_ws_close(id, code ?? null, reason));
   }
 
   serializeAttachment(value) {
@@ -473,6 +473,16 @@ class WebSocket extends EventTarget {
     const bytes = this.#id !== 0 ? op_dorun_ws_attachment(this.#id) : this.#attachment;
     if (bytes === null || bytes === undefined) return null;
     return core.deserialize(bytes, { forStorage: true });
+  }
+}
+
+// As on the DOM and in workerd, the state constants are on instances too.
+for (const name of ["CONNECTING", "OPEN", "CLOSING", "CLOSED"]) {
+  for (const key of [name, `READY_STATE_${name}`]) {
+    ObjectDefineProperty(WebSocket.prototype, key, {
+      value: WebSocket[name],
+      enumerable: true,
+    });
   }
 }
 
@@ -548,10 +558,11 @@ ObjectDefineProperty(globalThis, "Response", {
   configurable: true,
 });
 
-/** The registry id to hand the front door for a Response's webSocket, or 0. */
+/** The registry id to hand the front door for a Response's webSocket, or null. */
 function responseSocketToken(response) {
   const webSocket = WeakMapPrototypeGet(responseSockets, response);
-  return webSocket === undefined ? 0 : WebSocketInternals.tokenForResponse(webSocket);
+  const token = webSocket === undefined ? 0 : WebSocketInternals.tokenForResponse(webSocket);
+  return token === 0 ? null : token;
 }
 
 // --- fetch() with `Upgrade: websocket` ------------------------------------------------------
@@ -568,45 +579,44 @@ setFetchWebSocket(async (request) => {
 });
 
 // --- events ---------------------------------------------------------------------------------
-const SOCKET_TEXT = 0;
-const SOCKET_BINARY = 1;
-const SOCKET_CLOSE = 2;
+// A socket event (events.rs `SocketEvent`) is `{type: "message", data}` (a string or bytes),
+// `{type: "close", code, reason, clean}` or `{type: "error", message}`.
 
-function messageData(incoming) {
-  if (incoming.socketEvent === SOCKET_TEXT) return incoming.socketText;
-  const bytes = op_dorun_event_args(incoming.id);
-  return TypedArrayPrototypeGetByteLength(bytes) === bytes.buffer.byteLength
-    ? bytes.buffer
-    : ArrayBufferPrototypeSlice(bytes.buffer, bytes.byteOffset, bytes.byteOffset + bytes.byteLength);
+function messageData(data) {
+  if (typeof data === "string") return data;
+  return TypedArrayPrototypeGetByteLength(data) === data.buffer.byteLength
+    ? data.buffer
+    : ArrayBufferPrototypeSlice(data.buffer, data.byteOffset, data.byteOffset + data.byteLength);
 }
 
-/** An event for a WebSocket accepted with accept() on this thread. */
-function handleLocalSocketEvent(incoming, runAs) {
+/** A `localSocket` event: for a WebSocket accepted with accept() on this thread. */
+function handleLocalSocketEvent(incoming) {
   const ws = localSockets.get(incoming.socket);
+  const socketEvent = incoming.event;
   try {
     if (ws === undefined) return;
     let event;
-    if (incoming.socketEvent === SOCKET_CLOSE) {
+    if (socketEvent.type === "close") {
       localSockets.delete(incoming.socket);
       event = WebSocketInternals.peerClosed(
         ws,
-        incoming.closeCode,
-        incoming.socketText,
-        incoming.closeClean,
+        socketEvent.code,
+        socketEvent.reason,
+        socketEvent.clean,
       );
-    } else if (incoming.socketEvent === SOCKET_TEXT || incoming.socketEvent === SOCKET_BINARY) {
-      event = new MessageEvent("message", { data: messageData(incoming) });
+    } else if (socketEvent.type === "message") {
+      event = new MessageEvent("message", { data: messageData(socketEvent.data) });
     } else {
       event = new ErrorEvent("error", {
-        message: incoming.socketText,
-        error: new Error(incoming.socketText),
+        message: socketEvent.message,
+        error: new Error(socketEvent.message),
       });
     }
     const object = WebSocketInternals.object(ws);
     if (object !== null) runAs(object, () => ws.dispatchEvent(event));
     else ws.dispatchEvent(event);
   } finally {
-    op_dorun_reply_value(incoming.id, false, EMPTY);
+    op_dorun_reply_value(incoming.id, EMPTY);
   }
 }
 
@@ -624,25 +634,21 @@ function materialize(object, id) {
 async function runHibernatableEvent(object, incoming) {
   const ws = materialize(object, incoming.socket);
   const instance = object.instance;
-  if (incoming.socketEvent === SOCKET_TEXT || incoming.socketEvent === SOCKET_BINARY) {
+  const event = incoming.event;
+  if (event.type === "message") {
     if (typeof instance.webSocketMessage === "function") {
-      await instance.webSocketMessage(ws, messageData(incoming));
+      await instance.webSocketMessage(ws, messageData(event.data));
     }
-  } else if (incoming.socketEvent === SOCKET_CLOSE) {
+  } else if (event.type === "close") {
     try {
       if (typeof instance.webSocketClose === "function") {
-        await instance.webSocketClose(
-          ws,
-          incoming.closeCode,
-          incoming.socketText,
-          incoming.closeClean,
-        );
+        await instance.webSocketClose(ws, event.code, event.reason, event.clean);
       }
     } finally {
       object.sockets.delete(incoming.socket);
     }
   } else if (typeof instance.webSocketError === "function") {
-    await instance.webSocketError(ws, new Error(incoming.socketText));
+    await instance.webSocketError(ws, new Error(event.message));
   }
 }
 
@@ -705,7 +711,7 @@ function hibernationApi(object) {
       if (ms !== undefined && ms !== null && ms > MAX_EVENT_TIMEOUT_MS) {
         throw new Error(`Event timeout should not exceed ${MAX_EVENT_TIMEOUT_MS} ms.`);
       }
-      op_dorun_ws_set_event_timeout(object.namespace, object.hex, ms ? Number(ms) : -1);
+      op_dorun_ws_set_event_timeout(object.namespace, object.hex, ms ? Number(ms) : 0);
     },
     getHibernatableWebSocketEventTimeout() {
       return op_dorun_ws_event_timeout(object.namespace, object.hex) ?? null;
@@ -715,6 +721,7 @@ function hibernationApi(object) {
 
 export {
   handleLocalSocketEvent,
+  WorkersResponse,
   hibernationApi,
   responseSocketToken,
   runHibernatableEvent,

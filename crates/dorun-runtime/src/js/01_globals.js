@@ -3,8 +3,9 @@
 // so user code patching prototypes cannot change how the runtime behaves.
 
 import { core, internals, primordials } from "ext:core/mod.js";
+import { console, pendingOutputGate } from "ext:dorun/00_runtime.js";
 
-const { ObjectDefineProperty, ObjectDefineProperties, Symbol, SymbolFor } = primordials;
+const { MathCeil, ObjectDefineProperty, ObjectDefineProperties, Symbol } = primordials;
 
 // deno_fetch reports spans to Deno's OpenTelemetry layer, which dorun does not ship:
 // tracing stays off, so these are never called with a span.
@@ -28,7 +29,6 @@ internals.__telemetryUtil ??= {
 const webidl = core.loadExtScript("ext:deno_webidl/00_webidl.js");
 const url = core.loadExtScript("ext:deno_web/00_url.js");
 const urlPattern = core.loadExtScript("ext:deno_web/01_urlpattern.js");
-const consoleModule = core.loadExtScript("ext:deno_web/01_console.js");
 const domException = core.loadExtScript("ext:deno_web/01_dom_exception.js");
 const event = core.loadExtScript("ext:deno_web/02_event.js");
 const structuredCloneModule = core.loadExtScript("ext:deno_web/02_structured_clone.js");
@@ -48,15 +48,6 @@ const request = core.loadExtScript("ext:deno_fetch/23_request.js");
 const response = core.loadExtScript("ext:deno_fetch/23_response.js");
 const fetchModule = core.loadExtScript("ext:deno_fetch/26_fetch.js");
 
-const { op_dorun_log } = core.ops;
-
-// --- console -> tracing -------------------------------------------------------------
-// Log lines are plain text: no ANSI colours in values.
-consoleModule.setNoColorFns(() => true, () => true);
-const console = new consoleModule.Console((message, level) => {
-  op_dorun_log(level, message);
-});
-
 // --- errors nobody caught are logged, never fatal to the isolate ------------------
 const globalEvents = new event.EventTarget();
 event.saveGlobalThisReference(globalEvents);
@@ -70,20 +61,10 @@ core.setUnhandledPromiseRejectionHandler((_promise, reason) => {
 });
 
 // --- outbound fetch: http and https only, as on Cloudflare -------------------------
-// Code running for a Durable Object carries it as its async context; a fetch made after a
-// write waits for that write to be durable (the output gate).
-const OUTPUT_GATE = SymbolFor("dorun.outputGate");
+// A fetch made by a Durable Object after a write waits for that write to be durable
+// (the output gate).
 
-/** The pending output gate of the Durable Object this code runs for, or null. */
-function pendingOutputGate() {
-  const current = core.getAsyncContext();
-  return current !== undefined && current !== null && typeof current[OUTPUT_GATE] === "function"
-    ? current[OUTPUT_GATE]()
-    : null;
-}
-globalThis[SymbolFor("dorun.pendingOutputGate")] = pendingOutputGate;
-
-/** Set by 03_websockets.js: connects a `fetch` that asks for `Upgrade: websocket`. */
+/** Set by 07_websockets.js: connects a `fetch` that asks for `Upgrade: websocket`. */
 let fetchWebSocket = null;
 function setFetchWebSocket(f) {
   fetchWebSocket = f;
@@ -111,6 +92,19 @@ function fetch(input, init = undefined) {
   if (gate !== null) return gate.then(send);
   return send();
 }
+
+// workerd's ReadableStreamBYOBReader.readAtLeast(minBytes, view): a BYOB read that resolves
+// once at least `minBytes` bytes are in `view` (or the stream ended), i.e. the standard
+// read(view, { min }) with min counted in bytes.
+ObjectDefineProperty(streams.ReadableStreamBYOBReader.prototype, "readAtLeast", {
+  value: function readAtLeast(minBytes, view) {
+    const elementSize = view?.BYTES_PER_ELEMENT ?? 1;
+    return this.read(view, { min: MathCeil(minBytes / elementSize) });
+  },
+  writable: true,
+  enumerable: false,
+  configurable: true,
+});
 
 const navigator = {};
 ObjectDefineProperty(navigator, "userAgent", {
@@ -224,7 +218,4 @@ ObjectDefineProperties(globalThis, {
   WebAssembly: nonEnumerable(globalThis.WebAssembly),
 });
 
-// Internals the worker glue (01_worker.js) and generated modules use.
-globalThis[SymbolFor("dorun.console")] = console;
-
-export { pendingOutputGate, setFetchWebSocket };
+export { setFetchWebSocket };

@@ -1,0 +1,562 @@
+// RPC between isolates: V8 serialization of arguments, results and errors; stubs of Durable
+// Objects (`stub.fetch()` and `stub.method()`), with promise pipelining; functions and
+// RpcTargets passed by reference (exported where they live, called back through stubs);
+// ReadableStreams passed as channels.
+
+import { core, primordials } from "ext:core/mod.js";
+import {
+  config,
+  currentObject,
+  pendingOutputGate,
+  RpcTarget,
+  runAs,
+} from "ext:dorun/00_runtime.js";
+import { DurableObjectId, idParts, setStubMaker } from "ext:dorun/02_ids.js";
+import {
+  WebSocketInternals,
+  WorkersResponse as Response,
+} from "ext:dorun/03_websockets.js";
+
+const {
+  ArrayIsArray,
+  Error,
+  MapPrototype,
+  MapPrototypeDelete,
+  MapPrototypeGet,
+  MapPrototypeSet,
+  ObjectGetOwnPropertyDescriptor,
+  ObjectGetPrototypeOf,
+  ObjectKeys,
+  ObjectPrototype,
+  ObjectPrototypeIsPrototypeOf,
+  PromisePrototypeThen,
+  Proxy,
+  RangeError,
+  SafeMap,
+  SafeWeakMap,
+  SetPrototype,
+  String,
+  SymbolFor,
+  TypeError,
+  WeakMapPrototypeGet,
+  WeakMapPrototypeSet,
+} = primordials;
+
+const {
+  op_dorun_object_rpc,
+  op_dorun_object_fetch,
+  op_dorun_reply_value,
+  op_dorun_reply_error,
+  op_dorun_thread_index,
+  op_dorun_export_call,
+  op_dorun_export_release,
+  op_dorun_export_retain,
+  op_dorun_stream_export,
+  op_dorun_stream_import,
+} = core.ops;
+
+const streams = core.loadExtScript("ext:deno_web/06_streams.js");
+const { Request, RequestPrototype, toInnerRequest } = core.loadExtScript(
+  "ext:deno_fetch/23_request.js",
+);
+const { ResponsePrototype } = core.loadExtScript("ext:deno_fetch/23_response.js");
+const { Headers } = core.loadExtScript("ext:deno_fetch/20_headers.js");
+const HeadersPrototype = Headers.prototype;
+const SymbolDispose = globalThis.Symbol.dispose ?? SymbolFor("Symbol.dispose");
+const workerName = config.workerName;
+
+// --- serialization across isolates -------------------------------------------------------
+
+// --- serialization across isolates -------------------------------------------------------
+
+export function serialize(value) {
+  return core.serialize(value, { forStorage: false });
+}
+
+export function deserialize(bytes) {
+  return core.deserialize(bytes, { forStorage: false });
+}
+
+export function serializeError(error) {
+  const isError = error !== null && typeof error === "object" && "message" in error;
+  const plain = {
+    dorunError: true,
+    name: isError ? String(error.name ?? "Error") : "Error",
+    message: isError ? String(error.message) : String(error),
+    stack: isError && typeof error.stack === "string" ? error.stack : undefined,
+  };
+  return serialize(plain);
+}
+
+const ERROR_TYPES = {
+  Error,
+  TypeError,
+  RangeError,
+  SyntaxError: globalThis.SyntaxError,
+  ReferenceError: globalThis.ReferenceError,
+  EvalError: globalThis.EvalError,
+  URIError: globalThis.URIError,
+};
+
+function deserializeError(bytes, objectId) {
+  let plain;
+  try {
+    plain = deserialize(bytes);
+  } catch {
+    plain = { name: "Error", message: "unreadable error from Durable Object" };
+  }
+  const Ctor = ERROR_TYPES[plain.name] ?? Error;
+  const error = new Ctor(plain.message);
+  if (error.name !== plain.name) error.name = plain.name;
+  error.remote = true;
+  if (objectId !== undefined) error.durableObjectId = objectId;
+  if (plain.stack) error.stack = plain.stack;
+  return error;
+}
+
+/** A call that never got an answer (the object was reset or the server is stopping). */
+function disconnected(error, objectId) {
+  error.retryable = true;
+  error.durableObjectReset = true;
+  error.durableObjectId = objectId;
+  return error;
+}
+
+// --- stubs of Durable Objects ---------------------------------------------------------------
+
+/** The value of a call's reply (`{kind: "value" | "error", payload}`), or its error thrown. */
+function replyValue(reply, objectId = undefined) {
+  if (reply.kind === "error") throw deserializeError(reply.payload, objectId);
+  return unmarshal(deserialize(reply.payload));
+}
+
+async function stubFetch(namespace, hex, name, input, init) {
+  const request = new Request(input, init);
+  const inner = toInnerRequest(request);
+  let bodyRid = null;
+  if (request.body !== null) {
+    bodyRid = streams.resourceForReadableStream(request.body);
+  }
+  const gate = pendingOutputGate();
+  if (gate !== null) await gate;
+  let head;
+  try {
+    head = await op_dorun_object_fetch(
+      namespace,
+      hex,
+      name ?? null,
+      request.method,
+      request.url,
+      inner.headerList,
+      bodyRid,
+    );
+  } catch (error) {
+    throw disconnected(error, hex);
+  }
+  if (head.kind === "error") throw deserializeError(head.payload, hex);
+  if (head.webSocket !== null) {
+    return new Response(null, {
+      status: 101,
+      headers: head.headers,
+      webSocket: WebSocketInternals.remote(head.webSocket),
+    });
+  }
+  const body = head.bodyRid === null ? null : streams.readableStreamForRid(head.bodyRid);
+  return new Response(body, { status: head.status, headers: head.headers });
+}
+
+async function rpcCall(namespace, hex, name, method, get, args) {
+  let bytes;
+  try {
+    bytes = serialize(marshal(args));
+  } catch (error) {
+    throw new TypeError(`Could not serialize RPC arguments: ${error.message}`);
+  }
+  const gate = pendingOutputGate();
+  if (gate !== null) await gate;
+  let reply;
+  try {
+    reply = await op_dorun_object_rpc(namespace, hex, name ?? null, method, get, bytes);
+  } catch (error) {
+    throw disconnected(error, hex);
+  }
+  return replyValue(reply, hex);
+}
+
+/**
+ * A member of a stub: calling it calls the method over RPC, awaiting it reads the
+ * property; either way the result can be used before it arrives (pipelining).
+ */
+function rpcProperty(namespace, hex, name, method) {
+  return pipelined(
+    () => rpcCall(namespace, hex, name, method, true, []),
+    (args) => rpcCall(namespace, hex, name, method, false, args),
+  );
+}
+
+/**
+ * Promise pipelining: a thenable for a value still on its way whose members can already
+ * be called or read (`stub.getCounter().increment()`), each step waiting for the one
+ * before. `read` makes the promise of the value, only when someone awaits it; `call`,
+ * if given, is what calling the pipelined value itself does.
+ */
+function pipelined(read, call = null) {
+  let promise = null;
+  const value = () => (promise ??= read());
+  return new Proxy(function pipelinedValue() {}, {
+    apply(_target, _this, args) {
+      if (call === null) throw new TypeError("The RPC result is not a function.");
+      const result = call(args);
+      return pipelined(() => result);
+    },
+    get(_target, property) {
+      if (property === "then") {
+        return (resolve, reject) => PromisePrototypeThen(value(), resolve, reject);
+      }
+      if (property === "catch") {
+        return (reject) => PromisePrototypeThen(value(), undefined, reject);
+      }
+      if (property === "finally") return (f) => value().finally(f);
+      if (typeof property === "symbol") return undefined;
+      return pipelined(
+        () => PromisePrototypeThen(value(), (v) => v[property]),
+        (args) => PromisePrototypeThen(value(), (v) => v[property](...args)),
+      );
+    },
+  });
+}
+
+// --- functions, RpcTargets and stubs across RPC ----------------------------------------
+// Functions and RpcTarget instances in arguments or results stay where they are and are
+// exported; the other side gets a stub that calls back over the same channels as RPC.
+// Stubs of Durable Objects travel as their ids. An export lives until every stub of it
+// is garbage-collected (each side releases its stubs through a FinalizationRegistry).
+const STUB_KEY = "__dorunRpcStub";
+const OBJECT_STUB_KEY = "__dorunObjectStub";
+const STREAM_KEY = "__dorunStream";
+const FETCH_KEY = "__dorunFetchObject";
+
+/** A body crossing RPC: a stream token, or null. */
+function marshalBody(body) {
+  if (body === null) return null;
+  if (streams.isReadableStreamLocked(body) || streams.isReadableStreamDisturbed(body)) {
+    throw new TypeError("A Request or Response whose body was already used cannot be sent over RPC.");
+  }
+  return op_dorun_stream_export(streams.resourceForReadableStream(body));
+}
+
+function unmarshalBody(token) {
+  return token === null ? null : streams.readableStreamForRid(op_dorun_stream_import(token));
+}
+
+/**
+ * Request, Response and Headers cross RPC as workerd sends them: their head by value, their
+ * body as a stream read as it is produced. null if `value` is none of them.
+ */
+function marshalFetchObject(value) {
+  if (ObjectPrototypeIsPrototypeOf(HeadersPrototype, value)) {
+    return { [FETCH_KEY]: { type: "headers", headers: [...value] } };
+  }
+  if (ObjectPrototypeIsPrototypeOf(RequestPrototype, value)) {
+    return {
+      [FETCH_KEY]: {
+        type: "request",
+        url: value.url,
+        method: value.method,
+        headers: [...value.headers],
+        redirect: value.redirect,
+        body: marshalBody(value.body),
+      },
+    };
+  }
+  if (ObjectPrototypeIsPrototypeOf(ResponsePrototype, value)) {
+    if (value.status === 101) {
+      throw new TypeError("A WebSocket Response cannot be sent over RPC; use stub.fetch().");
+    }
+    return {
+      [FETCH_KEY]: {
+        type: "response",
+        status: value.status,
+        statusText: value.statusText,
+        headers: [...value.headers],
+        body: marshalBody(value.body),
+      },
+    };
+  }
+  return null;
+}
+
+function unmarshalFetchObject(plain) {
+  if (plain.type === "headers") return new Headers(plain.headers);
+  if (plain.type === "request") {
+    const body = unmarshalBody(plain.body);
+    return new Request(plain.url, {
+      method: plain.method,
+      headers: plain.headers,
+      redirect: plain.redirect,
+      body,
+      ...(body === null ? {} : { duplex: "half" }),
+    });
+  }
+  return new Response(unmarshalBody(plain.body), {
+    status: plain.status,
+    statusText: plain.statusText,
+    headers: plain.headers,
+  });
+}
+const threadIndex = op_dorun_thread_index();
+/**
+ * Thread indexes and namespace indexes mean something only inside one worker; a stub
+ * that reaches another worker (script_name) is refused with a clear error.
+ */
+function checkSameWorker(identity) {
+  const from = identity[3];
+  if (from !== workerName) {
+    throw new TypeError(
+      `dorun cannot pass functions, RpcTargets or Durable Object stubs between different workers yet (from worker '${from}' to '${workerName}').`,
+    );
+  }
+}
+/** id -> { value, refs, object } */
+const exportsById = new SafeMap();
+const exportIds = new SafeWeakMap();
+let nextExport = 0;
+/** A stub of an export -> [thread, export id, kind]. */
+const remoteIdentity = new SafeWeakMap();
+/** A Durable Object stub -> [namespace, hex, name]. */
+const objectStubIdentity = new SafeWeakMap();
+const releases = new FinalizationRegistry(([thread, id]) => {
+  if (thread === threadIndex) releaseExport(id);
+  else op_dorun_export_release(thread, id);
+});
+
+export function retainExport(id) {
+  const entry = MapPrototypeGet(exportsById, id);
+  if (entry !== undefined) entry.refs++;
+}
+
+export function releaseExport(id) {
+  const entry = MapPrototypeGet(exportsById, id);
+  if (entry !== undefined && --entry.refs <= 0) {
+    MapPrototypeDelete(exportsById, id);
+    exportIds.delete(entry.value);
+  }
+}
+
+function exportValue(value, kind) {
+  let id = WeakMapPrototypeGet(exportIds, value);
+  if (id === undefined) {
+    id = ++nextExport;
+    // Calls back into it run as code of the object that exported it, if any.
+    MapPrototypeSet(exportsById, id, { value, refs: 0, object: currentObject() });
+    WeakMapPrototypeSet(exportIds, value, id);
+  }
+  MapPrototypeGet(exportsById, id).refs++;
+  return { [STUB_KEY]: [threadIndex, id, kind, workerName] };
+}
+
+function isPlainObject(value) {
+  const prototype = ObjectGetPrototypeOf(value);
+  return prototype === ObjectPrototype || prototype === null;
+}
+
+/** `value` with functions, RpcTargets and stubs replaced by what crosses RPC. */
+export function marshal(value, seen = null) {
+  const type = typeof value;
+  if (value === null || (type !== "object" && type !== "function")) return value;
+  const remote = WeakMapPrototypeGet(remoteIdentity, value);
+  if (remote !== undefined) {
+    // Forwarding a stub: its owner counts one more holder (sent before our own release).
+    if (remote[0] === threadIndex) {
+      const entry = MapPrototypeGet(exportsById, remote[1]);
+      if (entry !== undefined) entry.refs++;
+    } else {
+      op_dorun_export_retain(remote[0], remote[1]);
+    }
+    return { [STUB_KEY]: remote };
+  }
+  const objectStub = WeakMapPrototypeGet(objectStubIdentity, value);
+  if (objectStub !== undefined) return { [OBJECT_STUB_KEY]: objectStub };
+  if (type === "function") return exportValue(value, "function");
+  if (ObjectPrototypeIsPrototypeOf(streams.ReadableStreamPrototype, value)) {
+    // A byte stream crosses as a channel: the receiver reads it as it is produced.
+    if (streams.isReadableStreamLocked(value)) {
+      throw new TypeError("A locked ReadableStream cannot be sent over RPC.");
+    }
+    return { [STREAM_KEY]: op_dorun_stream_export(streams.resourceForReadableStream(value)) };
+  }
+  if (ObjectPrototypeIsPrototypeOf(RpcTarget.prototype, value)) return exportValue(value, "target");
+  const fetchObject = marshalFetchObject(value);
+  if (fetchObject !== null) return fetchObject;
+  seen ??= new SafeMap();
+  const done = MapPrototypeGet(seen, value);
+  if (done !== undefined) return done;
+  if (ArrayIsArray(value)) {
+    const out = [];
+    MapPrototypeSet(seen, value, out);
+    for (let i = 0; i < value.length; i++) out[i] = marshal(value[i], seen);
+    return out;
+  }
+  if (ObjectPrototypeIsPrototypeOf(MapPrototype, value)) {
+    const out = new Map();
+    MapPrototypeSet(seen, value, out);
+    for (const [k, v] of value) out.set(marshal(k, seen), marshal(v, seen));
+    return out;
+  }
+  if (ObjectPrototypeIsPrototypeOf(SetPrototype, value)) {
+    const out = new Set();
+    MapPrototypeSet(seen, value, out);
+    for (const v of value) out.add(marshal(v, seen));
+    return out;
+  }
+  if (isPlainObject(value)) {
+    const out = {};
+    MapPrototypeSet(seen, value, out);
+    for (const key of ObjectKeys(value)) out[key] = marshal(value[key], seen);
+    return out;
+  }
+  return value;
+}
+
+/** The reverse of `marshal`, in place on a freshly deserialized value. */
+export function unmarshal(value, seen = null) {
+  if (value === null || typeof value !== "object") return value;
+  seen ??= new SafeMap();
+  if (MapPrototypeGet(seen, value) !== undefined) return value;
+  MapPrototypeSet(seen, value, true);
+  if (ArrayIsArray(value)) {
+    for (let i = 0; i < value.length; i++) value[i] = unmarshal(value[i], seen);
+    return value;
+  }
+  if (ObjectPrototypeIsPrototypeOf(MapPrototype, value)) {
+    const entries = [...value];
+    value.clear();
+    for (const [k, v] of entries) value.set(unmarshal(k, seen), unmarshal(v, seen));
+    return value;
+  }
+  if (ObjectPrototypeIsPrototypeOf(SetPrototype, value)) {
+    const items = [...value];
+    value.clear();
+    for (const v of items) value.add(unmarshal(v, seen));
+    return value;
+  }
+  if (isPlainObject(value)) {
+    const keys = ObjectKeys(value);
+    if (keys.length === 1 && keys[0] === STUB_KEY) {
+      checkSameWorker(value[STUB_KEY]);
+      return remoteStub(value[STUB_KEY]);
+    }
+    if (keys.length === 1 && keys[0] === STREAM_KEY) {
+      return streams.readableStreamForRid(op_dorun_stream_import(value[STREAM_KEY]));
+    }
+    if (keys.length === 1 && keys[0] === FETCH_KEY) return unmarshalFetchObject(value[FETCH_KEY]);
+    if (keys.length === 1 && keys[0] === OBJECT_STUB_KEY) {
+      checkSameWorker(value[OBJECT_STUB_KEY]);
+      const [namespace, hex, name] = value[OBJECT_STUB_KEY];
+      return makeStub(new DurableObjectId(namespace, hex, name ?? undefined));
+    }
+    for (const key of keys) value[key] = unmarshal(value[key], seen);
+  }
+  return value;
+}
+
+async function exportCall(thread, id, method, get, args) {
+  let bytes;
+  try {
+    bytes = serialize(marshal(args));
+  } catch (error) {
+    throw new TypeError(`Could not serialize RPC arguments: ${error.message}`);
+  }
+  const gate = pendingOutputGate();
+  if (gate !== null) await gate;
+  return replyValue(await op_dorun_export_call(thread, id, method, get, bytes));
+}
+
+/** A stub for a function or RpcTarget exported by isolate thread `thread`. */
+function remoteStub(identity) {
+  const [thread, id, kind] = identity;
+  let stub;
+  if (kind === "function") {
+    // Not thenable: awaiting a function stub gives the stub.
+    stub = (...args) => {
+      const result = exportCall(thread, id, null, false, args);
+      return pipelined(() => result);
+    };
+  } else {
+    stub = new Proxy({}, {
+      get(_target, property) {
+        if (property === SymbolDispose) return () => {};
+        if (typeof property === "symbol" || property === "then") return undefined;
+        return pipelined(
+          () => exportCall(thread, id, property, true, []),
+          (args) => exportCall(thread, id, property, false, args),
+        );
+      },
+    });
+  }
+  WeakMapPrototypeSet(remoteIdentity, stub, identity);
+  releases.register(stub, [thread, id]);
+  return stub;
+}
+
+/** A call through a stub to something this isolate exported. */
+export async function handleExportCall(event) {
+  const entry = MapPrototypeGet(exportsById, event.export);
+  try {
+    if (entry === undefined) {
+      throw new Error("This RPC stub's target no longer exists (it was released).");
+    }
+    const args = unmarshal(deserialize(event.args));
+    const invoke = () => {
+      const target = entry.value;
+      if (event.method === null) {
+        if (typeof target !== "function") throw new TypeError("The RPC stub is not a function.");
+        return target(...args);
+      }
+      const descriptor = lookupMember(target, event.method);
+      if (descriptor === undefined) {
+        throw new TypeError(`The RPC receiver does not implement the method "${event.method}".`);
+      }
+      const member = descriptor.get !== undefined ? descriptor.get.call(target) : descriptor.value;
+      if (event.get) return member;
+      if (typeof member !== "function") {
+        throw new TypeError(`"${event.method}" is not a method of the RPC receiver.`);
+      }
+      return member.apply(target, args);
+    };
+    const object = entry.object;
+    const result = object !== null ? await runAs(object, invoke) : await invoke();
+    if (object !== null) await object.storage.outputGate();
+    op_dorun_reply_value(event.id, serialize(marshal(result)));
+  } catch (error) {
+    op_dorun_reply_error(event.id, serializeError(error));
+  }
+}
+
+export function makeStub(id) {
+  const [namespace, hex, name] = idParts(id);
+  const target = { id, name };
+  const fetch = (input, init) => stubFetch(namespace, hex, name, input, init);
+  const stub = new Proxy(target, {
+    get(target, property) {
+      if (property === "id" || property === "name") return target[property];
+      if (property === "fetch") return fetch;
+      if (typeof property === "symbol" || property === "then") return undefined;
+      return rpcProperty(namespace, hex, name, property);
+    },
+  });
+  WeakMapPrototypeSet(objectStubIdentity, stub, [namespace, hex, name ?? null, workerName]);
+  return stub;
+}
+setStubMaker(makeStub);
+
+/** The own or inherited (not from Object.prototype) property descriptor of `method`. */
+export function lookupMember(instance, method) {
+  let prototype = ObjectGetPrototypeOf(instance);
+  while (prototype !== null && prototype !== ObjectPrototype) {
+    const descriptor = ObjectGetOwnPropertyDescriptor(prototype, method);
+    if (descriptor !== undefined) return descriptor;
+    prototype = ObjectGetPrototypeOf(prototype);
+  }
+  return undefined;
+}

@@ -1,0 +1,183 @@
+// The Worker: `cloudflare:workers`, `env`, the fetch handler, and the serve loop that takes
+// each event from the isolate thread's mailbox (events.rs) and hands it to its concern.
+// Loaded last; the entry point of the glue.
+
+import { core, primordials } from "ext:core/mod.js";
+import {
+  config,
+  console,
+  DurableObject,
+  env,
+  pendingWaitUntil,
+  RpcTarget,
+  waitUntil,
+  WorkerEntrypoint,
+  WorkflowEntrypoint,
+} from "ext:dorun/00_runtime.js";
+import "ext:dorun/01_globals.js";
+import { DurableObjectId, DurableObjectNamespace } from "ext:dorun/02_ids.js";
+import {
+  handleLocalSocketEvent,
+  WebSocket,
+  WebSocketPair,
+  WebSocketRequestResponsePair,
+} from "ext:dorun/03_websockets.js";
+import { makeRequest, respondFailure, sendResponse } from "ext:dorun/04_http.js";
+import { handleExportCall, releaseExport, retainExport } from "ext:dorun/05_rpc.js";
+import { evictIdle, handleObjectEvent, live } from "ext:dorun/09_objects.js";
+import { createAssetsBinding } from "ext:dorun/10_assets.js";
+
+const {
+  ArrayPrototypePush,
+  Error,
+  ObjectPrototypeIsPrototypeOf,
+  Promise,
+  PromiseAllSettled,
+  PromisePrototypeThen,
+  PromiseRace,
+  SymbolFor,
+  TypeError,
+} = primordials;
+
+const { op_dorun_next_event, op_dorun_module_bytes, op_dorun_done } = core.ops;
+
+const { ResponsePrototype } = core.loadExtScript("ext:deno_fetch/23_response.js");
+
+class ExecutionContext {
+  props = {};
+  waitUntil(promise) {
+    waitUntil(promise);
+  }
+  passThroughOnException() {}
+}
+
+// --- cloudflare:workers and env -----------------------------------------------------------
+globalThis[SymbolFor("dorun.cloudflare:workers")] = {
+  DurableObject,
+  WorkerEntrypoint,
+  WorkflowEntrypoint,
+  RpcTarget,
+  RpcStub: undefined,
+  env,
+  waitUntil,
+};
+
+for (let index = 0; index < config.namespaces.length; index++) {
+  // A class only other workers bind to has a namespace without a binding of its own.
+  const binding = config.namespaces[index].binding;
+  if (binding !== "") env[binding] = new DurableObjectNamespace(index);
+}
+if (config.assetsBinding) env[config.assetsBinding] = createAssetsBinding();
+globalThis.DurableObjectNamespace = DurableObjectNamespace;
+globalThis.WebSocket = WebSocket;
+globalThis.WebSocketPair = WebSocketPair;
+globalThis.WebSocketRequestResponsePair = WebSocketRequestResponsePair;
+globalThis.DurableObjectId = DurableObjectId;
+
+globalThis[SymbolFor("dorun.moduleBytes")] = (url) => op_dorun_module_bytes(url).buffer;
+
+// --- the fetch handler ------------------------------------------------------------------------
+const NO_FETCH_HANDLER = "Handler does not export a fetch() function.";
+
+/** Picks how to call the Worker from its module namespace. */
+function fetchHandlerFor(worker) {
+  const exported = worker.default;
+  if (
+    typeof exported === "function" &&
+    ObjectPrototypeIsPrototypeOf(WorkerEntrypoint.prototype, exported.prototype)
+  ) {
+    if (typeof exported.prototype.fetch !== "function") return null;
+    return (request, ctx) => new exported(ctx, env).fetch(request);
+  }
+  if (exported !== null && typeof exported === "object" && typeof exported.fetch === "function") {
+    return (request, ctx) => exported.fetch(request, env, ctx);
+  }
+  return null;
+}
+
+async function handleHttp(handler, incoming) {
+  let response;
+  try {
+    if (handler === null) throw new Error(NO_FETCH_HANDLER);
+    const request = makeRequest(incoming.request);
+    response = await handler(request, new ExecutionContext());
+    if (!ObjectPrototypeIsPrototypeOf(ResponsePrototype, response)) {
+      throw new TypeError(
+        "Incorrect type for Promise: the Promise did not resolve to 'Response'.",
+      );
+    }
+    sendResponse(incoming.id, response);
+  } catch (error) {
+    console.error(error);
+    respondFailure(incoming.id);
+  }
+}
+
+// --- the serve loop -----------------------------------------------------------------------------
+async function serve(worker) {
+  const handler = fetchHandlerFor(worker);
+  if (handler === null) console.warn(NO_FETCH_HANDLER);
+  const eviction = setInterval(
+    () => evictIdle(),
+    Math.max(10, Math.min(1000, config.idleTimeoutMs / 4)),
+  );
+  while (true) {
+    const incoming = await op_dorun_next_event();
+    if (incoming === null) break;
+    switch (incoming.kind) {
+      case "http":
+        handleHttp(handler, incoming);
+        break;
+      case "objectFetch":
+      case "objectRpc":
+      case "objectAlarm":
+      case "objectSocket":
+        handleObjectEvent(worker, incoming);
+        break;
+      case "localSocket":
+        handleLocalSocketEvent(incoming);
+        break;
+      case "exportCall":
+        handleExportCall(incoming);
+        break;
+      case "exportRelease":
+        releaseExport(incoming.export);
+        break;
+      case "exportRetain":
+        retainExport(incoming.export);
+        break;
+    }
+  }
+  clearInterval(eviction);
+  // Let waitUntil work and pending commits finish (bounded: the pool waits 5 s at most),
+  // close every object's storage, then stop even if user timers are still scheduled.
+  const settled = [...pendingWaitUntil];
+  for (const object of live.values()) {
+    ArrayPrototypePush(
+      settled,
+      PromisePrototypeThen(object.storage.outputGate(), () => object.storage.close(), () => {}),
+    );
+  }
+  let timer;
+  await PromiseRace([
+    PromiseAllSettled(settled),
+    new Promise((resolve) => {
+      timer = setTimeout(resolve, 4000);
+    }),
+  ]);
+  clearTimeout(timer);
+  op_dorun_done();
+}
+
+globalThis[SymbolFor("dorun.start")] = (worker) => {
+  delete globalThis[SymbolFor("dorun.start")];
+  PromisePrototypeThen(serve(worker), undefined, (error) => {
+    console.error("dorun serve loop failed:", error);
+  });
+};
+
+// User code sees Workers globals only, not Deno's.
+delete globalThis.Deno;
+delete globalThis.__bootstrap;
+
+export { ExecutionContext };

@@ -1,0 +1,116 @@
+//! The mailbox of an isolate thread: the events other threads send it and the replies it
+//! sends back. Every way into an isolate (the front door, stubs, alarms, sockets, exported
+//! functions) is one [`Event`] on the owning thread's queue; the answer comes back on the
+//! event's oneshot channel as a [`Reply`].
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::body::{RequestBody, ResponseBody};
+
+/// The queues of one worker's isolate threads, by thread index.
+pub type Mailboxes = Arc<Vec<mpsc::UnboundedSender<Event>>>;
+
+/// An event for an isolate thread.
+pub enum Event {
+    /// A request from the front door for the Worker's fetch handler.
+    Http {
+        request: Box<http::Request<RequestBody>>,
+        reply: oneshot::Sender<Reply>,
+    },
+    /// A call into a Durable Object pinned to this thread.
+    Object(Box<ObjectEvent>),
+    /// Something happened on a WebSocket accepted with `accept()` on this thread.
+    Socket {
+        socket: u32,
+        message: SocketMessage,
+        reply: oneshot::Sender<Reply>,
+    },
+    /// A call through an RPC stub to a function or `RpcTarget` this isolate exported
+    /// (passed as an argument or returned as a result). `method` is `None` to call a function.
+    Export {
+        export: u32,
+        method: Option<String>,
+        get: bool,
+        args: Vec<u8>,
+        reply: oneshot::Sender<Reply>,
+    },
+    /// The last stub of an export is gone: forget it.
+    Release { export: u32 },
+    /// A stub of an export was passed on: one more holder.
+    Retain { export: u32 },
+    /// Stop taking events: the isolate finishes what it has and its thread exits.
+    Shutdown,
+}
+
+/// A call into one Durable Object.
+pub struct ObjectEvent {
+    /// The namespace's index in the worker that owns the class.
+    pub namespace: u32,
+    pub object_id: String,
+    pub object_name: Option<String>,
+    pub call: ObjectCall,
+    pub reply: oneshot::Sender<Reply>,
+}
+
+pub enum ObjectCall {
+    Fetch(http::Request<RequestBody>),
+    /// `get` reads a property instead of calling a method.
+    Rpc {
+        method: String,
+        get: bool,
+        args: Vec<u8>,
+    },
+    /// The object's alarm is due. `scheduled` is the stored time (ms since the epoch).
+    Alarm {
+        scheduled: i64,
+        retries: u32,
+    },
+    /// Something happened on one of the object's hibernatable WebSockets.
+    Socket {
+        socket: u32,
+        message: SocketMessage,
+    },
+}
+
+/// What an event produced.
+pub enum Reply {
+    Response(http::Response<ResponseBody>),
+    /// A V8-serialized return value.
+    Value(Vec<u8>),
+    /// A V8-serialized error, rethrown at the caller.
+    Error(Vec<u8>),
+    /// How an alarm event went.
+    Alarm(AlarmOutcome),
+}
+
+/// What running an alarm event came to, reported by the JS glue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AlarmOutcome {
+    /// Ran (or gave up); the object's storage says what is scheduled next.
+    Done,
+    /// alarm() threw: retry the same scheduled time after a backoff.
+    Retry,
+    /// The object's own record differs from what fired (a stale index entry): the real
+    /// alarm time, if any.
+    Stale(Option<i64>),
+}
+
+/// What happened on a WebSocket, for the code that handles its events.
+#[derive(Debug)]
+pub enum SocketMessage {
+    Text(String),
+    Binary(Vec<u8>),
+    /// The peer closed (`clean`: with a Close frame; else code 1006).
+    Close {
+        code: u16,
+        reason: String,
+        clean: bool,
+    },
+    Error(String),
+}
+
+/// Marks a 101 response whose WebSocket the front door should connect to socket `0`.
+#[derive(Clone, Copy, Debug)]
+pub struct WebSocketToken(pub u32);

@@ -1,0 +1,603 @@
+//! Durable Object storage ops: each object's SQLite file (KV, SQL, transactions, its
+//! alarm record) through `dorun-storage`, and the cache of open connections per isolate
+//! thread.
+//!
+//! An object gets a handle when it first touches storage; the connection behind a handle
+//! may be closed when the cache is full (only without a pending transaction) and is
+//! reopened on next use, so memory stays bounded however many objects are resident.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use deno_core::{op2, v8, OpState};
+use dorun_storage::{Durability, ListOptions, ObjectDatabase, SqlValue, StorageError};
+
+use crate::alarms::{AlarmIndexError, AlarmScheduler};
+use crate::namespaces::{IdError, ObjectConfig};
+
+/// How many SQLite connections one isolate thread keeps open.
+pub const MAX_OPEN_CONNECTIONS: usize = 256;
+
+/// Why a storage op failed.
+#[derive(Debug, thiserror::Error, deno_error::JsError)]
+#[class(generic)]
+pub enum StorageOpError {
+    #[error("Durable Object storage is closed")]
+    Closed,
+    #[error("cannot open Durable Object storage {}: {source}", path.display())]
+    Open { path: PathBuf, source: StorageError },
+    #[error("{0}")]
+    Storage(#[from] StorageError),
+    #[class(inherit)]
+    #[error(transparent)]
+    Id(#[from] IdError),
+    #[error(transparent)]
+    AlarmIndex(#[from] AlarmIndexError),
+    #[class(range)]
+    #[error("{0}")]
+    TooLarge(&'static str),
+}
+
+struct StorageEntry {
+    path: PathBuf,
+    namespace: u32,
+    object_id: String,
+    name: Option<String>,
+    db: Option<ObjectDatabase>,
+    last_used: u64,
+}
+
+/// The storage of the objects on this isolate thread, by handle, with at most `capacity`
+/// connections open (least recently used closed first).
+pub struct OpenDatabases {
+    next: u32,
+    clock: u64,
+    connected: usize,
+    capacity: usize,
+    durability: Durability,
+    entries: HashMap<u32, StorageEntry>,
+}
+
+impl OpenDatabases {
+    pub fn new(capacity: usize, durability: Durability) -> Self {
+        Self {
+            next: 0,
+            clock: 0,
+            connected: 0,
+            capacity: capacity.max(1),
+            durability,
+            entries: HashMap::new(),
+        }
+    }
+
+    /// Registers an object's file and opens it (so a bad path or a corrupt file is
+    /// reported at the first storage call). Returns its handle.
+    pub fn insert(
+        &mut self,
+        path: PathBuf,
+        namespace: u32,
+        object_id: &str,
+        name: Option<String>,
+    ) -> Result<u32, StorageOpError> {
+        self.next = self.next.wrapping_add(1).max(1);
+        let handle = self.next;
+        self.entries.insert(
+            handle,
+            StorageEntry {
+                path,
+                namespace,
+                object_id: object_id.to_string(),
+                name,
+                db: None,
+                last_used: 0,
+            },
+        );
+        if let Err(error) = self.database(handle) {
+            self.remove(handle);
+            return Err(error);
+        }
+        Ok(handle)
+    }
+
+    /// The open connection of `handle`, reopening it if the cache closed it.
+    pub fn database(&mut self, handle: u32) -> Result<&mut ObjectDatabase, StorageOpError> {
+        self.clock += 1;
+        let clock = self.clock;
+        let needs_open = match self.entries.get(&handle) {
+            None => return Err(StorageOpError::Closed),
+            Some(entry) => entry.db.is_none(),
+        };
+        if needs_open {
+            if self.connected >= self.capacity {
+                self.close_least_recently_used(handle);
+            }
+            let entry = self.entries.get_mut(&handle).expect("checked above");
+            let db = ObjectDatabase::open(&entry.path, self.durability).map_err(|source| {
+                StorageOpError::Open {
+                    path: entry.path.clone(),
+                    source,
+                }
+            })?;
+            entry.db = Some(db);
+            self.connected += 1;
+        }
+        let entry = self.entries.get_mut(&handle).expect("checked above");
+        entry.last_used = clock;
+        Ok(entry.db.as_mut().expect("opened above"))
+    }
+
+    fn close_least_recently_used(&mut self, keep: u32) {
+        let victim = self
+            .entries
+            .iter()
+            .filter(|(handle, entry)| {
+                **handle != keep && entry.db.as_ref().is_some_and(|db| !db.in_transaction())
+            })
+            .min_by_key(|(_, entry)| entry.last_used)
+            .map(|(handle, _)| *handle);
+        if let Some(victim) = victim {
+            if let Some(entry) = self.entries.get_mut(&victim) {
+                entry.db = None;
+                self.connected -= 1;
+            }
+        }
+    }
+
+    /// Whether `handle`'s object has writes waiting for a commit.
+    pub fn in_transaction(&self, handle: u32) -> bool {
+        self.entries
+            .get(&handle)
+            .and_then(|entry| entry.db.as_ref())
+            .is_some_and(|db| db.in_transaction())
+    }
+
+    /// How many connections are open now.
+    pub fn connected(&self) -> usize {
+        self.connected
+    }
+
+    /// Whether `handle`'s connection is open now (not closed by the cache).
+    pub fn is_connected(&self, handle: u32) -> bool {
+        self.entries
+            .get(&handle)
+            .is_some_and(|entry| entry.db.is_some())
+    }
+
+    pub fn remove(&mut self, handle: u32) -> Option<ObjectDatabase> {
+        let entry = self.entries.remove(&handle)?;
+        if entry.db.is_some() {
+            self.connected -= 1;
+        }
+        entry.db
+    }
+
+    /// Commits `handle`'s implicit transaction, keeping the alarm index and scheduler in
+    /// step: a new alarm time reaches the index before the commit, a cleared one after it,
+    /// so the index never misses an alarm the object has.
+    pub fn commit(&mut self, handle: u32, alarms: &AlarmScheduler) -> Result<(), StorageOpError> {
+        let Some(entry) = self.entries.get_mut(&handle) else {
+            // Closed by the object, which committed then. (The cache only closes
+            // connections without a pending transaction.)
+            return Ok(());
+        };
+        let Some(db) = entry.db.as_mut() else {
+            return Ok(());
+        };
+        let change = db.pending_alarm_change()?;
+        if let Some(Some(time)) = change {
+            if let Err(error) = alarms.index_put(
+                entry.namespace,
+                &entry.object_id,
+                entry.name.as_deref(),
+                time,
+            ) {
+                let _ = db.rollback();
+                return Err(error.into());
+            }
+        }
+        db.commit()?;
+        if let Some(time) = change {
+            if time.is_none() {
+                if let Err(error) = alarms.index_delete(entry.namespace, &entry.object_id) {
+                    // Harmless: a stale index entry fires, finds no alarm and is dropped.
+                    tracing::warn!("{error}");
+                }
+            }
+            alarms.update(
+                entry.namespace,
+                &entry.object_id,
+                entry.name.as_deref(),
+                time,
+            );
+        }
+        Ok(())
+    }
+}
+
+fn with_db<T>(
+    state: &mut OpState,
+    handle: u32,
+    f: impl FnOnce(&mut ObjectDatabase) -> dorun_storage::Result<T>,
+) -> Result<T, StorageOpError> {
+    let db = state.borrow_mut::<OpenDatabases>().database(handle)?;
+    Ok(f(db)?)
+}
+
+/// Opens the object's SQLite file; returns a handle for the other storage ops. Without
+/// `create`, an object that never wrote anything gets `null` and no file.
+#[op2]
+pub fn op_dorun_storage_open(
+    state: &mut OpState,
+    #[smi] namespace: u32,
+    #[string] object_id: &str,
+    #[string] object_name: Option<String>,
+    create: bool,
+) -> Result<Option<u32>, StorageOpError> {
+    let path = state
+        .borrow::<Arc<ObjectConfig>>()
+        .namespace_dir(namespace)?
+        .join(format!("{object_id}.sqlite"));
+    if !create && !path.exists() {
+        return Ok(None);
+    }
+    let open = state.borrow_mut::<OpenDatabases>();
+    open.insert(path, namespace, object_id, object_name)
+        .map(Some)
+}
+
+/// Commits pending writes and closes the file.
+#[op2(fast)]
+pub fn op_dorun_storage_close(
+    state: &mut OpState,
+    #[smi] handle: u32,
+) -> Result<(), StorageOpError> {
+    let alarms = state.borrow::<Arc<AlarmScheduler>>().clone();
+    let open = state.borrow_mut::<OpenDatabases>();
+    let committed = open.commit(handle, &alarms);
+    open.remove(handle);
+    committed
+}
+
+/// Drops uncommitted writes (object reset).
+#[op2(fast)]
+pub fn op_dorun_storage_rollback(
+    state: &mut OpState,
+    #[smi] handle: u32,
+) -> Result<(), StorageOpError> {
+    with_db(state, handle, |db| db.rollback())
+}
+
+/// Commits the implicit transaction after the current JS turn: the op yields once, so every
+/// write made before the event loop turns again is part of this commit.
+#[op2]
+pub async fn op_dorun_storage_commit(
+    state: Rc<RefCell<OpState>>,
+    #[smi] handle: u32,
+) -> Result<(), StorageOpError> {
+    tokio::task::yield_now().await;
+    let mut state = state.borrow_mut();
+    let alarms = state.borrow::<Arc<AlarmScheduler>>().clone();
+    state.borrow_mut::<OpenDatabases>().commit(handle, &alarms)
+}
+
+#[op2(fast)]
+pub fn op_dorun_storage_savepoint(
+    state: &mut OpState,
+    #[smi] handle: u32,
+    #[string] name: &str,
+) -> Result<(), StorageOpError> {
+    with_db(state, handle, |db| db.savepoint(name))
+}
+
+#[op2(fast)]
+pub fn op_dorun_storage_release(
+    state: &mut OpState,
+    #[smi] handle: u32,
+    #[string] name: &str,
+) -> Result<(), StorageOpError> {
+    with_db(state, handle, |db| db.release(name))
+}
+
+#[op2(fast)]
+pub fn op_dorun_storage_rollback_to(
+    state: &mut OpState,
+    #[smi] handle: u32,
+    #[string] name: &str,
+) -> Result<(), StorageOpError> {
+    with_db(state, handle, |db| db.rollback_to(name))
+}
+
+/// Sets the alarm (ms since the epoch) in the implicit transaction.
+#[op2(fast)]
+pub fn op_dorun_alarm_set(
+    state: &mut OpState,
+    #[smi] handle: u32,
+    time: f64,
+) -> Result<(), StorageOpError> {
+    with_db(state, handle, |db| db.set_alarm(Some(time as i64)))
+}
+
+/// Clears the alarm in the implicit transaction.
+#[op2(fast)]
+pub fn op_dorun_alarm_delete(
+    state: &mut OpState,
+    #[smi] handle: u32,
+) -> Result<(), StorageOpError> {
+    with_db(state, handle, |db| db.set_alarm(None))
+}
+
+#[op2(fast)]
+pub fn op_dorun_storage_in_transaction(state: &mut OpState, #[smi] handle: u32) -> bool {
+    state.borrow::<OpenDatabases>().in_transaction(handle)
+}
+
+#[op2]
+#[buffer]
+pub fn op_dorun_kv_get(
+    state: &mut OpState,
+    #[smi] handle: u32,
+    #[string] key: &str,
+) -> Result<Option<Vec<u8>>, StorageOpError> {
+    with_db(state, handle, |db| db.kv_get(key))
+}
+
+#[op2(fast)]
+pub fn op_dorun_kv_put(
+    state: &mut OpState,
+    #[smi] handle: u32,
+    #[string] key: &str,
+    #[buffer] value: &[u8],
+) -> Result<(), StorageOpError> {
+    with_db(state, handle, |db| db.kv_put(key, value))
+}
+
+#[op2(fast)]
+pub fn op_dorun_kv_delete(
+    state: &mut OpState,
+    #[smi] handle: u32,
+    #[string] key: &str,
+) -> Result<bool, StorageOpError> {
+    with_db(state, handle, |db| db.kv_delete(key))
+}
+
+#[derive(deno_core::FromV8)]
+pub struct ListArgs {
+    start: Option<String>,
+    end: Option<String>,
+    prefix: Option<String>,
+    reverse: Option<bool>,
+    limit: Option<u32>,
+}
+
+/// Lists entries as a flat array `[key, value, key, value, ...]`.
+#[op2]
+pub fn op_dorun_kv_list<'s>(
+    scope: &mut v8::PinScope<'s, '_>,
+    state: &mut OpState,
+    #[smi] handle: u32,
+    #[scoped] args: ListArgs,
+) -> Result<v8::Local<'s, v8::Array>, StorageOpError> {
+    let options = ListOptions {
+        start: args.start,
+        end: args.end,
+        prefix: args.prefix,
+        reverse: args.reverse.unwrap_or(false),
+        limit: args.limit.map(u64::from),
+    };
+    let entries = with_db(state, handle, |db| db.kv_list(&options))?;
+    let mut values: Vec<v8::Local<'s, v8::Value>> = Vec::with_capacity(entries.len() * 2);
+    for (key, value) in entries {
+        let key =
+            v8::String::new(scope, &key).ok_or_else(|| StorageOpError::TooLarge("key too long"))?;
+        values.push(key.into());
+        let length = value.len();
+        let store = v8::ArrayBuffer::new_backing_store_from_vec(value).make_shared();
+        let buffer = v8::ArrayBuffer::with_backing_store(scope, &store);
+        let array = v8::Uint8Array::new(scope, buffer, 0, length)
+            .ok_or_else(|| StorageOpError::TooLarge("value too large"))?;
+        values.push(array.into());
+    }
+    Ok(v8::Array::new_with_elements(scope, &values))
+}
+
+#[op2(fast)]
+pub fn op_dorun_kv_delete_all(
+    state: &mut OpState,
+    #[smi] handle: u32,
+    keep_alarm: bool,
+) -> Result<(), StorageOpError> {
+    with_db(state, handle, |db| db.delete_all(keep_alarm))
+}
+
+/// The stored alarm (ms since the epoch) or null.
+#[op2]
+pub fn op_dorun_alarm_get(
+    state: &mut OpState,
+    #[smi] handle: u32,
+) -> Result<Option<f64>, StorageOpError> {
+    with_db(state, handle, |db| db.alarm()).map(|t| t.map(|t| t as f64))
+}
+
+#[op2(fast)]
+pub fn op_dorun_sql_database_size(
+    state: &mut OpState,
+    #[smi] handle: u32,
+) -> Result<f64, StorageOpError> {
+    with_db(state, handle, |db| db.database_size()).map(|n| n as f64)
+}
+
+/// Runs user SQL. Returns `[columnNames, rows, rowsRead, rowsWritten]`; rows are arrays.
+#[op2]
+pub fn op_dorun_sql_exec<'s>(
+    scope: &mut v8::PinScope<'s, '_>,
+    state: &mut OpState,
+    #[smi] handle: u32,
+    #[string] query: &str,
+    bindings: v8::Local<'s, v8::Value>,
+) -> Result<v8::Local<'s, v8::Array>, StorageOpError> {
+    use deno_core::v8;
+    let mut values = Vec::new();
+    if let Ok(array) = v8::Local::<v8::Array>::try_from(bindings) {
+        for index in 0..array.length() {
+            let value = array
+                .get_index(scope, index)
+                .unwrap_or_else(|| v8::undefined(scope).into());
+            values.push(to_sql_value(scope, value)?);
+        }
+    }
+    let result = with_db(state, handle, |db| db.sql_exec(query, &values))?;
+    let columns: Vec<v8::Local<v8::Value>> = result
+        .columns
+        .iter()
+        .map(|c| v8::String::new(scope, c).expect("column name").into())
+        .collect();
+    let columns = v8::Array::new_with_elements(scope, &columns);
+    let mut rows = Vec::with_capacity(result.rows.len());
+    for row in &result.rows {
+        let mut cells = Vec::with_capacity(row.len());
+        for cell in row {
+            let value: v8::Local<v8::Value> = match cell {
+                SqlValue::Null => v8::null(scope).into(),
+                SqlValue::Integer(i) => v8::Number::new(scope, *i as f64).into(),
+                SqlValue::Real(f) => v8::Number::new(scope, *f).into(),
+                SqlValue::Text(s) => v8::String::new(scope, s)
+                    .ok_or_else(|| StorageOpError::TooLarge("string too long"))?
+                    .into(),
+                SqlValue::Blob(b) => {
+                    let store =
+                        v8::ArrayBuffer::new_backing_store_from_vec(b.clone()).make_shared();
+                    v8::ArrayBuffer::with_backing_store(scope, &store).into()
+                }
+            };
+            cells.push(value);
+        }
+        rows.push(v8::Array::new_with_elements(scope, &cells).into());
+    }
+    let rows = v8::Array::new_with_elements(scope, &rows);
+    let read = v8::Number::new(scope, result.rows_read as f64);
+    let written = v8::Number::new(scope, result.rows_written as f64);
+    Ok(v8::Array::new_with_elements(
+        scope,
+        &[columns.into(), rows.into(), read.into(), written.into()],
+    ))
+}
+
+fn to_sql_value(
+    scope: &mut v8::PinScope<'_, '_>,
+    value: v8::Local<'_, v8::Value>,
+) -> Result<SqlValue, StorageOpError> {
+    use deno_core::v8;
+    if value.is_null_or_undefined() {
+        return Ok(SqlValue::Null);
+    }
+    if value.is_number() {
+        let number = value.number_value(scope).unwrap_or(0.0);
+        if number.fract() == 0.0 && number.abs() < 9.007_199_254_740_992e15 {
+            return Ok(SqlValue::Integer(number as i64));
+        }
+        return Ok(SqlValue::Real(number));
+    }
+    if value.is_big_int() {
+        let big = v8::Local::<v8::BigInt>::try_from(value).expect("bigint");
+        return Ok(SqlValue::Integer(big.i64_value().0));
+    }
+    if let Ok(view) = v8::Local::<v8::ArrayBufferView>::try_from(value) {
+        let mut bytes = vec![0u8; view.byte_length()];
+        view.copy_contents(&mut bytes);
+        return Ok(SqlValue::Blob(bytes));
+    }
+    if let Ok(buffer) = v8::Local::<v8::ArrayBuffer>::try_from(value) {
+        let length = buffer.byte_length();
+        let mut bytes = vec![0u8; length];
+        if let Some(view) = v8::Uint8Array::new(scope, buffer, 0, length) {
+            view.copy_contents(&mut bytes);
+        }
+        return Ok(SqlValue::Blob(bytes));
+    }
+    let text = value
+        .to_string(scope)
+        .map(|s| s.to_rust_string_lossy(scope))
+        .unwrap_or_default();
+    Ok(SqlValue::Text(text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("dorun-lru-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn open_three(dir: &std::path::Path, cache: &mut OpenDatabases) -> Vec<u32> {
+        (0..3)
+            .map(|i| {
+                cache
+                    .insert(dir.join(format!("{i}.sqlite")), 0, &format!("{i}"), None)
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_least_recently_used_connection_is_closed_first() {
+        let dir = temp_dir("order");
+        let mut cache = OpenDatabases::new(2, Durability::Off);
+        let handles = open_three(&dir, &mut cache);
+        // Opening the third closed the first; touching the second makes the third the
+        // oldest, so reopening the first closes the third.
+        assert_eq!(cache.connected(), 2);
+        assert!(!cache.is_connected(handles[0]));
+        cache.database(handles[1]).unwrap();
+        cache.database(handles[0]).unwrap();
+        assert!(cache.is_connected(handles[0]));
+        assert!(cache.is_connected(handles[1]));
+        assert!(!cache.is_connected(handles[2]));
+        assert_eq!(cache.connected(), 2);
+    }
+
+    #[test]
+    fn a_connection_with_a_pending_transaction_is_never_closed() {
+        let dir = temp_dir("txn");
+        let mut cache = OpenDatabases::new(1, Durability::Off);
+        let first = cache.insert(dir.join("a.sqlite"), 0, "a", None).unwrap();
+        cache.database(first).unwrap().kv_put("k", b"v").unwrap();
+        assert!(cache.in_transaction(first));
+        let second = cache.insert(dir.join("b.sqlite"), 0, "b", None).unwrap();
+        // Over capacity rather than losing the uncommitted write.
+        assert!(cache.is_connected(first));
+        assert!(cache.is_connected(second));
+        assert_eq!(
+            cache.database(first).unwrap().kv_get("k").unwrap(),
+            Some(b"v".to_vec())
+        );
+    }
+
+    #[test]
+    fn a_reopened_connection_sees_committed_data_and_removed_handles_are_closed() {
+        let dir = temp_dir("reopen");
+        let mut cache = OpenDatabases::new(1, Durability::Off);
+        let first = cache.insert(dir.join("a.sqlite"), 0, "a", None).unwrap();
+        {
+            let db = cache.database(first).unwrap();
+            db.kv_put("k", b"1").unwrap();
+            db.commit().unwrap();
+        }
+        let second = cache.insert(dir.join("b.sqlite"), 0, "b", None).unwrap();
+        assert!(!cache.is_connected(first));
+        assert_eq!(
+            cache.database(first).unwrap().kv_get("k").unwrap(),
+            Some(b"1".to_vec())
+        );
+        assert!(!cache.is_connected(second));
+        cache.remove(first);
+        assert_eq!(cache.connected(), 0);
+        assert!(matches!(cache.database(first), Err(StorageOpError::Closed)));
+    }
+}

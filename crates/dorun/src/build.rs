@@ -1,0 +1,104 @@
+//! wrangler's `[build]` section: a shell command run before the Worker loads (`command`, in
+//! `cwd`, relative to the config file; `watch_dir` is accepted, dorun does not watch).
+//! Its output goes to stderr; a failing command stops dorun with a message naming it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+/// A `[build]` command to run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BuildCommand {
+    pub command: String,
+    pub cwd: PathBuf,
+}
+
+/// The build command of a config file (the `[env.<name>.build]` section if there is one,
+/// as wrangler inherits it), or `None`.
+pub fn read(path: &Path, env: Option<&str>) -> Result<Option<BuildCommand>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let root = crate::config::parse_document(path, &text)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let env_build = env.and_then(|name| root.get("env")?.get(name)?.get("build"));
+    let (key, section) = match (env_build, root.get("build")) {
+        (Some(section), _) => (format!("env.{}.build", env.unwrap_or_default()), section),
+        (None, Some(section)) => ("build".to_string(), section),
+        (None, None) => return Ok(None),
+    };
+    let fail = |message: String| format!("{}: key '{key}{message}", path.display());
+    let Some(section) = section.as_object() else {
+        return Err(fail("' must be a table / object".into()));
+    };
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut command = None;
+    let mut cwd = base.to_path_buf();
+    for (name, value) in section {
+        match (name.as_str(), value) {
+            ("command", Value::String(text)) => {
+                if !text.trim().is_empty() {
+                    command = Some(text.clone());
+                }
+            }
+            ("cwd", Value::String(dir)) => cwd = base.join(dir),
+            ("watch_dir", Value::String(_) | Value::Array(_)) => {}
+            ("command" | "cwd", _) => return Err(fail(format!(".{name}' must be a string"))),
+            ("watch_dir", _) => {
+                return Err(fail(
+                    ".watch_dir' must be a string or a list of strings".into(),
+                ))
+            }
+            (other, _) => {
+                tracing::warn!("{}: unknown key '{key}.{other}' is ignored", path.display())
+            }
+        }
+    }
+    let Some(command) = command else {
+        return Ok(None);
+    };
+    if !cwd.is_dir() {
+        return Err(fail(format!(
+            ".cwd': {} does not exist or is not a directory",
+            cwd.display()
+        )));
+    }
+    Ok(Some(BuildCommand { command, cwd }))
+}
+
+/// Runs the command with `sh -c` (its stdout and stderr both on dorun's stderr) and waits.
+pub fn run(build: &BuildCommand, config: &Path) -> Result<(), String> {
+    eprintln!(
+        "dorun: running custom build: {} (in {})",
+        build.command,
+        build.cwd.display()
+    );
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(&build.command)
+        .current_dir(&build.cwd)
+        .stdin(Stdio::null())
+        .stdout(std::io::stderr())
+        .stderr(std::io::stderr())
+        .status()
+        .map_err(|e| {
+            format!(
+                "{}: cannot run the [build] command `{}`: {e}",
+                config.display(),
+                build.command
+            )
+        })?;
+    if status.success() {
+        Ok(())
+    } else {
+        let how = match status.code() {
+            Some(code) => format!("exit status {code}"),
+            None => "a signal".to_string(),
+        };
+        Err(format!(
+            "{}: the [build] command `{}` failed with {how}; fix the build or remove [build]",
+            config.display(),
+            build.command
+        ))
+    }
+}
