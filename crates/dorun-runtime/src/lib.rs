@@ -12,8 +12,8 @@
 //!   scheduler and the per-namespace index), [`storage`] (each object's SQLite file and the
 //!   connection cache), [`sockets`] (WebSockets held outside JS), [`assets_binding`]
 //!   (`env.ASSETS`, answered by `dorun-assets`).
-//! - [`spec`], [`loader`] (+ `transpile`), [`supervisor`]: the Worker as the runtime sees it,
-//!   its modules, the CPU-limit watchdog.
+//! - [`spec`], [`loader`] (+ `transpile`, `commonjs`), [`supervisor`]: the Worker as the
+//!   runtime sees it, its modules (ES modules and CommonJS), the CPU-limit watchdog.
 //! - [`extension`]: the deno_core extension (ops + the JS glue in `js/`).
 //! - [`isolate`]: one isolate thread; [`pool`]: [`WorkerPool`], the threads of one Worker.
 
@@ -21,6 +21,7 @@ pub mod alarms;
 pub mod assets_binding;
 pub mod body;
 pub mod clock;
+mod commonjs;
 pub mod context;
 pub mod events;
 pub mod extension;

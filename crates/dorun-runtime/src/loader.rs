@@ -6,14 +6,20 @@
 //! the `module` and `main` fields. The resolver is oxc_resolver, a maintained
 //! implementation of Node/webpack resolution, rather than a hand-written one.
 //!
+//! Bare and non-relative specifiers also go through `compilerOptions.paths` and `baseUrl` of
+//! the `tsconfig.json` (or `jsconfig.json`) nearest to the Worker's main module, as esbuild
+//! applies them (not inside `node_modules`).
+//!
 //! Loading classifies each file: wrangler module rules first (Text, Data, CompiledWasm,
 //! ESModule), then by extension (`.ts`/`.mts`/`.tsx` transpiled, `.json` as a default
-//! export, `.js`/`.mjs` as is). Every module is parsed once (shared by all isolate threads)
-//! so syntax errors report `file:line:column`. An import that cannot be resolved is
-//! reported with the importing file's `file:line:column` and the specifier.
+//! export, `.js`/`.mjs` as is, `.cjs`/`.cts` and `.js` without ES module syntax outside a
+//! `"type": "module"` package as CommonJS, see [`crate::commonjs`]). Every module is parsed
+//! once (shared by all isolate threads) so syntax errors report `file:line:column`. An
+//! import that cannot be resolved is reported with the importing file's `file:line:column`
+//! and the specifier.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -28,8 +34,9 @@ use deno_error::JsErrorBox;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use url::Url;
 
+use crate::commonjs::{self, CommonJsFile, RequireTarget};
 use crate::spec::{ModuleRuleKind, WorkerSpec};
-use crate::transpile;
+use crate::transpile::{self, Goal};
 
 /// The specifier of the synthetic module that imports the Worker's entry module and hands
 /// its namespace to the runtime glue.
@@ -38,6 +45,8 @@ const UNRESOLVED_SCHEME: &str = "dorun-unresolved";
 
 /// Conditions for package.json `exports`, in wrangler's order.
 const EXPORT_CONDITIONS: &[&str] = &["workerd", "worker", "browser", "import", "default"];
+/// The conditions for `require()`, as esbuild swaps `import` for `require`.
+const REQUIRE_CONDITIONS: &[&str] = &["workerd", "worker", "browser", "require", "default"];
 
 /// State shared by the loaders of every isolate of one Worker: resolution and parse results
 /// are computed once.
@@ -46,7 +55,13 @@ pub struct ModuleGraph {
     base_dir: PathBuf,
     rules: Vec<(ModuleRuleKind, GlobSet)>,
     resolver: oxc_resolver::Resolver,
+    /// Resolves `require()` specifiers (the `require` condition, `main` before `module`).
+    require_resolver: oxc_resolver::Resolver,
     prepared: Mutex<HashMap<Url, Prepared>>,
+    /// Per ES module, the names it imports from each specifier (for CommonJS facades).
+    imported_names: Mutex<HashMap<Url, HashMap<String, BTreeSet<String>>>>,
+    /// Per directory, whether the nearest package.json says `"type": "module"`.
+    package_types: Mutex<HashMap<PathBuf, bool>>,
     source_maps: Mutex<HashMap<String, Arc<[u8]>>>,
     /// Bytes of Data and CompiledWasm modules, read by `op_dorun_module_bytes`.
     module_bytes: Mutex<HashMap<String, bytes::Bytes>>,
@@ -62,6 +77,11 @@ pub enum LoadError {
     },
     #[error("invalid module rule globs: {0}")]
     RuleSet(globset::Error),
+    #[error("cannot read {}: {source}", path.display())]
+    Tsconfig {
+        path: PathBuf,
+        source: oxc_resolver::ResolveError,
+    },
 }
 
 /// A module ready to hand to V8.
@@ -69,6 +89,8 @@ pub enum LoadError {
 enum Prepared {
     JavaScript(Arc<str>),
     Json(Arc<str>),
+    /// A CommonJS file: its registration module is generated when it loads.
+    CommonJs(Arc<CommonJsFile>),
 }
 
 impl ModuleGraph {
@@ -91,7 +113,14 @@ impl ModuleGraph {
             }
             rules.push((rule.kind, set.build().map_err(LoadError::RuleSet)?));
         }
+        let tsconfig = find_tsconfig(&spec.main);
         let resolver = oxc_resolver::Resolver::new(oxc_resolver::ResolveOptions {
+            tsconfig: tsconfig.clone().map(|config_file| {
+                oxc_resolver::TsconfigDiscovery::Manual(oxc_resolver::TsconfigOptions {
+                    config_file,
+                    references: oxc_resolver::TsconfigReferences::Disabled,
+                })
+            }),
             condition_names: EXPORT_CONDITIONS.iter().map(|s| s.to_string()).collect(),
             main_fields: vec!["module".into(), "main".into()],
             extensions: [".ts", ".tsx", ".mts", ".js", ".mjs", ".jsx", ".json"]
@@ -104,12 +133,28 @@ impl ModuleGraph {
             )],
             ..Default::default()
         });
+        if let Some(tsconfig) = &tsconfig {
+            resolver
+                .resolve_tsconfig(tsconfig)
+                .map_err(|source| LoadError::Tsconfig {
+                    path: tsconfig.clone(),
+                    source,
+                })?;
+        }
+        let require_resolver = resolver.clone_with_options(oxc_resolver::ResolveOptions {
+            condition_names: REQUIRE_CONDITIONS.iter().map(|s| s.to_string()).collect(),
+            main_fields: vec!["main".into(), "module".into()],
+            ..resolver.options().clone()
+        });
         Ok(Arc::new(Self {
             spec,
             base_dir,
             rules,
             resolver,
+            require_resolver,
             prepared: Mutex::new(HashMap::new()),
+            imported_names: Mutex::new(HashMap::new()),
+            package_types: Mutex::new(HashMap::new()),
             source_maps: Mutex::new(HashMap::new()),
             module_bytes: Mutex::new(HashMap::new()),
         }))
@@ -140,23 +185,189 @@ impl ModuleGraph {
     }
 
     fn resolve(&self, specifier: &str, referrer: &str) -> Result<Url, String> {
-        if specifier == "cloudflare:workers" || specifier == ENTRY_SPECIFIER {
+        if specifier == "cloudflare:workers"
+            || specifier == ENTRY_SPECIFIER
+            || specifier == commonjs::RUNTIME_SPECIFIER
+        {
             return Url::parse(specifier).map_err(|e| e.to_string());
         }
-        if let Ok(url) = Url::parse(specifier) {
-            // Absolute URLs (file:, node:, https:, ...) are checked when loaded.
-            return Ok(url);
+        if let Some(registration) = specifier.strip_prefix(commonjs::REGISTRATION_PREFIX) {
+            return Url::parse(registration).map_err(|e| e.to_string());
         }
-        let referrer_path = Url::parse(referrer)
+        let url = match Url::parse(specifier) {
+            Ok(url) if url.scheme() == "file" => url,
+            // Other absolute URLs (node:, https:, ...) are checked when loaded.
+            Ok(url) => return Ok(url),
+            Err(_) => {
+                let referrer_path = Url::parse(referrer)
+                    .ok()
+                    .and_then(|u| u.to_file_path().ok())
+                    .ok_or_else(|| format!("cannot import \"{specifier}\" from {referrer}"))?;
+                let dir = referrer_path.parent().unwrap_or(Path::new("/"));
+                match self.resolver.resolve(dir, specifier) {
+                    Ok(resolution) => Url::from_file_path(resolution.path())
+                        .map_err(|_| format!("bad path {}", resolution.path().display()))?,
+                    Err(error) => return Err(error.to_string()),
+                }
+            }
+        };
+        Ok(self.facade_if_commonjs(url, specifier, referrer))
+    }
+
+    /// ES modules import a CommonJS file through its facade, which exports the names the
+    /// importing module asks for besides those the analysis finds.
+    fn facade_if_commonjs(&self, url: Url, specifier: &str, referrer: &str) -> Url {
+        let Ok(path) = url.to_file_path() else {
+            return url;
+        };
+        // A file that fails to prepare is reported when it loads.
+        if !matches!(self.prepare(&url, &path), Ok(Prepared::CommonJs(_))) {
+            return url;
+        }
+        let names = Url::parse(referrer)
             .ok()
-            .and_then(|u| u.to_file_path().ok())
-            .ok_or_else(|| format!("cannot import \"{specifier}\" from {referrer}"))?;
-        let dir = referrer_path.parent().unwrap_or(Path::new("/"));
-        match self.resolver.resolve(dir, specifier) {
-            Ok(resolution) => Url::from_file_path(resolution.path())
-                .map_err(|_| format!("bad path {}", resolution.path().display())),
-            Err(error) => Err(error.to_string()),
+            .and_then(|referrer| {
+                let imported = self.imported_names.lock().unwrap();
+                imported.get(&referrer)?.get(specifier).cloned()
+            })
+            .unwrap_or_default();
+        commonjs::facade_url(&url, &names)
+    }
+
+    /// Where a `require(specifier)` in the file at `from` leads, as a path.
+    fn resolve_require(&self, specifier: &str, from: &Path) -> Result<PathBuf, String> {
+        let dir = from.parent().unwrap_or(Path::new("/"));
+        self.require_resolver
+            .resolve(dir, specifier)
+            .map(|resolution| resolution.into_path_buf())
+            .map_err(|error| match error {
+                oxc_resolver::ResolveError::NotFound(_) => "no such file or package".to_string(),
+                error => error.to_string(),
+            })
+    }
+
+    /// What a `require(specifier)` in the file at `from` reaches.
+    fn require_target(&self, specifier: &str, from: &Path) -> RequireTarget {
+        let builtin = specifier.strip_prefix("node:").or_else(|| {
+            nodejs_built_in_modules::BUILTINS
+                .binary_search(&specifier)
+                .ok()
+                .map(|_| specifier)
+        });
+        let unsupported = |name: &str| RequireTarget::Missing {
+            reason: format!("the Node.js built-in module \"{name}\" is not supported by dorun"),
+        };
+        if let Some(name) = builtin {
+            if node_builtin_available(name) {
+                return RequireTarget::Builtin {
+                    specifier: format!("node:{name}"),
+                };
+            }
+            if specifier.starts_with("node:") {
+                return unsupported(name);
+            }
+            // Else a package of that name (a polyfill) may be installed.
         }
+        let path = match self.resolve_require(specifier, from) {
+            Ok(path) => path,
+            Err(_) if builtin.is_some() => return unsupported(specifier),
+            Err(reason) => return RequireTarget::Missing { reason },
+        };
+        let Ok(url) = Url::from_file_path(&path) else {
+            return RequireTarget::Missing {
+                reason: format!("bad path {}", path.display()),
+            };
+        };
+        match self.prepare(&url, &path) {
+            Ok(Prepared::CommonJs(_)) => RequireTarget::CommonJs { url, path },
+            Ok(Prepared::Json(_)) => RequireTarget::Value { url, path },
+            Ok(Prepared::JavaScript(_)) => match self.rule_for(&path) {
+                Some(
+                    ModuleRuleKind::Text | ModuleRuleKind::Data | ModuleRuleKind::CompiledWasm,
+                ) => RequireTarget::Value { url, path },
+                Some(ModuleRuleKind::EsModule) | None => RequireTarget::EsModule { url, path },
+            },
+            // Node reports a broken file when it is required; so does dorun.
+            Err(reason) => RequireTarget::Missing { reason },
+        }
+    }
+
+    /// The registration module of a CommonJS file, with its `require` table.
+    fn registration_source(&self, url: &Url, path: &Path, file: &CommonJsFile) -> String {
+        let mut targets: Vec<(String, RequireTarget)> = file
+            .requires
+            .iter()
+            .map(|specifier| (specifier.clone(), self.require_target(specifier, path)))
+            .collect();
+        for specifier in &file.resolves {
+            if !file.requires.contains(specifier) {
+                let target = match self.resolve_require(specifier, path) {
+                    Ok(path) => RequireTarget::Path { path },
+                    Err(reason) => RequireTarget::Missing { reason },
+                };
+                targets.push((specifier.clone(), target));
+            }
+        }
+        commonjs::registration_source(url, path, file, &targets)
+    }
+
+    /// The facade ES modules import a CommonJS file through.
+    fn facade_source(&self, url: &Url, requested: BTreeSet<String>) -> Result<String, String> {
+        let path = url
+            .to_file_path()
+            .map_err(|_| format!("bad file URL {url}"))?;
+        self.prepare(url, &path)?;
+        let mut names = requested;
+        self.collect_commonjs_exports(url, &mut names, &mut HashSet::new());
+        Ok(commonjs::facade_source(url, &names))
+    }
+
+    /// The statically known export names of a CommonJS file, following re-exports.
+    fn collect_commonjs_exports(
+        &self,
+        url: &Url,
+        names: &mut BTreeSet<String>,
+        seen: &mut HashSet<Url>,
+    ) {
+        if !seen.insert(url.clone()) {
+            return;
+        }
+        let Ok(path) = url.to_file_path() else {
+            return;
+        };
+        let Ok(Prepared::CommonJs(file)) = self.prepare(url, &path) else {
+            return;
+        };
+        names.extend(file.exports.iter().cloned());
+        for specifier in &file.reexports {
+            if let RequireTarget::CommonJs { url, .. } = self.require_target(specifier, &path) {
+                self.collect_commonjs_exports(&url, names, seen);
+            }
+        }
+    }
+
+    /// Whether the nearest package.json above `path` says `"type": "module"`.
+    fn in_module_package(&self, path: &Path) -> bool {
+        let Some(dir) = path.parent() else {
+            return false;
+        };
+        if let Some(known) = self.package_types.lock().unwrap().get(dir) {
+            return *known;
+        }
+        let manifest = dir.join("package.json");
+        let is_module = if manifest.is_file() {
+            std::fs::read_to_string(&manifest)
+                .ok()
+                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+                .is_some_and(|json| json.get("type").and_then(|t| t.as_str()) == Some("module"))
+        } else {
+            self.in_module_package(dir)
+        };
+        self.package_types
+            .lock()
+            .unwrap()
+            .insert(dir.to_path_buf(), is_module);
+        is_module
     }
 
     /// Reads, classifies and (for TypeScript) transpiles a file, once per Worker.
@@ -210,23 +421,53 @@ impl ModuleGraph {
                     | MediaType::Cts
                     | MediaType::Tsx
                     | MediaType::Jsx) => {
-                        let out = transpile::typescript(url, source, media)?;
+                        let (goal, commonjs) = if media == MediaType::Cts {
+                            (Goal::Detect, true)
+                        } else {
+                            (Goal::Module, false)
+                        };
+                        let parsed = transpile::parse(url, source, media, goal)?;
+                        let analysis = if commonjs {
+                            Some(CommonJsFile::analyze(&parsed, String::new()))
+                        } else {
+                            self.remember_imports(url, &parsed);
+                            None
+                        };
+                        let out = transpile::emit(parsed)?;
                         if let Some(map) = out.source_map {
                             self.source_maps
                                 .lock()
                                 .unwrap()
                                 .insert(url.to_string(), map.into_bytes().into());
                         }
-                        Prepared::JavaScript(out.code.into())
+                        match analysis {
+                            Some(file) => Prepared::CommonJs(Arc::new(CommonJsFile {
+                                code: out.code,
+                                ..file
+                            })),
+                            None => Prepared::JavaScript(out.code.into()),
+                        }
                     }
-                    MediaType::JavaScript | MediaType::Mjs | MediaType::Unknown => {
-                        transpile::check_javascript(url, &source)?;
-                        Prepared::JavaScript(source.into())
-                    }
-                    MediaType::Cjs => {
-                        return Err(format!(
-                            "{display}: CommonJS modules are not supported; use an ES module"
-                        ))
+                    media @ (MediaType::JavaScript
+                    | MediaType::Mjs
+                    | MediaType::Cjs
+                    | MediaType::Unknown) => {
+                        let goal = match media {
+                            MediaType::Mjs => Goal::Module,
+                            MediaType::Cjs => Goal::Script,
+                            _ if self.in_module_package(path) => Goal::Module,
+                            _ => Goal::Detect,
+                        };
+                        let parsed = transpile::parse(url, source, media, goal)?;
+                        if goal == Goal::Script
+                            || goal == Goal::Detect && parsed.compute_is_script()
+                        {
+                            let code = parsed.text().to_string();
+                            Prepared::CommonJs(Arc::new(CommonJsFile::analyze(&parsed, code)))
+                        } else {
+                            self.remember_imports(url, &parsed);
+                            Prepared::JavaScript(parsed.text().clone())
+                        }
                     }
                     other => {
                         return Err(format!(
@@ -243,12 +484,36 @@ impl ModuleGraph {
         Ok(prepared)
     }
 
+    fn remember_imports(&self, url: &Url, parsed: &deno_ast::ParsedSource) {
+        let names = commonjs::imported_names(parsed);
+        self.imported_names
+            .lock()
+            .unwrap()
+            .insert(url.clone(), names);
+    }
+
     fn entry_source(&self) -> Result<String, String> {
         let main = serde_json::to_string(self.main_url()?.as_str()).expect("strings serialize");
         Ok(format!(
             "import * as worker from {main};\nglobalThis[Symbol.for(\"dorun.start\")](worker);\n"
         ))
     }
+}
+
+/// Whether `node:<name>` can be imported, so that `require("<name>")` can reach it. The
+/// Node.js compatibility layer answers; until then no built-in module is available.
+fn node_builtin_available(_name: &str) -> bool {
+    false
+}
+
+/// The `tsconfig.json` (or `jsconfig.json`) nearest to the Worker's main module.
+fn find_tsconfig(main: &Path) -> Option<PathBuf> {
+    main.ancestors().skip(1).find_map(|dir| {
+        ["tsconfig.json", "jsconfig.json"]
+            .iter()
+            .map(|name| dir.join(name))
+            .find(|path| path.is_file())
+    })
 }
 
 /// The `cloudflare:workers` module: a facade over what the runtime glue installed.
@@ -303,6 +568,9 @@ impl WorkerModuleLoader {
             "cloudflare" if specifier.as_str() == "cloudflare:workers" => {
                 Ok(javascript(CLOUDFLARE_WORKERS_SOURCE))
             }
+            "dorun" if specifier.as_str() == commonjs::RUNTIME_SPECIFIER => {
+                Ok(javascript(commonjs::RUNTIME_SOURCE))
+            }
             "dorun" if specifier.as_str() == ENTRY_SPECIFIER => self
                 .graph
                 .entry_source()
@@ -317,6 +585,13 @@ impl WorkerModuleLoader {
                     query.get("specifier").map(String::as_str).unwrap_or("?"),
                     query.get("reason").map(String::as_str).unwrap_or("not found"),
                 )))
+            }
+            "file" if commonjs::parse_facade_url(specifier).is_some() => {
+                let (file, names) = commonjs::parse_facade_url(specifier).expect("checked");
+                self.graph
+                    .facade_source(&file, names)
+                    .map(|source| javascript(&source))
+                    .map_err(|e| JsErrorBox::generic(format!("{}{e}", at())))
             }
             "file" => {
                 let path = specifier
@@ -341,6 +616,9 @@ impl WorkerModuleLoader {
                     // Bundlers let `import data from "./x.json"` work without attributes.
                     (Prepared::Json(text), _) => Ok(javascript(&format!("export default {text};\n"))),
                     (Prepared::JavaScript(code), _) => Ok(javascript(&code)),
+                    (Prepared::CommonJs(file), _) => Ok(javascript(
+                        &self.graph.registration_source(specifier, &path, &file),
+                    )),
                 }
             }
             "node" => Err(JsErrorBox::generic(format!(

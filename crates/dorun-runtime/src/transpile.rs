@@ -2,7 +2,8 @@
 //! deno_ast is the transpiler deno itself ships, kept current with TypeScript syntax.
 
 use deno_ast::{
-    EmitOptions, MediaType, ParseParams, SourceMapOption, TranspileModuleOptions, TranspileOptions,
+    EmitOptions, MediaType, ParseParams, ParsedSource, SourceMapOption, TranspileModuleOptions,
+    TranspileOptions,
 };
 use url::Url;
 
@@ -12,21 +13,43 @@ pub struct Transpiled {
     pub source_map: Option<String>,
 }
 
-/// Parses and transpiles `source`. Errors carry `file:line:column`.
-pub fn typescript(
+/// How to parse a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Goal {
+    /// An ES module.
+    Module,
+    /// A script (CommonJS): `import`/`export` are syntax errors.
+    Script,
+    /// Either; [`ParsedSource::compute_is_script`] says which it was.
+    Detect,
+}
+
+/// Parses `source`. Errors carry `file:line:column`.
+pub fn parse(
     specifier: &Url,
     source: String,
     media_type: MediaType,
-) -> Result<Transpiled, String> {
-    let parsed = deno_ast::parse_module(ParseParams {
+    goal: Goal,
+) -> Result<ParsedSource, String> {
+    let params = ParseParams {
         specifier: specifier.clone(),
         text: source.into(),
         media_type,
         capture_tokens: false,
         scope_analysis: false,
         maybe_syntax: None,
-    })
-    .map_err(|diagnostic| describe_parse_error(specifier, &diagnostic))?;
+    };
+    match goal {
+        Goal::Module => deno_ast::parse_module(params),
+        Goal::Script => deno_ast::parse_script(params),
+        Goal::Detect => deno_ast::parse_program(params),
+    }
+    .map_err(|diagnostic| describe_parse_error(specifier, &diagnostic))
+}
+
+/// Transpiles a parsed TypeScript (or JSX) file.
+pub fn emit(parsed: ParsedSource) -> Result<Transpiled, String> {
+    let specifier = parsed.specifier().clone();
     let emitted = parsed
         .transpile(
             &TranspileOptions {
@@ -42,26 +65,12 @@ pub fn typescript(
                 ..Default::default()
             },
         )
-        .map_err(|e| format!("{}: cannot transpile: {e}", display_path(specifier)))?
+        .map_err(|e| format!("{}: cannot transpile: {e}", display_path(&specifier)))?
         .into_source();
     Ok(Transpiled {
         code: emitted.text,
         source_map: emitted.source_map,
     })
-}
-
-/// Checks JavaScript syntax with the same parser, so errors read the same as for TypeScript.
-pub fn check_javascript(specifier: &Url, source: &str) -> Result<(), String> {
-    deno_ast::parse_module(ParseParams {
-        specifier: specifier.clone(),
-        text: source.into(),
-        media_type: MediaType::JavaScript,
-        capture_tokens: false,
-        scope_analysis: false,
-        maybe_syntax: None,
-    })
-    .map(|_| ())
-    .map_err(|diagnostic| describe_parse_error(specifier, &diagnostic))
 }
 
 fn describe_parse_error(specifier: &Url, diagnostic: &deno_ast::ParseDiagnostic) -> String {
