@@ -116,7 +116,7 @@ pub enum AssemblyError {
     #[error("{}{source}", worker.as_ref().map(|w| format!("worker '{w}': ")).unwrap_or_default())]
     Startup {
         worker: Option<String>,
-        source: StartupError,
+        source: Box<StartupError>,
     },
 }
 
@@ -437,7 +437,7 @@ fn start_pools(
                 }
                 return Err(AssemblyError::Startup {
                     worker: (configs.len() > 1).then(|| config.name.clone()),
-                    source: error,
+                    source: Box::new(error),
                 });
             }
         }

@@ -1,0 +1,114 @@
+use super::*;
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("dorun-config-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("index.js"), "export default {}").unwrap();
+    dir
+}
+
+#[test]
+fn env_section_inherits_main_but_not_vars() {
+    let dir = temp_dir("env");
+    let path = write(
+        &dir,
+        "wrangler.toml",
+        r#"
+name = "app"
+main = "index.js"
+compatibility_date = "2025-01-01"
+[vars]
+A = "top"
+B = "only-top"
+[env.staging.vars]
+A = "staging"
+"#,
+    );
+    let options = LoadOptions {
+        env: Some("staging".into()),
+        ..Default::default()
+    };
+    let config = load(&path, &options).unwrap();
+    assert_eq!(config.name, "app-staging");
+    assert_eq!(config.main, Some(dir.join("index.js")));
+    assert_eq!(config.vars.get("A"), Some(&Value::String("staging".into())));
+    assert_eq!(config.vars.get("B"), None);
+}
+
+#[test]
+fn unsupported_binding_is_an_error_naming_the_key_unless_allowed() {
+    let dir = temp_dir("kv");
+    let path = write(
+        &dir,
+        "wrangler.json",
+        r#"{ "main": "index.js", "kv_namespaces": [{"binding": "KV", "id": "x"}] }"#,
+    );
+    let error = load(&path, &LoadOptions::default()).unwrap_err();
+    let text = error.to_string();
+    assert!(text.contains("kv_namespaces"), "{text}");
+    assert!(text.contains("wrangler.json"), "{text}");
+    let options = LoadOptions {
+        unsupported_bindings: UnsupportedBindings::Warn,
+        ..Default::default()
+    };
+    let config = load(&path, &options).unwrap();
+    assert!(config.warnings.iter().any(|w| w.contains("kv_namespaces")));
+}
+
+#[test]
+fn jsonc_allows_comments_and_trailing_commas() {
+    let dir = temp_dir("jsonc");
+    let path = write(
+        &dir,
+        "wrangler.jsonc",
+        "{\n // a comment\n \"main\": \"index.js\", /* block */\n \"vars\": {\"N\": 3,},\n}\n",
+    );
+    let config = load(&path, &LoadOptions::default()).unwrap();
+    assert_eq!(config.vars.get("N"), Some(&Value::from(3)));
+}
+
+#[test]
+fn user_rule_replaces_default_rule_of_same_type() {
+    let dir = temp_dir("rules");
+    let path = write(
+        &dir,
+        "wrangler.toml",
+        "main = \"index.js\"\n[[rules]]\ntype = \"Text\"\nglobs = [\"**/*.md\"]\n",
+    );
+    let config = load(&path, &LoadOptions::default()).unwrap();
+    let text_globs: Vec<&String> = config
+        .rules
+        .iter()
+        .filter(|r| r.kind == ModuleRuleKind::Text)
+        .flat_map(|r| r.globs.iter())
+        .collect();
+    assert_eq!(text_globs, vec!["**/*.md"]);
+    assert!(config.rules.iter().any(|r| r.kind == ModuleRuleKind::Data));
+}
+
+#[test]
+fn all_problems_are_reported_together() {
+    let dir = temp_dir("many");
+    let path = write(
+        &dir,
+        "wrangler.toml",
+        "main = \"missing.js\"\ncompatibility_date = \"soon\"\nr2_buckets = []\n",
+    );
+    let error = load(&path, &LoadOptions::default()).unwrap_err();
+    assert_eq!(error.problems.len(), 3, "{error}");
+}
+
+#[test]
+fn find_config_prefers_json_over_toml() {
+    let dir = temp_dir("find");
+    write(&dir, "wrangler.toml", "main = \"index.js\"");
+    write(&dir, "wrangler.json", "{\"main\": \"index.js\"}");
+    assert_eq!(find_config(&dir), Some(dir.join("wrangler.json")));
+}
