@@ -145,3 +145,18 @@ async fn an_uncaught_exception_shows_a_page_to_browsers_unless_turned_off() {
         (500, "Internal Server Error")
     );
 }
+
+#[tokio::test]
+async fn a_worker_can_accept_the_websocket_an_object_returned() {
+    let server = start();
+    let reply = server.get("/accept-remote").await;
+    assert_eq!(reply.status, 200, "{}\n{}", reply.text(), server.logs());
+    assert_eq!(
+        reply.json(),
+        json!({
+            "status": 101,
+            "received": ["echo:one", "echo:two", "echo:bye"],
+            "close": [4000, "done"],
+        })
+    );
+}

@@ -1,6 +1,6 @@
 //! `env.<binding>` of the `assets` config: a Fetcher whose `fetch()` answers from the
 //! Worker's static assets (see `dorun-assets`), the way `env.ASSETS.fetch` reaches
-//! Cloudflare's asset worker. The JS side is `js/10_assets.js`.
+//! Cloudflare's asset worker. The JS side is `js/11_assets.js`.
 
 use std::cell::RefCell;
 use std::rc::Rc;

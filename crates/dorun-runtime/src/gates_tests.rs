@@ -1,11 +1,11 @@
-//! Unit tests of the gates (js/06_gates.js), run in a bare V8 isolate with only that file.
+//! Unit tests of the gates (js/07_gates.js), run in a bare V8 isolate with only that file.
 
 use deno_core::{JsRuntime, PollEventLoopOptions, RuntimeOptions};
 
 deno_core::extension!(
     dorun_gates_test,
     esm_entry_point = "ext:dorun_gates_test/tests/gates_test.js",
-    esm = [dir "src/js", "06_gates.js", "tests/gates_test.js"],
+    esm = [dir "src/js", "07_gates.js", "tests/gates_test.js"],
 );
 
 #[tokio::test(flavor = "current_thread")]

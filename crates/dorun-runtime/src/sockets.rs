@@ -54,6 +54,9 @@ pub enum SocketError {
     #[class(generic)]
     #[error("only hibernatable websockets can have tags.")]
     NotHibernatable,
+    #[class(type)]
+    #[error("This WebSocket is already connected to a client; it can be accepted only once.")]
+    AlreadyConnected,
 }
 
 /// What the front door sends to a client.
@@ -782,6 +785,82 @@ pub async fn op_dorun_ws_connect(
         .map_err(JsErrorBox::from_err)?;
     state.borrow_mut::<ParkedSockets>().0.insert(id, stream);
     Ok((id, protocol))
+}
+
+/// `accept()` of a client end whose server end lives elsewhere (an object returned it
+/// through `stub.fetch()`): the calling isolate becomes that socket's client. Returns the id
+/// of a new socket on this thread whose events are what the server end sends; what JS sends
+/// on it reaches the server end as incoming messages.
+#[op2(fast)]
+#[smi]
+pub fn op_dorun_ws_accept_remote(
+    state: &mut OpState,
+    #[smi] remote: u32,
+) -> Result<u32, SocketError> {
+    let registry = registry(state);
+    let thread = state.borrow::<IsolateContext>().thread_index;
+    let server = registry
+        .connect(remote)
+        .ok_or(SocketError::AlreadyConnected)?;
+    let local = registry.create(SocketTarget::Local { thread }, Vec::new(), router(state))?;
+    let client = registry.connect(local).expect("a socket just created");
+    tokio::spawn(relay(registry, (remote, server), (local, client)));
+    Ok(local)
+}
+
+/// Carries messages between two sockets of the registry, both ends in isolates: what one
+/// sends is delivered to the other as an incoming message. A close from either side is
+/// delivered to both (as a client would answer it) and ends the relay.
+async fn relay(
+    registry: Arc<SocketRegistry>,
+    (a, mut a_out): (u32, Connection),
+    (b, mut b_out): (u32, Connection),
+) {
+    let forward = |from: &Connection, to: u32, message: Outbound| -> bool {
+        let message = match message {
+            Outbound::Text(text) => {
+                from.queued.fetch_sub(text.len(), Ordering::AcqRel);
+                SocketMessage::Text(text)
+            }
+            Outbound::Binary(bytes) => {
+                from.queued.fetch_sub(bytes.len(), Ordering::AcqRel);
+                SocketMessage::Binary(bytes)
+            }
+            Outbound::Close(frame) => {
+                let (code, reason) = frame.unwrap_or((1005, String::new()));
+                for id in [a, b] {
+                    registry.mark_closed(id);
+                    registry.deliver(
+                        id,
+                        SocketMessage::Close {
+                            code,
+                            reason: reason.clone(),
+                            clean: true,
+                        },
+                    );
+                }
+                return false;
+            }
+        };
+        registry.deliver(to, message).is_some()
+    };
+    loop {
+        let open = tokio::select! {
+            message = a_out.outbound.recv() => match message {
+                Some(message) => forward(&a_out, b, message),
+                None => false,
+            },
+            message = b_out.outbound.recv() => match message {
+                Some(message) => forward(&b_out, a, message),
+                None => false,
+            },
+        };
+        if !open {
+            break;
+        }
+    }
+    registry.remove(a);
+    registry.remove(b);
 }
 
 /// Starts pumping a connected outbound socket's frames.

@@ -1,5 +1,5 @@
 // Durable Object IDs and namespaces (`env.NAME`): IDs are derived in Rust (namespaces.rs),
-// as workerd derives them; a namespace hands out stubs made by the RPC layer (05_rpc.js).
+// as workerd derives them; a namespace hands out stubs made by the RPC layer (06_rpc.js).
 
 import { core, primordials } from "ext:core/mod.js";
 

@@ -45,17 +45,11 @@ const {
   op_dorun_ws_send_binary,
   op_dorun_ws_close,
   op_dorun_ws_state,
-  op_dorun_ws_object_sockets,
-  op_dorun_ws_tags,
   op_dorun_ws_set_attachment,
   op_dorun_ws_attachment,
-  op_dorun_ws_set_auto_response,
-  op_dorun_ws_auto_response,
-  op_dorun_ws_auto_response_timestamp,
-  op_dorun_ws_set_event_timeout,
-  op_dorun_ws_event_timeout,
   op_dorun_ws_connect,
   op_dorun_ws_start,
+  op_dorun_ws_accept_remote,
   op_dorun_reply_value,
 } = core.ops;
 
@@ -71,10 +65,8 @@ const {
   maxTags: MAX_TAGS,
   maxTagLength: MAX_TAG_LENGTH,
   maxAttachmentBytes: MAX_ATTACHMENT_BYTES,
-  maxAutoResponseBytes: MAX_AUTO_RESPONSE_BYTES,
 } = config.socketLimits;
 const MAX_CLOSE_REASON_BYTES = 123;
-const MAX_EVENT_TIMEOUT_MS = 604800000;
 
 const encoder = new TextEncoder();
 const CREATE = SymbolFor("dorun.createWebSocket");
@@ -186,13 +178,13 @@ class WebSocket extends EventTarget {
   }
 
   /** Starts delivering an outbound socket's events to this object. */
-  #listen(object) {
+  #listen(object, start = true) {
     localSockets.set(this.#id, this);
     if (object !== null) {
       this.#object = object;
       object.localSockets++;
     }
-    op_dorun_ws_start(this.#id);
+    if (start) op_dorun_ws_start(this.#id);
   }
 
   get onopen() {
@@ -298,10 +290,20 @@ class WebSocket extends EventTarget {
       this.#listen(currentObject());
       return;
     }
-    if (this.#remote !== 0 || this.#peer === null) {
-      throw new TypeError(
-        "dorun cannot accept() a WebSocket that came from another Worker or Durable Object; return it in a Response instead.",
-      );
+    if (this.#remote !== 0) {
+      // The client end of a socket an object returned through stub.fetch(): this code
+      // becomes its client (the runtime relays between the two ends).
+      if (this.#usedInResponse) {
+        throw new TypeError("Can't accept() WebSocket that was already used in a response.");
+      }
+      this.#id = op_dorun_ws_accept_remote(this.#remote);
+      this.#remote = 0;
+      this.#accepted = true;
+      this.#listen(currentObject(), false);
+      return;
+    }
+    if (this.#peer === null) {
+      throw new TypeError("This WebSocket cannot be accepted.");
     }
     if (this.#peer.#accepted) {
       throw new TypeError(
@@ -620,111 +622,11 @@ function handleLocalSocketEvent(incoming) {
   }
 }
 
-/** The JS WebSocket for hibernatable socket `id` of `object`, made again after eviction. */
-function materialize(object, id) {
-  let ws = object.sockets.get(id);
-  if (ws === undefined) {
-    ws = WebSocketInternals.hibernated(id, object);
-    object.sockets.set(id, ws);
-  }
-  return ws;
-}
-
-/** Delivers a hibernatable socket's event to the object's handler (input gate passed). */
-async function runHibernatableEvent(object, incoming) {
-  const ws = materialize(object, incoming.socket);
-  const instance = object.instance;
-  const event = incoming.event;
-  if (event.type === "message") {
-    if (typeof instance.webSocketMessage === "function") {
-      await instance.webSocketMessage(ws, messageData(event.data));
-    }
-  } else if (event.type === "close") {
-    try {
-      if (typeof instance.webSocketClose === "function") {
-        await instance.webSocketClose(ws, event.code, event.reason, event.clean);
-      }
-    } finally {
-      object.sockets.delete(incoming.socket);
-    }
-  } else if (typeof instance.webSocketError === "function") {
-    await instance.webSocketError(ws, new Error(event.message));
-  }
-}
-
-/** The Hibernation API methods of `ctx` for `object`. */
-function hibernationApi(object) {
-  return {
-    acceptWebSocket(ws, tags = undefined) {
-      WebSocketInternals.acceptHibernatable(ws, object, tags);
-    },
-    getWebSockets(tag = undefined) {
-      const ids = op_dorun_ws_object_sockets(
-        object.namespace,
-        object.hex,
-        tag === undefined || tag === null ? null : String(tag),
-      );
-      const result = [];
-      for (const id of ids) ArrayPrototypePush(result, materialize(object, id));
-      return result;
-    },
-    getTags(ws) {
-      if (!WebSocketInternals.isHibernatable(ws)) {
-        throw new Error("only hibernatable websockets can have tags.");
-      }
-      return op_dorun_ws_tags(WebSocketInternals.id(ws));
-    },
-    setWebSocketAutoResponse(pair = undefined) {
-      if (pair === undefined || pair === null) {
-        op_dorun_ws_set_auto_response(object.namespace, object.hex, null, null);
-        return;
-      }
-      if (!ObjectPrototypeIsPrototypeOf(WebSocketRequestResponsePair.prototype, pair)) {
-        throw new TypeError("setWebSocketAutoResponse() expects a WebSocketRequestResponsePair.");
-      }
-      const requestSize = encoder.encode(pair.request).byteLength;
-      if (requestSize > MAX_AUTO_RESPONSE_BYTES) {
-        throw new RangeError(
-          `Request cannot be larger than ${MAX_AUTO_RESPONSE_BYTES} bytes. A request of size ${requestSize} was provided.`,
-        );
-      }
-      const responseSize = encoder.encode(pair.response).byteLength;
-      if (responseSize > MAX_AUTO_RESPONSE_BYTES) {
-        throw new RangeError(
-          `Response cannot be larger than ${MAX_AUTO_RESPONSE_BYTES} bytes. A response of size ${responseSize} was provided.`,
-        );
-      }
-      op_dorun_ws_set_auto_response(object.namespace, object.hex, pair.request, pair.response);
-    },
-    getWebSocketAutoResponse() {
-      const pair = op_dorun_ws_auto_response(object.namespace, object.hex);
-      return pair === null || pair === undefined
-        ? null
-        : new WebSocketRequestResponsePair(pair[0], pair[1]);
-    },
-    getWebSocketAutoResponseTimestamp(ws) {
-      const id = WebSocketInternals.id(ws);
-      const time = id === 0 ? null : op_dorun_ws_auto_response_timestamp(id);
-      return time === null || time === undefined ? null : new Date(time);
-    },
-    setHibernatableWebSocketEventTimeout(ms = undefined) {
-      if (ms !== undefined && ms !== null && ms > MAX_EVENT_TIMEOUT_MS) {
-        throw new Error(`Event timeout should not exceed ${MAX_EVENT_TIMEOUT_MS} ms.`);
-      }
-      op_dorun_ws_set_event_timeout(object.namespace, object.hex, ms ? Number(ms) : 0);
-    },
-    getHibernatableWebSocketEventTimeout() {
-      return op_dorun_ws_event_timeout(object.namespace, object.hex) ?? null;
-    },
-  };
-}
-
 export {
   handleLocalSocketEvent,
+  messageData,
   WorkersResponse,
-  hibernationApi,
   responseSocketToken,
-  runHibernatableEvent,
   WebSocket,
   WebSocketInternals,
   WebSocketPair,

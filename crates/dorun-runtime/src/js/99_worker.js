@@ -28,10 +28,10 @@ import {
   respondFailure,
   sendResponse,
   wantsErrorPage,
-} from "ext:dorun/04_http.js";
-import { handleExportCall, releaseExport, retainExport } from "ext:dorun/05_rpc.js";
-import { evictIdle, handleObjectEvent, live } from "ext:dorun/09_objects.js";
-import { createAssetsBinding } from "ext:dorun/10_assets.js";
+} from "ext:dorun/05_http.js";
+import { handleExportCall, releaseExport, retainExport } from "ext:dorun/06_rpc.js";
+import { evictIdle, handleObjectEvent, live } from "ext:dorun/10_objects.js";
+import { createAssetsBinding } from "ext:dorun/11_assets.js";
 
 const {
   ArrayPrototypePush,

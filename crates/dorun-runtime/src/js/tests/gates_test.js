@@ -1,5 +1,5 @@
-// Unit tests of 06_gates.js, run by src/gates_tests.rs in a bare isolate.
-import { InputGate, OutputGate } from "ext:dorun_gates_test/06_gates.js";
+// Unit tests of 07_gates.js, run by src/gates_tests.rs in a bare isolate.
+import { InputGate, OutputGate } from "ext:dorun_gates_test/07_gates.js";
 
 // Each check records [name, passed, detail]; the Rust test reads the list.
 globalThis.gateTests = async function gateTests() {

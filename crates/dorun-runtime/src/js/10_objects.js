@@ -12,8 +12,8 @@ import {
   waitUntil,
 } from "ext:dorun/00_runtime.js";
 import { DurableObjectId } from "ext:dorun/02_ids.js";
-import { hibernationApi, runHibernatableEvent } from "ext:dorun/03_websockets.js";
-import { makeRequest, sendResponse } from "ext:dorun/04_http.js";
+import { hibernationApi, runHibernatableEvent } from "ext:dorun/04_hibernation.js";
+import { makeRequest, sendResponse } from "ext:dorun/05_http.js";
 import {
   deserialize,
   lookupMember,
@@ -21,10 +21,10 @@ import {
   serialize,
   serializeError,
   unmarshal,
-} from "ext:dorun/05_rpc.js";
-import { InputGate } from "ext:dorun/06_gates.js";
-import { DurableObjectStorage } from "ext:dorun/07_storage.js";
-import { runAlarm } from "ext:dorun/08_alarms.js";
+} from "ext:dorun/06_rpc.js";
+import { InputGate } from "ext:dorun/07_gates.js";
+import { DurableObjectStorage } from "ext:dorun/08_storage.js";
+import { runAlarm } from "ext:dorun/09_alarms.js";
 
 const {
   ArrayPrototypeIncludes,

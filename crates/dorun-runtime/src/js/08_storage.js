@@ -1,12 +1,12 @@
 // Durable Object storage: the KV API (async and sync), SQL with its cursor, transactions,
 // and the alarm record, each call a synchronous op on the object's SQLite file
-// (storage.rs). Writes go into an implicit transaction that the output gate (06_gates.js)
+// (storage.rs). Writes go into an implicit transaction that the output gate (07_gates.js)
 // commits at the end of the turn.
 
 import { core, primordials } from "ext:core/mod.js";
 import { config } from "ext:dorun/00_runtime.js";
 import "ext:dorun/01_globals.js";
-import { OutputGate } from "ext:dorun/06_gates.js";
+import { OutputGate } from "ext:dorun/07_gates.js";
 
 const {
   ArrayIsArray,
