@@ -11,6 +11,7 @@ mod config;
 mod entry;
 mod errors;
 mod examples;
+mod exports;
 mod handlers;
 mod modules;
 mod multi;

@@ -240,6 +240,7 @@ fn runtime_config_json(spec: &WorkerSpec) -> String {
                 "binding": n.binding,
                 "className": n.class_name,
                 "sqlite": n.sqlite,
+                "foreign": n.foreign.is_some(),
             })
         })
         .collect();

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Migration, WorkerConfig};
+use crate::config::{ExportState, Migration, WorkerConfig};
 
 const STATE_FILE: &str = "dorun-migrations.json";
 
@@ -83,6 +83,12 @@ pub enum MigrationError {
     },
     #[error("migration {tag}: cannot rename to existing class '{class}'")]
     RenameOntoExisting { tag: String, class: String },
+    #[error("{}: exports.{class}: the class exists with {} storage; a class's storage kind cannot change", config.display(), if *sqlite { "SQLite" } else { "key-value" })]
+    StorageKindChanged {
+        config: PathBuf,
+        class: String,
+        sqlite: bool,
+    },
 }
 
 /// Applies `config`'s migrations to the data directory and returns the worker's classes.
@@ -99,7 +105,8 @@ pub fn apply(data_dir: &Path, config: &WorkerConfig) -> Result<Classes, Migratio
         Err(source) => return Err(MigrationError::Io { path, source }),
     };
     let mut removed_dirs: Vec<PathBuf> = Vec::new();
-    let changed = apply_to_state(&mut state, config, data_dir, &mut removed_dirs)?;
+    let mut changed = apply_to_state(&mut state, config, data_dir, &mut removed_dirs)?;
+    changed |= reconcile_exports(&mut state, config, data_dir, &mut removed_dirs)?;
     if changed {
         let text = serde_json::to_string_pretty(&state).expect("state serializes");
         let temporary = data_dir.join(format!("{STATE_FILE}.tmp"));
@@ -121,6 +128,67 @@ pub fn apply(data_dir: &Path, config: &WorkerConfig) -> Result<Classes, Migratio
         .get(&config.name)
         .map(|w| w.classes.clone())
         .unwrap_or_default())
+}
+
+/// Makes the worker's classes what its `exports` block declares: renamed classes move to
+/// their new name (keeping their key, so their objects and data), deleted ones go with their
+/// data, live ones are created if missing. Returns whether anything changed.
+fn reconcile_exports(
+    state: &mut State,
+    config: &WorkerConfig,
+    data_dir: &Path,
+    removed_dirs: &mut Vec<PathBuf>,
+) -> Result<bool, MigrationError> {
+    if config.exports.is_empty() {
+        return Ok(false);
+    }
+    let worker = config.name.clone();
+    let entry = state.workers.entry(worker.clone()).or_default();
+    let mut changed = false;
+    for export in &config.exports {
+        if let ExportState::Renamed { to } = &export.state {
+            if !entry.classes.contains_key(to) {
+                if let Some(class) = entry.classes.remove(&export.class) {
+                    entry.classes.insert(to.clone(), class);
+                    changed = true;
+                }
+            }
+        }
+    }
+    for export in &config.exports {
+        if export.state == ExportState::Deleted {
+            if let Some(removed) = entry.classes.remove(&export.class) {
+                removed_dirs.push(data_dir.join(&removed.unique_key));
+                changed = true;
+            }
+        }
+    }
+    for export in &config.exports {
+        let ExportState::Live { sqlite } = export.state else {
+            continue;
+        };
+        match entry.classes.get(&export.class) {
+            Some(class) if class.sqlite != sqlite => {
+                return Err(MigrationError::StorageKindChanged {
+                    config: config.path.clone(),
+                    class: export.class.clone(),
+                    sqlite: class.sqlite,
+                })
+            }
+            Some(_) => {}
+            None => {
+                entry.classes.insert(
+                    export.class.clone(),
+                    ClassState {
+                        unique_key: format!("{worker}-{}", export.class),
+                        sqlite,
+                    },
+                );
+                changed = true;
+            }
+        }
+    }
+    Ok(changed)
 }
 
 fn apply_to_state(
@@ -246,6 +314,7 @@ mod tests {
             rules: Vec::new(),
             durable_objects: Vec::new(),
             migrations,
+            exports: Vec::new(),
             cpu_limit_ms: None,
             assets: None,
             warnings: Vec::new(),

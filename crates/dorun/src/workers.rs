@@ -264,12 +264,14 @@ fn object_configs(
                 Some(class) => Ok((class.unique_key.clone(), class.sqlite)),
                 // Migrations exist but none leaves this class in the worker (never created, or
                 // renamed, deleted or transferred away): refused, as Cloudflare refuses the deploy.
-                None if !config.migrations.is_empty() => Err(AssemblyError::ClassNotConfigured {
-                    config: config.path.clone(),
-                    binding: binding_name.to_string(),
-                    class: class_name.to_string(),
-                    worker: config.name.clone(),
-                }),
+                None if !config.migrations.is_empty() || !config.exports.is_empty() => {
+                    Err(AssemblyError::ClassNotConfigured {
+                        config: config.path.clone(),
+                        binding: binding_name.to_string(),
+                        class: class_name.to_string(),
+                        worker: config.name.clone(),
+                    })
+                }
                 // No migrations at all: serve it like `wrangler dev` does, KV-backed.
                 None => Ok((format!("{}-{class_name}", config.name), false)),
             }
@@ -292,6 +294,21 @@ fn object_configs(
                 sqlite,
                 foreign: None,
             });
+        }
+    }
+    // Every class the worker's migrations or exports define gets a namespace, bound or not:
+    // `ctx.exports.<Class>` reaches it.
+    for (w, classes) in classes.iter().enumerate() {
+        for (class_name, class) in classes {
+            if !namespaces[w].iter().any(|n| &n.class_name == class_name) {
+                namespaces[w].push(ObjectNamespace {
+                    binding: String::new(),
+                    class_name: class_name.clone(),
+                    unique_key: class.unique_key.clone(),
+                    sqlite: class.sqlite,
+                    foreign: None,
+                });
+            }
         }
     }
     let mut foreign_links = Vec::new();

@@ -101,3 +101,9 @@ export class RpcTarget {}
 
 /** The Worker's env: vars and secrets, then one DurableObjectNamespace per binding. */
 export const env = { ...config.vars };
+
+/**
+ * `ctx.exports`: a binding for each of the Worker's own exports (a namespace per Durable
+ * Object class, a loopback for each WorkerEntrypoint), filled in once the modules loaded.
+ */
+export const ctxExports = {};

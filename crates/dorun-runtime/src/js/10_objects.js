@@ -6,6 +6,7 @@ import { core, primordials } from "ext:core/mod.js";
 import {
   config,
   console,
+  ctxExports,
   DurableObject,
   env,
   runAs,
@@ -107,6 +108,7 @@ class LiveObject {
         throw error;
       },
       props: {},
+      exports: ctxExports,
       ...hibernationApi(this),
     };
   }

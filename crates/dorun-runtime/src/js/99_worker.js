@@ -6,6 +6,7 @@ import { core, primordials } from "ext:core/mod.js";
 import {
   config,
   console,
+  ctxExports,
   DurableObject,
   env,
   pendingWaitUntil,
@@ -41,6 +42,9 @@ const {
   PromiseAllSettled,
   PromisePrototypeThen,
   PromiseRace,
+  PromiseResolve,
+  ObjectKeys,
+  Proxy,
   SymbolFor,
   TypeError,
 } = primordials;
@@ -51,6 +55,9 @@ const { ResponsePrototype } = core.loadExtScript("ext:deno_fetch/23_response.js"
 
 class ExecutionContext {
   props = {};
+  get exports() {
+    return ctxExports;
+  }
   waitUntil(promise) {
     waitUntil(promise);
   }
@@ -120,8 +127,54 @@ async function handleHttp(handler, incoming) {
   }
 }
 
+// --- ctx.exports --------------------------------------------------------------------------------
+
+/**
+ * A loopback binding to a WorkerEntrypoint class of this Worker: `fetch()` and RPC methods
+ * run on a fresh instance, as a call through a service binding does.
+ */
+function loopback(Class) {
+  const instance = () => new Class(new ExecutionContext(), env);
+  return new Proxy({}, {
+    get(_target, property) {
+      if (typeof property === "symbol" || property === "then") return undefined;
+      if (property === "fetch") {
+        return (input, init) => PromiseResolve().then(() => instance().fetch(new Request(input, init)));
+      }
+      return (...args) =>
+        PromiseResolve().then(() => {
+          const target = instance();
+          if (typeof target[property] !== "function") {
+            throw new TypeError(`The RPC receiver does not implement the method "${property}".`);
+          }
+          return target[property](...args);
+        });
+    },
+  });
+}
+
+function fillCtxExports(worker) {
+  for (let index = 0; index < config.namespaces.length; index++) {
+    const namespace = config.namespaces[index];
+    if (namespace.foreign || typeof worker[namespace.className] !== "function") continue;
+    ctxExports[namespace.className] = namespace.binding !== ""
+      ? env[namespace.binding]
+      : new DurableObjectNamespace(index);
+  }
+  for (const name of ObjectKeys(worker)) {
+    const value = worker[name];
+    if (
+      typeof value === "function" &&
+      ObjectPrototypeIsPrototypeOf(WorkerEntrypoint.prototype, value.prototype)
+    ) {
+      ctxExports[name] = loopback(value);
+    }
+  }
+}
+
 // --- the serve loop -----------------------------------------------------------------------------
 async function serve(worker) {
+  fillCtxExports(worker);
   const handler = fetchHandlerFor(worker);
   if (handler === null) console.warn(NO_FETCH_HANDLER);
   const eviction = setInterval(

@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 mod assets;
+mod exports;
+
+pub use exports::{ClassExport, ExportState};
 
 /// Config file names in the order wrangler looks for them.
 pub const CONFIG_FILE_NAMES: [&str; 3] = ["wrangler.json", "wrangler.jsonc", "wrangler.toml"];
@@ -162,6 +165,8 @@ pub struct WorkerConfig {
     pub rules: Vec<ModuleRule>,
     pub durable_objects: Vec<DurableObjectBinding>,
     pub migrations: Vec<Migration>,
+    /// The top-level `exports` block (declared Durable Object classes).
+    pub exports: Vec<ClassExport>,
     /// `limits.cpu_ms`, if set.
     pub cpu_limit_ms: Option<u64>,
     /// The `assets` section: static files served by the front door and `env.<binding>`.
@@ -439,7 +444,8 @@ impl Reader {
         let rules = self.read_rules(&effective);
         let durable_objects = self.read_durable_objects(&effective);
         let migrations = self.read_migrations(root);
-        self.check_bindings_against_migrations(&durable_objects, &migrations);
+        let exports = self.read_exports(root);
+        self.check_bindings_against_migrations(&durable_objects, &migrations, &exports);
 
         let cpu_limit_ms = match effective.get("limits") {
             None => None,
@@ -479,6 +485,7 @@ impl Reader {
             rules,
             durable_objects,
             migrations,
+            exports,
             cpu_limit_ms,
             assets: assets.map(|mut assets| {
                 let navigation = ["assets_navigation_prefers_asset_serving"];
@@ -525,7 +532,7 @@ impl Reader {
             if SUPPORTED.contains(&key) || DEPLOY_ONLY_KEYS.contains(&key) {
                 continue;
             }
-            if top_level && (key == "env" || key == "migrations") {
+            if top_level && (key == "env" || key == "migrations" || key == "exports") {
                 continue;
             }
             if !top_level && key == "migrations" {
@@ -840,8 +847,14 @@ impl Reader {
         &mut self,
         bindings: &[DurableObjectBinding],
         migrations: &[Migration],
+        exports: &[ClassExport],
     ) {
         let mut live: Vec<String> = Vec::new();
+        for export in exports {
+            if matches!(export.state, ExportState::Live { .. }) {
+                live.push(export.class.clone());
+            }
+        }
         for migration in migrations {
             live.extend(migration.new_classes.iter().cloned());
             live.extend(migration.new_sqlite_classes.iter().cloned());
@@ -860,7 +873,11 @@ impl Reader {
             if !live.contains(&binding.class_name) {
                 let deleted = migrations
                     .iter()
-                    .any(|m| m.deleted_classes.contains(&binding.class_name));
+                    .any(|m| m.deleted_classes.contains(&binding.class_name))
+                    || exports.iter().any(|e| {
+                        e.class == binding.class_name
+                            && !matches!(e.state, ExportState::Live { .. })
+                    });
                 if deleted {
                     self.problems.push(format!(
                         "durable_objects binding '{}' names class '{}', which a migration deleted",
