@@ -101,6 +101,23 @@ async fn build_command_runs_before_the_worker_loads() {
 }
 
 #[tokio::test]
+async fn wrangler_1_build_upload_names_the_entry() {
+    let dir = copy_fixture("entry-build");
+    // The same project as wrangler 1 wrote it: no `main`, the entry under [build.upload].
+    let config = std::fs::read_to_string(dir.join("wrangler.toml"))
+        .unwrap()
+        .replace("main = \"dist/worker.js\"\n", "")
+        .replace(
+            "[build]\n",
+            "[build.upload]\nformat = \"modules\"\ndir = \"dist\"\nmain = \"./worker.js\"\n\n[build]\n",
+        );
+    assert!(!config.contains("main = \"dist/"), "{config}");
+    std::fs::write(dir.join("wrangler.toml"), config).unwrap();
+    let server = Server::start(&dir.join("wrangler.toml"), &[]);
+    assert_eq!(server.get("/").await.text(), "built by the build command");
+}
+
+#[tokio::test]
 async fn a_failing_build_command_stops_dorun_with_its_name() {
     let dir = scratch_dir("build-fails");
     std::fs::write(

@@ -81,6 +81,8 @@ pub fn read(path: &Path, env: Option<&str>) -> Result<Option<BuildCommand>, Buil
             }
             ("cwd", Value::String(dir)) => cwd = base.join(dir),
             ("watch_dir", Value::String(_) | Value::Array(_)) => {}
+            // wrangler 1's entry (`dir` + `main`), read by the config.
+            ("upload", Value::Object(_)) => {}
             ("command" | "cwd", _) => return Err(fail(format!(".{name}' must be a string"))),
             ("watch_dir", _) => {
                 return Err(fail(

@@ -395,6 +395,18 @@ impl Reader {
                 self.problems.push("key 'main' must be a string".into());
                 None
             }
+            // wrangler 1's `[build.upload]`: `main` relative to `dir` (default "dist").
+            (None, None) if upload_main(&effective).is_some() => {
+                let (dir, main) = upload_main(&effective).expect("checked");
+                let main = base_dir.join(dir).join(main);
+                if !main.is_file() {
+                    self.problems.push(format!(
+                        "key 'build.upload.main': entry module {} does not exist (is it built by [build] command?)",
+                        main.display()
+                    ));
+                }
+                Some(main)
+            }
             (None, None) if effective.contains_key("assets") => None,
             (None, None) => {
                 self.problems.push(
@@ -895,6 +907,14 @@ impl Reader {
 }
 
 /// wrangler's default module rules.
+/// `build.upload.dir` (default `dist`) and `build.upload.main`, if the config names them.
+fn upload_main(table: &Map<String, Value>) -> Option<(String, String)> {
+    let upload = table.get("build")?.get("upload")?;
+    let main = upload.get("main")?.as_str()?;
+    let dir = upload.get("dir").and_then(Value::as_str).unwrap_or("dist");
+    Some((dir.to_string(), main.trim_start_matches("./").to_string()))
+}
+
 fn default_rules() -> Vec<ModuleRule> {
     let rule = |kind, globs: &[&str]| ModuleRule {
         kind,
