@@ -161,3 +161,19 @@ impl Resource for RequestBodyResource {
         self.cancel.cancel();
     }
 }
+
+/// `body` as a resource JS reads with `readableStreamForRid`, or `None` for an empty body.
+pub fn body_resource(
+    state: &std::rc::Rc<RefCell<deno_core::OpState>>,
+    body: RequestBody,
+) -> Option<u32> {
+    if Body::is_end_stream(&body) {
+        return None;
+    }
+    Some(
+        state
+            .borrow_mut()
+            .resource_table
+            .add(RequestBodyResource::new(body)),
+    )
+}

@@ -20,7 +20,7 @@ use deno_core::convert::{ByteString, Uint8Array};
 use deno_core::{op2, v8, JsBuffer, OpState, ResourceId, ToV8};
 use deno_error::JsErrorBox;
 
-use crate::body::{RequestBody, RequestBodyResource, ResponseBody};
+use crate::body::{body_resource, RequestBody, ResponseBody};
 use crate::context::IsolateContext;
 use crate::failure::Failure;
 use crate::mailbox::{AlarmOutcome, Event, ObjectCall, Reply, SocketMessage, WebSocketToken};
@@ -245,16 +245,7 @@ pub struct ExportEvent {
 
 fn request_head(state: &Rc<RefCell<OpState>>, request: http::Request<RequestBody>) -> RequestHead {
     let (parts, body) = request.into_parts();
-    let body_rid = if http_body::Body::is_end_stream(&body) {
-        None
-    } else {
-        Some(
-            state
-                .borrow_mut()
-                .resource_table
-                .add(RequestBodyResource::new(body)),
-        )
-    };
+    let body_rid = body_resource(state, body);
     RequestHead {
         method: ByteString::from(parts.method.as_str().as_bytes()),
         url: parts.uri.to_string(),

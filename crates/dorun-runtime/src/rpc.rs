@@ -15,7 +15,7 @@ use deno_core::{op2, JsBuffer, OpState, ResourceId, ToV8};
 use http_body_util::BodyExt;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::body::{BoxError, RequestBody, RequestBodyResource, ResponseBody};
+use crate::body::{body_resource, BoxError, RequestBody, RequestBodyResource, ResponseBody};
 use crate::context::IsolateContext;
 use crate::events::{header_list, tagged_to_v8};
 use crate::mailbox::{Event, ObjectCall, ObjectEvent, Reply, WebSocketToken};
@@ -89,16 +89,7 @@ fn call_reply(
         Reply::Response(_) if !expects_response => return Err(lost),
         Reply::Response(response) => {
             let (parts, body) = response.into_parts();
-            let body_rid = if http_body::Body::is_end_stream(&body) {
-                None
-            } else {
-                Some(
-                    state
-                        .borrow_mut()
-                        .resource_table
-                        .add(RequestBodyResource::new(body.boxed())),
-                )
-            };
+            let body_rid = body_resource(state, body.boxed());
             CallReply::Response(ResponseHead {
                 status: parts.status.as_u16(),
                 headers: header_list(&parts.headers),

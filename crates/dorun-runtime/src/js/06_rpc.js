@@ -165,7 +165,8 @@ async function stubFetch(namespace, hex, name, input, init) {
   return new Response(body, { status: head.status, headers: head.headers });
 }
 
-async function rpcCall(namespace, hex, name, method, get, args) {
+/** Serializes call arguments, then waits for the caller's output gate (if any). */
+async function outgoingArgs(args) {
   let bytes;
   try {
     bytes = serialize(marshal(args));
@@ -174,6 +175,11 @@ async function rpcCall(namespace, hex, name, method, get, args) {
   }
   const gate = pendingOutputGate();
   if (gate !== null) await gate;
+  return bytes;
+}
+
+async function rpcCall(namespace, hex, name, method, get, args) {
+  const bytes = await outgoingArgs(args);
   let reply;
   try {
     reply = await op_dorun_object_rpc(namespace, hex, name ?? null, method, get, bytes);
@@ -461,14 +467,7 @@ export function unmarshal(value, seen = null) {
 }
 
 async function exportCall(thread, id, method, get, args) {
-  let bytes;
-  try {
-    bytes = serialize(marshal(args));
-  } catch (error) {
-    throw new TypeError(`Could not serialize RPC arguments: ${error.message}`);
-  }
-  const gate = pendingOutputGate();
-  if (gate !== null) await gate;
+  const bytes = await outgoingArgs(args);
   return replyValue(await op_dorun_export_call(thread, id, method, get, bytes));
 }
 
