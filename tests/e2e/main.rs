@@ -10,6 +10,7 @@ mod examples;
 mod handlers;
 mod modules;
 mod multi;
+mod node_compat;
 mod objects;
 mod streaming;
 mod web_apis;

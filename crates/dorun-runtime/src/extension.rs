@@ -88,6 +88,7 @@ deno_core::extension!(
     esm_entry_point = "ext:dorun/01_worker.js",
     esm = [
         dir "src/js",
+        "async_context.js",
         "00_globals.js",
         "01_worker.js",
         "02_objects.js",

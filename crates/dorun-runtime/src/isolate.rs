@@ -450,5 +450,6 @@ fn extensions(context: IsolateContext) -> Vec<deno_core::Extension> {
             ..Default::default()
         }),
         extension::dorun::init(context),
+        crate::node_compat::dorun_node::init(),
     ]
 }

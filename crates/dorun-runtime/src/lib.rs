@@ -25,6 +25,7 @@ pub mod body;
 pub mod extension;
 pub mod isolate;
 pub mod loader;
+pub mod node_compat;
 pub mod objects;
 pub mod sockets;
 pub mod spec;

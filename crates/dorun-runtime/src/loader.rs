@@ -28,6 +28,7 @@ use deno_error::JsErrorBox;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use url::Url;
 
+use crate::node_compat;
 use crate::spec::{ModuleRuleKind, WorkerSpec};
 use crate::transpile;
 
@@ -132,6 +133,9 @@ impl ModuleGraph {
         if specifier == "cloudflare:workers" || specifier == ENTRY_SPECIFIER {
             return Url::parse(specifier).map_err(|e| e.to_string());
         }
+        if let Some(url) = node_compat::resolve_bare(specifier, &self.spec) {
+            return Ok(url);
+        }
         if let Ok(url) = Url::parse(specifier) {
             // Absolute URLs (file:, node:, https:, ...) are checked when loaded.
             return Ok(url);
@@ -144,7 +148,9 @@ impl ModuleGraph {
         match self.resolver.resolve(dir, specifier) {
             Ok(resolution) => Url::from_file_path(resolution.path())
                 .map_err(|_| format!("bad path {}", resolution.path().display())),
-            Err(error) => Err(error.to_string()),
+            Err(error) => {
+                Err(node_compat::missing_bare_error(specifier).unwrap_or_else(|| error.to_string()))
+            }
         }
     }
 
@@ -235,7 +241,8 @@ impl ModuleGraph {
     fn entry_source(&self) -> Result<String, String> {
         let main = serde_json::to_string(self.main_url()?.as_str()).expect("strings serialize");
         Ok(format!(
-            "import * as worker from {main};\nglobalThis[Symbol.for(\"dorun.start\")](worker);\n"
+            "{}import * as worker from {main};\nglobalThis[Symbol.for(\"dorun.start\")](worker);\n",
+            node_compat::entry_prelude(&self.spec)
         ))
     }
 }
@@ -332,10 +339,12 @@ impl WorkerModuleLoader {
                     (Prepared::JavaScript(code), _) => Ok(javascript(&code)),
                 }
             }
-            "node" => Err(JsErrorBox::generic(format!(
-                "{}cannot import \"{specifier}\": Node.js built-in modules are not supported by dorun yet",
-                at()
-            ))),
+            "node" => {
+                let from_builtin = referrer.is_some_and(|r| r.specifier.scheme() == "node");
+                node_compat::load(specifier, &self.graph.spec, from_builtin)
+                    .map(|source| javascript(&source))
+                    .map_err(|e| JsErrorBox::generic(format!("{}{e}", at())))
+            }
             _ => Err(JsErrorBox::generic(format!(
                 "{}cannot import \"{specifier}\": only local files, npm packages and cloudflare:workers can be imported",
                 at()

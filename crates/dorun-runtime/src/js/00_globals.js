@@ -3,6 +3,7 @@
 // so user code patching prototypes cannot change how the runtime behaves.
 
 import { core, internals, primordials } from "ext:core/mod.js";
+import { currentObject } from "ext:dorun/async_context.js";
 
 const { ObjectDefineProperty, ObjectDefineProperties, Symbol, SymbolFor } = primordials;
 
@@ -76,8 +77,8 @@ const OUTPUT_GATE = SymbolFor("dorun.outputGate");
 
 /** The pending output gate of the Durable Object this code runs for, or null. */
 function pendingOutputGate() {
-  const current = core.getAsyncContext();
-  return current !== undefined && current !== null && typeof current[OUTPUT_GATE] === "function"
+  const current = currentObject();
+  return current !== null && typeof current[OUTPUT_GATE] === "function"
     ? current[OUTPUT_GATE]()
     : null;
 }

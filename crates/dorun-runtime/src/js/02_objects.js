@@ -3,6 +3,7 @@
 // its implicit transaction and output gate, and idle eviction.
 
 import { core, primordials } from "ext:core/mod.js";
+import { currentObject, runAsObject } from "ext:dorun/async_context.js";
 import {
   hibernationApi,
   runHibernatableEvent,
@@ -365,7 +366,7 @@ export function createObjectSystem({
     let id = WeakMapPrototypeGet(exportIds, value);
     if (id === undefined) {
       id = ++nextExport;
-      const current = core.getAsyncContext();
+      const current = currentObject();
       MapPrototypeSet(exportsById, id, {
         value,
         refs: 0,
@@ -1237,13 +1238,7 @@ export function createObjectSystem({
 
   /** Runs user code with `object` as its async context (followed across awaits by V8). */
   function runAs(object, callback) {
-    const previous = core.getAsyncContext();
-    core.setAsyncContext(object);
-    try {
-      return callback();
-    } finally {
-      core.setAsyncContext(previous);
-    }
+    return runAsObject(object, callback);
   }
 
   function lookupMember(instance, method) {

@@ -8,6 +8,7 @@
 // from the id when the next event arrives.
 
 import { core, primordials } from "ext:core/mod.js";
+import { currentObject as contextObject } from "ext:dorun/async_context.js";
 import { pendingOutputGate, setFetchWebSocket } from "ext:dorun/00_globals.js";
 
 const {
@@ -79,8 +80,8 @@ const EMPTY = new Uint8Array(0);
 
 /** The Durable Object the running code belongs to, or null. */
 function currentObject() {
-  const current = core.getAsyncContext();
-  return current !== undefined && current !== null && current.localSockets !== undefined
+  const current = contextObject();
+  return current !== null && current.localSockets !== undefined
     ? current
     : null;
 }
