@@ -46,7 +46,8 @@ function runAsObject(object, callback) {
 /** The frame with `key`'s store set to `value` (`undefined` removes it). */
 function frameWithStore(key, value) {
   const frame = currentFrame();
-  const stores = new SafeMap(frame?.stores ?? undefined);
+  const stores = new SafeMap();
+  frame?.stores?.forEach((stored, storeKey) => stores.set(storeKey, stored));
   if (value === undefined) stores.delete(key);
   else stores.set(key, value);
   return new ContextFrame(frame?.object ?? null, stores.size === 0 ? null : stores);
