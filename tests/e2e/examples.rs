@@ -206,3 +206,86 @@ async fn alarms_example_flushes_a_batch_when_its_alarm_fires() {
     assert_eq!(status["batches"][0]["items"], json!(["first", "second"]));
     assert_eq!(status["batches"][0]["scheduledTime"], first["flushAt"]);
 }
+
+/// The next text message of a WebSocket as JSON (10 s at most).
+async fn next_json(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> serde_json::Value {
+    use futures::StreamExt;
+    loop {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+            .await
+            .expect("a message within 10 s")
+            .expect("the socket is open")
+            .expect("a frame");
+        if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
+            return serde_json::from_str(text.as_str()).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn dots_example_serves_its_page_and_rooms_share_dots() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let data = scratch_dir("dots");
+    let server = Server::start(
+        &example("dots").join("wrangler.jsonc"),
+        &["--data-dir", data.to_str().unwrap()],
+    );
+    // The single-page app: its files, and the same page for a room's URL.
+    let page = server.get("/").await;
+    assert_eq!(page.status, 200, "{}", server.logs());
+    assert!(page.text().contains("<title>Dots</title>"));
+    let navigate = [("accept", "text/html"), ("sec-fetch-mode", "navigate")];
+    let room_page = server
+        .request(
+            http::Method::GET,
+            "/room/demo",
+            &navigate,
+            bytes::Bytes::new(),
+        )
+        .await;
+    assert_eq!(room_page.status, 200);
+    assert_eq!(room_page.text(), page.text());
+    assert!(server.get("/app.js").await.text().contains("new WebSocket"));
+    assert_eq!(server.get("/api/nope").await.status, 404);
+
+    let connect = |path: &'static str| {
+        let url = server.ws_url(path);
+        async move { tokio_tungstenite::connect_async(&url).await.unwrap().0 }
+    };
+    let mut ada = connect("/api/room/demo/ws").await;
+    let welcome = next_json(&mut ada).await;
+    assert_eq!(welcome["type"], json!("welcome"));
+    let ada_id = welcome["player"].as_str().unwrap().to_string();
+    assert_eq!(ada_id.len(), 16, "8 bytes of SHA-256 in hex: {ada_id}");
+    assert!(ada_id.bytes().all(|b| b.is_ascii_hexdigit()));
+    let mut bob = connect("/api/room/demo/ws").await;
+    assert_eq!(next_json(&mut bob).await["type"], json!("welcome"));
+
+    ada.send(Message::Text(r#"{"x":0.25,"y":0.5}"#.into()))
+        .await
+        .unwrap();
+    for ws in [&mut ada, &mut bob] {
+        let moved = next_json(ws).await;
+        assert_eq!(
+            (&moved["type"], &moved["player"], &moved["x"]),
+            (&json!("move"), &json!(ada_id), &json!(0.25))
+        );
+    }
+    let state = server.get("/api/room/demo/state").await.json();
+    assert_eq!(state[0]["player"], json!(ada_id));
+    assert_eq!(state[0]["y"], json!(0.5));
+    // Another room is separate.
+    let other = server.get("/api/room/elsewhere/state").await.json();
+    assert_eq!(other, json!([]));
+    ada.close(None).await.unwrap();
+    let left = next_json(&mut bob).await;
+    assert_eq!(
+        (&left["type"], &left["player"]),
+        (&json!("leave"), &json!(ada_id))
+    );
+}

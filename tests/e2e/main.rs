@@ -15,6 +15,7 @@ mod exports;
 mod handlers;
 mod modules;
 mod multi;
+mod node_compat;
 mod objects;
 mod streaming;
 mod web_apis;

@@ -282,5 +282,6 @@ fn extensions(services: IsolateServices) -> Vec<deno_core::Extension> {
             ..Default::default()
         }),
         extension::dorun::init(services),
+        crate::node_compat::dorun_node::init(),
     ]
 }

@@ -30,6 +30,7 @@ pub mod isolate;
 pub mod loader;
 pub mod mailbox;
 pub mod namespaces;
+pub mod node_compat;
 pub mod pool;
 pub mod router;
 pub mod rpc;

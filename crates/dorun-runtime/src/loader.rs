@@ -35,6 +35,7 @@ use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use url::Url;
 
 use crate::commonjs::{self, CommonJsFile, RequireTarget};
+use crate::node_compat;
 use crate::spec::{ModuleRuleKind, WorkerSpec};
 use crate::transpile::{self, Goal};
 
@@ -194,6 +195,10 @@ impl ModuleGraph {
         if let Some(registration) = specifier.strip_prefix(commonjs::REGISTRATION_PREFIX) {
             return Url::parse(registration).map_err(|e| e.to_string());
         }
+        // `buffer` as `node:buffer`, when the compatibility flags say so.
+        if let Some(url) = node_compat::resolve_bare(specifier, &self.spec) {
+            return Ok(url);
+        }
         let url = match Url::parse(specifier) {
             Ok(url) if url.scheme() == "file" => url,
             // Other absolute URLs (node:, https:, ...) are checked when loaded.
@@ -207,7 +212,10 @@ impl ModuleGraph {
                 match self.resolver.resolve(dir, specifier) {
                     Ok(resolution) => Url::from_file_path(resolution.path())
                         .map_err(|_| format!("bad path {}", resolution.path().display()))?,
-                    Err(error) => return Err(error.to_string()),
+                    Err(error) => {
+                        return Err(node_compat::missing_bare_error(specifier)
+                            .unwrap_or_else(|| error.to_string()))
+                    }
                 }
             }
         };
@@ -258,7 +266,7 @@ impl ModuleGraph {
             reason: format!("the Node.js built-in module \"{name}\" is not supported by dorun"),
         };
         if let Some(name) = builtin {
-            if node_builtin_available(name) {
+            if node_compat::provides(name, &self.spec) {
                 return RequireTarget::Builtin {
                     specifier: format!("node:{name}"),
                 };
@@ -495,15 +503,10 @@ impl ModuleGraph {
     fn entry_source(&self) -> Result<String, String> {
         let main = serde_json::to_string(self.main_url()?.as_str()).expect("strings serialize");
         Ok(format!(
-            "import * as worker from {main};\nglobalThis[Symbol.for(\"dorun.start\")](worker);\n"
+            "{}import * as worker from {main};\nglobalThis[Symbol.for(\"dorun.start\")](worker);\n",
+            node_compat::entry_prelude(&self.spec)
         ))
     }
-}
-
-/// Whether `node:<name>` can be imported, so that `require("<name>")` can reach it. The
-/// Node.js compatibility layer answers; until then no built-in module is available.
-fn node_builtin_available(_name: &str) -> bool {
-    false
 }
 
 /// The `tsconfig.json` (or `jsconfig.json`) nearest to the Worker's main module.
@@ -621,10 +624,12 @@ impl WorkerModuleLoader {
                     )),
                 }
             }
-            "node" => Err(JsErrorBox::generic(format!(
-                "{}cannot import \"{specifier}\": Node.js built-in modules are not supported by dorun yet",
-                at()
-            ))),
+            "node" => {
+                let from_builtin = referrer.is_some_and(|r| r.specifier.scheme() == "node");
+                node_compat::load(specifier, &self.graph.spec, from_builtin)
+                    .map(|source| javascript(&source))
+                    .map_err(|e| JsErrorBox::generic(format!("{}{e}", at())))
+            }
             _ => Err(JsErrorBox::generic(format!(
                 "{}cannot import \"{specifier}\": only local files, npm packages and cloudflare:workers can be imported",
                 at()

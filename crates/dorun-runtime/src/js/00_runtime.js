@@ -6,6 +6,8 @@ import { core, primordials } from "ext:core/mod.js";
 
 const {
   JSONParse,
+  ObjectFreeze,
+  SafeMap,
   PromisePrototypeThen,
   PromiseResolve,
   SafeSet,
@@ -29,25 +31,70 @@ export const console = new consoleModule.Console((message, level) => {
   op_dorun_log(level, message);
 });
 
-// --- the object whose code is running ---------------------------------------------------
-// User code of a Durable Object runs with its live object as V8's async context, which
-// V8 carries across awaits, timers and promise continuations. This is the one way to ask
-// which object is running now.
+// --- the async context: the object whose code is running, AsyncLocalStorage stores -------
+// V8 carries one value across awaits, promise continuations and timers (its
+// continuation-preserved embedder data, `core.getAsyncContext`). It holds an immutable frame
+// with both consumers: the live Durable Object the code runs for (output gate, exports,
+// sockets) and the stores of node:async_hooks' AsyncLocalStorage. Entering an object or a
+// store makes a new frame, so each continuation sees the frame of its own chain. This is
+// the one way to ask which object is running now.
+
+class ContextFrame {
+  constructor(object, stores) {
+    this.object = object;
+    this.stores = stores;
+    ObjectFreeze(this);
+  }
+}
+
+function currentFrame() {
+  const frame = core.getAsyncContext();
+  return frame instanceof ContextFrame ? frame : null;
+}
 
 /** The live object whose code is running now, or null (Worker code). */
 export function currentObject() {
-  return core.getAsyncContext() ?? null;
+  return currentFrame()?.object ?? null;
 }
 
-/** Runs `callback` as code of `object` (and everything it schedules). */
-export function runAs(object, callback) {
+/** Runs `callback(...args)` with `frame` as the async context, then restores the previous. */
+export function runInFrame(frame, callback, args = []) {
   const previous = core.getAsyncContext();
-  core.setAsyncContext(object);
+  core.setAsyncContext(frame);
   try {
-    return callback();
+    return callback(...args);
   } finally {
     core.setAsyncContext(previous);
   }
+}
+
+/** Runs `callback` as code of `object` (keeping the caller's AsyncLocalStorage stores). */
+export function runAs(object, callback) {
+  return runInFrame(new ContextFrame(object, currentFrame()?.stores ?? null), callback);
+}
+
+/** The current frame with `key`'s store set to `value` (`undefined` removes it). */
+export function frameWithStore(key, value) {
+  const frame = currentFrame();
+  const stores = new SafeMap();
+  frame?.stores?.forEach((stored, storeKey) => stores.set(storeKey, stored));
+  if (value === undefined) stores.delete(key);
+  else stores.set(key, value);
+  return new ContextFrame(frame?.object ?? null, stores.size === 0 ? null : stores);
+}
+
+/** The store `key` holds in the current frame. */
+export function storeOf(key) {
+  return currentFrame()?.stores?.get(key);
+}
+
+/** The current frame, to run code in later (AsyncResource, AsyncLocalStorage.snapshot). */
+export function snapshotFrame() {
+  return core.getAsyncContext();
+}
+
+export function enterFrame(frame) {
+  core.setAsyncContext(frame);
 }
 
 /**
