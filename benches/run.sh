@@ -7,6 +7,7 @@
 #   DURATION=10s benches/run.sh         # longer runs
 #   SKIP_WORKERD=1 benches/run.sh       # dorun only
 #   BENCH_DIR=/path/to/bench benches/run.sh
+#   DORUN_BIN=/path/to/dorun benches/run.sh   # a prebuilt dorun (e.g. to compare two commits)
 #
 # Needs: wrk, curl, python3 (the suite's tools); workerd from npm in ~/bench-tools (see
 # ../shared/bench/README.md) unless SKIP_WORKERD=1. dorun is built in release mode.
@@ -16,8 +17,12 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH_DIR=${BENCH_DIR:-$ROOT/../shared/bench}
 [ -f "$BENCH_DIR/suite.sh" ] || { echo "no bench suite at $BENCH_DIR" >&2; exit 2; }
 
-cargo build --release --bin dorun --manifest-path "$ROOT/Cargo.toml" >&2 || exit 1
-DORUN="$ROOT/target/release/dorun"
+if [[ -n "${DORUN_BIN:-}" ]]; then
+  DORUN="$DORUN_BIN"
+else
+  cargo build --release --bin dorun --manifest-path "$ROOT/Cargo.toml" >&2 || exit 1
+  DORUN="$ROOT/target/release/dorun"
+fi
 
 TMP=$(mktemp -d /tmp/dorun-bench.XXXXXX)
 RESULTS="$TMP/results.tsv"
