@@ -160,3 +160,53 @@ async fn a_worker_can_accept_the_websocket_an_object_returned() {
         })
     );
 }
+
+#[tokio::test]
+async fn request_cf_reaches_an_object_through_stub_fetch() {
+    let server = start_with(&["--cf", "country=NZ"]);
+    let reply = server.get("/cf-forward").await;
+    assert_eq!(reply.status, 200, "{}\n{}", reply.text(), server.logs());
+    assert_eq!(reply.json(), json!({"country": "NZ", "colo": "SFO"}));
+}
+
+#[tokio::test]
+async fn cloudflare_email_and_the_exports_of_cloudflare_workers_load() {
+    let server = start();
+    let reply = server.get("/modules").await;
+    assert_eq!(reply.status, 200, "{}\n{}", reply.text(), server.logs());
+    assert_eq!(
+        reply.json(),
+        json!({"email": ["a@example.com", "b@example.com"], "exports": ["Echo", "Relay"]})
+    );
+}
+
+#[tokio::test]
+async fn generated_configs_load_an_unusable_tsconfig_and_empty_binding_lists() {
+    let dir = scratch_dir("generated-config");
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::write(
+        dir.join("src/index.ts"),
+        "export default { fetch: (): Response => new Response(\"loaded\") };\n",
+    )
+    .unwrap();
+    // A tsconfig that extends a file outside the project (as monorepo fixtures do).
+    std::fs::write(
+        dir.join("tsconfig.json"),
+        r#"{"extends": "../no-such-base/tsconfig.json", "compilerOptions": {"paths": {"@/*": ["src/*"]}}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("wrangler.json"),
+        r#"{"name": "generated", "main": "src/index.ts", "compatibility_date": "2026-01-01", "kv_namespaces": [], "r2_buckets": []}"#,
+    )
+    .unwrap();
+    let server = Server::start(&dir.join("wrangler.json"), &[]);
+    assert_eq!(server.get("/").await.text(), "loaded");
+    assert!(
+        server
+            .logs()
+            .contains("compilerOptions.paths and baseUrl are not used"),
+        "{}",
+        server.logs()
+    );
+}

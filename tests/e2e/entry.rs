@@ -118,6 +118,28 @@ async fn wrangler_1_build_upload_names_the_entry() {
 }
 
 #[tokio::test]
+async fn the_build_command_finds_tools_in_node_modules_bin() {
+    let dir = scratch_dir("build-local-bin");
+    let bin = dir.join("node_modules/.bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let tool = bin.join("make-worker");
+    std::fs::write(
+        &tool,
+        "#!/bin/sh\necho \"export default { fetch: () => new Response('from a local tool') }\" > worker.js\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        dir.join("wrangler.toml"),
+        "name = \"local-bin\"\nmain = \"worker.js\"\n[build]\ncommand = \"make-worker\"\n",
+    )
+    .unwrap();
+    let server = Server::start(&dir.join("wrangler.toml"), &[]);
+    assert_eq!(server.get("/").await.text(), "from a local tool");
+}
+
+#[tokio::test]
 async fn a_failing_build_command_stops_dorun_with_its_name() {
     let dir = scratch_dir("build-fails");
     std::fs::write(

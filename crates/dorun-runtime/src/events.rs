@@ -23,7 +23,9 @@ use deno_error::JsErrorBox;
 use crate::body::{body_resource, RequestBody, ResponseBody};
 use crate::context::IsolateContext;
 use crate::failure::Failure;
-use crate::mailbox::{AlarmOutcome, Event, ObjectCall, Reply, SocketMessage, WebSocketToken};
+use crate::mailbox::{
+    AlarmOutcome, Event, ObjectCall, Reply, RequestCf, SocketMessage, WebSocketToken,
+};
 
 /// A request as JS receives it; the body (if any) is a resource read as a stream.
 #[derive(ToV8)]
@@ -32,6 +34,8 @@ pub struct RequestHead {
     url: String,
     headers: Vec<(ByteString, ByteString)>,
     body_rid: Option<u32>,
+    /// `request.cf` as JSON, for a request an object gets through `stub.fetch()`.
+    cf: Option<String>,
 }
 
 /// The object an event is for.
@@ -246,7 +250,9 @@ pub struct ExportEvent {
 fn request_head(state: &Rc<RefCell<OpState>>, request: http::Request<RequestBody>) -> RequestHead {
     let (parts, body) = request.into_parts();
     let body_rid = body_resource(state, body);
+    let cf = parts.extensions.get::<RequestCf>().map(|cf| cf.0.clone());
     RequestHead {
+        cf,
         method: ByteString::from(parts.method.as_str().as_bytes()),
         url: parts.uri.to_string(),
         headers: header_list(&parts.headers),

@@ -134,13 +134,31 @@ impl ModuleGraph {
             )],
             ..Default::default()
         });
+        let mut resolver = resolver;
         if let Some(tsconfig) = &tsconfig {
-            resolver
-                .resolve_tsconfig(tsconfig)
-                .map_err(|source| LoadError::Tsconfig {
+            if let Err(source) = resolver.resolve_tsconfig(tsconfig) {
+                let error = LoadError::Tsconfig {
                     path: tsconfig.clone(),
                     source,
-                })?;
+                };
+                // A broken tsconfig of the project is for the user to fix; an `extends` to a
+                // file that is not there (a monorepo example copied out of its repository)
+                // is a warning, as esbuild makes it, and imports resolve without its paths.
+                if !matches!(
+                    &error,
+                    LoadError::Tsconfig {
+                        source: oxc_resolver::ResolveError::TsconfigNotFound(_),
+                        ..
+                    }
+                ) {
+                    return Err(error);
+                }
+                tracing::warn!("{error}; its compilerOptions.paths and baseUrl are not used");
+                resolver = resolver.clone_with_options(oxc_resolver::ResolveOptions {
+                    tsconfig: None,
+                    ..resolver.options().clone()
+                });
+            }
         }
         let require_resolver = resolver.clone_with_options(oxc_resolver::ResolveOptions {
             condition_names: REQUIRE_CONDITIONS.iter().map(|s| s.to_string()).collect(),
@@ -187,6 +205,7 @@ impl ModuleGraph {
 
     fn resolve(&self, specifier: &str, referrer: &str) -> Result<Url, String> {
         if specifier == "cloudflare:workers"
+            || specifier == "cloudflare:email"
             || specifier == ENTRY_SPECIFIER
             || specifier == commonjs::RUNTIME_SPECIFIER
         {
@@ -529,6 +548,20 @@ export const RpcTarget = m.RpcTarget;
 export const RpcStub = m.RpcStub;
 export const env = m.env;
 export const waitUntil = m.waitUntil;
+export const exports = m.exports;
+"#;
+
+/// The `cloudflare:email` module: `EmailMessage`, what email handlers and `send_email`
+/// bindings exchange. dorun has no email routing; the class exists so code that imports it
+/// loads.
+const CLOUDFLARE_EMAIL_SOURCE: &str = r#"
+export class EmailMessage {
+  constructor(from, to, raw) {
+    this.from = from;
+    this.to = to;
+    this.raw = raw;
+  }
+}
 "#;
 
 /// One isolate's view of a [`ModuleGraph`].
@@ -570,6 +603,9 @@ impl WorkerModuleLoader {
         match specifier.scheme() {
             "cloudflare" if specifier.as_str() == "cloudflare:workers" => {
                 Ok(javascript(CLOUDFLARE_WORKERS_SOURCE))
+            }
+            "cloudflare" if specifier.as_str() == "cloudflare:email" => {
+                Ok(javascript(CLOUDFLARE_EMAIL_SOURCE))
             }
             "dorun" if specifier.as_str() == commonjs::RUNTIME_SPECIFIER => {
                 Ok(javascript(commonjs::RUNTIME_SOURCE))
@@ -631,7 +667,7 @@ impl WorkerModuleLoader {
                     .map_err(|e| JsErrorBox::generic(format!("{}{e}", at())))
             }
             _ => Err(JsErrorBox::generic(format!(
-                "{}cannot import \"{specifier}\": only local files, npm packages and cloudflare:workers can be imported",
+                "{}cannot import \"{specifier}\": only local files, npm packages, node: built-ins, cloudflare:workers and cloudflare:email can be imported",
                 at()
             ))),
         }

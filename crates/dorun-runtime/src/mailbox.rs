@@ -114,3 +114,8 @@ pub enum SocketMessage {
 /// Marks a 101 response whose WebSocket the front door should connect to socket `0`.
 #[derive(Clone, Copy, Debug)]
 pub struct WebSocketToken(pub u32);
+
+/// The `request.cf` of a request passed to `stub.fetch()`, as JSON, carried in the request's
+/// extensions so the object sees the same `request.cf`.
+#[derive(Clone, Debug)]
+pub struct RequestCf(pub String);

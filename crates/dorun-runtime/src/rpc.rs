@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::body::{body_resource, BoxError, RequestBody, RequestBodyResource, ResponseBody};
 use crate::context::IsolateContext;
 use crate::events::{header_list, tagged_to_v8};
-use crate::mailbox::{Event, ObjectCall, ObjectEvent, Reply, WebSocketToken};
+use crate::mailbox::{Event, ObjectCall, ObjectEvent, Reply, RequestCf, WebSocketToken};
 use crate::router::{RouteError, Router};
 
 /// Why an outgoing call got no answer.
@@ -145,6 +145,7 @@ pub async fn op_dorun_object_fetch(
     #[string] url: String,
     #[scoped] headers: Vec<(ByteString, ByteString)>,
     #[smi] body_rid: Option<ResourceId>,
+    #[string] cf: Option<String>,
 ) -> Result<CallReply, CallError> {
     let method =
         http::Method::from_bytes(&method).map_err(|e| CallError::BadRequest(e.to_string()))?;
@@ -158,9 +159,12 @@ pub async fn op_dorun_object_fetch(
             .boxed(),
         Some(rid) => body_from_resource(&mut state.borrow_mut(), rid)?,
     };
-    let request = builder
+    let mut request = builder
         .body(body)
         .map_err(|e| CallError::BadRequest(e.to_string()))?;
+    if let Some(cf) = cf {
+        request.extensions_mut().insert(RequestCf(cf));
+    }
     let (reply, response) = oneshot::channel();
     router(&state).to_object(ObjectEvent {
         namespace,

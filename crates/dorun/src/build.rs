@@ -106,6 +106,20 @@ pub fn read(path: &Path, env: Option<&str>) -> Result<Option<BuildCommand>, Buil
     Ok(Some(BuildCommand { command, cwd }))
 }
 
+/// `PATH` with every `node_modules/.bin` from `dir` up to the root first, as `npm run`
+/// gives scripts (so `esbuild` or `tsc` installed in the project are found).
+fn path_with_local_bins(dir: &Path) -> std::ffi::OsString {
+    let mut paths: Vec<PathBuf> = dir
+        .ancestors()
+        .map(|dir| dir.join("node_modules").join(".bin"))
+        .filter(|bin| bin.is_dir())
+        .collect();
+    if let Some(path) = std::env::var_os("PATH") {
+        paths.extend(std::env::split_paths(&path));
+    }
+    std::env::join_paths(paths).unwrap_or_default()
+}
+
 /// Runs the command with `sh -c` (its stdout and stderr both on dorun's stderr) and waits.
 pub fn run(build: &BuildCommand, config: &Path) -> Result<(), BuildError> {
     eprintln!(
@@ -117,6 +131,7 @@ pub fn run(build: &BuildCommand, config: &Path) -> Result<(), BuildError> {
         .arg("-c")
         .arg(&build.command)
         .current_dir(&build.cwd)
+        .env("PATH", path_with_local_bins(&build.cwd))
         .stdin(Stdio::null())
         .stdout(std::io::stderr())
         .stderr(std::io::stderr())

@@ -7,6 +7,7 @@ import { config, console } from "ext:dorun/00_runtime.js";
 import { responseSocketToken } from "ext:dorun/03_websockets.js";
 
 const {
+  JSONParse,
   ObjectDefineProperty,
   ObjectFreeze,
   ObjectPrototypeIsPrototypeOf,
@@ -33,7 +34,11 @@ export function makeRequest(head) {
     ? null
     : new InnerBody(streams.readableStreamForRid(head.bodyRid));
   const inner = newInnerRequest(head.method, head.url, () => head.headers, body, false);
-  return fromInnerRequest(inner, "immutable");
+  const request = fromInnerRequest(inner, "immutable");
+  if (head.cf !== null) {
+    ObjectDefineProperty(request, "cf", { value: ObjectFreeze(JSONParse(head.cf)), enumerable: true });
+  }
+  return request;
 }
 
 /** A request from the front door: with `request.cf` as Cloudflare's edge fills it in. */

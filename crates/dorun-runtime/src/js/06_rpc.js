@@ -20,6 +20,7 @@ import {
 const {
   ArrayIsArray,
   Error,
+  JSONStringify,
   MapPrototype,
   MapPrototypeDelete,
   MapPrototypeGet,
@@ -132,6 +133,8 @@ function replyValue(reply, objectId = undefined) {
 
 async function stubFetch(namespace, hex, name, input, init) {
   const request = new Request(input, init);
+  // The object sees the same request.cf (from init, or the Request passed on).
+  const cf = init?.cf ?? (ObjectPrototypeIsPrototypeOf(RequestPrototype, input) ? input.cf : undefined);
   const inner = toInnerRequest(request);
   let bodyRid = null;
   if (request.body !== null) {
@@ -149,6 +152,7 @@ async function stubFetch(namespace, hex, name, input, init) {
       request.url,
       inner.headerList,
       bodyRid,
+      cf === undefined || cf === null ? null : JSONStringify(cf),
     );
   } catch (error) {
     throw disconnected(error, hex);

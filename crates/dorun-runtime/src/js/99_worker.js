@@ -73,6 +73,7 @@ globalThis[SymbolFor("dorun.cloudflare:workers")] = {
   RpcStub: undefined,
   env,
   waitUntil,
+  exports: ctxExports,
 };
 
 for (let index = 0; index < config.namespaces.length; index++) {

@@ -554,6 +554,15 @@ impl Reader {
                 continue;
             }
             if UNSUPPORTED_BINDING_KEYS.contains(&key) {
+                // An empty list (generated configs write `"kv_namespaces": []`) binds nothing.
+                let empty = match &table[key] {
+                    Value::Array(items) => items.is_empty(),
+                    Value::Object(fields) => fields.is_empty(),
+                    _ => false,
+                };
+                if empty {
+                    continue;
+                }
                 let message = format!(
                     "key '{prefix}{key}': dorun does not support this binding kind (only durable_objects)"
                 );
