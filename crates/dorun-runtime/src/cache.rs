@@ -248,12 +248,11 @@ impl CacheStore {
         tokio::task::spawn_blocking(move || {
             let mut db = db.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             if db.is_none() {
-                let opened = CacheDatabase::open(&path, now_ms()).map_err(|source| {
-                    CacheError::Open {
+                let opened =
+                    CacheDatabase::open(&path, now_ms()).map_err(|source| CacheError::Open {
                         path: path.clone(),
                         source,
-                    }
-                })?;
+                    })?;
                 *db = Some(opened);
             }
             f(db.as_ref().expect("opened above"))
@@ -338,7 +337,10 @@ mod tests {
 
     #[test]
     fn put_refuses_non_get_partial_content_and_vary_star() {
-        assert!(matches!(check_put("POST", 200, &[]), Err(CacheError::NotGet)));
+        assert!(matches!(
+            check_put("POST", 200, &[]),
+            Err(CacheError::NotGet)
+        ));
         assert!(matches!(
             check_put("GET", 206, &[]),
             Err(CacheError::PartialContent)
@@ -358,12 +360,21 @@ mod tests {
         assert_eq!(
             ttl(
                 200,
-                &[("cache-control", "max-age=10, s-maxage=20"), ("expires", &expires)]
+                &[
+                    ("cache-control", "max-age=10, s-maxage=20"),
+                    ("expires", &expires)
+                ]
             ),
             Some(20_000)
         );
         assert_eq!(
-            ttl(200, &[("Cache-Control", "public, max-age=10"), ("expires", &expires)]),
+            ttl(
+                200,
+                &[
+                    ("Cache-Control", "public, max-age=10"),
+                    ("expires", &expires)
+                ]
+            ),
             Some(10_000)
         );
         assert_eq!(ttl(200, &[("expires", &expires)]), Some(50_000));

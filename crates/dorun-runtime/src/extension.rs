@@ -8,13 +8,13 @@ use deno_core::{op2, OpState};
 use deno_error::JsErrorBox;
 
 use crate::alarms::AlarmScheduler;
+use crate::cache::CacheStore;
 use crate::context::IsolateContext;
 use crate::loader::ModuleGraph;
 use crate::namespaces::ObjectConfig;
 use crate::router::Router;
 use crate::sockets::{ParkedSockets, SocketRegistry};
 use crate::storage::{OpenDatabases, MAX_OPEN_CONNECTIONS};
-use crate::cache::CacheStore;
 use crate::{assets_binding, cache, events, namespaces, rpc, sockets, storage};
 
 /// What an isolate's ops share besides [`IsolateContext`]; each piece goes into the op

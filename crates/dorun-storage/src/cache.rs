@@ -62,10 +62,7 @@ impl CacheDatabase {
             ) WITHOUT ROWID;
             CREATE INDEX IF NOT EXISTS cache_entries_expiry ON cache_entries (expires_at);",
         )?;
-        conn.execute(
-            "DELETE FROM cache_entries WHERE expires_at <= ?1",
-            [now_ms],
-        )?;
+        conn.execute("DELETE FROM cache_entries WHERE expires_at <= ?1", [now_ms])?;
         Ok(Self { conn })
     }
 
@@ -169,7 +166,10 @@ mod tests {
             Some(entry(1_000))
         );
         assert_eq!(db.get("default", "https://a/x", 1_000).unwrap(), None);
-        assert!(!db.delete("default", "https://a/x").unwrap(), "expired entry dropped");
+        assert!(
+            !db.delete("default", "https://a/x").unwrap(),
+            "expired entry dropped"
+        );
     }
 
     #[test]
