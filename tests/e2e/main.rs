@@ -6,6 +6,7 @@ mod harness;
 mod alarms;
 mod api_gaps;
 mod assets;
+mod cache;
 mod commonjs;
 mod config;
 mod entry;

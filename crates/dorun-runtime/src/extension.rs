@@ -8,13 +8,14 @@ use deno_core::{op2, OpState};
 use deno_error::JsErrorBox;
 
 use crate::alarms::AlarmScheduler;
+use crate::cache::CacheStore;
 use crate::context::IsolateContext;
 use crate::loader::ModuleGraph;
 use crate::namespaces::ObjectConfig;
 use crate::router::Router;
 use crate::sockets::{ParkedSockets, SocketRegistry};
 use crate::storage::{OpenDatabases, MAX_OPEN_CONNECTIONS};
-use crate::{assets_binding, events, namespaces, rpc, sockets, storage};
+use crate::{assets_binding, cache, events, namespaces, rpc, sockets, storage};
 
 /// What an isolate's ops share besides [`IsolateContext`]; each piece goes into the op
 /// state on its own.
@@ -100,6 +101,11 @@ deno_core::extension!(
         sockets::op_dorun_ws_accept_remote,
         // the assets binding (assets_binding.rs)
         assets_binding::op_dorun_assets_fetch,
+        // the Cache API (cache.rs)
+        cache::op_dorun_cache_check,
+        cache::op_dorun_cache_put,
+        cache::op_dorun_cache_match,
+        cache::op_dorun_cache_delete,
     ],
     esm_entry_point = "ext:dorun/99_worker.js",
     esm = [
@@ -116,6 +122,7 @@ deno_core::extension!(
         "09_alarms.js",
         "10_objects.js",
         "11_assets.js",
+        "12_cache.js",
         "99_worker.js",
     ],
     options = {
@@ -126,6 +133,7 @@ deno_core::extension!(
         state.put(OpenDatabases::new(MAX_OPEN_CONNECTIONS, services.objects.durability));
         state.put(services.context);
         state.put(services.router);
+        state.put(CacheStore::new(services.objects.data_dir.join("cache.sqlite")));
         state.put(services.objects);
         state.put(services.alarms);
         state.put(services.sockets);

@@ -11,7 +11,7 @@
 //!   thread and the JS glue), [`rpc`] (calls through stubs, streams), [`alarms`] (the
 //!   scheduler and the per-namespace index), [`storage`] (each object's SQLite file and the
 //!   connection cache), [`sockets`] (WebSockets held outside JS), [`assets_binding`]
-//!   (`env.ASSETS`, answered by `dorun-assets`).
+//!   (`env.ASSETS`, answered by `dorun-assets`), [`cache`] (the Cache API, `caches`).
 //! - [`spec`], [`loader`] (+ `transpile`, `commonjs`), [`supervisor`]: the Worker as the
 //!   runtime sees it, its modules (ES modules and CommonJS), the CPU-limit watchdog.
 //! - [`extension`]: the deno_core extension (ops + the JS glue in `js/`).
@@ -20,6 +20,7 @@
 pub mod alarms;
 pub mod assets_binding;
 pub mod body;
+pub mod cache;
 pub mod clock;
 mod commonjs;
 pub mod context;

@@ -6,6 +6,7 @@
 //!   cannot open or close transactions itself.
 //! - Writes open an implicit transaction; the runtime calls [`ObjectDatabase::commit`] after
 //!   the JS turn that made them, so every write of one turn lands atomically.
+//! - [`CacheDatabase`] (`cache.rs`): the Cache API's entries, one file per data directory.
 //!
 //! No V8 and no tokio here: everything is synchronous and testable on a temp file.
 
@@ -16,6 +17,9 @@ use std::sync::Arc;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{params_from_iter, Connection, OptionalExtension};
+
+mod cache;
+pub use cache::{CacheDatabase, CachedResponse};
 
 /// How hard a commit tries to be durable before anything it gates is released.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -33,6 +33,7 @@ import {
 import { handleExportCall, releaseExport, retainExport } from "ext:dorun/06_rpc.js";
 import { evictIdle, handleObjectEvent, live } from "ext:dorun/10_objects.js";
 import { createAssetsBinding } from "ext:dorun/11_assets.js";
+import "ext:dorun/12_cache.js";
 
 const {
   ArrayPrototypePush,
