@@ -44,6 +44,23 @@ fn serve_refuses_to_start_on_a_syntax_error() {
 }
 
 #[test]
+fn a_module_that_throws_while_loading_stops_check_and_serve() {
+    let (ok, output) = check("errors/top-level-throw");
+    assert!(!ok, "check passed a module that throws at load: {output}");
+    assert!(
+        output.contains("RangeError: thrown while the module loads"),
+        "{output}"
+    );
+    assert!(output.contains("top-level-throw/helper.js:4:"), "{output}");
+    let config = fixture("errors/top-level-throw").join("wrangler.toml");
+    let error = match Server::try_start(&config, &[]) {
+        Ok(_) => panic!("server started although its module threw"),
+        Err(error) => error,
+    };
+    assert!(error.contains("thrown while the module loads"), "{error}");
+}
+
+#[test]
 fn check_passes_on_good_code() {
     let config = fixture("module-rules").join("wrangler.toml");
     let (ok, stdout, stderr) = run_dorun(&["check", config.to_str().unwrap()], None);

@@ -28,6 +28,8 @@ pub struct IsolateContext {
     pub queue: Rc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Event>>>,
     pub in_flight: InFlight,
     pub next_id: Rc<Cell<u32>>,
+    /// Set by the glue when the Worker's modules have loaded and its serve loop starts.
+    pub started: Rc<Cell<bool>>,
     /// Set by the glue once it has finished after a shutdown: the isolate stops even if
     /// user timers (setInterval) would keep its event loop alive.
     pub done: Rc<Cell<bool>>,

@@ -37,6 +37,7 @@ deno_core::extension!(
         op_dorun_runtime_config,
         op_dorun_module_bytes,
         op_dorun_done,
+        op_dorun_started,
         // events in, answers out (events.rs)
         events::op_dorun_next_event,
         events::op_dorun_respond,
@@ -144,6 +145,12 @@ deno_core::extension!(
         state.put(ParkedSockets::default());
     },
 );
+
+/// The Worker's modules loaded and its serve loop starts.
+#[op2(fast)]
+pub fn op_dorun_started(state: &mut OpState) {
+    state.borrow::<IsolateContext>().started.set(true);
+}
 
 /// The glue finished after a shutdown (waitUntil work settled, storage closed).
 #[op2(fast)]

@@ -74,6 +74,7 @@ pub fn isolate_thread(
                     queue: queue.clone(),
                     in_flight: in_flight.clone(),
                     next_id: next_id.clone(),
+                    started: Rc::default(),
                     done: Rc::default(),
                 },
                 router: shared.router.clone(),
@@ -118,6 +119,7 @@ async fn run_isolate(
     ready: &mut Option<std::sync::mpsc::Sender<Result<(), String>>>,
 ) -> IsolateExit {
     let done = services.context.done.clone();
+    let started = services.context.started.clone();
     let heap_limit = graph.spec().heap_limit_bytes;
     let runtime = JsRuntime::try_new(RuntimeOptions {
         module_loader: Some(Rc::new(WorkerModuleLoader::new(graph.clone()))),
@@ -175,6 +177,22 @@ async fn run_isolate(
             });
         }
         return IsolateExit::Failed(describe_startup_error(&error));
+    }
+    if !started.get() {
+        // The main module threw while it loaded (a top-level throw rejects the module's
+        // evaluation): the error comes out of the event loop. Startup fails with it.
+        let error = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(
+                match runtime.poll_event_loop(cx, PollEventLoopOptions::default()) {
+                    std::task::Poll::Ready(Err(error)) => Some(error.to_string()),
+                    _ => None,
+                },
+            )
+        })
+        .await;
+        return IsolateExit::Failed(describe_startup_error(
+            &error.unwrap_or_else(|| "the Worker's main module did not finish loading".into()),
+        ));
     }
     if let Some(ready) = ready.take() {
         let _ = ready.send(Ok(()));

@@ -146,6 +146,9 @@ export class WorkflowEntrypoint {
 
 export class RpcTarget {}
 
+/** Set once the Worker's modules have loaded and its serve loop runs. */
+export const lifecycle = { started: false };
+
 /** The Worker's env: vars and secrets, then one DurableObjectNamespace per binding. */
 export const env = { ...config.vars };
 

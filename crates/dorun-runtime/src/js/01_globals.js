@@ -3,7 +3,7 @@
 // so user code patching prototypes cannot change how the runtime behaves.
 
 import { core, internals, primordials } from "ext:core/mod.js";
-import { console, pendingOutputGate } from "ext:dorun/00_runtime.js";
+import { console, lifecycle, pendingOutputGate } from "ext:dorun/00_runtime.js";
 
 const { MathCeil, ObjectDefineProperty, ObjectDefineProperties, Symbol } = primordials;
 
@@ -56,6 +56,9 @@ globalEvents.addEventListener("error", (e) => {
   e.preventDefault();
 });
 core.setUnhandledPromiseRejectionHandler((_promise, reason) => {
+  // While the Worker's modules load, a rejection (a top-level throw is one) stops startup
+  // with the error, as on Cloudflare; afterwards it is logged and the isolate goes on.
+  if (!lifecycle.started) return false;
   console.error("Uncaught (in promise)", reason);
   return true;
 });

@@ -8,6 +8,7 @@ import {
   console,
   ctxExports,
   DurableObject,
+  lifecycle,
   env,
   pendingWaitUntil,
   RpcTarget,
@@ -50,7 +51,8 @@ const {
   TypeError,
 } = primordials;
 
-const { op_dorun_next_event, op_dorun_module_bytes, op_dorun_done } = core.ops;
+const { op_dorun_next_event, op_dorun_module_bytes, op_dorun_done, op_dorun_started } =
+  core.ops;
 
 const { ResponsePrototype } = core.loadExtScript("ext:deno_fetch/23_response.js");
 
@@ -233,6 +235,8 @@ async function serve(worker) {
 
 globalThis[SymbolFor("dorun.start")] = (worker) => {
   delete globalThis[SymbolFor("dorun.start")];
+  lifecycle.started = true;
+  op_dorun_started();
   PromisePrototypeThen(serve(worker), undefined, (error) => {
     console.error("dorun serve loop failed:", error);
   });
