@@ -290,6 +290,11 @@ async fn env_assets_fetch_from_the_worker() {
         (head["status"].clone(), head["body"].clone()),
         (json!(200), json!(""))
     );
+    let by_pathname = server.get("/api/by-pathname").await.json();
+    assert_eq!(
+        by_pathname,
+        json!({"contentType": "text/html; charset=utf-8", "body": "<h1>about</h1>", "missing": null})
+    );
 }
 
 #[tokio::test]

@@ -21,6 +21,30 @@ class AssetsFetcher {
     });
   }
 
+  /**
+   * workers-sdk's asset binding extra: the file served at `pathname` as
+   * `{ readableStream, contentType, cacheStatus }`, or null. html_handling redirects are
+   * followed (a few hops), as the lookup is by the file's route, not the exact request.
+   */
+  async unstable_getByPathname(pathname) {
+    let path = String(pathname);
+    for (let hop = 0; hop < 4; hop++) {
+      const response = await this.fetch(ORIGIN + (path.startsWith("/") ? path : `/${path}`));
+      const location = response.headers.get("location");
+      if (response.status >= 300 && response.status < 400 && location !== null) {
+        path = new URL(location, ORIGIN).pathname;
+        continue;
+      }
+      if (response.status !== 200) return null;
+      return {
+        readableStream: response.body ?? new Response("").body,
+        contentType: response.headers.get("content-type") ?? "application/octet-stream",
+        cacheStatus: "HIT",
+      };
+    }
+    return null;
+  }
+
   connect() {
     throw new TypeError("connect() is not supported on an assets binding.");
   }
