@@ -167,6 +167,9 @@ async fn request_cf_reaches_an_object_through_stub_fetch() {
     let reply = server.get("/cf-forward").await;
     assert_eq!(reply.status, 200, "{}\n{}", reply.text(), server.logs());
     assert_eq!(reply.json(), json!({"country": "NZ", "colo": "SFO"}));
+    // As partyserver passes it on: a copy made with new Request(request).
+    let copy = server.get("/cf-forward-copy").await;
+    assert_eq!(copy.json(), json!({"country": "NZ", "colo": "SFO"}));
 }
 
 #[tokio::test]

@@ -5,7 +5,8 @@
 import { core, internals, primordials } from "ext:core/mod.js";
 import { console, lifecycle, pendingOutputGate } from "ext:dorun/00_runtime.js";
 
-const { MathCeil, ObjectDefineProperty, ObjectDefineProperties, Symbol } = primordials;
+const { MathCeil, ObjectDefineProperty, ObjectDefineProperties, ReflectConstruct, Symbol } =
+  primordials;
 
 // deno_fetch reports spans to Deno's OpenTelemetry layer, which dorun does not ship:
 // tracing stays off, so these are never called with a span.
@@ -109,6 +110,20 @@ ObjectDefineProperty(streams.ReadableStreamBYOBReader.prototype, "readAtLeast", 
   configurable: true,
 });
 
+// `new Request(request)` keeps `request.cf` (or takes `init.cf`), as in workerd, so a
+// request passed on to an object (`stub.fetch(new Request(request))`) still has it.
+const WorkersRequest = new Proxy(request.Request, {
+  construct(target, args, newTarget) {
+    const made = ReflectConstruct(target, args, newTarget);
+    const [input, init] = args;
+    const cf = init?.cf ?? (input !== null && typeof input === "object" ? input.cf : undefined);
+    if (cf !== undefined && cf !== null) {
+      ObjectDefineProperty(made, "cf", { value: cf, enumerable: true });
+    }
+    return made;
+  },
+});
+
 const navigator = {};
 ObjectDefineProperty(navigator, "userAgent", {
   value: "Cloudflare-Workers",
@@ -149,7 +164,7 @@ function readOnly(value) {
 ObjectDefineProperties(globalThis, {
   // Fetch
   fetch: nonEnumerable(fetch),
-  Request: nonEnumerable(request.Request),
+  Request: nonEnumerable(WorkersRequest),
   Response: nonEnumerable(response.Response),
   Headers: nonEnumerable(headers.Headers),
   FormData: nonEnumerable(formData.FormData),
