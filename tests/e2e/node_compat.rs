@@ -174,6 +174,7 @@ async fn process_env_holds_text_vars_and_node_globals_are_installed() {
             "cwd": "/",
             "version": true,
             "order": ["sync", "tick", "immediate"],
+            "builtin": [true, "function", null],
         })
     );
 }
