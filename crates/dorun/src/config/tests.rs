@@ -99,10 +99,23 @@ fn all_problems_are_reported_together() {
     let path = write(
         &dir,
         "wrangler.toml",
-        "main = \"missing.js\"\ncompatibility_date = \"soon\"\nr2_buckets = []\n",
+        "main = \"missing.js\"\ncompatibility_date = \"soon\"\n[[r2_buckets]]\nbinding = \"B\"\nbucket_name = \"b\"\n",
     );
     let error = load(&path, &LoadOptions::default()).unwrap_err();
     assert_eq!(error.problems.len(), 3, "{error}");
+}
+
+#[test]
+fn empty_binding_lists_bind_nothing() {
+    let dir = temp_dir("empty-lists");
+    write(&dir, "index.js", "export default {}");
+    let path = write(
+        &dir,
+        "wrangler.json",
+        r#"{"main": "index.js", "compatibility_date": "2026-01-01", "kv_namespaces": [], "triggers": {}}"#,
+    );
+    let config = load(&path, &LoadOptions::default()).unwrap();
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
 }
 
 #[test]
