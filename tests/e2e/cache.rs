@@ -4,8 +4,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::Method;
 use serde_json::{json, Value};
 
 use crate::harness::{fixture, scratch_dir, Server};
@@ -18,21 +16,7 @@ fn start(data: &Path) -> Server {
 }
 
 async fn call(server: &Server, path: &str) -> Value {
-    call_with(server, path, &[]).await
-}
-
-async fn call_with(server: &Server, path: &str, headers: &[(&str, &str)]) -> Value {
-    let reply = server
-        .request(Method::GET, path, headers, Bytes::new())
-        .await;
-    assert_eq!(
-        reply.status,
-        200,
-        "{path}: {}\n{}",
-        reply.text(),
-        server.logs()
-    );
-    reply.json()
+    server.get_json_ok(path, &[]).await
 }
 
 #[tokio::test]
@@ -69,11 +53,15 @@ async fn put_then_match_returns_the_stored_response_with_cf_cache_status_hit() {
     );
 
     // If-None-Match with the stored ETag: 304 without a body; another tag: the entry.
-    let not_modified = call_with(&server, "/match?key=a", &[("if-none-match", "\"v1\"")]).await;
+    let not_modified = server
+        .get_json_ok("/match?key=a", &[("if-none-match", "\"v1\"")])
+        .await;
     assert_eq!(not_modified["status"], 304, "{not_modified}");
     assert_eq!(not_modified["body"], "");
     assert_eq!(not_modified["headers"]["cf-cache-status"], "HIT");
-    let modified = call_with(&server, "/match?key=a", &[("if-none-match", "\"v0\"")]).await;
+    let modified = server
+        .get_json_ok("/match?key=a", &[("if-none-match", "\"v0\"")])
+        .await;
     assert_eq!(modified["status"], 200);
     assert_eq!(modified["body"], "body of a");
 

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::harness::{example, scratch_dir, Server};
+use crate::harness::{example, install_npm_dependencies, scratch_dir, Server};
 
 #[tokio::test]
 async fn hello_example_greets_and_echoes() {
@@ -37,21 +37,6 @@ async fn hono_typescript_example_runs_with_its_npm_dependency() {
         )
         .await;
     assert_eq!(sum.json(), json!({"sum": 6.5}));
-}
-
-/// Runs the example's install step (`npm ci`) when its node_modules are missing.
-fn install_npm_dependencies(dir: &std::path::Path) {
-    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = INSTALL.lock().unwrap();
-    if dir.join("node_modules/.package-lock.json").exists() {
-        return;
-    }
-    let status = std::process::Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund", "--prefix"])
-        .arg(dir)
-        .status()
-        .expect("npm is needed to install the example's dependencies");
-    assert!(status.success(), "npm ci --prefix {} failed", dir.display());
 }
 
 async fn exercise_counter(server: &Server) {

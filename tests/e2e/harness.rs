@@ -62,6 +62,22 @@ fn rand_suffix() -> u128 {
             .subsec_nanos() as u128
 }
 
+/// Runs a project's install step (`npm ci`) when its node_modules are missing (they stay out
+/// of git). One install at a time: tests share example and fixture directories.
+pub fn install_npm_dependencies(dir: &Path) {
+    static INSTALL: Mutex<()> = Mutex::new(());
+    let _guard = INSTALL.lock().unwrap();
+    if dir.join("node_modules/.package-lock.json").exists() {
+        return;
+    }
+    let status = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--prefix"])
+        .arg(dir)
+        .status()
+        .expect("npm is needed to install the project's dependencies");
+    assert!(status.success(), "npm ci --prefix {} failed", dir.display());
+}
+
 /// A running `dorun serve`.
 pub struct Server {
     child: Child,
@@ -180,6 +196,21 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         false
+    }
+
+    /// GET `path` with `headers`, which must answer 200 with JSON (the logs say why not).
+    pub async fn get_json_ok(&self, path: &str, headers: &[(&str, &str)]) -> serde_json::Value {
+        let reply = self
+            .request(http::Method::GET, path, headers, Bytes::new())
+            .await;
+        assert_eq!(
+            reply.status,
+            200,
+            "{path}: {}\n{}",
+            reply.text(),
+            self.logs()
+        );
+        reply.json()
     }
 
     pub async fn get(&self, path: &str) -> Reply {

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::json;
 
-use crate::harness::{fixture, run_dorun, scratch_dir, Server};
+use crate::harness::{fixture, install_npm_dependencies, run_dorun, scratch_dir, Server};
 
 fn start() -> (Server, std::path::PathBuf) {
     let data = scratch_dir("node-compat");
@@ -17,23 +17,11 @@ fn start() -> (Server, std::path::PathBuf) {
     (server, data)
 }
 
-async fn get_json(server: &Server, path: &str) -> serde_json::Value {
-    let reply = server.get(path).await;
-    assert_eq!(
-        reply.status,
-        200,
-        "{path}: {}\n{}",
-        reply.text(),
-        server.logs()
-    );
-    reply.json()
-}
-
 #[tokio::test]
 async fn buffer_events_util_and_diagnostics_channel_give_nodes_answers() {
     let (server, _data) = start();
     assert_eq!(
-        get_json(&server, "/buffer").await,
+        server.get_json_ok("/buffer", &[]).await,
         json!({
             "globalIsModule": true,
             "base64": "aMOpbGxv",
@@ -47,11 +35,11 @@ async fn buffer_events_util_and_diagnostics_channel_give_nodes_answers() {
         })
     );
     assert_eq!(
-        get_json(&server, "/events").await,
+        server.get_json_ok("/events", &[]).await,
         json!({"seen": ["once:1", "on:1"], "value": "go", "threw": "unhandled", "count": 0})
     );
     assert_eq!(
-        get_json(&server, "/util").await,
+        server.get_json_ok("/util", &[]).await,
         json!({
             "format": "a=1",
             "formatJson": "{\"a\":1} and [ 1 ]",
@@ -64,7 +52,7 @@ async fn buffer_events_util_and_diagnostics_channel_give_nodes_answers() {
         })
     );
     assert_eq!(
-        get_json(&server, "/diagnostics").await,
+        server.get_json_ok("/diagnostics", &[]).await,
         json!({"messages": ["dorun:test:1"], "hasSubscribers": false})
     );
 }
@@ -73,7 +61,7 @@ async fn buffer_events_util_and_diagnostics_channel_give_nodes_answers() {
 async fn async_local_storage_follows_awaits_timers_and_microtasks() {
     let (server, _data) = start();
     assert_eq!(
-        get_json(&server, "/async-hooks").await,
+        server.get_json_ok("/async-hooks", &[]).await,
         json!({
             "sync": "req-1",
             "afterAwait": "req-1",
@@ -93,7 +81,7 @@ async fn async_local_storage_works_inside_a_durable_object_with_its_storage() {
     let (server, _data) = start();
     // Storage writes and the output gate use the same async context as the stores.
     assert_eq!(
-        get_json(&server, "/object?value=v1").await,
+        server.get_json_ok("/object?value=v1", &[]).await,
         json!({"afterStorage": "v1", "afterTimer": "v1", "stored": "v1"})
     );
 }
@@ -102,7 +90,7 @@ async fn async_local_storage_works_inside_a_durable_object_with_its_storage() {
 async fn stream_path_url_querystring_and_assert_modules() {
     let (server, _data) = start();
     assert_eq!(
-        get_json(&server, "/stream").await,
+        server.get_json_ok("/stream", &[]).await,
         json!({
             "piped": "ABCDEF",
             "generated": "xxyy",
@@ -113,7 +101,7 @@ async fn stream_path_url_querystring_and_assert_modules() {
         })
     );
     assert_eq!(
-        get_json(&server, "/path").await,
+        server.get_json_ok("/path", &[]).await,
         json!({
             "join": "/a/c/d.txt",
             "resolve": "/y",
@@ -131,7 +119,7 @@ async fn stream_path_url_querystring_and_assert_modules() {
         })
     );
     assert_eq!(
-        get_json(&server, "/assert").await,
+        server.get_json_ok("/assert", &[]).await,
         json!({"strictEqualFails": true, "strictModule": true, "throwsChecked": true})
     );
 }
@@ -140,7 +128,7 @@ async fn stream_path_url_querystring_and_assert_modules() {
 async fn crypto_hashes_match_published_vectors() {
     let (server, _data) = start();
     assert_eq!(
-        get_json(&server, "/crypto").await,
+        server.get_json_ok("/crypto", &[]).await,
         json!({
             // FIPS 180-2 and RFC 1321 "abc" vectors.
             "sha256": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
@@ -164,7 +152,7 @@ async fn crypto_hashes_match_published_vectors() {
 async fn process_env_holds_text_vars_and_node_globals_are_installed() {
     let (server, _data) = start();
     assert_eq!(
-        get_json(&server, "/process").await,
+        server.get_json_ok("/process", &[]).await,
         json!({
             "myVar": "from-vars",
             "jsonVar": null,
@@ -177,21 +165,6 @@ async fn process_env_holds_text_vars_and_node_globals_are_installed() {
             "builtin": [true, "function", null],
         })
     );
-}
-
-/// Installs the fixture's npm dependencies (`npm ci`) when missing; node_modules stay out of git.
-fn install_npm_dependencies(dir: &Path) {
-    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = INSTALL.lock().unwrap();
-    if dir.join("node_modules/.package-lock.json").exists() {
-        return;
-    }
-    let status = std::process::Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund", "--prefix"])
-        .arg(dir)
-        .status()
-        .expect("npm is needed to install the fixture's dependencies");
-    assert!(status.success(), "npm ci --prefix {} failed", dir.display());
 }
 
 #[tokio::test]

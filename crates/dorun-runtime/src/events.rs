@@ -75,8 +75,14 @@ pub fn with_tag<'a, T: ToV8<'a, Error = JsErrorBox>>(
     let value = body.to_v8(scope)?;
     let object = v8::Local::<v8::Object>::try_from(value)
         .map_err(|_| JsErrorBox::type_error("a tagged value must be an object"))?;
-    let key = v8::String::new(scope, tag).ok_or_else(|| JsErrorBox::generic("tag"))?;
-    let name = v8::String::new(scope, name).ok_or_else(|| JsErrorBox::generic("tag"))?;
+    // Internalized, as the derived conversions make their keys: one string per name for the
+    // isolate's life instead of two allocations per event.
+    let internalized = |scope: &mut v8::PinScope<'a, '_>, text: &'static str| {
+        v8::String::new_from_one_byte(scope, text.as_bytes(), v8::NewStringType::Internalized)
+            .ok_or_else(|| JsErrorBox::generic("tag"))
+    };
+    let key = internalized(scope, tag)?;
+    let name = internalized(scope, name)?;
     object.set(scope, key.into(), name.into());
     Ok(object.into())
 }
