@@ -2,6 +2,7 @@
 //! its concern), the glue itself (`js/`, numbered in load order), and the few ops that
 //! belong to the Worker as a whole (console, runtime config, module bytes).
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use deno_core::{op2, OpState};
@@ -26,6 +27,8 @@ pub struct IsolateServices {
     pub alarms: Arc<AlarmScheduler>,
     pub sockets: Arc<SocketRegistry>,
     pub graph: Arc<ModuleGraph>,
+    /// Set when the isolate passes its CPU limit: SQL running then is interrupted.
+    pub sql_interrupt: Arc<AtomicBool>,
 }
 
 deno_core::extension!(
@@ -131,7 +134,10 @@ deno_core::extension!(
     },
     state = |state, options| {
         let services = options.services;
-        state.put(OpenDatabases::new(MAX_OPEN_CONNECTIONS, services.objects.durability));
+        state.put(
+            OpenDatabases::new(MAX_OPEN_CONNECTIONS, services.objects.durability)
+                .interrupt_when(services.sql_interrupt),
+        );
         state.put(services.context);
         state.put(services.router);
         state.put(CacheStore::new(services.objects.data_dir.join("cache.sqlite")));

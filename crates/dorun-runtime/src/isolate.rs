@@ -82,6 +82,7 @@ pub fn isolate_thread(
                 alarms: shared.alarms.clone(),
                 sockets: shared.sockets.clone(),
                 graph: graph.clone(),
+                sql_interrupt: watch.cpu_limit_flag(),
             };
             let exit = run_isolate(&graph, services, &watch, &mut ready).await;
             let failure = match exit {

@@ -10,6 +10,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use deno_core::{op2, v8, OpState};
@@ -59,6 +60,7 @@ pub struct OpenDatabases {
     capacity: usize,
     durability: Durability,
     entries: HashMap<u32, StorageEntry>,
+    interrupt: Option<Arc<AtomicBool>>,
 }
 
 impl OpenDatabases {
@@ -70,7 +72,14 @@ impl OpenDatabases {
             capacity: capacity.max(1),
             durability,
             entries: HashMap::new(),
+            interrupt: None,
         }
+    }
+
+    /// Every connection's statements stop while `flag` is set (the isolate's CPU limit).
+    pub fn interrupt_when(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.interrupt = Some(flag);
+        self
     }
 
     /// Registers an object's file and opens it (so a bad path or a corrupt file is
@@ -115,11 +124,16 @@ impl OpenDatabases {
                 self.close_least_recently_used(handle);
             }
             let entry = self.entries.get_mut(&handle).expect("checked above");
-            let db = ObjectDatabase::open(&entry.path, self.durability).map_err(|source| {
-                StorageOpError::Open {
-                    path: entry.path.clone(),
-                    source,
+            let open = |path: &std::path::Path| {
+                let mut db = ObjectDatabase::open(path, self.durability)?;
+                if let Some(flag) = &self.interrupt {
+                    db.interrupt_when(flag.clone())?;
                 }
+                Ok(db)
+            };
+            let db = open(&entry.path).map_err(|source| StorageOpError::Open {
+                path: entry.path.clone(),
+                source,
             })?;
             entry.db = Some(db);
             self.connected += 1;

