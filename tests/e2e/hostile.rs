@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::harness::{fixture, Server};
+use crate::harness::{fixture, scratch_dir, Server};
 
 fn hostile() -> std::path::PathBuf {
     fixture("hostile").join("wrangler.toml")
@@ -99,4 +99,40 @@ async fn sql_values_and_results_have_cloudflare_limits() {
     assert!(text.contains("too big"), "{text}");
     let _ = json!(null);
     let _ = Duration::ZERO;
+}
+
+#[tokio::test]
+async fn imports_reach_only_the_project_and_never_show_host_files() {
+    let server = Server::start(&hostile(), &[]);
+    let host_name = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    let outside = scratch_dir("outside-import");
+    std::fs::write(outside.join("leak.js"), "export const leaked = 1;").unwrap();
+    let leak = outside.join("leak.js");
+    for spec in [
+        "file:///etc/hostname".to_string(),
+        "/etc/hostname".to_string(),
+        "../../../../../../../../../../etc/hostname".to_string(),
+        format!("file://{}", leak.display()),
+        leak.display().to_string(),
+    ] {
+        let text = server
+            .get(&format!("/import?spec={}", encode(&spec)))
+            .await
+            .text();
+        assert!(
+            text.starts_with("error: ") && text.contains("only files of the Worker's project"),
+            "{spec}: {text}"
+        );
+        assert!(!text.contains("leaked"), "{spec}: {text}");
+        if !host_name.trim().is_empty() {
+            assert!(!text.contains(host_name.trim()), "{spec}: {text}");
+        }
+    }
+    // Files of the project still import.
+    let text = server
+        .get(&format!("/import?spec={}", encode("./extra.js")))
+        .await
+        .text();
+    assert_eq!(text, "ok: inside");
+    let _ = std::fs::remove_dir_all(outside);
 }
