@@ -136,3 +136,97 @@ async fn imports_reach_only_the_project_and_never_show_host_files() {
     assert_eq!(text, "ok: inside");
     let _ = std::fs::remove_dir_all(outside);
 }
+
+/// Reads until the server closes the connection; false if it is still open after `limit`.
+async fn closed_by_server(stream: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+fn address(server: &Server) -> String {
+    server.base.trim_start_matches("http://").to_string()
+}
+
+#[tokio::test]
+async fn silent_slow_and_idle_connections_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let server = Server::start(
+        &hostile(),
+        &["--header-timeout", "0.5", "--keep-alive-timeout", "0.5"],
+    );
+    let mut silent = tokio::net::TcpStream::connect(address(&server))
+        .await
+        .unwrap();
+    // Slowloris: a header that never ends, one byte every 100 ms.
+    let mut slow = tokio::net::TcpStream::connect(address(&server))
+        .await
+        .unwrap();
+    slow.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let dribble = tokio::spawn(async move {
+        for _ in 0..100 {
+            if slow.write_all(b"a").await.is_err() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    });
+    // A keep-alive connection that served one request, then says nothing.
+    let mut idle = tokio::net::TcpStream::connect(address(&server))
+        .await
+        .unwrap();
+    idle.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(closed_by_server(&mut silent, Duration::from_secs(10)).await);
+    assert!(closed_by_server(&mut idle, Duration::from_secs(10)).await);
+    assert!(dribble.await.unwrap(), "the slow header was cut off");
+    assert_eq!(server.get("/hello").await.text(), "hello");
+}
+
+#[tokio::test]
+async fn at_the_connection_limit_idle_connections_make_room_for_new_clients() {
+    let server = Server::start(&hostile(), &["--max-connections", "20"]);
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        held.push(
+            tokio::net::TcpStream::connect(address(&server))
+                .await
+                .unwrap(),
+        );
+    }
+    // A real client still gets an answer, and the oldest silent ones were closed for it.
+    for _ in 0..5 {
+        assert_eq!(server.get("/hello").await.text(), "hello");
+    }
+    assert!(closed_by_server(&mut held[0], Duration::from_secs(10)).await);
+}
+
+#[tokio::test]
+async fn an_http11_request_without_host_gets_400() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::start(&hostile(), &[]);
+    let mut stream = tokio::net::TcpStream::connect(address(&server))
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /hello HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+}

@@ -12,6 +12,7 @@ use dorun_storage::Durability;
 
 use crate::client_ip::TrustedProxies;
 use crate::config::{self, UnsupportedBindings};
+use crate::connections::ConnectionLimits;
 use crate::server::{self, ServerOptions};
 use crate::workers::{self, WorkerOptions, Workers};
 
@@ -122,6 +123,16 @@ pub struct ServeArgs {
     /// `X-Forwarded-For` names the client; from any other peer the client is the peer.
     #[arg(long = "trust-proxy", value_name = "CIDR", value_parser = crate::client_ip::parse_cidr)]
     pub trust_proxy: Vec<ipnet::IpNet>,
+    /// Most client connections held at once [default: half the descriptor limit]. At the
+    /// limit the longest-idle connection is closed to admit a new one.
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Seconds a new connection may take to send its first request's headers.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+    pub header_timeout: f64,
+    /// Seconds an idle keep-alive connection is kept between requests.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
+    pub keep_alive_timeout: f64,
     /// Stop by itself after this many seconds (for tests and scripted runs).
     #[arg(long, value_name = "SECONDS", hide = true)]
     pub exit_after: Option<u64>,
@@ -285,6 +296,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             assets: workers.assets[0].clone(),
             name: config.name.clone(),
             trusted_proxies: TrustedProxies::new(args.trust_proxy.clone()),
+            limits: connection_limits(&args)?,
         };
         server::run(listener, pool.clone(), shutdown, server_options).await;
         // Open WebSockets get a Close frame (1001) instead of a dropped connection.
@@ -327,4 +339,24 @@ async fn shutdown_signal() {
         () = ctrl_c => tracing::info!("SIGINT received"),
         () = terminate => tracing::info!("SIGTERM received"),
     }
+}
+
+/// The front door's budget: `--max-connections` or half the descriptor limit.
+fn connection_limits(args: &ServeArgs) -> anyhow::Result<ConnectionLimits> {
+    let seconds = |value: f64, flag: &str| {
+        Duration::try_from_secs_f64(value)
+            .map_err(|_| anyhow!("--{flag} must be a number of seconds, not {value}"))
+    };
+    let nofile = rlimit::getrlimit(rlimit::Resource::NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024);
+    let mut limits = ConnectionLimits::from_descriptor_limit(
+        nofile,
+        seconds(args.header_timeout, "header-timeout")?,
+        seconds(args.keep_alive_timeout, "keep-alive-timeout")?,
+    );
+    if let Some(max) = args.max_connections {
+        limits.max_connections = max.max(1);
+    }
+    Ok(limits)
 }

@@ -22,6 +22,7 @@ pub mod build;
 pub mod cli;
 pub mod client_ip;
 pub mod config;
+pub mod connections;
 pub mod migrations;
 pub mod server;
 pub mod websocket;
