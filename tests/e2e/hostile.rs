@@ -209,7 +209,13 @@ async fn at_the_connection_limit_idle_connections_make_room_for_new_clients() {
     for _ in 0..5 {
         assert_eq!(server.get("/hello").await.text(), "hello");
     }
-    assert!(closed_by_server(&mut held[0], Duration::from_secs(10)).await);
+    let mut closed = 0;
+    for stream in &mut held {
+        if closed_by_server(stream, Duration::from_millis(200)).await {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 21, "only {closed} of 40 closed");
 }
 
 #[tokio::test]
@@ -229,4 +235,57 @@ async fn an_http11_request_without_host_gets_400() {
         .unwrap()
         .unwrap();
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+}
+
+/// An allocation refused: a RangeError the code caught, or the isolate reset for memory.
+fn out_of_memory(status: &u16, text: &str) -> bool {
+    (*status == 200 && text.starts_with("error: "))
+        || (*status == 503 && text.contains("memory limit"))
+}
+
+#[tokio::test]
+async fn array_buffers_and_wasm_memory_have_a_budget_per_isolate() {
+    let server = Server::start(&hostile(), &["--threads", "1", "--heap-limit-mb", "64"]);
+    // Past the budget the allocation fails; V8 then treats the isolate as out of memory,
+    // and it is reset as on Cloudflare ("Worker exceeded memory limit.").
+    let reply = server.get("/array-buffers?n=8&mb=32").await;
+    assert!(
+        out_of_memory(&reply.status, &reply.text()),
+        "{}",
+        reply.text()
+    );
+    // 4096 pages of 64 KiB: 256 MiB, four times the budget.
+    let reply = server.get("/wasm-memory?n=2&pages=4096").await;
+    assert!(
+        out_of_memory(&reply.status, &reply.text()),
+        "{}",
+        reply.text()
+    );
+    assert!(server.peak_rss_bytes().unwrap() < 400 << 20);
+    assert_eq!(server.get("/hello").await.text(), "hello");
+    // Within the budget, buffers work.
+    assert_eq!(server.get("/array-buffers?n=2&mb=8").await.text(), "ok: 2");
+}
+
+#[tokio::test]
+async fn above_the_process_memory_limit_allocations_fail_and_rss_stays_bounded() {
+    let server = Server::start(
+        &hostile(),
+        &[
+            "--threads",
+            "1",
+            "--heap-limit-mb",
+            "2048",
+            "--memory-limit-mb",
+            "300",
+        ],
+    );
+    let reply = server.get("/array-buffers?n=40&mb=40").await;
+    assert!(
+        out_of_memory(&reply.status, &reply.text()),
+        "{}",
+        reply.text()
+    );
+    let peak = server.peak_rss_bytes().unwrap();
+    assert!(peak < 700 << 20, "peak RSS {} MiB", peak >> 20);
 }

@@ -125,7 +125,11 @@ async fn run_isolate(
     let runtime = JsRuntime::try_new(RuntimeOptions {
         module_loader: Some(Rc::new(WorkerModuleLoader::new(graph.clone()))),
         extensions: extensions(services),
-        create_params: Some(deno_core::v8::CreateParams::default().heap_limits(0, heap_limit)),
+        create_params: Some(
+            deno_core::v8::CreateParams::default()
+                .heap_limits(0, heap_limit)
+                .array_buffer_allocator(crate::memory::budgeted_allocator(heap_limit)),
+        ),
         ..Default::default()
     });
     let mut runtime = match runtime {

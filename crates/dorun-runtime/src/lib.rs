@@ -31,6 +31,7 @@ pub mod failure;
 pub mod isolate;
 pub mod loader;
 pub mod mailbox;
+pub mod memory;
 pub mod namespaces;
 pub mod node_compat;
 pub mod pool;

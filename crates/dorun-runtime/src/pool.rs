@@ -73,6 +73,8 @@ impl WorkerPool {
         sockets: Arc<SocketRegistry>,
     ) -> Result<Self, StartupError> {
         let spec = Arc::new(spec);
+        // Before the first isolate: V8's flags are fixed once it starts.
+        crate::memory::limit_wasm_memory(spec.heap_limit_bytes);
         let graph = ModuleGraph::new(spec.clone())?;
         let threads = threads.max(1);
         let alarms = Arc::new(AlarmScheduler::load(

@@ -123,6 +123,10 @@ pub struct ServeArgs {
     /// `X-Forwarded-For` names the client; from any other peer the client is the peer.
     #[arg(long = "trust-proxy", value_name = "CIDR", value_parser = crate::client_ip::parse_cidr)]
     pub trust_proxy: Vec<ipnet::IpNet>,
+    /// Resident memory of the whole process above which new requests get 503 and large
+    /// ArrayBuffer allocations fail, until it is back under 90 % [default: no limit].
+    #[arg(long, value_name = "MB")]
+    pub memory_limit_mb: Option<u64>,
     /// Most client connections held at once [default: half the descriptor limit]. At the
     /// limit the longest-idle connection is closed to admit a new one.
     #[arg(long, value_name = "N")]
@@ -247,6 +251,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     });
     if threads == 0 {
         bail!("--threads must be at least 1");
+    }
+    if let Some(limit) = args.memory_limit_mb {
+        dorun_runtime::memory::watch_process_memory(limit.max(16) << 20);
     }
     let workers = Workers::start(configs, &options, &data_dir, threads)?;
     // The first worker serves HTTP; the others are reached through their classes.

@@ -111,7 +111,7 @@ impl Connections {
             let oldest = open
                 .values()
                 .filter(|c| c.in_flight.load(Ordering::Acquire) == 0)
-                .min_by_key(|c| c.idle_since.load(Ordering::Relaxed))
+                .min_by_key(|c| (c.idle_since.load(Ordering::Relaxed), c.id))
                 .cloned()?;
             open.remove(&oldest.id);
             oldest.close.notify_one();

@@ -170,6 +170,18 @@ async fn handle(
         log(&response);
         return response;
     };
+    if dorun_runtime::memory::over_memory_limit() {
+        let mut response = plain(
+            503,
+            "dorun is over its memory limit (--memory-limit-mb); try again shortly.",
+        );
+        response.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("1"),
+        );
+        log(&response);
+        return response;
+    }
     let upgrade = websocket::take_upgrade(&mut request);
     let mut response = match prepare(request, peer, local, &options.trusted_proxies) {
         Ok(request) => match pool.dispatch(request).await {
