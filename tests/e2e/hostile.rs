@@ -289,3 +289,63 @@ async fn above_the_process_memory_limit_allocations_fail_and_rss_stays_bounded()
     let peak = server.peak_rss_bytes().unwrap();
     assert!(peak < 700 << 20, "peak RSS {} MiB", peak >> 20);
 }
+
+/// Reads a tick counter until it stops changing; the settled value, or None if it never
+/// settles within 20 s.
+async fn settled_ticks(server: &Server, path: &str) -> Option<u64> {
+    let mut last = None;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = server.get(path).await.json().as_u64();
+        if now.is_some() && now == last {
+            return now;
+        }
+        last = now;
+    }
+    None
+}
+
+#[tokio::test]
+async fn timers_that_burn_cpu_are_stopped_at_the_limit_for_objects_and_workers() {
+    let server = Server::start(&hostile(), &["--threads", "1", "--cpu-limit-ms", "500"]);
+    assert_eq!(
+        server.get("/obj/i/burn-interval?ms=100").await.text(),
+        "started"
+    );
+    assert_eq!(server.get("/burn-interval?ms=100").await.text(), "started");
+    let object_ticks = settled_ticks(&server, "/object-ticks?name=i").await;
+    let worker_ticks = settled_ticks(&server, "/ticks").await;
+    // About 500 ms of 100 ms ticks each, then nothing.
+    assert!(matches!(object_ticks, Some(4..=12)), "{object_ticks:?}");
+    assert!(matches!(worker_ticks, Some(4..=12)), "{worker_ticks:?}");
+    assert!(
+        server.wait_for_log("exceeded its CPU time limit").await,
+        "{}",
+        server.logs()
+    );
+    assert!(
+        server
+            .wait_for_log("Timers of the Worker used more than")
+            .await
+    );
+    assert_eq!(server.get("/hello").await.text(), "hello");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_requests_go_to_the_thread_that_is_not_stuck() {
+    let server = Server::start(&hostile(), &["--threads", "2", "--cpu-limit-ms", "20000"]);
+    let url = format!("{}/spin?ms=6000", server.base);
+    let spinning = tokio::spawn(async move {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        client.get(url.parse().unwrap()).await.map(|r| r.status())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Round robin would queue every other request behind the 6 s spin.
+    for _ in 0..10 {
+        let reply = tokio::time::timeout(Duration::from_secs(3), server.get("/hello")).await;
+        assert_eq!(reply.expect("answered by the free thread").text(), "hello");
+    }
+    assert_eq!(spinning.await.unwrap().unwrap(), 200);
+}

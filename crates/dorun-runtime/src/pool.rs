@@ -59,6 +59,8 @@ pub struct WorkerPool {
     router: Arc<Router>,
     closed: AtomicBool,
     next: AtomicUsize,
+    /// Worker requests sent to each thread and not yet answered.
+    outstanding: Vec<AtomicUsize>,
     alarms: Arc<AlarmScheduler>,
     sockets: Arc<SocketRegistry>,
 }
@@ -111,6 +113,7 @@ impl WorkerPool {
             router,
             closed: AtomicBool::new(false),
             next: AtomicUsize::new(0),
+            outstanding: (0..threads).map(|_| AtomicUsize::new(0)).collect(),
             alarms: alarms.clone(),
             sockets,
         };
@@ -156,7 +159,16 @@ impl WorkerPool {
         if self.closed.load(Ordering::SeqCst) {
             return Err(DispatchError::ShuttingDown);
         }
-        let thread = self.next.fetch_add(1, Ordering::Relaxed) % self.router.threads();
+        let thread = self.least_busy_thread();
+        let outstanding = &self.outstanding[thread];
+        outstanding.fetch_add(1, Ordering::Relaxed);
+        struct Answered<'a>(&'a AtomicUsize);
+        impl Drop for Answered<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let _answered = Answered(outstanding);
         let (reply, response) = oneshot::channel();
         self.router
             .to_thread(
@@ -171,6 +183,17 @@ impl WorkerPool {
             Reply::Response(response) => Ok(response),
             Reply::Value(_) | Reply::Error(_) | Reply::Alarm(_) => Err(DispatchError::Dropped),
         }
+    }
+
+    /// The thread with the fewest unanswered Worker requests (ties taken in turn), so a
+    /// thread stuck in long-running code does not collect new requests.
+    fn least_busy_thread(&self) -> usize {
+        let threads = self.outstanding.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..threads)
+            .map(|offset| (start + offset) % threads)
+            .min_by_key(|&thread| self.outstanding[thread].load(Ordering::Relaxed))
+            .unwrap_or(0)
     }
 
     /// Stops taking requests: each isolate finishes what it has, then its thread exits.

@@ -3,7 +3,12 @@
 // so user code patching prototypes cannot change how the runtime behaves.
 
 import { core, internals, primordials } from "ext:core/mod.js";
-import { console, lifecycle, pendingOutputGate } from "ext:dorun/00_runtime.js";
+import {
+  chargedTimers,
+  console,
+  lifecycle,
+  pendingOutputGate,
+} from "ext:dorun/00_runtime.js";
 
 const { MathCeil, ObjectDefineProperty, ObjectDefineProperties, ReflectConstruct, Symbol } =
   primordials;
@@ -34,6 +39,7 @@ const domException = core.loadExtScript("ext:deno_web/01_dom_exception.js");
 const event = core.loadExtScript("ext:deno_web/02_event.js");
 const structuredCloneModule = core.loadExtScript("ext:deno_web/02_structured_clone.js");
 const timers = core.loadExtScript("ext:deno_web/02_timers.js");
+const userTimers = chargedTimers(timers);
 const abortSignal = core.loadExtScript("ext:deno_web/03_abort_signal.js");
 const base64 = core.loadExtScript("ext:deno_web/05_base64.js");
 const streams = core.loadExtScript("ext:deno_web/06_streams.js");
@@ -204,10 +210,10 @@ ObjectDefineProperties(globalThis, {
   CryptoKey: nonEnumerable(cryptoModule.CryptoKey),
   SubtleCrypto: nonEnumerable(cryptoModule.SubtleCrypto),
   // Timers and scheduling
-  setTimeout: nonEnumerable(timers.setTimeout),
-  setInterval: nonEnumerable(timers.setInterval),
-  clearTimeout: nonEnumerable(timers.clearTimeout),
-  clearInterval: nonEnumerable(timers.clearInterval),
+  setTimeout: nonEnumerable(userTimers.setTimeout),
+  setInterval: nonEnumerable(userTimers.setInterval),
+  clearTimeout: nonEnumerable(userTimers.clearTimeout),
+  clearInterval: nonEnumerable(userTimers.clearInterval),
   scheduler: nonEnumerable(scheduler),
   structuredClone: nonEnumerable(structuredCloneModule.structuredClone),
   // Events

@@ -4,6 +4,7 @@
 
 import { core, primordials } from "ext:core/mod.js";
 import {
+  chargeReset,
   config,
   console,
   ctxExports,
@@ -263,6 +264,7 @@ export async function handleObjectEvent(worker, incoming) {
   let object;
   try {
     object = liveObject(worker, incoming.object);
+    chargeReset(object);
     object.inFlight++;
     object.lastActive = DateNow();
     try {
