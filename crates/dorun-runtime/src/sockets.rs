@@ -519,6 +519,15 @@ where
                     }
                     Some(Err(error)) => {
                         tracing::debug!("websocket {socket}: {error}");
+                        if matches!(error, tokio_tungstenite::tungstenite::Error::Capacity(_)) {
+                            // A message over the limit: say so with 1009, as Cloudflare does,
+                            // instead of dropping the TCP connection.
+                            let frame = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                                code: 1009u16.into(),
+                                reason: "message too big".into(),
+                            };
+                            let _ = sink.send(Message::Close(Some(frame))).await;
+                        }
                         registry.mark_closed(socket);
                         last = Some(disconnected());
                         break;
