@@ -349,3 +349,39 @@ async fn worker_requests_go_to_the_thread_that_is_not_stuck() {
     }
     assert_eq!(spinning.await.unwrap().unwrap(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_delivers_again_the_calls_that_had_not_reached_their_object() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let server = Server::start(&hostile(), &["--threads", "1", "--cpu-limit-ms", "500"]);
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url("/obj/g/ws"))
+        .await
+        .unwrap();
+    let base = server.base.clone();
+    let culprit = tokio::spawn(async move {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        let url = format!("{base}/obj/g/hold-then-spin");
+        client.get(url.parse().unwrap()).await.map(|r| r.status())
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // These wait behind the culprit's blockConcurrencyWhile when the isolate is reset; the
+    // new isolate gets them (the socket is held outside JS and survives the reset).
+    for i in 0..3 {
+        ws.send(Message::Text(format!("m{i}").into()))
+            .await
+            .unwrap();
+    }
+    assert_eq!(culprit.await.unwrap().unwrap(), 503);
+    for i in 0..3 {
+        let reply = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a reply")
+            .unwrap()
+            .unwrap();
+        assert_eq!(reply, Message::Text(format!("echo m{i}").into()));
+    }
+    assert!(server.wait_for_log("delivered again").await);
+}

@@ -21,7 +21,7 @@ use deno_core::{op2, v8, JsBuffer, OpState, ResourceId, ToV8};
 use deno_error::JsErrorBox;
 
 use crate::body::{body_resource, RequestBody, ResponseBody};
-use crate::context::IsolateContext;
+use crate::context::{IsolateContext, Pending, Replay};
 use crate::failure::Failure;
 use crate::mailbox::{
     AlarmOutcome, Event, ObjectCall, Reply, RequestCf, SocketMessage, WebSocketToken,
@@ -278,15 +278,31 @@ pub fn header_list(headers: &http::HeaderMap) -> Vec<(ByteString, ByteString)> {
         .collect()
 }
 
+/// The object's code starts running for event `id` (its constructor or its handler).
+#[op2(fast)]
+pub fn op_dorun_event_entered(state: &mut OpState, #[smi] id: u32) {
+    state.borrow::<IsolateContext>().entered(id);
+}
+
 /// Waits for the next event for this isolate; `null` when the pool is shutting down.
 #[op2]
 pub async fn op_dorun_next_event(state: Rc<RefCell<OpState>>) -> Option<IncomingEvent> {
     let context = state.borrow().borrow::<IsolateContext>().clone();
-    let event = context.queue.lock().await.recv().await?;
+    let replayed = context.replays.borrow_mut().pop_front();
+    let event = match replayed {
+        Some(event) => event,
+        None => context.queue.lock().await.recv().await?,
+    };
     let id = context.next_id.get().wrapping_add(1);
     context.next_id.set(id);
     let expect_reply = |reply| {
-        context.in_flight.borrow_mut().insert(id, reply);
+        context.in_flight.borrow_mut().insert(
+            id,
+            Pending {
+                reply,
+                replay: None,
+            },
+        );
     };
     Some(match event {
         Event::Http { request, reply } => {
@@ -298,7 +314,21 @@ pub async fn op_dorun_next_event(state: Rc<RefCell<OpState>>) -> Option<Incoming
         }
         Event::Object(event) => {
             let event = *event;
-            expect_reply(event.reply);
+            let replay = event.call.replay_copy().map(|call| {
+                Box::new(Replay {
+                    namespace: event.namespace,
+                    object_id: event.object_id.clone(),
+                    object_name: event.object_name.clone(),
+                    call,
+                })
+            });
+            context.in_flight.borrow_mut().insert(
+                id,
+                Pending {
+                    reply: event.reply,
+                    replay,
+                },
+            );
             let object = ObjectTarget {
                 namespace: event.namespace,
                 id: event.object_id,

@@ -43,6 +43,7 @@ deno_core::extension!(
         op_dorun_started,
         // events in, answers out (events.rs)
         events::op_dorun_next_event,
+        events::op_dorun_event_entered,
         events::op_dorun_respond,
         events::op_dorun_respond_stream,
         events::op_dorun_respond_failure,

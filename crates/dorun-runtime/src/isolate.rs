@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use url::Url;
 
 use crate::alarms::AlarmScheduler;
-use crate::context::{InFlight, IsolateContext};
+use crate::context::{InFlight, IsolateContext, Replays};
 use crate::extension::{self, IsolateServices};
 use crate::failure::Failure;
 use crate::loader::{ModuleGraph, WorkerModuleLoader, ENTRY_SPECIFIER};
@@ -62,6 +62,7 @@ pub fn isolate_thread(
     };
     let queue = Rc::new(tokio::sync::Mutex::new(receiver));
     let in_flight: InFlight = Rc::default();
+    let replays: Replays = Rc::default();
     let next_id = Rc::new(Cell::new(0));
     let mut ready = Some(ready);
     runtime.block_on(async {
@@ -73,6 +74,7 @@ pub fn isolate_thread(
                     runtime_config: runtime_config_json(graph.spec()).into(),
                     queue: queue.clone(),
                     in_flight: in_flight.clone(),
+                    replays: replays.clone(),
                     next_id: next_id.clone(),
                     started: Rc::default(),
                     done: Rc::default(),
@@ -105,9 +107,26 @@ pub fn isolate_thread(
                     Failure::HeapLimit
                 }
             };
-            let failed: Vec<_> = in_flight.borrow_mut().drain().collect();
-            for (_, reply) in failed {
-                let _ = reply.send(Reply::Response(failure.response()));
+            // Calls still waiting behind an object's input gate never reached its code: the
+            // new isolate gets them again, in their order. The rest fail.
+            let mut pending: Vec<_> = in_flight.borrow_mut().drain().collect();
+            pending.sort_by_key(|(id, _)| *id);
+            let mut replayed = 0;
+            for (_, pending) in pending {
+                match pending.replay {
+                    Some(replay) => {
+                        replays
+                            .borrow_mut()
+                            .push_back(replay.into_event(pending.reply));
+                        replayed += 1;
+                    }
+                    None => {
+                        let _ = pending.reply.send(Reply::Response(failure.response()));
+                    }
+                }
+            }
+            if replayed > 0 {
+                tracing::info!(worker = %graph.spec().name, replayed, "calls that had not reached their object are delivered again");
             }
         }
     });

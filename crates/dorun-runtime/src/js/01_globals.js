@@ -151,9 +151,10 @@ const scheduler = {
     return new Promise((resolve, reject) => {
       const signal = options?.signal;
       if (signal?.aborted) return reject(signal.reason);
-      const id = timers.setTimeout(resolve, ms);
+      // Not `timers.setTimeout(...)`: deno's timers refuse a `this` other than globalThis.
+      const id = userTimers.setTimeout(resolve, ms);
       signal?.addEventListener("abort", () => {
-        timers.clearTimeout(id);
+        userTimers.clearTimeout(id);
         reject(signal.reason);
       });
     });

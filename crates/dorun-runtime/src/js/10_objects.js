@@ -34,6 +34,7 @@ const {
   Error,
   MapPrototypeDelete,
   MapPrototypeGet,
+  MapPrototypeHas,
   MapPrototypeSet,
   ObjectPrototypeIsPrototypeOf,
   Promise,
@@ -43,7 +44,7 @@ const {
   TypeError,
 } = primordials;
 
-const { op_dorun_reply_value, op_dorun_reply_error } = core.ops;
+const { op_dorun_event_entered, op_dorun_reply_value, op_dorun_reply_error } = core.ops;
 
 const EMPTY_PAYLOAD = new Uint8Array(0);
 const MAX_BCW_DEPTH = 64;
@@ -263,6 +264,10 @@ async function runEvent(object, incoming) {
 export async function handleObjectEvent(worker, incoming) {
   let object;
   try {
+    // A reset of the isolate delivers a call again unless the object's code ran for it:
+    // its constructor (below, for a new object) or its handler (once the gate lets it in).
+    const key = `${incoming.object.namespace}:${incoming.object.id}`;
+    if (!MapPrototypeHas(live, key)) op_dorun_event_entered(incoming.id);
     object = liveObject(worker, incoming.object);
     chargeReset(object);
     object.inFlight++;
@@ -270,6 +275,7 @@ export async function handleObjectEvent(worker, incoming) {
     try {
       const wait = object.inputGate.wait();
       if (wait !== null) await wait;
+      op_dorun_event_entered(incoming.id);
       if (object.broken !== null) throw object.broken;
       await runEvent(object, incoming);
     } finally {
