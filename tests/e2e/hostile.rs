@@ -385,3 +385,28 @@ async fn a_reset_delivers_again_the_calls_that_had_not_reached_their_object() {
     }
     assert!(server.wait_for_log("delivered again").await);
 }
+
+#[tokio::test]
+async fn storage_failures_reach_clients_without_server_paths() {
+    let data = scratch_dir("hostile-paths");
+    let server = Server::start(&hostile(), &["--data-dir", data.to_str().unwrap()]);
+    let id = server.get("/id?name=broken").await.text();
+    // A directory where the object's SQLite file should be: it cannot be opened.
+    std::fs::create_dir_all(data.join("hostile-Abuse").join(format!("{id}.sqlite"))).unwrap();
+    let reply = server
+        .request(
+            http::Method::GET,
+            "/obj/broken/count",
+            &[("accept", "text/html")],
+            bytes::Bytes::new(),
+        )
+        .await;
+    assert_eq!(reply.status, 500);
+    let page = reply.text();
+    assert!(page.contains("storage"), "{page}");
+    assert!(!page.contains(data.to_str().unwrap()), "{page}");
+    assert!(!page.contains(&id), "{page}");
+    // The operator's log has the file.
+    assert!(server.wait_for_log(&format!("{id}.sqlite")).await);
+    let _ = std::fs::remove_dir_all(data);
+}

@@ -28,18 +28,37 @@ pub const MAX_OPEN_CONNECTIONS: usize = 256;
 pub enum StorageOpError {
     #[error("Durable Object storage is closed")]
     Closed,
-    #[error("cannot open Durable Object storage {}: {source}", path.display())]
+    // The file's path is logged by the server, not shown to the Worker.
+    #[error(
+        "cannot open the Durable Object's storage: {}",
+        without_path(source, path)
+    )]
     Open { path: PathBuf, source: StorageError },
     #[error("{0}")]
     Storage(#[from] StorageError),
     #[class(inherit)]
     #[error(transparent)]
     Id(#[from] IdError),
-    #[error(transparent)]
-    AlarmIndex(#[from] AlarmIndexError),
+    #[error("cannot update the namespace's alarm index (see the server log)")]
+    AlarmIndex(#[source] AlarmIndexError),
     #[class(range)]
     #[error("{0}")]
     TooLarge(&'static str),
+}
+
+/// `error`'s text with the file's path (which SQLite puts in some messages) left out.
+fn without_path(error: &StorageError, path: &std::path::Path) -> String {
+    let text = error.to_string();
+    let path = path.display().to_string();
+    text.replace(&format!(": {path}"), "")
+        .replace(&path, "the object's file")
+}
+
+impl From<AlarmIndexError> for StorageOpError {
+    fn from(error: AlarmIndexError) -> Self {
+        tracing::error!("{error}");
+        StorageOpError::AlarmIndex(error)
+    }
 }
 
 struct StorageEntry {
@@ -131,9 +150,12 @@ impl OpenDatabases {
                 }
                 Ok(db)
             };
-            let db = open(&entry.path).map_err(|source| StorageOpError::Open {
-                path: entry.path.clone(),
-                source,
+            let db = open(&entry.path).map_err(|source| {
+                tracing::error!(file = %entry.path.display(), "cannot open object storage: {source}");
+                StorageOpError::Open {
+                    path: entry.path.clone(),
+                    source,
+                }
             })?;
             entry.db = Some(db);
             self.connected += 1;
