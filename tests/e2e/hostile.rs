@@ -410,3 +410,38 @@ async fn storage_failures_reach_clients_without_server_paths() {
     assert!(server.wait_for_log(&format!("{id}.sqlite")).await);
     let _ = std::fs::remove_dir_all(data);
 }
+
+#[tokio::test]
+async fn a_worker_fetching_itself_in_a_loop_is_stopped_at_the_depth_limit() {
+    let server = Server::start(&hostile(), &[]);
+    assert_eq!(server.get("/self-fetch?depth=10").await.text(), "bottom");
+    let reply = server.get("/self-fetch?depth=300").await;
+    assert_eq!(reply.status, 500, "{}", reply.text());
+    assert!(server.wait_for_log("Subrequest depth limit exceeded").await);
+    assert_eq!(server.get("/hello").await.text(), "hello");
+}
+
+#[tokio::test]
+async fn one_large_send_to_a_reading_client_goes_through() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let server = Server::start(&hostile(), &[]);
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(64 << 20))
+        .max_frame_size(Some(64 << 20));
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(
+        server.ws_url("/obj/big/ws"),
+        Some(config),
+        false,
+    )
+    .await
+    .unwrap();
+    ws.send(Message::Text("big".into())).await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(20), ws.next())
+        .await
+        .expect("a reply")
+        .unwrap()
+        .unwrap();
+    // 17 MiB: more than the 16 MiB a client that does not read may have queued.
+    assert_eq!(reply.len(), 17 << 20);
+}

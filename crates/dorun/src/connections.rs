@@ -144,7 +144,7 @@ impl Connections {
     }
 
     /// How many connections are held now.
-    pub fn len(&self) -> usize {
+    pub fn held(&self) -> usize {
         self.open.lock().unwrap().len()
     }
 
@@ -255,7 +255,7 @@ mod tests {
         let second = tracker.admit().unwrap();
         let busy = tracker.request_started(&second);
         let third = tracker.admit().expect("the idle first one makes room");
-        assert_eq!(tracker.len(), 2);
+        assert_eq!(tracker.held(), 2);
         assert!(!tracker.open.lock().unwrap().contains_key(&first.id));
         let _busy_too = tracker.request_started(&third);
         assert!(tracker.admit().is_none(), "every connection is busy");
@@ -275,6 +275,6 @@ mod tests {
         drop(in_flight);
         // Served once: the keep-alive deadline (an hour) applies now.
         assert_eq!(tracker.close_expired(), 0);
-        assert_eq!(tracker.len(), 1);
+        assert_eq!(tracker.held(), 1);
     }
 }

@@ -49,9 +49,11 @@ export const console = new consoleModule.Console((message, level) => {
 // the one way to ask which object is running now.
 
 class ContextFrame {
-  constructor(object, stores) {
+  constructor(object, stores, invocation) {
     this.object = object;
     this.stores = stores;
+    /** The event being served: `{ depth, subrequests }`, or null outside one. */
+    this.invocation = invocation;
     ObjectFreeze(this);
   }
 }
@@ -79,7 +81,28 @@ export function runInFrame(frame, callback, args = []) {
 
 /** Runs `callback` as code of `object` (keeping the caller's AsyncLocalStorage stores). */
 export function runAs(object, callback) {
-  return runInFrame(new ContextFrame(object, currentFrame()?.stores ?? null), callback);
+  const frame = currentFrame();
+  return runInFrame(
+    new ContextFrame(object, frame?.stores ?? null, frame?.invocation ?? null),
+    callback,
+  );
+}
+
+/**
+ * Runs `callback` as the start of an event (an HTTP request, an object's call) that came
+ * `depth` Worker fetches deep: its fetch() calls are counted against the subrequest limits.
+ */
+export function runInvocation(object, depth, callback) {
+  const invocation = { depth, subrequests: 0 };
+  return runInFrame(
+    new ContextFrame(object, currentFrame()?.stores ?? null, invocation),
+    callback,
+  );
+}
+
+/** The event the running code serves, or null. */
+export function currentInvocation() {
+  return currentFrame()?.invocation ?? null;
 }
 
 /** The current frame with `key`'s store set to `value` (`undefined` removes it). */
@@ -89,7 +112,11 @@ export function frameWithStore(key, value) {
   frame?.stores?.forEach((stored, storeKey) => stores.set(storeKey, stored));
   if (value === undefined) stores.delete(key);
   else stores.set(key, value);
-  return new ContextFrame(frame?.object ?? null, stores.size === 0 ? null : stores);
+  return new ContextFrame(
+    frame?.object ?? null,
+    stores.size === 0 ? null : stores,
+    frame?.invocation ?? null,
+  );
 }
 
 /** The store `key` holds in the current frame. */

@@ -6,6 +6,7 @@ import { core, internals, primordials } from "ext:core/mod.js";
 import {
   chargedTimers,
   console,
+  currentInvocation,
   lifecycle,
   pendingOutputGate,
 } from "ext:dorun/00_runtime.js";
@@ -80,12 +81,33 @@ function setFetchWebSocket(f) {
   fetchWebSocket = f;
 }
 
+/** Outgoing fetches one event may make (Cloudflare's paid plan allows 10,000). */
+const MAX_SUBREQUESTS = 10000;
+/** How many Worker fetches deep a chain may go (a Worker fetching itself in a loop). */
+export const MAX_FETCH_DEPTH = 16;
+/** Carries the depth from one Worker's fetch to the request the next one serves. */
+export const FETCH_DEPTH_HEADER = "x-dorun-fetch-depth";
+
 function fetch(input, init = undefined) {
   let target;
   try {
     target = new request.Request(input, init);
   } catch (error) {
     return Promise.reject(error);
+  }
+  const invocation = currentInvocation();
+  if (invocation !== null) {
+    if (++invocation.subrequests > MAX_SUBREQUESTS) {
+      return Promise.reject(new Error("Too many subrequests."));
+    }
+    if (invocation.depth >= MAX_FETCH_DEPTH) {
+      return Promise.reject(
+        new Error(
+          `Subrequest depth limit exceeded: this request is already ${invocation.depth} Worker fetches deep (a Worker fetching itself in a loop?).`,
+        ),
+      );
+    }
+    target.headers.set(FETCH_DEPTH_HEADER, String(invocation.depth + 1));
   }
   const scheme = new url.URL(target.url).protocol;
   if (scheme !== "http:" && scheme !== "https:") {

@@ -4,10 +4,12 @@
 
 import { core, primordials } from "ext:core/mod.js";
 import { config, console } from "ext:dorun/00_runtime.js";
+import { FETCH_DEPTH_HEADER } from "ext:dorun/01_globals.js";
 import { responseSocketToken } from "ext:dorun/03_websockets.js";
 
 const {
   JSONParse,
+  NumberParseInt,
   ObjectDefineProperty,
   ObjectFreeze,
   ObjectPrototypeIsPrototypeOf,
@@ -20,6 +22,17 @@ const {
 const { op_dorun_respond, op_dorun_respond_stream, op_dorun_respond_failure } = core.ops;
 
 const streams = core.loadExtScript("ext:deno_web/06_streams.js");
+
+/** How many Worker fetches deep the request with this head came (0 from a client). */
+export function fetchDepthOf(head) {
+  for (const [name, value] of head.headers) {
+    if (name.toLowerCase() === FETCH_DEPTH_HEADER) {
+      const depth = NumberParseInt(value, 10);
+      return depth > 0 ? depth : 0;
+    }
+  }
+  return 0;
+}
 const { InnerBody } = core.loadExtScript("ext:deno_fetch/22_body.js");
 const { fromInnerRequest, newInnerRequest } = core.loadExtScript(
   "ext:deno_fetch/23_request.js",

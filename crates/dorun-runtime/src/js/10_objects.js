@@ -11,11 +11,12 @@ import {
   DurableObject,
   env,
   runAs,
+  runInvocation,
   waitUntil,
 } from "ext:dorun/00_runtime.js";
 import { DurableObjectId } from "ext:dorun/02_ids.js";
 import { hibernationApi, runHibernatableEvent } from "ext:dorun/04_hibernation.js";
-import { makeRequest, sendResponse } from "ext:dorun/05_http.js";
+import { fetchDepthOf, makeRequest, sendResponse } from "ext:dorun/05_http.js";
 import {
   deserialize,
   lookupMember,
@@ -235,7 +236,8 @@ async function runEvent(object, incoming) {
         throw new Error("Handler does not export a fetch() function.");
       }
       const request = makeRequest(incoming.request);
-      const response = await runAs(object, () => instance.fetch(request));
+      const depth = fetchDepthOf(incoming.request);
+      const response = await runInvocation(object, depth, () => instance.fetch(request));
       if (!(response instanceof Response)) {
         throw new TypeError(
           "Incorrect type for Promise: the Promise did not resolve to 'Response'.",
@@ -246,7 +248,7 @@ async function runEvent(object, incoming) {
       return;
     }
     case "objectRpc": {
-      const result = await runAs(object, () => runRpc(object, incoming));
+      const result = await runInvocation(object, 0, () => runRpc(object, incoming));
       await object.storage.outputGate();
       let bytes;
       try {
