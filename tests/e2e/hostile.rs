@@ -4,12 +4,19 @@
 
 use std::time::Duration;
 
-use serde_json::json;
-
 use crate::harness::{fixture, scratch_dir, Server};
 
 fn hostile() -> std::path::PathBuf {
     fixture("hostile").join("wrangler.toml")
+}
+
+/// Runs `query` in object `name` through the fixture's `sql` route: `ok: <rows>` or
+/// `error: <message>`.
+async fn sql(server: &Server, name: &str, query: &str) -> String {
+    server
+        .get(&format!("/obj/{name}/sql?q={}", encode(query)))
+        .await
+        .text()
 }
 
 /// Percent-encodes a query parameter value.
@@ -38,48 +45,32 @@ async fn sql_that_never_ends_stops_at_the_cpu_limit_and_the_thread_serves_again(
 #[tokio::test]
 async fn transactions_and_pragmas_in_user_sql_are_refused_whatever_precedes_them() {
     let server = Server::start(&hostile(), &[]);
-    for sql in ["/**/BEGIN", "/* c */ COMMIT", "/**/SAVEPOINT s"] {
-        let text = server
-            .get(&format!("/obj/tx/sql?q={}", encode(sql)))
-            .await
-            .text();
+    for query in [
+        "/**/BEGIN",
+        "/* c */ COMMIT",
+        "/**/SAVEPOINT s",
+        "INSERT INTO t VALUES (1); /**/COMMIT",
+    ] {
+        let text = sql(&server, "tx", query).await;
         assert!(
             text.contains("state.storage.transaction()"),
-            "{sql}: {text}"
+            "{query}: {text}"
         );
     }
-    let text = server
-        .get(&format!(
-            "/obj/tx/sql?q={}",
-            encode("INSERT INTO t VALUES (1); /**/COMMIT")
-        ))
-        .await
-        .text();
-    assert!(text.contains("state.storage.transaction()"), "{text}");
     // Writes still work after the refusals.
-    let text = server
-        .get(&format!(
-            "/obj/tx/sql?q={}",
-            encode("INSERT INTO t VALUES (2)")
-        ))
-        .await
-        .text();
-    assert_eq!(text, "ok: []");
-    for sql in [
+    assert_eq!(
+        sql(&server, "tx", "INSERT INTO t VALUES (2)").await,
+        "ok: []"
+    );
+    for query in [
         "PRAGMA writable_schema = ON",
         "PRAGMA journal_mode = DELETE",
         "PRAGMA page_size = 1024",
     ] {
-        let text = server
-            .get(&format!("/obj/tx/sql?q={}", encode(sql)))
-            .await
-            .text();
-        assert!(text.contains("not authorized"), "{sql}: {text}");
+        let text = sql(&server, "tx", query).await;
+        assert!(text.contains("not authorized"), "{query}: {text}");
     }
-    let text = server
-        .get(&format!("/obj/tx/sql?q={}", encode("PRAGMA table_info(t)")))
-        .await
-        .text();
+    let text = sql(&server, "tx", "PRAGMA table_info(t)").await;
     assert!(text.contains("\"name\":\"x\""), "{text}");
     // The file is intact: the object still reads its rows.
     let count: u32 = server.get("/obj/tx/count").await.text().parse().unwrap();
@@ -89,16 +80,16 @@ async fn transactions_and_pragmas_in_user_sql_are_refused_whatever_precedes_them
 #[tokio::test]
 async fn sql_values_and_results_have_cloudflare_limits() {
     let server = Server::start(&hostile(), &[]);
-    let text = server
-        .get(&format!(
-            "/obj/big/sql?q={}",
-            encode("SELECT length(randomblob(50000000)) AS n")
-        ))
-        .await
-        .text();
+    let text = sql(&server, "big", "SELECT length(randomblob(50000000)) AS n").await;
     assert!(text.contains("too big"), "{text}");
-    let _ = json!(null);
-    let _ = Duration::ZERO;
+    let text = sql(
+        &server,
+        "big",
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 40) \
+         SELECT randomblob(1900000) FROM c",
+    )
+    .await;
+    assert!(text.contains("too large"), "{text}");
 }
 
 #[tokio::test]

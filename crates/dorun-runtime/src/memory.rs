@@ -122,28 +122,29 @@ fn layout(len: usize) -> Layout {
     Layout::from_size_align(len.max(1), 16).expect("a valid layout")
 }
 
-unsafe extern "C" fn allocate(budget: &ArrayBufferBudget, len: usize) -> *mut c_void {
+/// Reserves `len` bytes of the budget, then allocates with `alloc` (zeroed or not).
+fn allocate_with(
+    budget: &ArrayBufferBudget,
+    len: usize,
+    alloc: unsafe fn(Layout) -> *mut u8,
+) -> *mut c_void {
     if !budget.reserve(len) {
         return std::ptr::null_mut();
     }
     // SAFETY: the layout has a non-zero size.
-    let data = unsafe { std::alloc::alloc_zeroed(layout(len)) };
+    let data = unsafe { alloc(layout(len)) };
     if data.is_null() {
         budget.release(len);
     }
     data.cast()
 }
 
+unsafe extern "C" fn allocate(budget: &ArrayBufferBudget, len: usize) -> *mut c_void {
+    allocate_with(budget, len, std::alloc::alloc_zeroed)
+}
+
 unsafe extern "C" fn allocate_uninitialized(budget: &ArrayBufferBudget, len: usize) -> *mut c_void {
-    if !budget.reserve(len) {
-        return std::ptr::null_mut();
-    }
-    // SAFETY: the layout has a non-zero size.
-    let data = unsafe { std::alloc::alloc(layout(len)) };
-    if data.is_null() {
-        budget.release(len);
-    }
-    data.cast()
+    allocate_with(budget, len, std::alloc::alloc)
 }
 
 unsafe extern "C" fn free(budget: &ArrayBufferBudget, data: *mut c_void, len: usize) {
