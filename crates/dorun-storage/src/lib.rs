@@ -11,7 +11,7 @@
 //! No V8 and no tokio here: everything is synchronous and testable on a temp file.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::config::DbConfig;
@@ -124,25 +124,42 @@ const RESULT_TOO_LARGE: &str =
 
 const TRANSACTION_REFUSED: &str = "To execute a transaction, please use the state.storage.transaction() or state.storage.transactionSync() APIs instead of the SQL BEGIN TRANSACTION or SAVEPOINT statements. The JavaScript API is safer because it will automatically roll back on exceptions, and because it interacts correctly with Durable Objects' automatic atomic write coalescing.";
 
-/// What the authorizer needs: whether user SQL is being prepared (it only restricts
-/// then), and why it refused the last statement, when SQLite's "not authorized" is not
-/// the message Cloudflare gives.
+/// Whose SQL is being prepared: the authorizer lets the runtime's own statements through,
+/// holds user SQL to Cloudflare's sandbox, and lets an operator (the admin listener) read
+/// reserved tables — but neither user nor operator may open or close transactions, which
+/// belong to the runtime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum SqlRole {
+    Runtime = 0,
+    User = 1,
+    Operator = 2,
+}
+
+/// What the authorizer needs: whose SQL is being prepared, and why it refused the last
+/// statement, when SQLite's "not authorized" is not the message Cloudflare gives.
 #[derive(Default)]
 struct SqlGuard {
-    user_sql: AtomicBool,
+    role: AtomicU8,
     refusal: Mutex<Option<&'static str>>,
 }
 
 impl SqlGuard {
-    fn set_user_sql(&self, on: bool) {
-        self.user_sql.store(on, Ordering::Relaxed);
-        if on {
+    /// Switches to `role`, returning the previous one.
+    fn enter(&self, role: SqlRole) -> SqlRole {
+        if role != SqlRole::Runtime {
             *self.refusal.lock().unwrap() = None;
+        }
+        match self.role.swap(role as u8, Ordering::Relaxed) {
+            1 => SqlRole::User,
+            2 => SqlRole::Operator,
+            _ => SqlRole::Runtime,
         }
     }
 
     fn authorize(&self, context: AuthContext<'_>) -> Authorization {
-        if !self.user_sql.load(Ordering::Relaxed) {
+        let role = self.role.load(Ordering::Relaxed);
+        if role == SqlRole::Runtime as u8 {
             return Authorization::Allow;
         }
         match context.action {
@@ -150,7 +167,8 @@ impl SqlGuard {
                 *self.refusal.lock().unwrap() = Some(TRANSACTION_REFUSED);
                 Authorization::Deny
             }
-            _ => authorize_action(&context),
+            _ if role == SqlRole::User as u8 => authorize_action(&context),
+            _ => Authorization::Allow,
         }
     }
 
@@ -420,15 +438,32 @@ impl ObjectDatabase {
     /// Runs user SQL: possibly several statements; bindings apply to the last one, whose
     /// rows are returned. Reserved names and transaction statements are refused.
     pub fn sql_exec(&mut self, query: &str, bindings: &[SqlValue]) -> Result<SqlResult> {
+        self.exec_as(SqlRole::User, query, bindings)
+    }
+
+    /// Runs SQL as the operator (the admin listener): like [`sql_exec`](Self::sql_exec)
+    /// (several statements, writes in the implicit transaction, no BEGIN/COMMIT), but the
+    /// reserved tables (`_cf_KV`, `_cf_METADATA`) are readable and writable.
+    pub fn admin_exec(&mut self, query: &str) -> Result<SqlResult> {
+        self.exec_as(SqlRole::Operator, query, &[])
+    }
+
+    /// Runs SQL in `role`'s sandbox (see [`SqlRole`]).
+    pub(crate) fn exec_as(
+        &mut self,
+        role: SqlRole,
+        query: &str,
+        bindings: &[SqlValue],
+    ) -> Result<SqlResult> {
         let statements = split_statements(&self.conn, query)?;
         let Some((last, earlier)) = statements.split_last() else {
             return Err(StorageError::Refused(
                 "SQL code did not contain a statement.".into(),
             ));
         };
-        self.guard.set_user_sql(true);
+        let previous = self.guard.enter(role);
         let result = self.run_statements(earlier, last, bindings);
-        self.guard.set_user_sql(false);
+        self.guard.enter(previous);
         result.map_err(|error| match error {
             StorageError::Sqlite(error) => self.guard.error(error),
             other => other,
@@ -449,9 +484,9 @@ impl ObjectDatabase {
         } = self;
         // The runtime's own BEGIN, not the user's: the authorizer lets it through.
         let mut begin = |conn: &Connection| {
-            guard.set_user_sql(false);
+            let role = guard.enter(SqlRole::Runtime);
             let begun = begin(conn, in_transaction);
-            guard.user_sql.store(true, Ordering::Relaxed);
+            guard.enter(role);
             begun
         };
         let changes_before = conn.total_changes();
@@ -465,7 +500,21 @@ impl ObjectDatabase {
             let mut rows = statement.raw_query();
             while rows.next()?.is_some() {}
         }
-        let mut statement = conn.prepare_cached(last)?;
+        // Cached statements are authorized once, when prepared: each role has its own cache
+        // entries, or user SQL spelled like a runtime statement would skip the authorizer.
+        let tagged;
+        let key = match guard.role.load(Ordering::Relaxed) {
+            1 => {
+                tagged = format!("{last}\n/* dorun:user */");
+                &tagged
+            }
+            2 => {
+                tagged = format!("{last}\n/* dorun:operator */");
+                &tagged
+            }
+            _ => last,
+        };
+        let mut statement = conn.prepare_cached(key)?;
         if statement.parameter_count() != bindings.len() {
             return Err(StorageError::Refused(
                 "Wrong number of parameter bindings for SQL query.".into(),
@@ -915,6 +964,40 @@ mod tests {
         // Writes after a refused statement still work.
         db.sql_exec("INSERT INTO t VALUES (2)", &[]).unwrap();
         db.commit().unwrap();
+    }
+
+    #[test]
+    fn the_operator_reads_reserved_tables_but_cannot_open_transactions() {
+        let mut db = db();
+        db.begin_implicit().unwrap();
+        db.kv_put("k", b"v").unwrap();
+        db.commit().unwrap();
+        let rows = db.admin_exec("SELECT key FROM _cf_KV").unwrap().rows;
+        assert_eq!(rows, vec![vec![SqlValue::Text("k".into())]]);
+        let error = db.admin_exec("/**/BEGIN").unwrap_err();
+        assert!(
+            error.to_string().contains("state.storage.transaction()"),
+            "{error}"
+        );
+        // And user SQL is back in its sandbox afterwards.
+        assert!(db.sql_exec("SELECT key FROM _cf_KV", &[]).is_err());
+    }
+
+    #[test]
+    fn user_sql_spelled_like_a_cached_runtime_statement_is_still_authorized() {
+        let mut db = db();
+        db.begin_implicit().unwrap();
+        db.kv_put("k", b"v").unwrap();
+        db.commit().unwrap();
+        // The runtime's own statement, now in the connection's statement cache.
+        assert_eq!(db.kv_get("k").unwrap(), Some(b"v".to_vec()));
+        let error = db
+            .sql_exec(
+                "SELECT value FROM _cf_KV WHERE key = ?1",
+                &[SqlValue::Text("k".into())],
+            )
+            .unwrap_err();
+        assert!(error.to_string().contains("prohibited"), "{error}");
     }
 
     #[test]
