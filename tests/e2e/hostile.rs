@@ -410,6 +410,18 @@ async fn a_worker_fetching_itself_in_a_loop_is_stopped_at_the_depth_limit() {
     assert_eq!(reply.status, 500, "{}", reply.text());
     assert!(server.wait_for_log("Subrequest depth limit exceeded").await);
     assert_eq!(server.get("/hello").await.text(), "hello");
+    // A client cannot spend the Worker's depth budget, and the Worker never sees the header.
+    for forged in ["16", "16;0000000000000000", "99;x"] {
+        let reply = server
+            .request(
+                http::Method::GET,
+                "/self-fetch?depth=5",
+                &[("x-dorun-fetch-depth", forged)],
+                bytes::Bytes::new(),
+            )
+            .await;
+        assert_eq!(reply.text(), "bottom", "{forged}");
+    }
 }
 
 #[tokio::test]

@@ -36,6 +36,34 @@ pub struct RequestHead {
     body_rid: Option<u32>,
     /// `request.cf` as JSON, for a request an object gets through `stub.fetch()`.
     cf: Option<String>,
+    /// How many Worker fetches deep this request is (see [`FETCH_DEPTH_HEADER`]).
+    fetch_depth: u32,
+}
+
+/// The header on which a Worker's `fetch()` (and `stub.fetch()`) carries the depth of the
+/// fetch chain to the request it reaches: `<depth>;<token>`. Only a value with this
+/// process's token counts, so a client cannot spend a Worker's budget; the header is taken
+/// off before the Worker sees the request.
+pub const FETCH_DEPTH_HEADER: &str = "x-dorun-fetch-depth";
+
+/// This process's token for [`FETCH_DEPTH_HEADER`].
+pub fn fetch_depth_token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| format!("{:016x}", rand::random::<u64>()))
+}
+
+/// Removes the depth header; the depth it carries if its token is this process's.
+fn take_fetch_depth(headers: &mut http::HeaderMap) -> u32 {
+    let Some(value) = headers.remove(FETCH_DEPTH_HEADER) else {
+        return 0;
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split_once(';'))
+        .filter(|(_, token)| *token == fetch_depth_token())
+        .and_then(|(depth, _)| depth.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The object an event is for.
@@ -254,7 +282,8 @@ pub struct ExportEvent {
 }
 
 fn request_head(state: &Rc<RefCell<OpState>>, request: http::Request<RequestBody>) -> RequestHead {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    let fetch_depth = take_fetch_depth(&mut parts.headers);
     let body_rid = body_resource(state, body);
     let cf = parts.extensions.get::<RequestCf>().map(|cf| cf.0.clone());
     RequestHead {
@@ -263,6 +292,7 @@ fn request_head(state: &Rc<RefCell<OpState>>, request: http::Request<RequestBody
         url: parts.uri.to_string(),
         headers: header_list(&parts.headers),
         body_rid,
+        fetch_depth,
     }
 }
 

@@ -295,6 +295,8 @@ fn runtime_config_json(spec: &WorkerSpec) -> String {
         "errorPages": spec.error_pages,
         "idleTimeoutMs": spec.object_idle_timeout.as_millis() as u64,
         "cpuLimitMs": spec.cpu_limit.as_millis() as u64,
+        "fetchDepthHeader": crate::events::FETCH_DEPTH_HEADER,
+        "fetchDepthToken": crate::events::fetch_depth_token(),
         "alarmMaxRetries": spec.alarm_retry.max_retries,
         "blockConcurrencyTimeoutMs": spec.block_concurrency_timeout.as_millis() as u64,
         "deleteAllDeletesAlarm": spec.compat_flag("delete_all_deletes_alarm", "delete_all_preserves_alarm", "2026-02-24"),

@@ -168,7 +168,7 @@ impl ModuleGraph {
             main_fields: vec!["main".into(), "module".into()],
             ..resolver.options().clone()
         });
-        let scope = ImportScope::new([spec.project_dir.clone(), base_dir.clone()]);
+        let scope = ImportScope::for_project(&spec.project_dir, &base_dir);
         Ok(Arc::new(Self {
             spec,
             base_dir,

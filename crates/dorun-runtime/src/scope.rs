@@ -1,6 +1,9 @@
-//! Which files a Worker's code may load: the project's tree (the config file's directory
-//! and the entry module's), the `node_modules` directories Node's resolution reaches from
-//! it, and the packages that bare specifiers resolved to (workspace links, tsconfig paths).
+//! Which files a Worker's code may load: the project's tree (the config file's directory,
+//! the entry module's, the package around them — the nearest package.json — and the
+//! repository or workspace root above it: `.git`, `pnpm-workspace.yaml`, `lerna.json`, or a
+//! package.json with `workspaces`), the `node_modules` directories Node's resolution reaches
+//! from it, and the packages that bare specifiers resolved to (workspace links, tsconfig
+//! paths).
 //! Anything else — `/etc/hostname`, `file:///…`, `../../..` out of the project — is refused
 //! before it is read, with a message that names the specifier, not a server path.
 
@@ -14,6 +17,22 @@ pub struct ImportScope {
 }
 
 impl ImportScope {
+    /// The scope of a Worker whose config is in `config_dir` and entry in `entry_dir`.
+    pub fn for_project(config_dir: &Path, entry_dir: &Path) -> Self {
+        let mut roots = vec![config_dir.to_path_buf(), entry_dir.to_path_buf()];
+        let config_dir = real_path(config_dir);
+        if let Some(package) = config_dir
+            .ancestors()
+            .find(|dir| dir.join("package.json").is_file())
+        {
+            roots.push(package.to_path_buf());
+        }
+        if let Some(workspace) = config_dir.ancestors().find(|dir| is_workspace_root(dir)) {
+            roots.push(workspace.to_path_buf());
+        }
+        Self::new(roots)
+    }
+
     pub fn new(roots: impl IntoIterator<Item = PathBuf>) -> Self {
         let mut canonical: Vec<PathBuf> = roots.into_iter().map(|r| real_path(&r)).collect();
         canonical.sort();
@@ -67,6 +86,15 @@ impl ImportScope {
     }
 }
 
+/// A repository or a package manager's workspace root.
+fn is_workspace_root(dir: &Path) -> bool {
+    dir.join(".git").exists()
+        || dir.join("pnpm-workspace.yaml").is_file()
+        || dir.join("lerna.json").is_file()
+        || std::fs::read_to_string(dir.join("package.json"))
+            .is_ok_and(|text| text.contains("\"workspaces\""))
+}
+
 /// The path with symlinks resolved; for a path that does not exist, its lexically
 /// normalised form (`..` applied), so that a missing file is judged by where it would be.
 fn real_path(path: &Path) -> PathBuf {
@@ -90,8 +118,8 @@ fn real_path(path: &Path) -> PathBuf {
 mod tests {
     use super::*;
 
-    fn tree() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("dorun-scope-{}", std::process::id()));
+    fn tree(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("dorun-scope-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         for sub in [
             "repo/app/src",
@@ -109,7 +137,7 @@ mod tests {
 
     #[test]
     fn the_project_and_reachable_node_modules_are_in_scope_and_nothing_else() {
-        let dir = tree();
+        let dir = tree("roots");
         let scope = ImportScope::new([dir.join("repo/app"), dir.join("repo/app/src")]);
         assert!(scope.permits(&dir.join("repo/app/src/index.js")));
         assert!(scope.permits(&dir.join("repo/node_modules/hoisted/index.js")));
@@ -121,6 +149,23 @@ mod tests {
         // A workspace package reached through a bare specifier joins the scope.
         scope.allow_package_of(&dir.join("repo/packages/shared/index.js"));
         assert!(scope.permits(&dir.join("repo/packages/shared/lib/x.js")));
+        assert!(!scope.permits(&dir.join("elsewhere/secret.txt")));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_package_and_the_workspace_around_the_config_are_the_project() {
+        let dir = tree("workspace");
+        // repo/ is a workspace; repo/app is a package whose entry lives in src/.
+        std::fs::write(dir.join("repo/package.json"), r#"{"workspaces": ["app"]}"#).unwrap();
+        std::fs::write(dir.join("repo/app/package.json"), "{}").unwrap();
+        std::fs::create_dir_all(dir.join("repo/app/lib")).unwrap();
+        let scope = ImportScope::for_project(&dir.join("repo/app/src"), &dir.join("repo/app/src"));
+        assert!(scope.permits(&dir.join("repo/app/lib/u.js")), "the package");
+        assert!(
+            scope.permits(&dir.join("repo/packages/shared/index.js")),
+            "the workspace"
+        );
         assert!(!scope.permits(&dir.join("elsewhere/secret.txt")));
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -752,9 +752,42 @@ fn split_statements(conn: &Connection, query: &str) -> Result<Vec<String>> {
     Ok(statements)
 }
 
-/// Byte offset just past the first complete statement (a `;` outside quotes and comments).
+/// Where a `CREATE TRIGGER` statement is: the `;`s of its body (between BEGIN and the
+/// END that closes it, CASE ... END counted) do not end it.
+#[derive(Default)]
+struct TriggerScan {
+    words: usize,
+    create: bool,
+    trigger: bool,
+    in_body: bool,
+    case_depth: usize,
+}
+
+impl TriggerScan {
+    fn word(&mut self, word: &str) {
+        self.words += 1;
+        let word = word.to_ascii_uppercase();
+        if self.words == 1 {
+            self.create = word == "CREATE";
+        } else if self.create && self.words <= 4 && word == "TRIGGER" {
+            self.trigger = true;
+        } else if self.trigger {
+            match word.as_str() {
+                "BEGIN" if !self.in_body => self.in_body = true,
+                "CASE" if self.in_body => self.case_depth += 1,
+                "END" if self.in_body && self.case_depth > 0 => self.case_depth -= 1,
+                "END" if self.in_body => self.in_body = false,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Byte offset just past the first complete statement (a `;` outside quotes, comments and
+/// a trigger's body).
 fn statement_end(sql: &str) -> usize {
     let bytes = sql.as_bytes();
+    let mut trigger = TriggerScan::default();
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
@@ -781,7 +814,15 @@ fn statement_end(sql: &str) -> usize {
                 }
                 i += 1;
             }
-            b';' => return i + 1,
+            b';' if !trigger.in_body => return i + 1,
+            c if c.is_ascii_alphabetic() || c == b'_' => {
+                let start = i;
+                while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+                    i += 1;
+                }
+                trigger.word(&sql[start..i]);
+                continue;
+            }
             _ => {}
         }
         i += 1;
@@ -998,6 +1039,32 @@ mod tests {
             )
             .unwrap_err();
         assert!(error.to_string().contains("prohibited"), "{error}");
+    }
+
+    #[test]
+    fn a_trigger_with_a_body_of_several_statements_is_one_statement() {
+        let mut db = db();
+        db.sql_exec(
+            "CREATE TABLE t (x); CREATE TABLE log (y);
+             CREATE TRIGGER keep AFTER INSERT ON t BEGIN
+               INSERT INTO log VALUES (CASE WHEN new.x > 1 THEN 'big' ELSE 'small' END);
+               INSERT INTO log VALUES ('end; not the end');
+             END;
+             INSERT INTO t VALUES (2);",
+            &[],
+        )
+        .unwrap();
+        let rows = db
+            .sql_exec("SELECT y FROM log ORDER BY rowid", &[])
+            .unwrap()
+            .rows;
+        assert_eq!(
+            rows,
+            vec![
+                vec![SqlValue::Text("big".into())],
+                vec![SqlValue::Text("end; not the end".into())],
+            ]
+        );
     }
 
     #[test]

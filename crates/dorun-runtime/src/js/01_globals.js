@@ -5,6 +5,7 @@
 import { core, internals, primordials } from "ext:core/mod.js";
 import {
   chargedTimers,
+  config,
   console,
   currentInvocation,
   lifecycle,
@@ -85,9 +86,11 @@ function setFetchWebSocket(f) {
 const MAX_SUBREQUESTS = 10000;
 /** How many Worker fetches deep a chain may go (a Worker fetching itself in a loop). */
 export const MAX_FETCH_DEPTH = 16;
-/** Carries the depth from one Worker's fetch to the request the next one serves. */
-export const FETCH_DEPTH_HEADER = "x-dorun-fetch-depth";
 
+/** The header value that carries `depth` to the request a fetch reaches (events.rs). */
+export function fetchDepthValue(depth) {
+  return `${depth};${config.fetchDepthToken}`;
+}
 function fetch(input, init = undefined) {
   let target;
   try {
@@ -107,7 +110,7 @@ function fetch(input, init = undefined) {
         ),
       );
     }
-    target.headers.set(FETCH_DEPTH_HEADER, String(invocation.depth + 1));
+    target.headers.set(config.fetchDepthHeader, fetchDepthValue(invocation.depth + 1));
   }
   const scheme = new url.URL(target.url).protocol;
   if (scheme !== "http:" && scheme !== "https:") {

@@ -4,12 +4,10 @@
 
 import { core, primordials } from "ext:core/mod.js";
 import { config, console } from "ext:dorun/00_runtime.js";
-import { FETCH_DEPTH_HEADER } from "ext:dorun/01_globals.js";
 import { responseSocketToken } from "ext:dorun/03_websockets.js";
 
 const {
   JSONParse,
-  NumberParseInt,
   ObjectDefineProperty,
   ObjectFreeze,
   ObjectPrototypeIsPrototypeOf,
@@ -25,13 +23,7 @@ const streams = core.loadExtScript("ext:deno_web/06_streams.js");
 
 /** How many Worker fetches deep the request with this head came (0 from a client). */
 export function fetchDepthOf(head) {
-  for (const [name, value] of head.headers) {
-    if (name.toLowerCase() === FETCH_DEPTH_HEADER) {
-      const depth = NumberParseInt(value, 10);
-      return depth > 0 ? depth : 0;
-    }
-  }
-  return 0;
+  return head.fetchDepth;
 }
 const { InnerBody } = core.loadExtScript("ext:deno_fetch/22_body.js");
 const { fromInnerRequest, newInnerRequest } = core.loadExtScript(
