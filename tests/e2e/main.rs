@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod admin;
 mod alarms;
 mod api_gaps;
 mod assets;

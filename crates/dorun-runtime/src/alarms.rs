@@ -233,6 +233,35 @@ impl AlarmScheduler {
         self.wake.notify_one();
     }
 
+    /// Forgets every scheduled alarm, in memory and in the indexes (the admin's reset).
+    /// Returns how many were scheduled.
+    pub fn clear(&self) -> usize {
+        let mut state = self.state.lock().unwrap();
+        let count = state.entries.len();
+        state.entries.clear();
+        state.queue.clear();
+        drop(state);
+        for namespace in 0..self.indexes.len() {
+            if !Self::index_path(&self.config, namespace).exists() {
+                continue;
+            }
+            if let Err(error) = self.with_index(namespace as u32, |index| index.clear()) {
+                tracing::warn!("{error}");
+            }
+        }
+        count
+    }
+
+    /// The scheduled alarms: (namespace, object id, scheduled ms, retries so far).
+    pub fn scheduled(&self) -> Vec<(u32, String, i64, u32)> {
+        let state = self.state.lock().unwrap();
+        state
+            .entries
+            .iter()
+            .map(|((ns, id), e)| (*ns, id.clone(), e.scheduled, e.retries))
+            .collect()
+    }
+
     pub fn stop(&self) {
         self.state.lock().unwrap().stopped = true;
         self.wake.notify_one();

@@ -15,7 +15,7 @@ use crate::namespaces::ObjectConfig;
 use crate::router::Router;
 use crate::sockets::{ParkedSockets, SocketRegistry};
 use crate::storage::{OpenDatabases, MAX_OPEN_CONNECTIONS};
-use crate::{assets_binding, cache, events, namespaces, rpc, sockets, storage};
+use crate::{admin, assets_binding, cache, events, namespaces, rpc, sockets, storage};
 
 /// What an isolate's ops share besides [`IsolateContext`]; each piece goes into the op
 /// state on its own.
@@ -107,6 +107,9 @@ deno_core::extension!(
         cache::op_dorun_cache_put,
         cache::op_dorun_cache_match,
         cache::op_dorun_cache_delete,
+        // the admin listener
+        admin::op_dorun_admin_sql,
+        admin::op_dorun_admin_wipe,
     ],
     esm_entry_point = "ext:dorun/99_worker.js",
     esm = [
@@ -124,6 +127,7 @@ deno_core::extension!(
         "10_objects.js",
         "11_assets.js",
         "12_cache.js",
+        "13_admin.js",
         "99_worker.js",
     ],
     options = {

@@ -17,6 +17,7 @@
 //! - [`extension`]: the deno_core extension (ops + the JS glue in `js/`).
 //! - [`isolate`]: one isolate thread; [`pool`]: [`WorkerPool`], the threads of one Worker.
 
+pub mod admin;
 pub mod alarms;
 pub mod assets_binding;
 pub mod body;

@@ -141,6 +141,15 @@ impl WorkerPool {
         self.router.mailboxes().clone()
     }
 
+    pub(crate) fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    /// The alarm scheduler of the worker's classes.
+    pub fn alarms(&self) -> &Arc<AlarmScheduler> {
+        &self.alarms
+    }
+
     /// The WebSockets the Worker's responses hand to the front door.
     pub fn sockets(&self) -> &Arc<SocketRegistry> {
         &self.sockets

@@ -18,7 +18,9 @@ use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{params_from_iter, Connection, OptionalExtension};
 
+mod admin;
 mod cache;
+pub use admin::{backup, restore};
 pub use cache::{CacheDatabase, CachedResponse};
 
 /// How hard a commit tries to be durable before anything it gates is released.

@@ -122,6 +122,21 @@ pub struct ServeArgs {
     /// `X-Forwarded-For` names the client; from any other peer the client is the peer.
     #[arg(long = "trust-proxy", value_name = "CIDR", value_parser = crate::client_ip::parse_cidr)]
     pub trust_proxy: Vec<ipnet::IpNet>,
+    /// Serve the admin listener (JSON API, /metrics, /healthz, web page) on this port
+    /// (0 picks a free one); off unless given.
+    #[arg(long, value_name = "PORT")]
+    pub admin_port: Option<u16>,
+    /// Address of the admin listener; anything but loopback requires --admin-token.
+    #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
+    pub admin_ip: IpAddr,
+    /// Bearer token the admin listener requires (Authorization: Bearer <token>).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "DORUN_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
     /// Stop by itself after this many seconds (for tests and scripted runs).
     #[arg(long, value_name = "SECONDS", hide = true)]
     pub exit_after: Option<u64>,
@@ -270,6 +285,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
         // A machine-readable line for scripts and tests.
         println!("dorun: listening on http://{bound}");
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let admin = start_admin(&args, &workers, &data_dir, stopped).await?;
         let exit_after = args.exit_after.map(Duration::from_secs);
         let shutdown = async move {
             match exit_after {
@@ -279,6 +296,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 },
                 None => shutdown_signal().await,
             }
+            if let Some(admin) = admin {
+                admin.ready.store(false, std::sync::atomic::Ordering::SeqCst);
+            }
+            let _ = stop.send(true);
         };
         let server_options = ServerOptions {
             drain_timeout,
@@ -306,6 +327,51 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// Binds and spawns the admin listener when `--admin-port` is given.
+async fn start_admin(
+    args: &ServeArgs,
+    workers: &Workers,
+    data_dir: &std::path::Path,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Option<std::sync::Arc<crate::admin::Admin>>> {
+    let Some(port) = args.admin_port else {
+        return Ok(None);
+    };
+    let token = args.admin_token.clone().filter(|t| !t.is_empty());
+    if !args.admin_ip.is_loopback() && token.is_none() {
+        bail!(
+            "--admin-ip {} is reachable from other machines: set --admin-token (or DORUN_ADMIN_TOKEN)",
+            args.admin_ip
+        );
+    }
+    let address = SocketAddr::new(args.admin_ip, port);
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|e| anyhow!("cannot listen on {address} (--admin-port): {e}"))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| anyhow!("cannot read the admin address: {e}"))?;
+    let pools: Vec<_> = workers.pools.iter().flatten().cloned().collect();
+    let sockets = pools
+        .first()
+        .map(|p| p.sockets().clone())
+        .unwrap_or_default();
+    let admin = std::sync::Arc::new(crate::admin::Admin {
+        pools,
+        data_dir: data_dir.to_path_buf(),
+        token,
+        sockets,
+        ready: std::sync::atomic::AtomicBool::new(true),
+    });
+    tracing::info!("admin listener on http://{bound}");
+    println!("dorun: admin on http://{bound}");
+    let stop = async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    tokio::spawn(crate::admin::run(listener, admin.clone(), stop));
+    Ok(Some(admin))
 }
 
 async fn shutdown_signal() {

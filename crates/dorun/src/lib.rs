@@ -1,6 +1,8 @@
 //! dorun: a self-hosted Cloudflare Durable Objects runtime.
 //!
 //! # Layout
+//! - [`admin`]: the admin listener (JSON API, metrics, health, web page), separate from
+//!   the front door.
 //! - [`config`]: wrangler.toml / wrangler.json / wrangler.jsonc, read as wrangler reads them.
 //! - [`migrations`]: Durable Object migrations applied to the data directory at startup.
 //! - [`build`]: wrangler's `[build]` command, run before the Worker loads.
@@ -18,6 +20,7 @@
 //!
 //! The JavaScript side (isolate threads, module loading, Web APIs) is `dorun-runtime`.
 
+pub mod admin;
 pub mod build;
 pub mod cli;
 pub mod client_ip;

@@ -191,6 +191,11 @@ export class DurableObjectStorage {
     return this.#handle;
   }
 
+  /** The open database handle, or 0 (the admin listener uses the object's connection). */
+  get adminHandle() {
+    return this.#handle;
+  }
+
   /** The database handle for a read; 0 if the object has never written anything. */
   #dbIfExists() {
     if (this.#handle === 0) {

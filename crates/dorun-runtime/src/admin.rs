@@ -1,0 +1,135 @@
+//! The admin listener's way into an isolate thread: [`WorkerPool::admin`] sends an
+//! [`AdminCommand`] to a thread and waits for its JSON answer; the ops here are what the
+//! glue (`13_admin.js`) needs beyond the storage ops: operator SQL (reserved tables
+//! readable) and deleting the files of the objects pinned to this thread on a reset.
+//!
+//! Everything that touches a resident object runs on the object's own thread, between its
+//! JS turns, through the object's own connection: no second writer, no stale instance.
+
+use std::sync::Arc;
+
+use deno_core::{op2, OpState};
+use dorun_storage::SqlValue;
+use tokio::sync::oneshot;
+
+use crate::context::IsolateContext;
+use crate::mailbox::{AdminCommand, Event, Reply};
+use crate::namespaces::ObjectConfig;
+use crate::pool::{DispatchError, WorkerPool};
+use crate::router::thread_for;
+use crate::storage::{OpenDatabases, StorageOpError};
+
+impl WorkerPool {
+    /// Sends `command` to isolate thread `thread` and returns its JSON answer.
+    pub async fn admin(
+        &self,
+        thread: usize,
+        command: AdminCommand,
+    ) -> Result<serde_json::Value, DispatchError> {
+        let (reply, answer) = oneshot::channel();
+        self.router()
+            .to_thread(thread, Event::Admin { command, reply })
+            .map_err(|_| DispatchError::ShuttingDown)?;
+        match answer.await.map_err(|_| DispatchError::Dropped)? {
+            Reply::Value(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|_| DispatchError::Dropped)
+            }
+            _ => Err(DispatchError::Dropped),
+        }
+    }
+
+    /// The thread `object_id` is pinned to.
+    pub fn thread_of(&self, object_id: &str) -> usize {
+        thread_for(object_id, self.router().threads())
+    }
+
+    pub fn thread_count(&self) -> usize {
+        self.router().threads()
+    }
+}
+
+fn sql_value_json(value: SqlValue) -> serde_json::Value {
+    match value {
+        SqlValue::Null => serde_json::Value::Null,
+        SqlValue::Integer(n) => n.into(),
+        SqlValue::Real(x) => x.into(),
+        SqlValue::Text(text) => text.into(),
+        SqlValue::Blob(bytes) => {
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            serde_json::json!({ "blob": hex })
+        }
+    }
+}
+
+/// Runs operator SQL on storage handle `handle`: `{columns, rows, rowsRead, rowsWritten}`
+/// (a BLOB is `{"blob": "<hex>"}`). Writes join the object's implicit transaction; the
+/// caller commits.
+#[op2]
+#[string]
+pub fn op_dorun_admin_sql(
+    state: &mut OpState,
+    #[smi] handle: u32,
+    #[string] query: &str,
+) -> Result<String, StorageOpError> {
+    let db = state.borrow_mut::<OpenDatabases>().database(handle)?;
+    let result = db.admin_exec(query)?;
+    let rows: Vec<serde_json::Value> = result
+        .rows
+        .into_iter()
+        .map(|row| row.into_iter().map(sql_value_json).collect())
+        .collect();
+    Ok(serde_json::json!({
+        "columns": result.columns,
+        "rows": rows,
+        "rowsRead": result.rows_read,
+        "rowsWritten": result.rows_written,
+    })
+    .to_string())
+}
+
+/// Deletes the files (`.sqlite`, `-wal`, `-shm`) of every object of this worker's own
+/// namespaces that is pinned to this thread. The glue has closed their storage first.
+/// Returns how many objects were deleted.
+#[op2(fast)]
+#[smi]
+pub fn op_dorun_admin_wipe(state: &mut OpState) -> u32 {
+    let objects = state.borrow::<Arc<ObjectConfig>>().clone();
+    let thread = state.borrow::<IsolateContext>().thread_index;
+    let threads = state.borrow::<Arc<crate::router::Router>>().threads();
+    let mut deleted = 0;
+    for (index, namespace) in objects.namespaces.iter().enumerate() {
+        if namespace.foreign.is_some() {
+            continue;
+        }
+        let Ok(dir) = objects.namespace_dir(index as u32) else {
+            continue;
+        };
+        deleted += wipe_dir(&dir, |id| thread_for(id, threads) == thread);
+    }
+    deleted
+}
+
+/// Deletes the object files in `dir` whose id `mine` accepts.
+fn wipe_dir(dir: &std::path::Path, mine: impl Fn(&str) -> bool) -> u32 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut deleted = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(id) = name.strip_suffix(".sqlite") else {
+            continue;
+        };
+        if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) || !mine(id) {
+            continue;
+        }
+        for suffix in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(dir.join(format!("{name}{suffix}")));
+        }
+        if std::fs::remove_file(entry.path()).is_ok() {
+            deleted += 1;
+        }
+    }
+    deleted
+}

@@ -1,0 +1,129 @@
+//! Operator access to an object's file: SQL without the user authorizer (so the reserved
+//! `_cf_KV` and `_cf_METADATA` tables can be read), and consistent copies taken with
+//! SQLite's online backup while the server keeps writing.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::{is_transaction_statement, split_statements, ObjectDatabase, Result, SqlResult};
+use crate::{StorageError, TRANSACTION_REFUSED};
+
+impl ObjectDatabase {
+    /// Runs SQL as the operator: like [`sql_exec`](Self::sql_exec) (several statements,
+    /// writes in the implicit transaction, no BEGIN/COMMIT), but reserved tables are
+    /// readable and writable.
+    pub fn admin_exec(&mut self, query: &str) -> Result<SqlResult> {
+        let statements = split_statements(&self.conn, query)?;
+        let Some((last, earlier)) = statements.split_last() else {
+            return Err(StorageError::Refused(
+                "SQL code did not contain a statement.".into(),
+            ));
+        };
+        if statements.iter().any(|s| is_transaction_statement(s)) {
+            return Err(StorageError::Refused(TRANSACTION_REFUSED.into()));
+        }
+        self.user_sql.store(false, Ordering::Relaxed);
+        self.run_statements(earlier, last, &[])
+    }
+}
+
+impl crate::AlarmIndex {
+    /// Forgets every alarm of the namespace.
+    pub fn clear(&self) -> Result<()> {
+        self.conn.execute_batch("DELETE FROM _cf_ALARM")?;
+        Ok(())
+    }
+}
+
+/// Copies the database at `source` to `target` (replaced) as one consistent snapshot,
+/// with SQLite's online backup: other connections may keep writing to `source`.
+pub fn backup(source: &Path, target: &Path) -> Result<()> {
+    let from = Connection::open_with_flags(
+        source,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    from.busy_timeout(std::time::Duration::from_secs(5))?;
+    if let Some(dir) = target.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let partial = target.with_extension("sqlite.partial");
+    let _ = std::fs::remove_file(&partial);
+    {
+        let mut to = Connection::open(&partial)?;
+        let backup = rusqlite::backup::Backup::new(&from, &mut to)?;
+        // One step copies every page under one read transaction: a consistent snapshot.
+        backup.step(-1)?;
+    }
+    std::fs::rename(&partial, target)?;
+    Ok(())
+}
+
+/// Writes the snapshot in `source` into the live database at `target` (replacing its
+/// content) through SQLite's backup API, so connections to `target` see the new content.
+pub fn restore(source: &Path, target: &Path) -> Result<()> {
+    let from = Connection::open_with_flags(source, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    if let Some(dir) = target.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut to = Connection::open(target)?;
+    to.busy_timeout(std::time::Duration::from_secs(5))?;
+    to.pragma_update(None, "journal_mode", "WAL")?;
+    {
+        let backup = rusqlite::backup::Backup::new(&from, &mut to)?;
+        backup.step(-1)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Durability, SqlValue};
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("dorun-admin-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn the_operator_reads_the_kv_table_users_cannot() {
+        let mut db = ObjectDatabase::open_in_memory().unwrap();
+        db.kv_put("k", b"v").unwrap();
+        assert!(db.sql_exec("SELECT key FROM _cf_KV", &[]).is_err());
+        let result = db.admin_exec("SELECT key, value FROM _cf_KV").unwrap();
+        assert_eq!(result.columns, vec!["key", "value"]);
+        assert_eq!(
+            result.rows,
+            vec![vec![
+                SqlValue::Text("k".into()),
+                SqlValue::Blob(b"v".to_vec())
+            ]]
+        );
+        assert!(db.admin_exec("BEGIN").is_err());
+    }
+
+    #[test]
+    fn a_backup_taken_while_a_connection_holds_uncommitted_writes_has_the_committed_state() {
+        let dir = scratch("backup");
+        let path = dir.join("a.sqlite");
+        let mut db = ObjectDatabase::open(&path, Durability::Full).unwrap();
+        db.kv_put("committed", b"1").unwrap();
+        db.commit().unwrap();
+        db.kv_put("pending", b"2").unwrap();
+        let copy = dir.join("copy.sqlite");
+        backup(&path, &copy).unwrap();
+        let mut restored = ObjectDatabase::open(&copy, Durability::Full).unwrap();
+        assert_eq!(restored.kv_get("committed").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(restored.kv_get("pending").unwrap(), None);
+        drop(db);
+        let target = dir.join("b.sqlite");
+        restore(&copy, &target).unwrap();
+        let mut back = ObjectDatabase::open(&target, Durability::Full).unwrap();
+        assert_eq!(back.kv_get("committed").unwrap(), Some(b"1".to_vec()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,198 @@
+//! The admin JSON API. Every route answers JSON; errors are `{"error": "..."}` with a
+//! 4xx/5xx status.
+//!
+//! | route | what |
+//! | --- | --- |
+//! | `GET /api/namespaces` | each namespace: worker, class, binding, objects, bytes |
+//! | `GET /api/namespaces/{ns}/objects` | its objects: bytes, last activity, resident, alarm |
+//! | `GET /api/objects/{ns}/{id}` | one object |
+//! | `GET /api/objects/{ns}/{id}/kv?prefix=&start=&limit=` | its KV entries, values decoded |
+//! | `POST /api/objects/{ns}/{id}/sql` `{"query": "..."}` | SQL on it (KV table readable) |
+//! | `GET`/`DELETE /api/objects/{ns}/{id}/alarm` | its alarm; delete it |
+//! | `POST /api/objects/{ns}/{id}/evict` | drop it from memory (writes committed) |
+//! | `POST /api/reset` | every object, alarm and socket gone |
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use bytes::Bytes;
+use dorun_runtime::mailbox::AdminCommand;
+use serde_json::{json, Value};
+
+use super::catalog::{self, Namespace};
+use super::{json, Admin, AdminResponse};
+
+fn error(status: u16, message: impl std::fmt::Display) -> AdminResponse {
+    json(status, &json!({ "error": message.to_string() }))
+}
+
+fn query_params(parts: &http::request::Parts) -> HashMap<String, String> {
+    parts
+        .uri
+        .query()
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub async fn route(admin: &Admin, parts: &http::request::Parts, body: Bytes) -> AdminResponse {
+    let path = parts.uri.path().trim_end_matches('/');
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let method = &parts.method;
+    let get = method == http::Method::GET;
+    let post = method == http::Method::POST;
+    match segments.as_slice() {
+        ["api", "namespaces"] if get => {
+            let list: Vec<Value> = namespaces(admin)
+                .iter()
+                .map(catalog::namespace_json)
+                .collect();
+            json(200, &Value::Array(list))
+        }
+        ["api", "namespaces", ns, "objects"] if get => match namespace(admin, ns) {
+            Some(ns) => json(200, &catalog::objects_json(&ns).await),
+            None => unknown_namespace(ns),
+        },
+        ["api", "reset"] if post => reset(admin).await,
+        ["api", "objects", ns, id, rest @ ..] => {
+            let Some(ns) = namespace(admin, ns) else {
+                return unknown_namespace(ns);
+            };
+            if !catalog::is_object_id(id) {
+                return error(400, format!("'{id}' is not an object id (64 hex digits)"));
+            }
+            let id = id.to_ascii_lowercase();
+            object_route(&ns, &id, method, rest, parts, body).await
+        }
+        ["api", ..] => error(404, format!("no admin route {method} {path}")),
+        _ => error(404, format!("not found: {path}")),
+    }
+}
+
+async fn object_route(
+    ns: &Namespace,
+    id: &str,
+    method: &http::Method,
+    rest: &[&str],
+    parts: &http::request::Parts,
+    body: Bytes,
+) -> AdminResponse {
+    let get = method == http::Method::GET;
+    let post = method == http::Method::POST;
+    match rest {
+        [] if get => {
+            let resident = catalog::resident(&ns.pool).await;
+            let alarms = catalog::alarms(&ns.pool);
+            json(200, &catalog::object_json(ns, id, &resident, &alarms))
+        }
+        ["kv"] if get => {
+            let params = query_params(parts);
+            let limit = params.get("limit").and_then(|l| l.parse::<u32>().ok());
+            let request = json!({
+                "op": "kv",
+                "prefix": params.get("prefix"),
+                "start": params.get("start"),
+                "limit": limit.unwrap_or(1000),
+            });
+            object_request(ns, id, request).await
+        }
+        ["sql"] if post => {
+            let query = match serde_json::from_slice::<Value>(&body) {
+                Ok(value) => value["query"].as_str().map(str::to_string),
+                Err(_) => String::from_utf8(body.to_vec()).ok(),
+            };
+            let Some(query) = query else {
+                return error(400, "send {\"query\": \"SELECT ...\"}");
+            };
+            object_request(ns, id, json!({"op": "sql", "query": query})).await
+        }
+        ["alarm"] if get => object_request(ns, id, json!({"op": "alarm"})).await,
+        ["alarm"] if method == http::Method::DELETE => {
+            object_request(ns, id, json!({"op": "deleteAlarm"})).await
+        }
+        ["evict"] if post => {
+            let command = AdminCommand::Evict {
+                namespace: ns.index,
+                object_id: id.to_string(),
+            };
+            match ns.pool.admin(ns.pool.thread_of(id), command).await {
+                Ok(value) => json(200, &value),
+                Err(e) => error(503, e),
+            }
+        }
+        _ => error(404, format!("no admin route {method} {}", parts.uri.path())),
+    }
+}
+
+/// Runs a storage request on the object's thread.
+async fn object_request(ns: &Namespace, id: &str, request: Value) -> AdminResponse {
+    let command = AdminCommand::Object {
+        namespace: ns.index,
+        object_id: id.to_string(),
+        request: request.to_string(),
+    };
+    match ns.pool.admin(ns.pool.thread_of(id), command).await {
+        Ok(value) => match value.get("error") {
+            Some(message) => {
+                let status = value["status"].as_u64().unwrap_or(400) as u16;
+                error(status, message.as_str().unwrap_or("failed"))
+            }
+            None => json(200, &value),
+        },
+        Err(e) => error(503, e),
+    }
+}
+
+fn namespaces(admin: &Admin) -> Vec<Namespace> {
+    catalog::namespaces(&admin.pools)
+}
+
+fn namespace(admin: &Admin, key: &str) -> Option<Namespace> {
+    namespaces(admin).into_iter().find(|ns| ns.key == key)
+}
+
+fn unknown_namespace(key: &str) -> AdminResponse {
+    error(
+        404,
+        format!("no namespace '{key}' (GET /api/namespaces lists them)"),
+    )
+}
+
+/// Every alarm, socket and object gone: alarms first (none fires into a half-reset
+/// object), then sockets (no event of theirs recreates an object), then each isolate
+/// thread drops its objects and deletes their files.
+pub async fn reset(admin: &Admin) -> AdminResponse {
+    let started = Instant::now();
+    let alarms: usize = admin.pools.iter().map(|p| p.alarms().clear()).sum();
+    let sockets = admin.sockets.reset(1012, "dorun was reset by an operator");
+    let mut waits = Vec::new();
+    for pool in &admin.pools {
+        for thread in 0..pool.thread_count() {
+            waits.push(pool.admin(thread, AdminCommand::Reset));
+        }
+    }
+    let (mut resident, mut deleted) = (0, 0);
+    for answer in futures::future::join_all(waits).await {
+        match answer {
+            Ok(value) => {
+                resident += value["resident"].as_u64().unwrap_or(0);
+                deleted += value["deleted"].as_u64().unwrap_or(0);
+            }
+            Err(e) => return error(503, e),
+        }
+    }
+    super::metrics::record_reset();
+    json(
+        200,
+        &json!({
+            "objects": deleted,
+            "resident": resident,
+            "alarms": alarms,
+            "sockets": sockets,
+            "ms": (started.elapsed().as_secs_f64() * 1000.0 * 100.0).round() / 100.0,
+        }),
+    )
+}
