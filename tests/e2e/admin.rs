@@ -380,3 +380,113 @@ async fn a_non_loopback_admin_address_needs_a_token() {
 fn urlencode(text: &str) -> String {
     url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
+
+/// The value of the first sample line of `metric` whose labels contain every `labels` pair.
+fn sample(text: &str, metric: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(metric) && l[metric.len()..].starts_with(['{', ' ']))
+        .find(|l| labels.iter().all(|pair| l.contains(pair)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_health_and_readiness() {
+    let server = start(&["--cpu-limit-ms", "200"]);
+    let admin = AdminClient::of(&server, None);
+    for name in ["m1", "m2"] {
+        server
+            .get_json_ok(&format!("/o/{name}/put?key=x&value=1"), &[])
+            .await;
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url("/o/m1/ws"))
+        .await
+        .expect("websocket");
+    ws.send(Message::text("hi")).await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(10), ws.next()).await;
+    let spin = server.get("/spin").await;
+    assert_eq!(spin.status, 503);
+
+    let (status, body) = admin.raw("GET", "/metrics", None).await;
+    let text = String::from_utf8_lossy(&body).into_owned();
+    assert_eq!(status, 200, "{text}");
+    let requests = sample(
+        &text,
+        "dorun_requests_total",
+        &["worker=\"admin\"", "status=\"2xx\""],
+    );
+    assert!(requests.unwrap_or(0.0) >= 2.0, "{text}");
+    assert_eq!(
+        sample(&text, "dorun_requests_total", &["status=\"5xx\""]),
+        Some(1.0),
+        "{text}"
+    );
+    let buckets = sample(
+        &text,
+        "dorun_request_duration_seconds_bucket",
+        &["le=\"+Inf\""],
+    );
+    assert!(buckets.unwrap_or(0.0) >= 3.0, "{text}");
+    assert_eq!(
+        sample(&text, "dorun_objects_resident", &["class=\"Store\""]),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "dorun_objects_stored", &["class=\"Store\""]),
+        Some(2.0),
+        "{text}"
+    );
+    assert!(sample(&text, "dorun_storage_bytes", &["class=\"Store\""]).unwrap_or(0.0) > 0.0);
+    assert_eq!(
+        sample(&text, "dorun_websockets_open", &["kind=\"hibernatable\""]),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        sample(&text, "dorun_object_activations_total", &[]).unwrap_or(0.0) >= 2.0,
+        "{text}"
+    );
+    assert!(
+        sample(&text, "dorun_storage_commit_seconds_count", &[]).unwrap_or(0.0) >= 2.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "dorun_isolate_terminations_total",
+            &["reason=\"cpu\""]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+
+    let (status, _) = admin.raw("GET", "/healthz", None).await;
+    assert_eq!(status, 200);
+    let (status, _) = admin.raw("GET", "/readyz", None).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn alarm_lag_is_measured() {
+    let server = start(&[]);
+    let admin = AdminClient::of(&server, None);
+    server.get_json_ok("/o/lag/alarm?in=10", &[]).await;
+    let mut ran = Value::Null;
+    for _ in 0..100 {
+        ran = server.get_json_ok("/o/lag/get?key=alarmRan", &[]).await["value"].clone();
+        if ran == true {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ran, true);
+    let (_, body) = admin.raw("GET", "/metrics", None).await;
+    let text = String::from_utf8_lossy(&body).into_owned();
+    assert_eq!(
+        sample(&text, "dorun_alarm_lag_seconds_count", &[]),
+        Some(1.0),
+        "{text}"
+    );
+}

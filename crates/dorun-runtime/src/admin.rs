@@ -133,3 +133,16 @@ fn wipe_dir(dir: &std::path::Path, mine: impl Fn(&str) -> bool) -> u32 {
     }
     deleted
 }
+
+/// Counts an object lifecycle event for the metrics: `activation` (an instance was built)
+/// or `eviction` (an idle instance was dropped).
+#[op2(fast)]
+pub fn op_dorun_object_metric(state: &mut OpState, #[string] event: &str) {
+    let worker = state.borrow::<IsolateContext>().worker_name.to_string();
+    match event {
+        "activation" => {
+            metrics::counter!("dorun_object_activations_total", "worker" => worker).increment(1)
+        }
+        _ => metrics::counter!("dorun_object_evictions_total", "worker" => worker).increment(1),
+    }
+}

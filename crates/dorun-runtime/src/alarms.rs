@@ -101,6 +101,16 @@ pub struct AlarmScheduler {
     clock: Arc<dyn Clock>,
 }
 
+/// Metrics: how late an alarm fires (first tries) and how often alarms are retried.
+fn record_fired(alarm: &DueAlarm, now_ms: i64) {
+    if alarm.retries == 0 {
+        let lag = (now_ms - alarm.scheduled).max(0) as f64 / 1000.0;
+        metrics::histogram!("dorun_alarm_lag_seconds").record(lag);
+    } else {
+        metrics::counter!("dorun_alarm_retries_total").increment(1);
+    }
+}
+
 /// An alarm that is due, to be sent to its object.
 #[derive(Debug, PartialEq, Eq)]
 pub struct DueAlarm {
@@ -333,6 +343,7 @@ impl AlarmScheduler {
             }
             let (due, next) = self.take_due();
             for alarm in due {
+                record_fired(&alarm, self.clock.now_ms());
                 let key = (alarm.namespace, alarm.object_id.clone());
                 let (reply, response) = oneshot::channel();
                 let event = ObjectEvent {

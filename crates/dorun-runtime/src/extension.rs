@@ -110,6 +110,7 @@ deno_core::extension!(
         // the admin listener
         admin::op_dorun_admin_sql,
         admin::op_dorun_admin_wipe,
+        admin::op_dorun_object_metric,
     ],
     esm_entry_point = "ext:dorun/99_worker.js",
     esm = [

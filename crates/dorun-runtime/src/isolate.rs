@@ -96,10 +96,12 @@ pub fn isolate_thread(
                     Failure::RestartFailed
                 }
                 IsolateExit::Reset(Termination::CpuLimit) => {
+                    metrics::counter!("dorun_isolate_terminations_total", "worker" => graph.spec().name.clone(), "reason" => "cpu").increment(1);
                     tracing::error!(worker = %graph.spec().name, limit_ms = graph.spec().cpu_limit.as_millis() as u64, "JS ran past the CPU limit; isolate terminated and reset");
                     Failure::CpuLimit
                 }
                 IsolateExit::Reset(Termination::HeapLimit) => {
+                    metrics::counter!("dorun_isolate_terminations_total", "worker" => graph.spec().name.clone(), "reason" => "heap").increment(1);
                     tracing::error!(worker = %graph.spec().name, "JS heap outgrew its limit; isolate reset");
                     Failure::HeapLimit
                 }

@@ -420,6 +420,17 @@ impl SocketRegistry {
         count
     }
 
+    /// The objects that hold hibernatable sockets: (worker, namespace index, object id).
+    pub fn objects_with_sockets(&self) -> Vec<ObjectKey> {
+        let inner = self.inner.lock().unwrap();
+        inner
+            .objects
+            .iter()
+            .filter(|(_, o)| !o.ids.is_empty())
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
     /// (open sockets, of which hibernatable) for the metrics.
     pub fn counts(&self) -> (usize, usize) {
         let inner = self.inner.lock().unwrap();

@@ -353,6 +353,7 @@ async fn start_admin(
     let bound = listener
         .local_addr()
         .map_err(|e| anyhow!("cannot read the admin address: {e}"))?;
+    crate::admin::metrics::install();
     let pools: Vec<_> = workers.pools.iter().flatten().cloned().collect();
     let sockets = pools
         .first()

@@ -42,7 +42,7 @@ const {
   TypeError,
 } = primordials;
 
-const { op_dorun_reply_value, op_dorun_reply_error } = core.ops;
+const { op_dorun_reply_value, op_dorun_reply_error, op_dorun_object_metric } = core.ops;
 
 const EMPTY_PAYLOAD = new Uint8Array(0);
 const MAX_BCW_DEPTH = 64;
@@ -204,6 +204,7 @@ function liveObject(worker, target) {
     MapPrototypeSet(live, key, object);
     try {
       object.construct(worker);
+      op_dorun_object_metric("activation");
     } catch (error) {
       MapPrototypeDelete(live, key);
       throw error;
@@ -295,6 +296,7 @@ export function evictIdle() {
       now - object.lastActive >= config.idleTimeoutMs
     ) {
       MapPrototypeDelete(live, object.key);
+      op_dorun_object_metric("eviction");
       PromisePrototypeThen(object.storage.outputGate(), () => object.storage.close(), () => {});
     }
   }

@@ -96,7 +96,7 @@ async fn handle(admin: &Admin, request: http::Request<Incoming>) -> AdminRespons
         return response;
     }
     if path == "/metrics" {
-        return metrics::render(admin);
+        return metrics::render(admin).await;
     }
     let (parts, body) = request.into_parts();
     let body = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
