@@ -7,6 +7,7 @@ mod admin;
 mod alarms;
 mod api_gaps;
 mod assets;
+mod backup;
 mod cache;
 mod commonjs;
 mod config;

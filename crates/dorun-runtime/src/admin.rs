@@ -146,3 +146,34 @@ pub fn op_dorun_object_metric(state: &mut OpState, #[string] event: &str) {
         _ => metrics::counter!("dorun_object_evictions_total", "worker" => worker).increment(1),
     }
 }
+
+/// Replaces object `object_id`'s content with the SQLite file at `source` (SQLite's backup
+/// API, so the file stays valid for any connection) and brings its alarm into the index
+/// and the scheduler. The glue has evicted the object first. Returns the restored alarm.
+#[op2]
+pub fn op_dorun_admin_restore(
+    state: &mut OpState,
+    #[smi] namespace: u32,
+    #[string] object_id: &str,
+    #[string] source: &str,
+) -> Result<Option<f64>, StorageOpError> {
+    let objects = state.borrow::<Arc<ObjectConfig>>().clone();
+    let alarms = state.borrow::<Arc<crate::alarms::AlarmScheduler>>().clone();
+    let path = objects
+        .namespace_dir(namespace)?
+        .join(format!("{object_id}.sqlite"));
+    let open_error = |source| StorageOpError::Open {
+        path: path.clone(),
+        source,
+    };
+    dorun_storage::restore(std::path::Path::new(source), &path).map_err(open_error)?;
+    let alarm = dorun_storage::ObjectDatabase::open(&path, objects.durability)
+        .and_then(|db| db.alarm())
+        .map_err(open_error)?;
+    match alarm {
+        Some(time) => alarms.index_put(namespace, object_id, None, time)?,
+        None => alarms.index_delete(namespace, object_id)?,
+    }
+    alarms.update(namespace, object_id, None, alarm);
+    Ok(alarm.map(|t| t as f64))
+}

@@ -111,6 +111,7 @@ deno_core::extension!(
         admin::op_dorun_admin_sql,
         admin::op_dorun_admin_wipe,
         admin::op_dorun_object_metric,
+        admin::op_dorun_admin_restore,
     ],
     esm_entry_point = "ext:dorun/99_worker.js",
     esm = [

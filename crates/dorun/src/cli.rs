@@ -38,6 +38,11 @@ pub enum Command {
     Serve(ServeArgs),
     /// Load the config and every module, report all problems, and exit.
     Check(ConfigArgs),
+    /// Copy objects' storage (SQLite online backup; safe while the server runs).
+    Export(crate::backup::ExportArgs),
+    /// Restore objects from an export (into a stopped server's data directory, or through
+    /// a running server's admin listener with --admin).
+    Import(crate::backup::ImportArgs),
 }
 
 #[derive(Debug, Args)]
@@ -160,6 +165,8 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Check(args) => check(args),
+        Command::Export(args) => crate::backup::export(args),
+        Command::Import(args) => crate::backup::import(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

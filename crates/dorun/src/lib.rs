@@ -3,6 +3,8 @@
 //! # Layout
 //! - [`admin`]: the admin listener (JSON API, metrics, health, web page), separate from
 //!   the front door.
+//! - [`backup`]: `dorun export` / `dorun import` (SQLite online backup, JSON dumps).
+//! - [`admin_client`]: the CLI's client of the admin listener (`import --admin`, `inspect`).
 //! - [`config`]: wrangler.toml / wrangler.json / wrangler.jsonc, read as wrangler reads them.
 //! - [`migrations`]: Durable Object migrations applied to the data directory at startup.
 //! - [`build`]: wrangler's `[build]` command, run before the Worker loads.
@@ -21,6 +23,8 @@
 //! The JavaScript side (isolate threads, module loading, Web APIs) is `dorun-runtime`.
 
 pub mod admin;
+pub mod admin_client;
+pub mod backup;
 pub mod build;
 pub mod cli;
 pub mod client_ip;

@@ -29,6 +29,7 @@ const {
   op_dorun_alarm_delete,
   op_dorun_admin_sql,
   op_dorun_admin_wipe,
+  op_dorun_admin_restore,
 } = core.ops;
 
 const encoder = new TextEncoder();
@@ -141,8 +142,16 @@ function storageRequest(handle, request) {
   throw new Error(`unknown storage request '${request.op}'`);
 }
 
+/** Replaces the object's storage with a file (an import): evicted first, then restored. */
+async function restore(namespace, hex, source) {
+  const { evicted } = await evict(namespace, hex);
+  const alarm = op_dorun_admin_restore(namespace, hex, String(source));
+  return { restored: true, evicted, alarm };
+}
+
 async function objectRequest(namespace, hex, text) {
   const request = JSONParse(text);
+  if (request.op === "restore") return await restore(namespace, hex, request.source);
   const object = MapPrototypeGet(live, `${namespace}:${hex}`);
   const own = object?.storage.adminHandle ?? 0;
   if (own !== 0) {

@@ -10,6 +10,7 @@
 //! | `POST /api/objects/{ns}/{id}/sql` `{"query": "..."}` | SQL on it (KV table readable) |
 //! | `GET`/`DELETE /api/objects/{ns}/{id}/alarm` | its alarm; delete it |
 //! | `POST /api/objects/{ns}/{id}/evict` | drop it from memory (writes committed) |
+//! | `POST /api/objects/{ns}/{id}/import` (body: a SQLite file) | replace its storage |
 //! | `POST /api/reset` | every object, alarm and socket gone |
 
 use std::collections::HashMap;
@@ -123,8 +124,28 @@ async fn object_route(
                 Err(e) => error(503, e),
             }
         }
+        ["import"] if post => import(ns, id, body).await,
         _ => error(404, format!("no admin route {method} {}", parts.uri.path())),
     }
+}
+
+/// Replaces the object's storage with the SQLite file in `body` (see `dorun import`).
+async fn import(ns: &Namespace, id: &str, body: Bytes) -> AdminResponse {
+    if !body.starts_with(b"SQLite format 3\0") {
+        return error(400, "the body is not a SQLite database file");
+    }
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let temp = ns
+        .dir
+        .with_file_name(format!(".import-{}-{n}.sqlite", std::process::id()));
+    if let Err(e) = std::fs::write(&temp, &body) {
+        return error(500, format!("{}: {e}", temp.display()));
+    }
+    let request = json!({"op": "restore", "source": temp.to_string_lossy()});
+    let response = object_request(ns, id, request).await;
+    let _ = std::fs::remove_file(&temp);
+    response
 }
 
 /// Runs a storage request on the object's thread.
