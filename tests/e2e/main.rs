@@ -16,6 +16,7 @@ mod errors;
 mod examples;
 mod exports;
 mod handlers;
+mod inspect;
 mod modules;
 mod multi;
 mod node_compat;

@@ -43,6 +43,8 @@ pub enum Command {
     /// Restore objects from an export (into a stopped server's data directory, or through
     /// a running server's admin listener with --admin).
     Import(crate::backup::ImportArgs),
+    /// Look inside a running server through its admin listener: list, kv, sql, alarms.
+    Inspect(crate::inspect::InspectArgs),
 }
 
 #[derive(Debug, Args)]
@@ -167,6 +169,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Check(args) => check(args),
         Command::Export(args) => crate::backup::export(args),
         Command::Import(args) => crate::backup::import(args),
+        Command::Inspect(args) => crate::inspect::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

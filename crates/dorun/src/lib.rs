@@ -5,6 +5,7 @@
 //!   the front door.
 //! - [`backup`]: `dorun export` / `dorun import` (SQLite online backup, JSON dumps).
 //! - [`admin_client`]: the CLI's client of the admin listener (`import --admin`, `inspect`).
+//! - [`inspect`]: `dorun inspect`, the admin API as terminal tables.
 //! - [`config`]: wrangler.toml / wrangler.json / wrangler.jsonc, read as wrangler reads them.
 //! - [`migrations`]: Durable Object migrations applied to the data directory at startup.
 //! - [`build`]: wrangler's `[build]` command, run before the Worker loads.
@@ -29,6 +30,7 @@ pub mod build;
 pub mod cli;
 pub mod client_ip;
 pub mod config;
+pub mod inspect;
 pub mod migrations;
 pub mod server;
 pub mod websocket;
