@@ -17,6 +17,7 @@ mod examples;
 mod exports;
 mod handlers;
 mod inspect;
+mod logs;
 mod modules;
 mod multi;
 mod node_compat;

@@ -164,16 +164,25 @@ pub fn op_dorun_done(state: &mut OpState) {
     state.borrow::<IsolateContext>().done.set(true);
 }
 
-/// console.* output, routed to tracing and tagged with the worker's name.
+/// console.* output, routed to tracing and tagged with the worker's name and, for code of
+/// a Durable Object, its class and id (empty strings otherwise).
 #[op2(fast)]
-pub fn op_dorun_log(state: &mut OpState, #[smi] level: i32, #[string] message: &str) {
+pub fn op_dorun_log(
+    state: &mut OpState,
+    #[smi] level: i32,
+    #[string] message: &str,
+    #[string] class: &str,
+    #[string] object: &str,
+) {
     let worker = &*state.borrow::<IsolateContext>().worker_name;
     let message = message.strip_suffix('\n').unwrap_or(message);
+    let class = (!class.is_empty()).then_some(class);
+    let object = (!object.is_empty()).then_some(object);
     match level {
-        0 => tracing::debug!(target: "dorun::console", worker, "{message}"),
-        1 => tracing::info!(target: "dorun::console", worker, "{message}"),
-        2 => tracing::warn!(target: "dorun::console", worker, "{message}"),
-        _ => tracing::error!(target: "dorun::console", worker, "{message}"),
+        0 => tracing::debug!(target: "dorun::console", worker, class, object, "{message}"),
+        1 => tracing::info!(target: "dorun::console", worker, class, object, "{message}"),
+        2 => tracing::warn!(target: "dorun::console", worker, class, object, "{message}"),
+        _ => tracing::error!(target: "dorun::console", worker, class, object, "{message}"),
     }
 }
 

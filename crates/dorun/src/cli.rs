@@ -24,12 +24,19 @@ pub struct Cli {
     /// Log format on stderr. Filter with RUST_LOG (default: info).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Leave out the one line per request (console output and errors stay).
+    #[arg(long, global = true)]
+    pub no_request_log: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
+    /// One line per event.
     Text,
+    /// One JSON object per line.
     Json,
+    /// Several lines per event with its fields, for reading in a terminal.
+    Pretty,
 }
 
 #[derive(Debug, Subcommand)]
@@ -151,8 +158,11 @@ pub struct ServeArgs {
 
 /// Sets up tracing on stderr.
 pub fn init_logging(cli: &Cli) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if cli.no_request_log {
+        filter = filter.add_directive("dorun::request=off".parse().expect("a valid directive"));
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -160,6 +170,7 @@ pub fn init_logging(cli: &Cli) {
     match cli.log_format {
         LogFormat::Text => builder.with_target(true).init(),
         LogFormat::Json => builder.json().init(),
+        LogFormat::Pretty => builder.pretty().init(),
     }
 }
 
