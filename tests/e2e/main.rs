@@ -17,6 +17,7 @@ mod examples;
 mod exports;
 mod handlers;
 mod inspect;
+mod integration_example;
 mod logs;
 mod modules;
 mod multi;

@@ -136,6 +136,10 @@ pub struct ServeArgs {
     /// `X-Forwarded-For` names the client; from any other peer the client is the peer.
     #[arg(long = "trust-proxy", value_name = "CIDR", value_parser = crate::client_ip::parse_cidr)]
     pub trust_proxy: Vec<ipnet::IpNet>,
+    /// Keep all state (Durable Objects, alarms, cache) in a fresh temporary directory that
+    /// is removed on exit (tests, demos); replaces --data-dir.
+    #[arg(long, conflicts_with = "data_dir")]
+    pub ephemeral: bool,
     /// Serve the admin listener (JSON API, /metrics, /healthz, web page) on this port
     /// (0 picks a free one); off unless given.
     #[arg(long, value_name = "PORT")]
@@ -259,8 +263,40 @@ fn check(args: ConfigArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A temporary data directory, removed when dropped (`--ephemeral`).
+struct EphemeralDir(std::path::PathBuf);
+
+impl EphemeralDir {
+    fn create() -> anyhow::Result<Self> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!(
+            "dorun-ephemeral-{}-{nanos:08x}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| anyhow!("cannot create {}: {e}", dir.display()))?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for EphemeralDir {
+    fn drop(&mut self) {
+        if let Err(error) = std::fs::remove_dir_all(&self.0) {
+            tracing::warn!("cannot remove {}: {error}", self.0.display());
+        }
+    }
+}
+
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let options = args.config.worker_options();
+    let ephemeral = args.ephemeral.then(EphemeralDir::create).transpose()?;
+    let mut options = args.config.worker_options();
+    if let Some(dir) = &ephemeral {
+        tracing::info!("ephemeral state in {} (removed on exit)", dir.0.display());
+        options.data_dir = Some(dir.0.clone());
+    }
     let configs = workers::load_configs(&args.config.config, &options)?;
     let data_dir = workers::data_dir(&configs[0], &options);
     std::fs::create_dir_all(&data_dir)
