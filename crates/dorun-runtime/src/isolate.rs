@@ -287,7 +287,7 @@ fn runtime_config_json(spec: &WorkerSpec) -> String {
 
 /// The extensions of an isolate, in load order.
 fn extensions(services: IsolateServices) -> Vec<deno_core::Extension> {
-    vec![
+    let extensions = vec![
         deno_webidl::deno_webidl::init(),
         deno_web::deno_web::init(
             Arc::new(deno_web::BlobStore::default()) as Arc<dyn deno_web::BlobStoreTrait>,
@@ -303,5 +303,7 @@ fn extensions(services: IsolateServices) -> Vec<deno_core::Extension> {
         }),
         extension::dorun::init(services),
         crate::node_compat::dorun_node::init(),
-    ]
+    ];
+    // Their JS from the binary, not from the build machine's disk.
+    extensions.into_iter().map(crate::embedded::embed).collect()
 }

@@ -52,6 +52,32 @@ pub enum Command {
     Import(crate::backup::ImportArgs),
     /// Look inside a running server through its admin listener: list, kv, sql, alarms.
     Inspect(crate::inspect::InspectArgs),
+    /// Exit 0 if the admin listener's /healthz answers 200 (a container HEALTHCHECK that
+    /// needs no curl in the image).
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// The admin listener [default: http://127.0.0.1:9000, or $DORUN_ADMIN_URL].
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "DORUN_ADMIN_URL",
+        default_value = "http://127.0.0.1:9000"
+    )]
+    pub admin: String,
+    /// Ask /readyz (ready for traffic) instead of /healthz (alive).
+    #[arg(long)]
+    pub ready: bool,
+}
+
+fn healthcheck(args: HealthcheckArgs) -> anyhow::Result<()> {
+    let admin = crate::admin_client::AdminTarget::new(&args.admin, None);
+    let path = if args.ready { "/readyz" } else { "/healthz" };
+    admin.call("GET", path, Default::default())?;
+    println!("ok: {}{path}", admin.base);
+    Ok(())
 }
 
 #[derive(Debug, Args)]
@@ -185,6 +211,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Export(args) => crate::backup::export(args),
         Command::Import(args) => crate::backup::import(args),
         Command::Inspect(args) => crate::inspect::run(args),
+        Command::Healthcheck(args) => healthcheck(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
