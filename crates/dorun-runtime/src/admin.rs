@@ -177,3 +177,12 @@ pub fn op_dorun_admin_restore(
     alarms.update(namespace, object_id, None, alarm);
     Ok(alarm.map(|t| t as f64))
 }
+
+/// Closes storage handle `handle` without a checkpoint or fsync, dropping uncommitted writes:
+/// the object's files are deleted next (the admin's reset).
+#[op2(fast)]
+pub fn op_dorun_admin_discard(state: &mut OpState, #[smi] handle: u32) {
+    if let Some(db) = state.borrow_mut::<OpenDatabases>().remove(handle) {
+        db.discard();
+    }
+}

@@ -112,6 +112,7 @@ deno_core::extension!(
         admin::op_dorun_admin_wipe,
         admin::op_dorun_object_metric,
         admin::op_dorun_admin_restore,
+        admin::op_dorun_admin_discard,
     ],
     esm_entry_point = "ext:dorun/99_worker.js",
     esm = [

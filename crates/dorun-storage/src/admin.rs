@@ -11,6 +11,18 @@ use crate::{is_transaction_statement, split_statements, ObjectDatabase, Result, 
 use crate::{StorageError, TRANSACTION_REFUSED};
 
 impl ObjectDatabase {
+    /// Closes the connection of an object whose files are about to be deleted (the admin's
+    /// reset): uncommitted writes dropped, and no checkpoint or fsync on close, which would
+    /// cost a few milliseconds per object for data that is thrown away.
+    pub fn discard(mut self) {
+        let _ = self.rollback();
+        let _ = self.conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        );
+        let _ = self.conn.pragma_update(None, "synchronous", "OFF");
+    }
+
     /// Runs SQL as the operator: like [`sql_exec`](Self::sql_exec) (several statements,
     /// writes in the implicit transaction, no BEGIN/COMMIT), but reserved tables are
     /// readable and writable.

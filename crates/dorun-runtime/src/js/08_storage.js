@@ -196,6 +196,11 @@ export class DurableObjectStorage {
     return this.#handle;
   }
 
+  /** Drops the handle without closing it (the admin's reset closed it). */
+  forget() {
+    this.#handle = 0;
+  }
+
   /** The database handle for a read; 0 if the object has never written anything. */
   #dbIfExists() {
     if (this.#handle === 0) {

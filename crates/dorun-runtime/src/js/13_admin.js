@@ -9,6 +9,7 @@ import { live } from "ext:dorun/10_objects.js";
 const {
   ArrayPrototypePush,
   BigIntPrototypeToString,
+  DateNow,
   DatePrototypeToISOString,
   Error,
   JSONParse,
@@ -30,6 +31,7 @@ const {
   op_dorun_admin_sql,
   op_dorun_admin_wipe,
   op_dorun_admin_restore,
+  op_dorun_admin_discard,
 } = core.ops;
 
 const encoder = new TextEncoder();
@@ -89,18 +91,22 @@ async function evict(namespace, hex) {
 }
 
 function reset() {
+  const started = DateNow();
   let objects = 0;
   for (const object of [...live.values()]) {
     object.broken = new Error(RESET);
-    try {
-      object.storage.rollbackAndClose();
-    } catch {
-      // Already closed.
+    const handle = object.storage.adminHandle;
+    if (handle !== 0) {
+      // Its files are deleted next: no checkpoint, no fsync.
+      op_dorun_admin_discard(handle);
+      object.storage.forget();
     }
     MapPrototypeDelete(live, object.key);
     objects++;
   }
-  return { resident: objects, deleted: op_dorun_admin_wipe() };
+  const dropped = DateNow();
+  const deleted = op_dorun_admin_wipe();
+  return { resident: objects, deleted, dropMs: dropped - started, wipeMs: DateNow() - dropped };
 }
 
 function kvEntries(handle, request) {

@@ -188,6 +188,7 @@ fn unknown_namespace(key: &str) -> AdminResponse {
 pub async fn reset(admin: &Admin) -> AdminResponse {
     let started = Instant::now();
     let alarms: usize = admin.pools.iter().map(|p| p.alarms().clear()).sum();
+    let alarms_ms = started.elapsed().as_secs_f64() * 1000.0;
     let sockets = admin.sockets.reset(1012, "dorun was reset by an operator");
     let mut waits = Vec::new();
     for pool in &admin.pools {
@@ -196,11 +197,13 @@ pub async fn reset(admin: &Admin) -> AdminResponse {
         }
     }
     let (mut resident, mut deleted) = (0, 0);
+    let mut threads = Vec::new();
     for answer in futures::future::join_all(waits).await {
         match answer {
             Ok(value) => {
                 resident += value["resident"].as_u64().unwrap_or(0);
                 deleted += value["deleted"].as_u64().unwrap_or(0);
+                threads.push(json!({"dropMs": value["dropMs"], "wipeMs": value["wipeMs"]}));
             }
             Err(e) => return error(503, e),
         }
@@ -213,6 +216,8 @@ pub async fn reset(admin: &Admin) -> AdminResponse {
             "resident": resident,
             "alarms": alarms,
             "sockets": sockets,
+            "alarmsMs": (alarms_ms * 100.0).round() / 100.0,
+            "threads": threads,
             "ms": (started.elapsed().as_secs_f64() * 1000.0 * 100.0).round() / 100.0,
         }),
     )
