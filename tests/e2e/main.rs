@@ -4,6 +4,7 @@
 mod harness;
 
 mod admin;
+mod admin_page;
 mod alarms;
 mod api_gaps;
 mod assets;
