@@ -1,7 +1,7 @@
 //! The admin listener's way into an isolate thread: [`WorkerPool::admin`] sends an
 //! [`AdminCommand`] to a thread and waits for its JSON answer; the ops here are what the
 //! glue (`13_admin.js`) needs beyond the storage ops: operator SQL (reserved tables
-//! readable) and deleting the files of the objects pinned to this thread on a reset.
+//! readable), a reset's barrier, restoring an imported file, lifecycle metrics.
 //!
 //! Everything that touches a resident object runs on the object's own thread, between its
 //! JS turns, through the object's own connection: no second writer, no stale instance.
@@ -13,7 +13,7 @@ use dorun_storage::SqlValue;
 use tokio::sync::oneshot;
 
 use crate::context::IsolateContext;
-use crate::mailbox::{AdminCommand, Event, Reply};
+use crate::mailbox::{AdminCommand, Event, PendingReset, Reply};
 use crate::namespaces::ObjectConfig;
 use crate::pool::{DispatchError, WorkerPool};
 use crate::router::thread_for;
@@ -87,52 +87,33 @@ pub fn op_dorun_admin_sql(
     .to_string())
 }
 
-/// Deletes the files (`.sqlite`, `-wal`, `-shm`) of every object of this worker's own
-/// namespaces that is pinned to this thread. The glue has closed their storage first.
-/// Returns how many objects were deleted.
+/// How long a thread waits, in a reset, for the admin listener to release it.
+const RESET_HOLD: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A reset's barrier, called by the glue once this thread's objects are dropped: reports
+/// `dropped`, then blocks the thread until the admin listener has moved the data away (no
+/// event runs meanwhile, so no object is recreated in a directory about to move). Returns
+/// false if the release did not come in time.
 #[op2(fast)]
-#[smi]
-pub fn op_dorun_admin_wipe(state: &mut OpState) -> u32 {
-    let objects = state.borrow::<Arc<ObjectConfig>>().clone();
-    let thread = state.borrow::<IsolateContext>().thread_index;
-    let threads = state.borrow::<Arc<crate::router::Router>>().threads();
-    let mut deleted = 0;
-    for (index, namespace) in objects.namespaces.iter().enumerate() {
-        if namespace.foreign.is_some() {
-            continue;
-        }
-        let Ok(dir) = objects.namespace_dir(index as u32) else {
-            continue;
-        };
-        deleted += wipe_dir(&dir, |id| thread_for(id, threads) == thread);
+pub fn op_dorun_admin_hold(state: &mut OpState, #[smi] dropped: u32) -> bool {
+    let Some(hold) = state.try_take::<PendingReset>().and_then(|p| p.0) else {
+        return false;
+    };
+    // Closing hundreds of connections takes a while even when it writes nothing: done on
+    // another thread.
+    if let Some(Discarded(connections)) = state.try_take::<Discarded>() {
+        let _ = std::thread::Builder::new()
+            .name("dorun-discard".into())
+            .spawn(move || drop(connections));
     }
-    deleted
+    if hold.dropped.send(dropped).is_err() {
+        return false;
+    }
+    hold.release.recv_timeout(RESET_HOLD).is_ok()
 }
 
-/// Deletes the object files in `dir` whose id `mine` accepts.
-fn wipe_dir(dir: &std::path::Path, mine: impl Fn(&str) -> bool) -> u32 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    let mut deleted = 0;
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let Some(id) = name.strip_suffix(".sqlite") else {
-            continue;
-        };
-        if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) || !mine(id) {
-            continue;
-        }
-        for suffix in ["-wal", "-shm"] {
-            let _ = std::fs::remove_file(dir.join(format!("{name}{suffix}")));
-        }
-        if std::fs::remove_file(entry.path()).is_ok() {
-            deleted += 1;
-        }
-    }
-    deleted
-}
+/// Connections of objects dropped by a reset, to be closed off the isolate thread.
+struct Discarded(Vec<dorun_storage::ObjectDatabase>);
 
 /// Counts an object lifecycle event for the metrics: `activation` (an instance was built)
 /// or `eviction` (an idle instance was dropped).
@@ -183,6 +164,10 @@ pub fn op_dorun_admin_restore(
 #[op2(fast)]
 pub fn op_dorun_admin_discard(state: &mut OpState, #[smi] handle: u32) {
     if let Some(db) = state.borrow_mut::<OpenDatabases>().remove(handle) {
-        db.discard();
+        let db = db.discard();
+        match state.try_borrow_mut::<Discarded>() {
+            Some(discarded) => discarded.0.push(db),
+            None => state.put(Discarded(vec![db])),
+        }
     }
 }

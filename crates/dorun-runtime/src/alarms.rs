@@ -243,21 +243,25 @@ impl AlarmScheduler {
         self.wake.notify_one();
     }
 
-    /// Forgets every scheduled alarm, in memory and in the indexes (the admin's reset).
-    /// Returns how many were scheduled.
+    /// Forgets every scheduled alarm and closes the index connections (the admin's reset,
+    /// which moves the namespace directories, indexes included, away; an index is reopened
+    /// at its path on next use). Returns how many alarms were scheduled.
     pub fn clear(&self) -> usize {
         let mut state = self.state.lock().unwrap();
         let count = state.entries.len();
         state.entries.clear();
         state.queue.clear();
         drop(state);
-        for namespace in 0..self.indexes.len() {
-            if !Self::index_path(&self.config, namespace).exists() {
-                continue;
-            }
-            if let Err(error) = self.with_index(namespace as u32, |index| index.clear()) {
-                tracing::warn!("{error}");
-            }
+        let closing: Vec<AlarmIndex> = self
+            .indexes
+            .iter()
+            .filter_map(|slot| slot.lock().unwrap().take())
+            .map(AlarmIndex::discard)
+            .collect();
+        if !closing.is_empty() {
+            let _ = std::thread::Builder::new()
+                .name("dorun-discard".into())
+                .spawn(move || drop(closing));
         }
         count
     }

@@ -24,7 +24,8 @@ use crate::body::{body_resource, RequestBody, ResponseBody};
 use crate::context::IsolateContext;
 use crate::failure::Failure;
 use crate::mailbox::{
-    AdminCommand, AlarmOutcome, Event, ObjectCall, Reply, RequestCf, SocketMessage, WebSocketToken,
+    AdminCommand, AlarmOutcome, Event, ObjectCall, PendingReset, Reply, RequestCf, ResetHold,
+    SocketMessage, WebSocketToken,
 };
 
 /// A request as JS receives it; the body (if any) is a resource read as a stream.
@@ -267,10 +268,15 @@ pub struct AdminEvent {
 }
 
 impl AdminEvent {
-    fn new(id: u32, command: AdminCommand) -> Self {
+    /// The event for `command`, and a reset's hold for the op state.
+    fn new(id: u32, command: AdminCommand) -> (Self, Option<ResetHold>) {
+        let mut hold = None;
         let (action, namespace, object_id, request) = match command {
             AdminCommand::Resident => ("resident", None, None, None),
-            AdminCommand::Reset => ("reset", None, None, None),
+            AdminCommand::Reset(reset) => {
+                hold = Some(reset);
+                ("reset", None, None, None)
+            }
             AdminCommand::Evict {
                 namespace,
                 object_id,
@@ -281,13 +287,14 @@ impl AdminEvent {
                 request,
             } => ("object", Some(namespace), Some(object_id), Some(request)),
         };
-        Self {
+        let event = Self {
             id,
             action: action.to_string(),
             namespace,
             object_id,
             request,
-        }
+        };
+        (event, hold)
     }
 }
 
@@ -405,7 +412,11 @@ pub async fn op_dorun_next_event(state: Rc<RefCell<OpState>>) -> Option<Incoming
         Event::Retain { export } => IncomingEvent::ExportRetain(ExportEvent { export }),
         Event::Admin { command, reply } => {
             expect_reply(reply);
-            IncomingEvent::Admin(AdminEvent::new(id, command))
+            let (event, hold) = AdminEvent::new(id, command);
+            if hold.is_some() {
+                state.borrow_mut().put(PendingReset(hold));
+            }
+            IncomingEvent::Admin(event)
         }
         Event::Shutdown => return None,
     })

@@ -109,7 +109,7 @@ deno_core::extension!(
         cache::op_dorun_cache_delete,
         // the admin listener
         admin::op_dorun_admin_sql,
-        admin::op_dorun_admin_wipe,
+        admin::op_dorun_admin_hold,
         admin::op_dorun_object_metric,
         admin::op_dorun_admin_restore,
         admin::op_dorun_admin_discard,

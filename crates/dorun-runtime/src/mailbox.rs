@@ -52,15 +52,15 @@ pub enum Event {
 
 /// What the admin listener asks of an isolate thread. Object commands go to the thread the
 /// object is pinned to, so they never race the object's own events.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub enum AdminCommand {
     /// The objects resident on this thread.
     Resident,
     /// Drops one object from memory after committing what it wrote.
     Evict { namespace: u32, object_id: String },
-    /// Drops every object of this thread (uncommitted writes discarded) and deletes the
-    /// files of the objects pinned to it.
-    Reset,
+    /// Drops every object of this thread (uncommitted writes discarded), then holds the
+    /// thread (see [`ResetHold`]) while the admin listener moves the data away.
+    Reset(ResetHold),
     /// Reads or changes one object's storage; `request` is JSON:
     /// `{"op": "kv" | "sql" | "alarm" | "deleteAlarm", ...}`.
     Object {
@@ -99,6 +99,19 @@ pub enum ObjectCall {
         message: SocketMessage,
     },
 }
+
+/// The two halves of a reset's barrier: the thread reports on `dropped` (how many objects it
+/// dropped) once its objects are gone, then blocks until `release` (or a timeout), so no
+/// object is recreated while the namespace directories are moved away.
+#[derive(Debug)]
+pub struct ResetHold {
+    pub dropped: std::sync::mpsc::Sender<u32>,
+    pub release: std::sync::mpsc::Receiver<()>,
+}
+
+/// The hold of the reset this thread is running (op state).
+#[derive(Default)]
+pub struct PendingReset(pub Option<ResetHold>);
 
 /// What an event produced.
 pub enum Reply {

@@ -11,16 +11,18 @@ use crate::{is_transaction_statement, split_statements, ObjectDatabase, Result, 
 use crate::{StorageError, TRANSACTION_REFUSED};
 
 impl ObjectDatabase {
-    /// Closes the connection of an object whose files are about to be deleted (the admin's
-    /// reset): uncommitted writes dropped, and no checkpoint or fsync on close, which would
-    /// cost a few milliseconds per object for data that is thrown away.
-    pub fn discard(mut self) {
+    /// Prepares the connection of an object whose files are about to be deleted (the admin's
+    /// reset) for closing: uncommitted writes dropped, and no checkpoint or fsync on close,
+    /// which would cost a few milliseconds per object for data that is thrown away. Closing
+    /// the returned connection writes nothing, so it may be dropped on any thread.
+    pub fn discard(mut self) -> Self {
         let _ = self.rollback();
         let _ = self.conn.set_db_config(
             rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
             true,
         );
         let _ = self.conn.pragma_update(None, "synchronous", "OFF");
+        self
     }
 
     /// Runs SQL as the operator: like [`sql_exec`](Self::sql_exec) (several statements,
@@ -42,10 +44,15 @@ impl ObjectDatabase {
 }
 
 impl crate::AlarmIndex {
-    /// Forgets every alarm of the namespace.
-    pub fn clear(&self) -> Result<()> {
-        self.conn.execute_batch("DELETE FROM _cf_ALARM")?;
-        Ok(())
+    /// The index connection, ready to be dropped anywhere: closing it writes nothing (the
+    /// admin's reset moves the file away).
+    pub fn discard(self) -> Self {
+        let _ = self.conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        );
+        let _ = self.conn.pragma_update(None, "synchronous", "OFF");
+        self
     }
 }
 

@@ -102,6 +102,7 @@ impl Selection {
             .flatten()
             .filter(|e| e.path().is_dir())
             .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|name| !name.starts_with('.'))
             .filter(|name| self.namespace.as_ref().is_none_or(|n| n == name))
             .collect();
         namespaces.sort();

@@ -450,6 +450,11 @@ async fn start_admin(
         sockets,
         ready: std::sync::atomic::AtomicBool::new(true),
     });
+    // What an earlier run's reset left to delete.
+    let trash = data_dir.join(".trash");
+    if trash.exists() {
+        crate::admin::api::empty_trash_later(vec![trash]);
+    }
     tracing::info!("admin listener on http://{bound}");
     println!("dorun: admin on http://{bound}");
     let stop = async move {

@@ -29,7 +29,7 @@ const {
   op_dorun_alarm_get,
   op_dorun_alarm_delete,
   op_dorun_admin_sql,
-  op_dorun_admin_wipe,
+  op_dorun_admin_hold,
   op_dorun_admin_restore,
   op_dorun_admin_discard,
 } = core.ops;
@@ -93,8 +93,9 @@ async function evict(namespace, hex) {
 function reset() {
   const started = DateNow();
   let objects = 0;
+  const broken = new Error(RESET);
   for (const object of [...live.values()]) {
-    object.broken = new Error(RESET);
+    object.broken = broken;
     const handle = object.storage.adminHandle;
     if (handle !== 0) {
       // Its files are deleted next: no checkpoint, no fsync.
@@ -105,8 +106,9 @@ function reset() {
     objects++;
   }
   const dropped = DateNow();
-  const deleted = op_dorun_admin_wipe();
-  return { resident: objects, deleted, dropMs: dropped - started, wipeMs: DateNow() - dropped };
+  // Held here (no event runs) until the admin listener has moved the data away.
+  const released = op_dorun_admin_hold(objects);
+  return { resident: objects, released, dropMs: dropped - started, heldMs: DateNow() - dropped };
 }
 
 function kvEntries(handle, request) {

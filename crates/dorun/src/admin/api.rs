@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use bytes::Bytes;
-use dorun_runtime::mailbox::AdminCommand;
+use dorun_runtime::mailbox::{AdminCommand, ResetHold};
 use serde_json::{json, Value};
 
 use super::catalog::{self, Namespace};
@@ -182,43 +182,129 @@ fn unknown_namespace(key: &str) -> AdminResponse {
     )
 }
 
-/// Every alarm, socket and object gone: alarms first (none fires into a half-reset
-/// object), then sockets (no event of theirs recreates an object), then each isolate
-/// thread drops its objects and deletes their files.
+/// How long a reset waits for every isolate thread to drop its objects.
+const RESET_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Every alarm, socket and object gone. Sockets are closed and forgotten first (none of
+/// their events recreates an object); then every isolate thread drops its objects and is
+/// held at a barrier while the alarms are forgotten and each namespace directory is renamed
+/// into `<data-dir>/.trash` (one rename per namespace, however many objects: the files are
+/// deleted by a background thread); then the threads are released.
 pub async fn reset(admin: &Admin) -> AdminResponse {
     let started = Instant::now();
-    let alarms: usize = admin.pools.iter().map(|p| p.alarms().clear()).sum();
-    let alarms_ms = started.elapsed().as_secs_f64() * 1000.0;
     let sockets = admin.sockets.reset(1012, "dorun was reset by an operator");
-    let mut waits = Vec::new();
+    let (mut tasks, mut dropped, mut releases) = (Vec::new(), Vec::new(), Vec::new());
     for pool in &admin.pools {
         for thread in 0..pool.thread_count() {
-            waits.push(pool.admin(thread, AdminCommand::Reset));
+            let (dropped_tx, dropped_rx) = std::sync::mpsc::channel();
+            let (release_tx, release_rx) = std::sync::mpsc::channel();
+            let hold = ResetHold {
+                dropped: dropped_tx,
+                release: release_rx,
+            };
+            let pool = pool.clone();
+            tasks.push(tokio::spawn(async move {
+                pool.admin(thread, AdminCommand::Reset(hold)).await
+            }));
+            dropped.push(dropped_rx);
+            releases.push(release_tx);
         }
     }
-    let (mut resident, mut deleted) = (0, 0);
-    let mut threads = Vec::new();
-    for answer in futures::future::join_all(waits).await {
-        match answer {
-            Ok(value) => {
-                resident += value["resident"].as_u64().unwrap_or(0);
-                deleted += value["deleted"].as_u64().unwrap_or(0);
-                threads.push(json!({"dropMs": value["dropMs"], "wipeMs": value["wipeMs"]}));
-            }
-            Err(e) => return error(503, e),
-        }
+    let counts = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + RESET_WAIT;
+        dropped
+            .iter()
+            .map(|rx| {
+                rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                    .ok()
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
+    let held = counts.iter().all(Option::is_some);
+    let held_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let (alarms, objects) = if held {
+        let alarms: usize = admin.pools.iter().map(|p| p.alarms().clear()).sum();
+        (alarms, move_away(admin))
+    } else {
+        (0, 0)
+    };
+    for release in releases {
+        let _ = release.send(());
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    if !held {
+        return error(
+            503,
+            "an isolate thread did not answer the reset within 10 s (busy?); nothing was deleted",
+        );
     }
     super::metrics::record_reset();
+    let resident: u32 = counts.into_iter().flatten().sum();
+    let round = |ms: f64| (ms * 100.0).round() / 100.0;
     json(
         200,
         &json!({
-            "objects": deleted,
+            "objects": objects,
             "resident": resident,
             "alarms": alarms,
             "sockets": sockets,
-            "alarmsMs": (alarms_ms * 100.0).round() / 100.0,
-            "threads": threads,
-            "ms": (started.elapsed().as_secs_f64() * 1000.0 * 100.0).round() / 100.0,
+            "heldMs": round(held_ms),
+            "ms": round(started.elapsed().as_secs_f64() * 1000.0),
         }),
     )
+}
+
+/// Renames every namespace directory into `<data-dir>/.trash` and deletes it there in the
+/// background. Returns how many objects they held.
+fn move_away(admin: &Admin) -> usize {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let trash = admin.data_dir.join(".trash");
+    let mut objects = 0;
+    let mut moved = Vec::new();
+    for ns in namespaces(admin) {
+        let Ok(entries) = std::fs::read_dir(&ns.dir) else {
+            continue;
+        };
+        objects += entries
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".sqlite"))
+                    .is_some_and(catalog::is_object_id)
+            })
+            .count();
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let target = trash.join(format!("{}-{}-{n}", ns.key, std::process::id()));
+        let _ = std::fs::create_dir_all(&trash);
+        match std::fs::rename(&ns.dir, &target) {
+            Ok(()) => moved.push(target),
+            Err(error) => tracing::warn!("reset: cannot move {}: {error}", ns.dir.display()),
+        }
+    }
+    empty_trash_later(moved);
+    objects
+}
+
+/// Deletes `dirs` on a background thread.
+pub fn empty_trash_later(dirs: Vec<std::path::PathBuf>) {
+    if dirs.is_empty() {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("dorun-trash".into())
+        .spawn(move || {
+            for dir in dirs {
+                if let Err(error) = std::fs::remove_dir_all(&dir) {
+                    tracing::warn!("cannot delete {}: {error}", dir.display());
+                }
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::warn!("cannot start the trash thread: {error}");
+    }
 }

@@ -9,7 +9,7 @@
 //!
 //! Nothing here is ever served by the front door: the two listeners share no routes.
 
-mod api;
+pub mod api;
 pub mod catalog;
 pub mod metrics;
 
