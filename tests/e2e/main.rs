@@ -27,5 +27,6 @@ mod node_compat;
 mod objects;
 mod portable;
 mod streaming;
+mod watch;
 mod web_apis;
 mod websockets;

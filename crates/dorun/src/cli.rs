@@ -162,6 +162,9 @@ pub struct ServeArgs {
     /// `X-Forwarded-For` names the client; from any other peer the client is the peer.
     #[arg(long = "trust-proxy", value_name = "CIDR", value_parser = crate::client_ip::parse_cidr)]
     pub trust_proxy: Vec<ipnet::IpNet>,
+    /// Reload the Worker when its files or config change (storage is kept).
+    #[arg(long)]
+    pub watch: bool,
     /// Keep all state (Durable Objects, alarms, cache) in a fresh temporary directory that
     /// is removed on exit (tests, demos); replaces --data-dir.
     #[arg(long, conflicts_with = "data_dir")]
@@ -291,10 +294,14 @@ fn check(args: ConfigArgs) -> anyhow::Result<()> {
 }
 
 /// A temporary data directory, removed when dropped (`--ephemeral`).
-struct EphemeralDir(std::path::PathBuf);
+pub(crate) struct EphemeralDir(std::path::PathBuf);
 
 impl EphemeralDir {
-    fn create() -> anyhow::Result<Self> {
+    pub(crate) fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    pub(crate) fn create() -> anyhow::Result<Self> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
@@ -318,6 +325,9 @@ impl Drop for EphemeralDir {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if args.watch {
+        return crate::watch::run(&args);
+    }
     let ephemeral = args.ephemeral.then(EphemeralDir::create).transpose()?;
     let mut options = args.config.worker_options();
     if let Some(dir) = &ephemeral {

@@ -6,6 +6,7 @@
 //! - [`backup`]: `dorun export` / `dorun import` (SQLite online backup, JSON dumps).
 //! - [`admin_client`]: the CLI's client of the admin listener (`import --admin`, `inspect`).
 //! - [`inspect`]: `dorun inspect`, the admin API as terminal tables.
+//! - [`watch`]: `dorun serve --watch`, a parent that restarts `dorun serve` on file changes.
 //! - [`config`]: wrangler.toml / wrangler.json / wrangler.jsonc, read as wrangler reads them.
 //! - [`migrations`]: Durable Object migrations applied to the data directory at startup.
 //! - [`build`]: wrangler's `[build]` command, run before the Worker loads.
@@ -33,5 +34,6 @@ pub mod config;
 pub mod inspect;
 pub mod migrations;
 pub mod server;
+pub mod watch;
 pub mod websocket;
 pub mod workers;
