@@ -13,6 +13,7 @@ mod cache;
 mod commonjs;
 mod config;
 mod container;
+mod devtools;
 mod entry;
 mod errors;
 mod examples;

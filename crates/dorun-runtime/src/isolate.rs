@@ -122,11 +122,13 @@ async fn run_isolate(
 ) -> IsolateExit {
     let done = services.context.done.clone();
     let started = services.context.started.clone();
+    let thread_index = services.context.thread_index;
     let heap_limit = graph.spec().heap_limit_bytes;
     let runtime = JsRuntime::try_new(RuntimeOptions {
         module_loader: Some(Rc::new(WorkerModuleLoader::new(graph.clone()))),
         extensions: extensions(services),
         create_params: Some(deno_core::v8::CreateParams::default().heap_limits(0, heap_limit)),
+        inspector: graph.spec().inspect,
         ..Default::default()
     });
     let mut runtime = match runtime {
@@ -141,6 +143,13 @@ async fn run_isolate(
         .put(deno_permissions::PermissionsContainer::allow_all(Arc::new(
             deno_permissions::RuntimePermissionDescriptorParser::new(sys_traits::impls::RealSys),
         )));
+    if graph.spec().inspect {
+        let url = Url::from_file_path(&graph.spec().main)
+            .map(String::from)
+            .unwrap_or_default();
+        let sessions = runtime.inspector().get_session_sender();
+        crate::devtools::register(&graph.spec().name, thread_index, url, sessions);
+    }
     watch.attach(runtime.v8_isolate().thread_safe_handle());
     {
         let watch = watch.clone();

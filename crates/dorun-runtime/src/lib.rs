@@ -14,6 +14,7 @@
 //!   (`env.ASSETS`, answered by `dorun-assets`), [`cache`] (the Cache API, `caches`).
 //! - [`spec`], [`loader`] (+ `transpile`, `commonjs`), [`supervisor`]: the Worker as the
 //!   runtime sees it, its modules (ES modules and CommonJS), the CPU-limit watchdog.
+//! - [`devtools`]: each isolate's V8 inspector as a Chrome DevTools target (`--inspect`).
 //! - [`embedded`]: the extensions' JS embedded in the binary (see `build.rs`).
 //! - [`extension`]: the deno_core extension (ops + the JS glue in `js/`).
 //! - [`isolate`]: one isolate thread; [`pool`]: [`WorkerPool`], the threads of one Worker.
@@ -26,6 +27,7 @@ pub mod cache;
 pub mod clock;
 mod commonjs;
 pub mod context;
+pub mod devtools;
 pub mod embedded;
 pub mod events;
 pub mod extension;

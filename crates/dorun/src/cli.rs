@@ -165,6 +165,10 @@ pub struct ServeArgs {
     /// Reload the Worker when its files or config change (storage is kept).
     #[arg(long)]
     pub watch: bool,
+    /// Expose each isolate's V8 inspector for Chrome DevTools (chrome://inspect) on ADDR;
+    /// the CPU limit is off then.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9229")]
+    pub inspect: Option<SocketAddr>,
     /// Keep all state (Durable Objects, alarms, cache) in a fresh temporary directory that
     /// is removed on exit (tests, demos); replaces --data-dir.
     #[arg(long, conflicts_with = "data_dir")]
@@ -263,6 +267,7 @@ impl ConfigArgs {
                 })
                 .collect(),
             error_pages: !self.no_error_page,
+            inspect: false,
         }
     }
 }
@@ -334,6 +339,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("ephemeral state in {} (removed on exit)", dir.0.display());
         options.data_dir = Some(dir.0.clone());
     }
+    options.inspect = args.inspect.is_some();
     let configs = workers::load_configs(&args.config.config, &options)?;
     let data_dir = workers::data_dir(&configs[0], &options);
     std::fs::create_dir_all(&data_dir)
@@ -381,6 +387,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         println!("dorun: listening on http://{bound}");
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let admin = start_admin(&args, &workers, &data_dir, stopped).await?;
+        if let Some(address) = args.inspect {
+            crate::devtools::start(address).await?;
+        }
         let exit_after = args.exit_after.map(Duration::from_secs);
         let shutdown = async move {
             match exit_after {

@@ -7,6 +7,7 @@
 //! - [`admin_client`]: the CLI's client of the admin listener (`import --admin`, `inspect`).
 //! - [`inspect`]: `dorun inspect`, the admin API as terminal tables.
 //! - [`watch`]: `dorun serve --watch`, a parent that restarts `dorun serve` on file changes.
+//! - [`devtools`]: `--inspect`, the Chrome DevTools endpoint bridged to each isolate's inspector.
 //! - [`config`]: wrangler.toml / wrangler.json / wrangler.jsonc, read as wrangler reads them.
 //! - [`migrations`]: Durable Object migrations applied to the data directory at startup.
 //! - [`build`]: wrangler's `[build]` command, run before the Worker loads.
@@ -31,6 +32,7 @@ pub mod build;
 pub mod cli;
 pub mod client_ip;
 pub mod config;
+pub mod devtools;
 pub mod inspect;
 pub mod migrations;
 pub mod server;
