@@ -19,6 +19,7 @@ mod errors;
 mod examples;
 mod exports;
 mod handlers;
+mod hostile;
 mod inspect;
 mod integration_example;
 mod logs;

@@ -416,3 +416,14 @@ async fn shutdown_closes_open_websockets_with_1001() {
     let (_server, status) = status.await.unwrap();
     assert!(status.success());
 }
+
+#[tokio::test]
+async fn a_message_over_the_limit_is_closed_with_1009() {
+    let server = start(&[]);
+    let mut ws = connect(&server, "/many/big").await;
+    let big = "x".repeat((32 << 20) + 1);
+    // The server may close before the whole message is written.
+    let _ = ws.send(Message::Text(big.into())).await;
+    let (code, _) = close_of(next(&mut ws).await);
+    assert_eq!(code, 1009);
+}

@@ -22,6 +22,14 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// server, a fixed buffer in tests).
 pub type RequestBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
+/// A request body with no bytes.
+pub fn empty_request_body() -> RequestBody {
+    use http_body_util::BodyExt;
+    http_body_util::Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed()
+}
+
 /// How many chunks a streamed response may buffer between the isolate and the socket.
 pub const RESPONSE_CHANNEL_CHUNKS: usize = 4;
 

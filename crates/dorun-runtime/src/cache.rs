@@ -37,14 +37,25 @@ pub enum CacheError {
     #[error("Cannot cache response with 'Vary: *' header.")]
     VaryAll,
     #[class(generic)]
-    #[error("cannot open the cache {}: {source}", path.display())]
+    // The path goes to the server log (see `logged`), not to the Worker.
+    #[error("cannot open the cache: {source}")]
     Open { path: PathBuf, source: StorageError },
     #[class(generic)]
-    #[error("cache {}: {source}", path.display())]
+    #[error("cache storage failed: {source}")]
     Storage { path: PathBuf, source: StorageError },
     #[class(generic)]
     #[error("cache task failed: {0}")]
     Task(String),
+}
+
+impl CacheError {
+    /// Logs a storage failure with its file (for the operator) before JS sees it without.
+    fn logged(self) -> Self {
+        if let CacheError::Open { path, source } | CacheError::Storage { path, source } = &self {
+            tracing::error!(file = %path.display(), "cache: {source}");
+        }
+        self
+    }
 }
 
 /// Checks `put`'s arguments the way workerd does, before the body is read.
@@ -260,6 +271,7 @@ impl CacheStore {
         })
         .await
         .map_err(|e| CacheError::Task(e.to_string()))?
+        .map_err(CacheError::logged)
     }
 }
 

@@ -21,7 +21,7 @@ use deno_core::{op2, v8, JsBuffer, OpState, ResourceId, ToV8};
 use deno_error::JsErrorBox;
 
 use crate::body::{body_resource, RequestBody, ResponseBody};
-use crate::context::IsolateContext;
+use crate::context::{IsolateContext, Pending, Replay};
 use crate::failure::Failure;
 use crate::mailbox::{
     AdminCommand, AlarmOutcome, Event, ObjectCall, PendingReset, Reply, RequestCf, ResetHold,
@@ -37,6 +37,34 @@ pub struct RequestHead {
     body_rid: Option<u32>,
     /// `request.cf` as JSON, for a request an object gets through `stub.fetch()`.
     cf: Option<String>,
+    /// How many Worker fetches deep this request is (see [`FETCH_DEPTH_HEADER`]).
+    fetch_depth: u32,
+}
+
+/// The header on which a Worker's `fetch()` (and `stub.fetch()`) carries the depth of the
+/// fetch chain to the request it reaches: `<depth>;<token>`. Only a value with this
+/// process's token counts, so a client cannot spend a Worker's budget; the header is taken
+/// off before the Worker sees the request.
+pub const FETCH_DEPTH_HEADER: &str = "x-dorun-fetch-depth";
+
+/// This process's token for [`FETCH_DEPTH_HEADER`].
+pub fn fetch_depth_token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| format!("{:016x}", rand::random::<u64>()))
+}
+
+/// Removes the depth header; the depth it carries if its token is this process's.
+fn take_fetch_depth(headers: &mut http::HeaderMap) -> u32 {
+    let Some(value) = headers.remove(FETCH_DEPTH_HEADER) else {
+        return 0;
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split_once(';'))
+        .filter(|(_, token)| *token == fetch_depth_token())
+        .and_then(|(depth, _)| depth.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The object an event is for.
@@ -299,7 +327,8 @@ impl AdminEvent {
 }
 
 fn request_head(state: &Rc<RefCell<OpState>>, request: http::Request<RequestBody>) -> RequestHead {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    let fetch_depth = take_fetch_depth(&mut parts.headers);
     let body_rid = body_resource(state, body);
     let cf = parts.extensions.get::<RequestCf>().map(|cf| cf.0.clone());
     RequestHead {
@@ -308,6 +337,7 @@ fn request_head(state: &Rc<RefCell<OpState>>, request: http::Request<RequestBody
         url: parts.uri.to_string(),
         headers: header_list(&parts.headers),
         body_rid,
+        fetch_depth,
     }
 }
 
@@ -323,15 +353,31 @@ pub fn header_list(headers: &http::HeaderMap) -> Vec<(ByteString, ByteString)> {
         .collect()
 }
 
+/// The object's code starts running for event `id` (its constructor or its handler).
+#[op2(fast)]
+pub fn op_dorun_event_entered(state: &mut OpState, #[smi] id: u32) {
+    state.borrow::<IsolateContext>().entered(id);
+}
+
 /// Waits for the next event for this isolate; `null` when the pool is shutting down.
 #[op2]
 pub async fn op_dorun_next_event(state: Rc<RefCell<OpState>>) -> Option<IncomingEvent> {
     let context = state.borrow().borrow::<IsolateContext>().clone();
-    let event = context.queue.lock().await.recv().await?;
+    let replayed = context.replays.borrow_mut().pop_front();
+    let event = match replayed {
+        Some(event) => event,
+        None => context.queue.lock().await.recv().await?,
+    };
     let id = context.next_id.get().wrapping_add(1);
     context.next_id.set(id);
     let expect_reply = |reply| {
-        context.in_flight.borrow_mut().insert(id, reply);
+        context.in_flight.borrow_mut().insert(
+            id,
+            Pending {
+                reply,
+                replay: None,
+            },
+        );
     };
     Some(match event {
         Event::Http { request, reply } => {
@@ -343,7 +389,21 @@ pub async fn op_dorun_next_event(state: Rc<RefCell<OpState>>) -> Option<Incoming
         }
         Event::Object(event) => {
             let event = *event;
-            expect_reply(event.reply);
+            let replay = event.call.replay_copy().map(|call| {
+                Box::new(Replay {
+                    namespace: event.namespace,
+                    object_id: event.object_id.clone(),
+                    object_name: event.object_name.clone(),
+                    call,
+                })
+            });
+            context.in_flight.borrow_mut().insert(
+                id,
+                Pending {
+                    reply: event.reply,
+                    replay,
+                },
+            );
             let object = ObjectTarget {
                 namespace: event.namespace,
                 id: event.object_id,

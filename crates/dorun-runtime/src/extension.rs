@@ -2,6 +2,7 @@
 //! its concern), the glue itself (`js/`, numbered in load order), and the few ops that
 //! belong to the Worker as a whole (console, runtime config, module bytes).
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use deno_core::{op2, OpState};
@@ -26,6 +27,8 @@ pub struct IsolateServices {
     pub alarms: Arc<AlarmScheduler>,
     pub sockets: Arc<SocketRegistry>,
     pub graph: Arc<ModuleGraph>,
+    /// Set when the isolate passes its CPU limit: SQL running then is interrupted.
+    pub sql_interrupt: Arc<AtomicBool>,
 }
 
 deno_core::extension!(
@@ -40,6 +43,7 @@ deno_core::extension!(
         op_dorun_started,
         // events in, answers out (events.rs)
         events::op_dorun_next_event,
+        events::op_dorun_event_entered,
         events::op_dorun_respond,
         events::op_dorun_respond_stream,
         events::op_dorun_respond_failure,
@@ -138,7 +142,10 @@ deno_core::extension!(
     },
     state = |state, options| {
         let services = options.services;
-        state.put(OpenDatabases::new(MAX_OPEN_CONNECTIONS, services.objects.durability));
+        state.put(
+            OpenDatabases::new(MAX_OPEN_CONNECTIONS, services.objects.durability)
+                .interrupt_when(services.sql_interrupt),
+        );
         state.put(services.context);
         state.put(services.router);
         state.put(CacheStore::new(services.objects.data_dir.join("cache.sqlite")));

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use url::Url;
 
 use crate::alarms::AlarmScheduler;
-use crate::context::{InFlight, IsolateContext};
+use crate::context::{InFlight, IsolateContext, Replays};
 use crate::extension::{self, IsolateServices};
 use crate::failure::Failure;
 use crate::loader::{ModuleGraph, WorkerModuleLoader, ENTRY_SPECIFIER};
@@ -62,6 +62,7 @@ pub fn isolate_thread(
     };
     let queue = Rc::new(tokio::sync::Mutex::new(receiver));
     let in_flight: InFlight = Rc::default();
+    let replays: Replays = Rc::default();
     let next_id = Rc::new(Cell::new(0));
     let mut ready = Some(ready);
     runtime.block_on(async {
@@ -73,6 +74,7 @@ pub fn isolate_thread(
                     runtime_config: runtime_config_json(graph.spec()).into(),
                     queue: queue.clone(),
                     in_flight: in_flight.clone(),
+                    replays: replays.clone(),
                     next_id: next_id.clone(),
                     started: Rc::default(),
                     done: Rc::default(),
@@ -82,6 +84,7 @@ pub fn isolate_thread(
                 alarms: shared.alarms.clone(),
                 sockets: shared.sockets.clone(),
                 graph: graph.clone(),
+                sql_interrupt: watch.cpu_limit_flag(),
             };
             let exit = run_isolate(&graph, services, &watch, &mut ready).await;
             let failure = match exit {
@@ -106,9 +109,26 @@ pub fn isolate_thread(
                     Failure::HeapLimit
                 }
             };
-            let failed: Vec<_> = in_flight.borrow_mut().drain().collect();
-            for (_, reply) in failed {
-                let _ = reply.send(Reply::Response(failure.response()));
+            // Calls still waiting behind an object's input gate never reached its code: the
+            // new isolate gets them again, in their order. The rest fail.
+            let mut pending: Vec<_> = in_flight.borrow_mut().drain().collect();
+            pending.sort_by_key(|(id, _)| *id);
+            let mut replayed = 0;
+            for (_, pending) in pending {
+                match pending.replay {
+                    Some(replay) => {
+                        replays
+                            .borrow_mut()
+                            .push_back(replay.into_event(pending.reply));
+                        replayed += 1;
+                    }
+                    None => {
+                        let _ = pending.reply.send(Reply::Response(failure.response()));
+                    }
+                }
+            }
+            if replayed > 0 {
+                tracing::info!(worker = %graph.spec().name, replayed, "calls that had not reached their object are delivered again");
             }
         }
     });
@@ -127,7 +147,11 @@ async fn run_isolate(
     let runtime = JsRuntime::try_new(RuntimeOptions {
         module_loader: Some(Rc::new(WorkerModuleLoader::new(graph.clone()))),
         extensions: extensions(services),
-        create_params: Some(deno_core::v8::CreateParams::default().heap_limits(0, heap_limit)),
+        create_params: Some(
+            deno_core::v8::CreateParams::default()
+                .heap_limits(0, heap_limit)
+                .array_buffer_allocator(crate::memory::budgeted_allocator(heap_limit)),
+        ),
         inspector: graph.spec().inspect,
         ..Default::default()
     });
@@ -281,6 +305,9 @@ fn runtime_config_json(spec: &WorkerSpec) -> String {
         "cf": spec.cf,
         "errorPages": spec.error_pages,
         "idleTimeoutMs": spec.object_idle_timeout.as_millis() as u64,
+        "cpuLimitMs": spec.cpu_limit.as_millis() as u64,
+        "fetchDepthHeader": crate::events::FETCH_DEPTH_HEADER,
+        "fetchDepthToken": crate::events::fetch_depth_token(),
         "alarmMaxRetries": spec.alarm_retry.max_retries,
         "blockConcurrencyTimeoutMs": spec.block_concurrency_timeout.as_millis() as u64,
         "deleteAllDeletesAlarm": spec.compat_flag("delete_all_deletes_alarm", "delete_all_preserves_alarm", "2026-02-24"),

@@ -12,8 +12,9 @@
 //!   scheduler and the per-namespace index), [`storage`] (each object's SQLite file and the
 //!   connection cache), [`sockets`] (WebSockets held outside JS), [`assets_binding`]
 //!   (`env.ASSETS`, answered by `dorun-assets`), [`cache`] (the Cache API, `caches`).
-//! - [`spec`], [`loader`] (+ `transpile`, `commonjs`), [`supervisor`]: the Worker as the
-//!   runtime sees it, its modules (ES modules and CommonJS), the CPU-limit watchdog.
+//! - [`spec`], [`loader`] (+ `transpile`, `commonjs`, `scope`), [`supervisor`]: the Worker as the
+//!   runtime sees it, its modules (ES modules and CommonJS, only from the project), the
+//!   CPU-limit watchdog.
 //! - [`devtools`]: each isolate's V8 inspector as a Chrome DevTools target (`--inspect`).
 //! - [`embedded`]: the extensions' JS embedded in the binary (see `build.rs`).
 //! - [`extension`]: the deno_core extension (ops + the JS glue in `js/`).
@@ -35,11 +36,13 @@ pub mod failure;
 pub mod isolate;
 pub mod loader;
 pub mod mailbox;
+pub mod memory;
 pub mod namespaces;
 pub mod node_compat;
 pub mod pool;
 pub mod router;
 pub mod rpc;
+mod scope;
 pub mod sockets;
 pub mod spec;
 pub mod storage;

@@ -36,6 +36,7 @@ use url::Url;
 
 use crate::commonjs::{self, CommonJsFile, RequireTarget};
 use crate::node_compat;
+use crate::scope::ImportScope;
 use crate::spec::{ModuleRuleKind, WorkerSpec};
 use crate::transpile::{self, Goal};
 
@@ -54,6 +55,8 @@ const REQUIRE_CONDITIONS: &[&str] = &["workerd", "worker", "browser", "require",
 pub struct ModuleGraph {
     spec: Arc<WorkerSpec>,
     base_dir: PathBuf,
+    /// The files imports may reach.
+    scope: ImportScope,
     rules: Vec<(ModuleRuleKind, GlobSet)>,
     resolver: oxc_resolver::Resolver,
     /// Resolves `require()` specifiers (the `require` condition, `main` before `module`).
@@ -165,9 +168,11 @@ impl ModuleGraph {
             main_fields: vec!["main".into(), "module".into()],
             ..resolver.options().clone()
         });
+        let scope = ImportScope::for_project(&spec.project_dir, &base_dir);
         Ok(Arc::new(Self {
             spec,
             base_dir,
+            scope,
             rules,
             resolver,
             require_resolver,
@@ -229,8 +234,13 @@ impl ModuleGraph {
                     .ok_or_else(|| format!("cannot import \"{specifier}\" from {referrer}"))?;
                 let dir = referrer_path.parent().unwrap_or(Path::new("/"));
                 match self.resolver.resolve(dir, specifier) {
-                    Ok(resolution) => Url::from_file_path(resolution.path())
-                        .map_err(|_| format!("bad path {}", resolution.path().display()))?,
+                    Ok(resolution) => {
+                        if is_bare(specifier) {
+                            self.scope.allow_package_of(resolution.path());
+                        }
+                        Url::from_file_path(resolution.path())
+                            .map_err(|_| format!("bad path {}", resolution.path().display()))?
+                    }
                     Err(error) => {
                         return Err(node_compat::missing_bare_error(specifier)
                             .unwrap_or_else(|| error.to_string()))
@@ -266,7 +276,12 @@ impl ModuleGraph {
         let dir = from.parent().unwrap_or(Path::new("/"));
         self.require_resolver
             .resolve(dir, specifier)
-            .map(|resolution| resolution.into_path_buf())
+            .map(|resolution| {
+                if is_bare(specifier) {
+                    self.scope.allow_package_of(resolution.path());
+                }
+                resolution.into_path_buf()
+            })
             .map_err(|error| match error {
                 oxc_resolver::ResolveError::NotFound(_) => "no such file or package".to_string(),
                 error => error.to_string(),
@@ -402,6 +417,11 @@ impl ModuleGraph {
         if let Some(prepared) = self.prepared.lock().unwrap().get(url) {
             return Ok(prepared.clone());
         }
+        if !self.scope.permits(path) {
+            return Err(format!(
+                "cannot import \"{url}\": only files of the Worker's project and its node_modules can be imported"
+            ));
+        }
         let display = path.display();
         let prepared = match self.rule_for(path) {
             Some(ModuleRuleKind::Text) => {
@@ -529,6 +549,11 @@ impl ModuleGraph {
 }
 
 /// The `tsconfig.json` (or `jsconfig.json`) nearest to the Worker's main module.
+/// A package name (or a tsconfig path alias), not a relative or absolute path.
+fn is_bare(specifier: &str) -> bool {
+    !(specifier.starts_with('.') || specifier.starts_with('/') || specifier.contains(':'))
+}
+
 fn find_tsconfig(main: &Path) -> Option<PathBuf> {
     main.ancestors().skip(1).find_map(|dir| {
         ["tsconfig.json", "jsconfig.json"]

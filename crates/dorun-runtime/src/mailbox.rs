@@ -100,6 +100,40 @@ pub enum ObjectCall {
     },
 }
 
+impl ObjectCall {
+    /// A copy to deliver again if the isolate is reset before the object's code saw this
+    /// call; `None` for a request whose body is a stream (it cannot be read twice).
+    pub fn replay_copy(&self) -> Option<ObjectCall> {
+        Some(match self {
+            ObjectCall::Fetch(request) => {
+                if !http_body::Body::is_end_stream(request.body()) {
+                    return None;
+                }
+                let mut copy = http::Request::new(crate::body::empty_request_body());
+                *copy.method_mut() = request.method().clone();
+                *copy.uri_mut() = request.uri().clone();
+                *copy.version_mut() = request.version();
+                *copy.headers_mut() = request.headers().clone();
+                *copy.extensions_mut() = request.extensions().clone();
+                ObjectCall::Fetch(copy)
+            }
+            ObjectCall::Rpc { method, get, args } => ObjectCall::Rpc {
+                method: method.clone(),
+                get: *get,
+                args: args.clone(),
+            },
+            ObjectCall::Alarm { scheduled, retries } => ObjectCall::Alarm {
+                scheduled: *scheduled,
+                retries: *retries,
+            },
+            ObjectCall::Socket { socket, message } => ObjectCall::Socket {
+                socket: *socket,
+                message: message.clone(),
+            },
+        })
+    }
+}
+
 /// The two halves of a reset's barrier: the thread reports on `dropped` (how many objects it
 /// dropped) once its objects are gone, then blocks until `release` (or a timeout), so no
 /// object is recreated while the namespace directories are moved away.
@@ -137,7 +171,7 @@ pub enum AlarmOutcome {
 }
 
 /// What happened on a WebSocket, for the code that handles its events.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum SocketMessage {
     Text(String),
     Binary(Vec<u8>),

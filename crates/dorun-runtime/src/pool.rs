@@ -59,6 +59,8 @@ pub struct WorkerPool {
     router: Arc<Router>,
     closed: AtomicBool,
     next: AtomicUsize,
+    /// Worker requests sent to each thread and not yet answered.
+    outstanding: Vec<AtomicUsize>,
     alarms: Arc<AlarmScheduler>,
     sockets: Arc<SocketRegistry>,
 }
@@ -73,6 +75,8 @@ impl WorkerPool {
         sockets: Arc<SocketRegistry>,
     ) -> Result<Self, StartupError> {
         let spec = Arc::new(spec);
+        // Before the first isolate: V8's flags are fixed once it starts.
+        crate::memory::limit_wasm_memory(spec.heap_limit_bytes);
         let graph = ModuleGraph::new(spec.clone())?;
         let threads = threads.max(1);
         let alarms = Arc::new(AlarmScheduler::load(
@@ -109,6 +113,7 @@ impl WorkerPool {
             router,
             closed: AtomicBool::new(false),
             next: AtomicUsize::new(0),
+            outstanding: (0..threads).map(|_| AtomicUsize::new(0)).collect(),
             alarms: alarms.clone(),
             sockets,
         };
@@ -163,7 +168,16 @@ impl WorkerPool {
         if self.closed.load(Ordering::SeqCst) {
             return Err(DispatchError::ShuttingDown);
         }
-        let thread = self.next.fetch_add(1, Ordering::Relaxed) % self.router.threads();
+        let thread = self.least_busy_thread();
+        let outstanding = &self.outstanding[thread];
+        outstanding.fetch_add(1, Ordering::Relaxed);
+        struct Answered<'a>(&'a AtomicUsize);
+        impl Drop for Answered<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let _answered = Answered(outstanding);
         let (reply, response) = oneshot::channel();
         self.router
             .to_thread(
@@ -178,6 +192,17 @@ impl WorkerPool {
             Reply::Response(response) => Ok(response),
             Reply::Value(_) | Reply::Error(_) | Reply::Alarm(_) => Err(DispatchError::Dropped),
         }
+    }
+
+    /// The thread with the fewest unanswered Worker requests (ties taken in turn), so a
+    /// thread stuck in long-running code does not collect new requests.
+    fn least_busy_thread(&self) -> usize {
+        let threads = self.outstanding.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..threads)
+            .map(|offset| (start + offset) % threads)
+            .min_by_key(|&thread| self.outstanding[thread].load(Ordering::Relaxed))
+            .unwrap_or(0)
     }
 
     /// Stops taking requests: each isolate finishes what it has, then its thread exits.

@@ -38,6 +38,39 @@ pub const MAX_MESSAGE_BYTES: usize = 32 << 20;
 /// Outgoing bytes a socket may have queued for a client that does not read before the
 /// socket is closed with 1008: a slow client cannot make the server's memory grow unbounded.
 pub const MAX_QUEUED_BYTES: usize = 16 << 20;
+/// Outgoing bytes all sockets of the process may have queued together.
+pub const MAX_QUEUED_TOTAL_BYTES: usize = 512 << 20;
+
+/// Bytes queued for clients across every socket.
+static QUEUED_TOTAL: AtomicUsize = AtomicUsize::new(0);
+
+/// The outgoing bytes queued for one socket's client, counted in the process total too.
+/// What is still queued when the last holder drops it leaves the total with it.
+#[derive(Default)]
+pub struct QueueMeter {
+    bytes: AtomicUsize,
+}
+
+impl QueueMeter {
+    /// Adds `size` bytes; returns (bytes queued before, the process total after).
+    fn add(&self, size: usize) -> (usize, usize) {
+        let before = self.bytes.fetch_add(size, Ordering::AcqRel);
+        let total = QUEUED_TOTAL.fetch_add(size, Ordering::AcqRel) + size;
+        (before, total)
+    }
+
+    /// `size` bytes went out (or were taken back).
+    pub fn sub(&self, size: usize) {
+        self.bytes.fetch_sub(size, Ordering::AcqRel);
+        QUEUED_TOTAL.fetch_sub(size, Ordering::AcqRel);
+    }
+}
+
+impl Drop for QueueMeter {
+    fn drop(&mut self) {
+        QUEUED_TOTAL.fetch_sub(*self.bytes.get_mut(), Ordering::AcqRel);
+    }
+}
 
 /// Why a socket operation failed, with Cloudflare's messages.
 #[derive(Debug, thiserror::Error, deno_error::JsError)]
@@ -100,7 +133,7 @@ struct SocketEntry {
     outbound: mpsc::UnboundedSender<Outbound>,
     /// Taken by the front door when the client connects.
     outbound_rx: Option<mpsc::UnboundedReceiver<Outbound>>,
-    queued: Arc<AtomicUsize>,
+    queued: Arc<QueueMeter>,
     auto_response_at: Option<f64>,
     state: u32,
 }
@@ -128,7 +161,7 @@ pub struct SocketRegistry {
 /// The front door's side of a connected socket.
 pub struct Connection {
     pub outbound: mpsc::UnboundedReceiver<Outbound>,
-    pub queued: Arc<AtomicUsize>,
+    pub queued: Arc<QueueMeter>,
     pub hibernatable: bool,
 }
 
@@ -198,8 +231,14 @@ impl SocketRegistry {
             Outbound::Binary(bytes) => bytes.len(),
             Outbound::Close(_) => 0,
         };
-        let queued = entry.queued.fetch_add(size, Ordering::AcqRel) + size;
-        if queued > MAX_QUEUED_BYTES {
+        let (before, total) = entry.queued.add(size);
+        // A socket whose client has read everything may always queue one message (up to
+        // the 32 MiB message limit): a large send to a reading client is not "not reading".
+        let too_much = (before > 0 && before + size > MAX_QUEUED_BYTES)
+            || total > MAX_QUEUED_TOTAL_BYTES
+            || (size >= 1 << 20 && crate::memory::over_memory_limit());
+        if too_much {
+            entry.queued.sub(size);
             entry.state = CLOSING;
             let _ = entry.outbound.send(Outbound::Close(Some((
                 1008,
@@ -519,6 +558,15 @@ where
                     }
                     Some(Err(error)) => {
                         tracing::debug!("websocket {socket}: {error}");
+                        if matches!(error, tokio_tungstenite::tungstenite::Error::Capacity(_)) {
+                            // A message over the limit: say so with 1009, as Cloudflare does,
+                            // instead of dropping the TCP connection.
+                            let frame = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                                code: 1009u16.into(),
+                                reason: "message too big".into(),
+                            };
+                            let _ = sink.send(Message::Close(Some(frame))).await;
+                        }
                         registry.mark_closed(socket);
                         last = Some(disconnected());
                         break;
@@ -544,11 +592,11 @@ where
                 let Some(out) = out else { break };
                 let result = match out {
                     Outbound::Text(text) => {
-                        queued.fetch_sub(text.len(), Ordering::AcqRel);
+                        queued.sub(text.len());
                         sink.send(Message::Text(text.into())).await
                     }
                     Outbound::Binary(bytes) => {
-                        queued.fetch_sub(bytes.len(), Ordering::AcqRel);
+                        queued.sub(bytes.len());
                         sink.send(Message::Binary(bytes.into())).await
                     }
                     Outbound::Close(frame) => {
@@ -858,11 +906,11 @@ async fn relay(
     let forward = |from: &Connection, to: u32, message: Outbound| -> bool {
         let message = match message {
             Outbound::Text(text) => {
-                from.queued.fetch_sub(text.len(), Ordering::AcqRel);
+                from.queued.sub(text.len());
                 SocketMessage::Text(text)
             }
             Outbound::Binary(bytes) => {
-                from.queued.fetch_sub(bytes.len(), Ordering::AcqRel);
+                from.queued.sub(bytes.len());
                 SocketMessage::Binary(bytes)
             }
             Outbound::Close(frame) => {

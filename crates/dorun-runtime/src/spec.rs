@@ -33,6 +33,9 @@ pub struct WorkerSpec {
     pub name: String,
     /// Absolute path of the entry module.
     pub main: PathBuf,
+    /// The directory of the Worker's config file. Code may import files under it and under
+    /// the entry module's directory, and packages from node_modules; nothing else.
+    pub project_dir: PathBuf,
     /// Module rules in match order; the first matching rule wins.
     pub rules: Vec<ModuleRule>,
     /// `env` values that are not bindings: vars (strings or JSON values) and secrets.

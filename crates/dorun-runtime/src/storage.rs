@@ -10,6 +10,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use deno_core::{op2, v8, OpState};
@@ -27,18 +28,37 @@ pub const MAX_OPEN_CONNECTIONS: usize = 256;
 pub enum StorageOpError {
     #[error("Durable Object storage is closed")]
     Closed,
-    #[error("cannot open Durable Object storage {}: {source}", path.display())]
+    // The file's path is logged by the server, not shown to the Worker.
+    #[error(
+        "cannot open the Durable Object's storage: {}",
+        without_path(source, path)
+    )]
     Open { path: PathBuf, source: StorageError },
     #[error("{0}")]
     Storage(#[from] StorageError),
     #[class(inherit)]
     #[error(transparent)]
     Id(#[from] IdError),
-    #[error(transparent)]
-    AlarmIndex(#[from] AlarmIndexError),
+    #[error("cannot update the namespace's alarm index (see the server log)")]
+    AlarmIndex(#[source] AlarmIndexError),
     #[class(range)]
     #[error("{0}")]
     TooLarge(&'static str),
+}
+
+/// `error`'s text with the file's path (which SQLite puts in some messages) left out.
+fn without_path(error: &StorageError, path: &std::path::Path) -> String {
+    let text = error.to_string();
+    let path = path.display().to_string();
+    text.replace(&format!(": {path}"), "")
+        .replace(&path, "the object's file")
+}
+
+impl From<AlarmIndexError> for StorageOpError {
+    fn from(error: AlarmIndexError) -> Self {
+        tracing::error!("{error}");
+        StorageOpError::AlarmIndex(error)
+    }
 }
 
 struct StorageEntry {
@@ -59,6 +79,7 @@ pub struct OpenDatabases {
     capacity: usize,
     durability: Durability,
     entries: HashMap<u32, StorageEntry>,
+    interrupt: Option<Arc<AtomicBool>>,
 }
 
 impl OpenDatabases {
@@ -70,7 +91,14 @@ impl OpenDatabases {
             capacity: capacity.max(1),
             durability,
             entries: HashMap::new(),
+            interrupt: None,
         }
+    }
+
+    /// Every connection's statements stop while `flag` is set (the isolate's CPU limit).
+    pub fn interrupt_when(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.interrupt = Some(flag);
+        self
     }
 
     /// Registers an object's file and opens it (so a bad path or a corrupt file is
@@ -115,7 +143,15 @@ impl OpenDatabases {
                 self.close_least_recently_used(handle);
             }
             let entry = self.entries.get_mut(&handle).expect("checked above");
-            let db = ObjectDatabase::open(&entry.path, self.durability).map_err(|source| {
+            let open = |path: &std::path::Path| {
+                let mut db = ObjectDatabase::open(path, self.durability)?;
+                if let Some(flag) = &self.interrupt {
+                    db.interrupt_when(flag.clone())?;
+                }
+                Ok(db)
+            };
+            let db = open(&entry.path).map_err(|source| {
+                tracing::error!(file = %entry.path.display(), "cannot open object storage: {source}");
                 StorageOpError::Open {
                     path: entry.path.clone(),
                     source,

@@ -1,14 +1,13 @@
-//! Operator access to an object's file: SQL without the user authorizer (so the reserved
-//! `_cf_KV` and `_cf_METADATA` tables can be read), and consistent copies taken with
-//! SQLite's online backup while the server keeps writing.
+//! Operator access to an object's file (the admin listener; its SQL is
+//! [`ObjectDatabase::admin_exec`]): consistent copies taken with SQLite's online backup while
+//! the server keeps writing, restores, and connections closed without a checkpoint for
+//! files about to be deleted.
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
 
 use rusqlite::{Connection, OpenFlags};
 
-use crate::{is_transaction_statement, split_statements, ObjectDatabase, Result, SqlResult};
-use crate::{StorageError, TRANSACTION_REFUSED};
+use crate::{ObjectDatabase, Result};
 
 impl ObjectDatabase {
     /// Prepares the connection of an object whose files are about to be deleted (the admin's
@@ -23,23 +22,6 @@ impl ObjectDatabase {
         );
         let _ = self.conn.pragma_update(None, "synchronous", "OFF");
         self
-    }
-
-    /// Runs SQL as the operator: like [`sql_exec`](Self::sql_exec) (several statements,
-    /// writes in the implicit transaction, no BEGIN/COMMIT), but reserved tables are
-    /// readable and writable.
-    pub fn admin_exec(&mut self, query: &str) -> Result<SqlResult> {
-        let statements = split_statements(&self.conn, query)?;
-        let Some((last, earlier)) = statements.split_last() else {
-            return Err(StorageError::Refused(
-                "SQL code did not contain a statement.".into(),
-            ));
-        };
-        if statements.iter().any(|s| is_transaction_statement(s)) {
-            return Err(StorageError::Refused(TRANSACTION_REFUSED.into()));
-        }
-        self.user_sql.store(false, Ordering::Relaxed);
-        self.run_statements(earlier, last, &[])
     }
 }
 
@@ -99,30 +81,13 @@ pub fn restore(source: &Path, target: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Durability, SqlValue};
+    use crate::Durability;
 
     fn scratch(name: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("dorun-admin-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
-    }
-
-    #[test]
-    fn the_operator_reads_the_kv_table_users_cannot() {
-        let mut db = ObjectDatabase::open_in_memory().unwrap();
-        db.kv_put("k", b"v").unwrap();
-        assert!(db.sql_exec("SELECT key FROM _cf_KV", &[]).is_err());
-        let result = db.admin_exec("SELECT key, value FROM _cf_KV").unwrap();
-        assert_eq!(result.columns, vec!["key", "value"]);
-        assert_eq!(
-            result.rows,
-            vec![vec![
-                SqlValue::Text("k".into()),
-                SqlValue::Blob(b"v".to_vec())
-            ]]
-        );
-        assert!(db.admin_exec("BEGIN").is_err());
     }
 
     #[test]

@@ -11,10 +11,12 @@
 //! No V8 and no tokio here: everything is synchronous and testable on a temp file.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 
+use rusqlite::config::DbConfig;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use rusqlite::limits::Limit;
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{params_from_iter, Connection, OptionalExtension};
 
@@ -79,13 +81,112 @@ pub struct SqlResult {
     pub rows_written: u64,
 }
 
+/// Cloudflare's limits for SQL on Durable Objects, applied as SQLite's own limits.
+/// A string, BLOB or row: 2 MB.
+pub const MAX_VALUE_BYTES: i32 = 2_000_000;
+/// The text of one SQL statement: 100 KB.
+pub const MAX_SQL_BYTES: i32 = 100_000;
+/// Columns of a table: 100.
+pub const MAX_COLUMNS: i32 = 100;
+/// Bound parameters of one statement: 100.
+pub const MAX_BOUND_PARAMETERS: i32 = 100;
+/// Terms of one compound SELECT: 5 (as in workerd).
+pub const MAX_COMPOUND_SELECT: i32 = 5;
+/// The rows of one `sql.exec`, in bytes of values: results are materialised before they
+/// cross into JS, so one query may not hold more memory than this.
+pub const MAX_RESULT_BYTES: usize = 64 << 20;
+/// SQLite VM steps between checks of the interrupt flag (a few microseconds of work).
+const INTERRUPT_CHECK_STEPS: i32 = 1000;
+
+/// PRAGMAs user SQL may run, as Cloudflare allows them (workerd's list). `page_size` may
+/// only be read.
+const ALLOWED_PRAGMAS: &[&str] = &[
+    "data_version",
+    "table_info",
+    "table_xinfo",
+    "table_list",
+    "case_sensitive_like",
+    "foreign_keys",
+    "defer_foreign_keys",
+    "ignore_check_constraints",
+    "legacy_alter_table",
+    "recursive_triggers",
+    "reverse_unordered_selects",
+    "foreign_key_check",
+    "foreign_key_list",
+    "index_info",
+    "index_list",
+    "index_xinfo",
+    "quick_check",
+    "optimize",
+];
+
+const RESULT_TOO_LARGE: &str =
+    "SQL query result set is too large to fit in memory. Use LIMIT to read it in parts.";
+
 const TRANSACTION_REFUSED: &str = "To execute a transaction, please use the state.storage.transaction() or state.storage.transactionSync() APIs instead of the SQL BEGIN TRANSACTION or SAVEPOINT statements. The JavaScript API is safer because it will automatically roll back on exceptions, and because it interacts correctly with Durable Objects' automatic atomic write coalescing.";
+
+/// Whose SQL is being prepared: the authorizer lets the runtime's own statements through,
+/// holds user SQL to Cloudflare's sandbox, and lets an operator (the admin listener) read
+/// reserved tables — but neither user nor operator may open or close transactions, which
+/// belong to the runtime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum SqlRole {
+    Runtime = 0,
+    User = 1,
+    Operator = 2,
+}
+
+/// What the authorizer needs: whose SQL is being prepared, and why it refused the last
+/// statement, when SQLite's "not authorized" is not the message Cloudflare gives.
+#[derive(Default)]
+struct SqlGuard {
+    role: AtomicU8,
+    refusal: Mutex<Option<&'static str>>,
+}
+
+impl SqlGuard {
+    /// Switches to `role`, returning the previous one.
+    fn enter(&self, role: SqlRole) -> SqlRole {
+        if role != SqlRole::Runtime {
+            *self.refusal.lock().unwrap() = None;
+        }
+        match self.role.swap(role as u8, Ordering::Relaxed) {
+            1 => SqlRole::User,
+            2 => SqlRole::Operator,
+            _ => SqlRole::Runtime,
+        }
+    }
+
+    fn authorize(&self, context: AuthContext<'_>) -> Authorization {
+        let role = self.role.load(Ordering::Relaxed);
+        if role == SqlRole::Runtime as u8 {
+            return Authorization::Allow;
+        }
+        match context.action {
+            AuthAction::Transaction { .. } | AuthAction::Savepoint { .. } => {
+                *self.refusal.lock().unwrap() = Some(TRANSACTION_REFUSED);
+                Authorization::Deny
+            }
+            _ if role == SqlRole::User as u8 => authorize_action(&context),
+            _ => Authorization::Allow,
+        }
+    }
+
+    /// The error for a failed user statement: the authorizer's reason if it gave one.
+    fn error(&self, error: rusqlite::Error) -> StorageError {
+        match self.refusal.lock().unwrap().take() {
+            Some(reason) => StorageError::Refused(reason.into()),
+            None => error.into(),
+        }
+    }
+}
 
 /// One Durable Object's SQLite database.
 pub struct ObjectDatabase {
     conn: Connection,
-    /// Set while user SQL is prepared and run; the authorizer only restricts then.
-    user_sql: Arc<AtomicBool>,
+    guard: Arc<SqlGuard>,
     in_transaction: bool,
     kv_ready: bool,
     /// The alarm was written in the open transaction.
@@ -119,23 +220,41 @@ impl ObjectDatabase {
         // Objects are many and small: keep each connection's page cache modest (KiB).
         conn.pragma_update(None, "cache_size", -512)?;
         conn.set_prepared_statement_cache_capacity(64);
+        // Defensive mode: no statement can corrupt the file (writable_schema and the like).
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
+        for (limit, value) in [
+            (Limit::SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES),
+            (Limit::SQLITE_LIMIT_SQL_LENGTH, MAX_SQL_BYTES),
+            (Limit::SQLITE_LIMIT_COLUMN, MAX_COLUMNS),
+            (Limit::SQLITE_LIMIT_VARIABLE_NUMBER, MAX_BOUND_PARAMETERS),
+            (Limit::SQLITE_LIMIT_COMPOUND_SELECT, MAX_COMPOUND_SELECT),
+        ] {
+            conn.set_limit(limit, value)?;
+        }
         let kv_ready = table_exists(&conn, "_cf_KV")?;
-        let user_sql = Arc::new(AtomicBool::new(false));
-        let flag = user_sql.clone();
+        let guard = Arc::new(SqlGuard::default());
+        let authorizer = guard.clone();
         conn.authorizer(Some(move |context: AuthContext<'_>| {
-            if flag.load(Ordering::Relaxed) {
-                authorize_user_sql(context)
-            } else {
-                Authorization::Allow
-            }
+            authorizer.authorize(context)
         }))?;
         Ok(Self {
             conn,
-            user_sql,
+            guard,
             in_transaction: false,
             kv_ready,
             alarm_dirty: false,
         })
+    }
+
+    /// Stops any statement of this connection while `flag` is set (SQLite's progress
+    /// handler): the runtime sets it when the isolate that runs the SQL passes its CPU
+    /// limit. The statement then fails with "interrupted".
+    pub fn interrupt_when(&mut self, flag: Arc<AtomicBool>) -> Result<()> {
+        self.conn.progress_handler(
+            INTERRUPT_CHECK_STEPS,
+            Some(move || flag.load(Ordering::Relaxed)),
+        )?;
+        Ok(())
     }
 
     /// Starts the implicit transaction if none is open. Returns true if it started one,
@@ -321,21 +440,36 @@ impl ObjectDatabase {
     /// Runs user SQL: possibly several statements; bindings apply to the last one, whose
     /// rows are returned. Reserved names and transaction statements are refused.
     pub fn sql_exec(&mut self, query: &str, bindings: &[SqlValue]) -> Result<SqlResult> {
+        self.exec_as(SqlRole::User, query, bindings)
+    }
+
+    /// Runs SQL as the operator (the admin listener): like [`sql_exec`](Self::sql_exec)
+    /// (several statements, writes in the implicit transaction, no BEGIN/COMMIT), but the
+    /// reserved tables (`_cf_KV`, `_cf_METADATA`) are readable and writable.
+    pub fn admin_exec(&mut self, query: &str) -> Result<SqlResult> {
+        self.exec_as(SqlRole::Operator, query, &[])
+    }
+
+    /// Runs SQL in `role`'s sandbox (see [`SqlRole`]).
+    pub(crate) fn exec_as(
+        &mut self,
+        role: SqlRole,
+        query: &str,
+        bindings: &[SqlValue],
+    ) -> Result<SqlResult> {
         let statements = split_statements(&self.conn, query)?;
         let Some((last, earlier)) = statements.split_last() else {
             return Err(StorageError::Refused(
                 "SQL code did not contain a statement.".into(),
             ));
         };
-        for text in earlier.iter().chain(std::iter::once(last)) {
-            if is_transaction_statement(text) {
-                return Err(StorageError::Refused(TRANSACTION_REFUSED.into()));
-            }
-        }
-        self.user_sql.store(true, Ordering::Relaxed);
+        let previous = self.guard.enter(role);
         let result = self.run_statements(earlier, last, bindings);
-        self.user_sql.store(false, Ordering::Relaxed);
-        result
+        self.guard.enter(previous);
+        result.map_err(|error| match error {
+            StorageError::Sqlite(error) => self.guard.error(error),
+            other => other,
+        })
     }
 
     fn run_statements(
@@ -347,36 +481,64 @@ impl ObjectDatabase {
         let Self {
             conn,
             in_transaction,
+            guard,
             ..
         } = self;
+        // The runtime's own BEGIN, not the user's: the authorizer lets it through.
+        let mut begin = |conn: &Connection| {
+            let role = guard.enter(SqlRole::Runtime);
+            let begun = begin(conn, in_transaction);
+            guard.enter(role);
+            begun
+        };
         let changes_before = conn.total_changes();
         let mut writes = false;
         for text in earlier {
             let mut statement = conn.prepare(text)?;
             if !statement.readonly() && !writes {
                 writes = true;
-                begin(conn, in_transaction)?;
+                begin(conn)?;
             }
             let mut rows = statement.raw_query();
             while rows.next()?.is_some() {}
         }
-        let mut statement = conn.prepare_cached(last)?;
+        // Cached statements are authorized once, when prepared: each role has its own cache
+        // entries, or user SQL spelled like a runtime statement would skip the authorizer.
+        let tagged;
+        let key = match guard.role.load(Ordering::Relaxed) {
+            1 => {
+                tagged = format!("{last}\n/* dorun:user */");
+                &tagged
+            }
+            2 => {
+                tagged = format!("{last}\n/* dorun:operator */");
+                &tagged
+            }
+            _ => last,
+        };
+        let mut statement = conn.prepare_cached(key)?;
         if statement.parameter_count() != bindings.len() {
             return Err(StorageError::Refused(
                 "Wrong number of parameter bindings for SQL query.".into(),
             ));
         }
         if !statement.readonly() && !writes {
-            begin(conn, in_transaction)?;
+            begin(conn)?;
         }
         let columns: Vec<String> = statement.column_names().map(|c| c.to_string()).collect();
         let mut rows_out = Vec::new();
+        let mut result_bytes = 0usize;
         {
             let mut rows = statement.query(params_from_iter(bindings.iter().map(to_sql_value)))?;
             while let Some(row) = rows.next()? {
                 let mut values = Vec::with_capacity(columns.len());
                 for index in 0..columns.len() {
-                    values.push(from_value_ref(row.get_ref(index)?));
+                    let value = from_value_ref(row.get_ref(index)?);
+                    result_bytes += value_size(&value);
+                    values.push(value);
+                }
+                if result_bytes > MAX_RESULT_BYTES {
+                    return Err(StorageError::Refused(RESULT_TOO_LARGE.into()));
                 }
                 rows_out.push(values);
             }
@@ -592,9 +754,42 @@ fn split_statements(conn: &Connection, query: &str) -> Result<Vec<String>> {
     Ok(statements)
 }
 
-/// Byte offset just past the first complete statement (a `;` outside quotes and comments).
+/// Where a `CREATE TRIGGER` statement is: the `;`s of its body (between BEGIN and the
+/// END that closes it, CASE ... END counted) do not end it.
+#[derive(Default)]
+struct TriggerScan {
+    words: usize,
+    create: bool,
+    trigger: bool,
+    in_body: bool,
+    case_depth: usize,
+}
+
+impl TriggerScan {
+    fn word(&mut self, word: &str) {
+        self.words += 1;
+        let word = word.to_ascii_uppercase();
+        if self.words == 1 {
+            self.create = word == "CREATE";
+        } else if self.create && self.words <= 4 && word == "TRIGGER" {
+            self.trigger = true;
+        } else if self.trigger {
+            match word.as_str() {
+                "BEGIN" if !self.in_body => self.in_body = true,
+                "CASE" if self.in_body => self.case_depth += 1,
+                "END" if self.in_body && self.case_depth > 0 => self.case_depth -= 1,
+                "END" if self.in_body => self.in_body = false,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Byte offset just past the first complete statement (a `;` outside quotes, comments and
+/// a trigger's body).
 fn statement_end(sql: &str) -> usize {
     let bytes = sql.as_bytes();
+    let mut trigger = TriggerScan::default();
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
@@ -621,7 +816,15 @@ fn statement_end(sql: &str) -> usize {
                 }
                 i += 1;
             }
-            b';' => return i + 1,
+            b';' if !trigger.in_body => return i + 1,
+            c if c.is_ascii_alphabetic() || c == b'_' => {
+                let start = i;
+                while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+                    i += 1;
+                }
+                trigger.word(&sql[start..i]);
+                continue;
+            }
             _ => {}
         }
         i += 1;
@@ -636,33 +839,36 @@ fn is_only_comment(sql: &str) -> bool {
         || (trimmed.starts_with("/*") && trimmed.ends_with("*/"))
 }
 
-fn is_transaction_statement(sql: &str) -> bool {
-    let first = sql
-        .trim_start()
-        .split(|c: char| !c.is_ascii_alphabetic())
-        .next()
-        .unwrap_or("")
-        .to_ascii_uppercase();
-    matches!(
-        first.as_str(),
-        "BEGIN" | "COMMIT" | "END" | "ROLLBACK" | "SAVEPOINT" | "RELEASE"
-    )
+/// Bytes a value holds once read (8 for numbers and NULL).
+fn value_size(value: &SqlValue) -> usize {
+    match value {
+        SqlValue::Text(text) => text.len(),
+        SqlValue::Blob(blob) => blob.len(),
+        _ => 8,
+    }
 }
 
 fn is_reserved(name: &str) -> bool {
     name.len() >= 4 && name[..4].eq_ignore_ascii_case("_cf_")
 }
 
-/// The authorizer for user SQL: no `_cf_*` names, no ATTACH, no transactions.
-fn authorize_user_sql(context: AuthContext<'_>) -> Authorization {
-    authorize_action(&context)
-}
-
+/// The authorizer for user SQL: no `_cf_*` names, no ATTACH, no TEMP objects, only the
+/// allowed PRAGMAs. (Transactions are refused by [`SqlGuard::authorize`].)
 fn authorize_action(context: &AuthContext<'_>) -> Authorization {
     match context.action {
-        // The runtime opens its implicit transaction while user SQL is being run; user
-        // transaction statements were refused by text before reaching SQLite.
-        AuthAction::Transaction { .. } | AuthAction::Savepoint { .. } => Authorization::Allow,
+        AuthAction::Pragma {
+            pragma_name,
+            pragma_value,
+        } => {
+            let name = pragma_name.to_ascii_lowercase();
+            let allowed = ALLOWED_PRAGMAS.contains(&name.as_str())
+                || (name == "page_size" && pragma_value.is_none());
+            if allowed {
+                Authorization::Allow
+            } else {
+                Authorization::Deny
+            }
+        }
         AuthAction::Attach { .. } | AuthAction::Detach { .. } => Authorization::Deny,
         AuthAction::Read { table_name, .. }
         | AuthAction::Update { table_name, .. }
@@ -773,6 +979,162 @@ mod tests {
         );
         let error = db.sql_exec("CREATE TABLE _CF_mine (x)", &[]).unwrap_err();
         assert!(error.to_string().contains("not authorized"), "{error}");
+    }
+
+    #[test]
+    fn transactions_are_refused_by_the_authorizer_whatever_comes_first() {
+        let mut db = db();
+        db.sql_exec("CREATE TABLE t (x)", &[]).unwrap();
+        db.commit().unwrap();
+        for sql in [
+            "/**/BEGIN",
+            "/* c */ COMMIT",
+            "/**/SAVEPOINT s",
+            "-- note\nROLLBACK",
+            "INSERT INTO t VALUES (1); /**/COMMIT",
+        ] {
+            let error = db.sql_exec(sql, &[]).unwrap_err();
+            assert!(
+                error.to_string().contains("state.storage.transaction()"),
+                "{sql}: {error}"
+            );
+        }
+        // The implicit transaction is still the runtime's: it rolls back as a whole.
+        assert!(db.in_transaction());
+        db.rollback().unwrap();
+        let count = db.sql_exec("SELECT count(*) FROM t", &[]).unwrap();
+        assert_eq!(count.rows, vec![vec![SqlValue::Integer(0)]]);
+        // Writes after a refused statement still work.
+        db.sql_exec("INSERT INTO t VALUES (2)", &[]).unwrap();
+        db.commit().unwrap();
+    }
+
+    #[test]
+    fn the_operator_reads_reserved_tables_but_cannot_open_transactions() {
+        let mut db = db();
+        db.begin_implicit().unwrap();
+        db.kv_put("k", b"v").unwrap();
+        db.commit().unwrap();
+        let rows = db.admin_exec("SELECT key FROM _cf_KV").unwrap().rows;
+        assert_eq!(rows, vec![vec![SqlValue::Text("k".into())]]);
+        let error = db.admin_exec("/**/BEGIN").unwrap_err();
+        assert!(
+            error.to_string().contains("state.storage.transaction()"),
+            "{error}"
+        );
+        // And user SQL is back in its sandbox afterwards.
+        assert!(db.sql_exec("SELECT key FROM _cf_KV", &[]).is_err());
+    }
+
+    #[test]
+    fn user_sql_spelled_like_a_cached_runtime_statement_is_still_authorized() {
+        let mut db = db();
+        db.begin_implicit().unwrap();
+        db.kv_put("k", b"v").unwrap();
+        db.commit().unwrap();
+        // The runtime's own statement, now in the connection's statement cache.
+        assert_eq!(db.kv_get("k").unwrap(), Some(b"v".to_vec()));
+        let error = db
+            .sql_exec(
+                "SELECT value FROM _cf_KV WHERE key = ?1",
+                &[SqlValue::Text("k".into())],
+            )
+            .unwrap_err();
+        assert!(error.to_string().contains("prohibited"), "{error}");
+    }
+
+    #[test]
+    fn a_trigger_with_a_body_of_several_statements_is_one_statement() {
+        let mut db = db();
+        db.sql_exec(
+            "CREATE TABLE t (x); CREATE TABLE log (y);
+             CREATE TRIGGER keep AFTER INSERT ON t BEGIN
+               INSERT INTO log VALUES (CASE WHEN new.x > 1 THEN 'big' ELSE 'small' END);
+               INSERT INTO log VALUES ('end; not the end');
+             END;
+             INSERT INTO t VALUES (2);",
+            &[],
+        )
+        .unwrap();
+        let rows = db
+            .sql_exec("SELECT y FROM log ORDER BY rowid", &[])
+            .unwrap()
+            .rows;
+        assert_eq!(
+            rows,
+            vec![
+                vec![SqlValue::Text("big".into())],
+                vec![SqlValue::Text("end; not the end".into())],
+            ]
+        );
+    }
+
+    #[test]
+    fn only_allowed_pragmas_run() {
+        let mut db = db();
+        db.sql_exec("CREATE TABLE t (x)", &[]).unwrap();
+        for sql in [
+            "PRAGMA table_info(t)",
+            "PRAGMA foreign_keys = OFF",
+            "PRAGMA page_size",
+            "PRAGMA quick_check",
+        ] {
+            db.sql_exec(sql, &[])
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+        for sql in [
+            "PRAGMA writable_schema = ON",
+            "PRAGMA page_size = 8192",
+            "PRAGMA journal_mode = DELETE",
+            "/**/ PRAGMA synchronous = OFF",
+            "PRAGMA database_list",
+        ] {
+            let error = db.sql_exec(sql, &[]).unwrap_err();
+            assert!(
+                error.to_string().contains("not authorized"),
+                "{sql}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn values_and_results_obey_cloudflare_sizes() {
+        let mut db = db();
+        db.sql_exec("CREATE TABLE b (v)", &[]).unwrap();
+        let error = db
+            .sql_exec("INSERT INTO b VALUES (randomblob(3000000))", &[])
+            .unwrap_err();
+        assert!(error.to_string().contains("too big"), "{error}");
+        db.sql_exec("INSERT INTO b VALUES (randomblob(1900000))", &[])
+            .unwrap();
+        let error = db
+            .sql_exec(
+                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 40) \
+                 SELECT v FROM b, c",
+                &[],
+            )
+            .unwrap_err();
+        assert!(error.to_string().contains("too large"), "{error}");
+    }
+
+    #[test]
+    fn a_set_interrupt_flag_stops_a_statement_that_never_ends() {
+        let mut db = db();
+        let flag = Arc::new(AtomicBool::new(false));
+        db.interrupt_when(flag.clone()).unwrap();
+        let setter = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            flag.store(true, Ordering::Relaxed);
+        });
+        let error = db
+            .sql_exec(
+                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) \
+                 SELECT count(*) FROM c",
+                &[],
+            )
+            .unwrap_err();
+        setter.join().unwrap();
+        assert!(error.to_string().contains("interrupted"), "{error}");
     }
 
     #[test]

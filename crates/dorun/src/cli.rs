@@ -12,6 +12,7 @@ use dorun_storage::Durability;
 
 use crate::client_ip::TrustedProxies;
 use crate::config::{self, UnsupportedBindings};
+use crate::connections::ConnectionLimits;
 use crate::server::{self, ServerOptions};
 use crate::workers::{self, WorkerOptions, Workers};
 
@@ -42,7 +43,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve a Worker over HTTP.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Load the config and every module, report all problems, and exit.
     Check(ConfigArgs),
     /// Copy objects' storage (SQLite online backup; safe while the server runs).
@@ -188,6 +189,20 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub admin_token: Option<String>,
+    /// Resident memory of the whole process above which new requests get 503 and large
+    /// ArrayBuffer allocations fail, until it is back under 90 % [default: no limit].
+    #[arg(long, value_name = "MB")]
+    pub memory_limit_mb: Option<u64>,
+    /// Most client connections held at once [default: half the descriptor limit]. At the
+    /// limit the longest-idle connection is closed to admit a new one.
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Seconds a new connection may take to send its first request's headers.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+    pub header_timeout: f64,
+    /// Seconds an idle keep-alive connection is kept between requests.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
+    pub keep_alive_timeout: f64,
     /// Stop by itself after this many seconds (for tests and scripted runs).
     #[arg(long, value_name = "SECONDS", hide = true)]
     pub exit_after: Option<u64>,
@@ -213,7 +228,7 @@ pub fn init_logging(cli: &Cli) {
 
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Check(args) => check(args),
         Command::Export(args) => crate::backup::export(args),
         Command::Import(args) => crate::backup::import(args),
@@ -352,6 +367,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if threads == 0 {
         bail!("--threads must be at least 1");
     }
+    if let Some(limit) = args.memory_limit_mb {
+        dorun_runtime::memory::watch_process_memory(limit.max(16) << 20);
+    }
     let workers = Workers::start(configs, &options, &data_dir, threads)?;
     // The first worker serves HTTP; the others are reached through their classes.
     let pool = workers.pools[0].clone();
@@ -409,6 +427,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             assets: workers.assets[0].clone(),
             name: config.name.clone(),
             trusted_proxies: TrustedProxies::new(args.trust_proxy.clone()),
+            limits: connection_limits(&args)?,
         };
         server::run(listener, pool.clone(), shutdown, server_options).await;
         // Open WebSockets get a Close frame (1001) instead of a dropped connection.
@@ -502,4 +521,24 @@ async fn shutdown_signal() {
         () = ctrl_c => tracing::info!("SIGINT received"),
         () = terminate => tracing::info!("SIGTERM received"),
     }
+}
+
+/// The front door's budget: `--max-connections` or half the descriptor limit.
+fn connection_limits(args: &ServeArgs) -> anyhow::Result<ConnectionLimits> {
+    let seconds = |value: f64, flag: &str| {
+        Duration::try_from_secs_f64(value)
+            .map_err(|_| anyhow!("--{flag} must be a number of seconds, not {value}"))
+    };
+    let nofile = rlimit::getrlimit(rlimit::Resource::NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024);
+    let mut limits = ConnectionLimits::from_descriptor_limit(
+        nofile,
+        seconds(args.header_timeout, "header-timeout")?,
+        seconds(args.keep_alive_timeout, "keep-alive-timeout")?,
+    );
+    if let Some(max) = args.max_connections {
+        limits.max_connections = max.max(1);
+    }
+    Ok(limits)
 }

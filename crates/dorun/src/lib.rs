@@ -32,6 +32,7 @@ pub mod build;
 pub mod cli;
 pub mod client_ip;
 pub mod config;
+pub mod connections;
 pub mod devtools;
 pub mod inspect;
 pub mod migrations;

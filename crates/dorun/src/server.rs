@@ -18,6 +18,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 use crate::client_ip::TrustedProxies;
+use crate::connections::{ConnectionLimits, Connections, TrackedBody};
 use crate::websocket;
 
 /// Front door settings.
@@ -31,6 +32,8 @@ pub struct ServerOptions {
     pub name: String,
     /// Reverse proxies whose `CF-Connecting-IP` / `X-Forwarded-For` are believed.
     pub trusted_proxies: TrustedProxies,
+    /// The connection budget and the deadlines of idle connections.
+    pub limits: ConnectionLimits,
 }
 
 impl Default for ServerOptions {
@@ -40,6 +43,11 @@ impl Default for ServerOptions {
             assets: None,
             name: String::new(),
             trusted_proxies: TrustedProxies::default(),
+            limits: ConnectionLimits::from_descriptor_limit(
+                1024,
+                Duration::from_secs(10),
+                Duration::from_secs(60),
+            ),
         }
     }
 }
@@ -56,6 +64,9 @@ pub async fn run(
     let local = listener.local_addr().ok();
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
+    let connections = Connections::new(options.limits);
+    connections.spawn_reaper();
+    let mut refused_logged = false;
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -70,24 +81,45 @@ pub async fn run(
             },
             () = shutdown.as_mut() => break,
         };
+        let Some(tracked) = connections.admit() else {
+            // Every connection is busy: refuse this one rather than run out of descriptors.
+            if !std::mem::replace(&mut refused_logged, true) {
+                tracing::warn!(
+                    max = options.limits.max_connections,
+                    "connection limit reached and no connection is idle; refusing new ones"
+                );
+            }
+            drop(stream);
+            continue;
+        };
+        refused_logged = false;
         let _ = stream.set_nodelay(true);
         let pool = pool.clone();
         let options = options.clone();
+        let service_connections = connections.clone();
+        let service_tracked = tracked.clone();
         let service = service_fn(move |request| {
             let pool = pool.clone();
             let options = options.clone();
+            let in_flight = service_connections.request_started(&service_tracked);
             async move {
-                Ok::<_, Infallible>(handle(pool.as_deref(), &options, request, peer, local).await)
+                let response = handle(pool.as_deref(), &options, request, peer, local).await;
+                Ok::<_, Infallible>(response.map(|body| TrackedBody::new(body, Some(in_flight))))
             }
         });
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
         let connection = graceful.watch(connection);
+        let connections = connections.clone();
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!("connection from {peer}: {error}");
+            tokio::select! {
+                result = connection => if let Err(error) = result {
+                    tracing::debug!("connection from {peer}: {error}");
+                },
+                () = tracked.closed() => tracing::debug!("closed idle connection from {peer}"),
             }
+            connections.forget(&tracked);
         });
     }
     drop(listener);
@@ -139,6 +171,18 @@ async fn handle(
         log(&response);
         return response;
     };
+    if dorun_runtime::memory::over_memory_limit() {
+        let mut response = plain(
+            503,
+            "dorun is over its memory limit (--memory-limit-mb); try again shortly.",
+        );
+        response.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("1"),
+        );
+        log(&response);
+        return response;
+    }
     let upgrade = websocket::take_upgrade(&mut request);
     let mut response = match prepare(request, peer, local, &options.trusted_proxies) {
         Ok(request) => match pool.dispatch(request).await {
@@ -198,6 +242,12 @@ fn prepare(
 ) -> Result<http::Request<dorun_runtime::RequestBody>, String> {
     let (mut parts, body) = request.into_parts();
     if parts.uri.scheme().is_none() {
+        if parts.version == http::Version::HTTP_11
+            && !parts.headers.contains_key(http::header::HOST)
+        {
+            // RFC 9112 section 3.2: a server responds 400 to an HTTP/1.1 request without Host.
+            return Err("missing Host header".into());
+        }
         let authority = parts
             .headers
             .get(http::header::HOST)

@@ -484,6 +484,11 @@ fn worker_spec(
     Some(WorkerSpec {
         name: config.name.clone(),
         main: config.main.clone()?,
+        project_dir: config
+            .path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
         rules: config.rules.clone(),
         vars: config.vars.clone(),
         compatibility_date: config.compatibility_date.clone(),

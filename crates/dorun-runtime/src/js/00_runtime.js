@@ -5,14 +5,23 @@
 import { core, primordials } from "ext:core/mod.js";
 
 const {
+  DateNow,
   JSONParse,
+  MapPrototypeDelete,
+  MapPrototypeGet,
+  MapPrototypeSet,
   ObjectFreeze,
+  ReflectApply,
   SafeMap,
+  SafeWeakMap,
   PromisePrototypeThen,
   PromiseResolve,
   SafeSet,
   SetPrototypeAdd,
+  SetPrototypeClear,
   SetPrototypeDelete,
+  WeakMapPrototypeGet,
+  WeakMapPrototypeSet,
 } = primordials;
 
 const { op_dorun_log, op_dorun_runtime_config } = core.ops;
@@ -42,9 +51,11 @@ export const console = new consoleModule.Console((message, level) => {
 // the one way to ask which object is running now.
 
 class ContextFrame {
-  constructor(object, stores) {
+  constructor(object, stores, invocation) {
     this.object = object;
     this.stores = stores;
+    /** The event being served: `{ depth, subrequests }`, or null outside one. */
+    this.invocation = invocation;
     ObjectFreeze(this);
   }
 }
@@ -72,7 +83,28 @@ export function runInFrame(frame, callback, args = []) {
 
 /** Runs `callback` as code of `object` (keeping the caller's AsyncLocalStorage stores). */
 export function runAs(object, callback) {
-  return runInFrame(new ContextFrame(object, currentFrame()?.stores ?? null), callback);
+  const frame = currentFrame();
+  return runInFrame(
+    new ContextFrame(object, frame?.stores ?? null, frame?.invocation ?? null),
+    callback,
+  );
+}
+
+/**
+ * Runs `callback` as the start of an event (an HTTP request, an object's call) that came
+ * `depth` Worker fetches deep: its fetch() calls are counted against the subrequest limits.
+ */
+export function runInvocation(object, depth, callback) {
+  const invocation = { depth, subrequests: 0 };
+  return runInFrame(
+    new ContextFrame(object, currentFrame()?.stores ?? null, invocation),
+    callback,
+  );
+}
+
+/** The event the running code serves, or null. */
+export function currentInvocation() {
+  return currentFrame()?.invocation ?? null;
 }
 
 /** The current frame with `key`'s store set to `value` (`undefined` removes it). */
@@ -82,7 +114,11 @@ export function frameWithStore(key, value) {
   frame?.stores?.forEach((stored, storeKey) => stores.set(storeKey, stored));
   if (value === undefined) stores.delete(key);
   else stores.set(key, value);
-  return new ContextFrame(frame?.object ?? null, stores.size === 0 ? null : stores);
+  return new ContextFrame(
+    frame?.object ?? null,
+    stores.size === 0 ? null : stores,
+    frame?.invocation ?? null,
+  );
 }
 
 /** The store `key` holds in the current frame. */
@@ -122,6 +158,106 @@ export function waitUntil(promise) {
     },
   );
   SetPrototypeAdd(pendingWaitUntil, tracked);
+}
+
+// --- timers charged to their owner ----------------------------------------------------------
+// A timer callback runs outside any event, so the CPU limit of events does not see it. Its
+// time is charged to an account: the live object whose code set it (the budget starts
+// again with each event the object gets, as Cloudflare's per-event CPU budget does), or,
+// for Worker code, the chain of timers it belongs to. Past the CPU limit the account's
+// timers are cleared, and an object is reset.
+
+const objectAccounts = new SafeWeakMap();
+/** The account of the timer callback running now, if any. */
+let runningAccount = null;
+/** Timer id -> its account, so clearTimeout forgets it. */
+const timerAccounts = new SafeMap();
+
+function newAccount(object) {
+  return { object, spentMs: 0, timers: new SafeSet(), stopped: false };
+}
+
+function currentAccount() {
+  const object = currentObject();
+  if (object === null) return runningAccount ?? newAccount(null);
+  let account = WeakMapPrototypeGet(objectAccounts, object);
+  if (account === undefined) {
+    account = newAccount(object);
+    WeakMapPrototypeSet(objectAccounts, object, account);
+  }
+  return account;
+}
+
+/** An event reached `object`: its timers' CPU budget starts again. */
+export function chargeReset(object) {
+  const account = WeakMapPrototypeGet(objectAccounts, object);
+  if (account !== undefined) account.spentMs = 0;
+}
+
+function stopAccount(account, clear) {
+  account.stopped = true;
+  for (const id of account.timers) {
+    MapPrototypeDelete(timerAccounts, id);
+    clear(id);
+  }
+  SetPrototypeClear(account.timers);
+  if (account.object === null) {
+    console.error(
+      `Timers of the Worker used more than the CPU time limit (${config.cpuLimitMs} ms) and were stopped.`,
+    );
+  } else {
+    account.object.reset(
+      new Error("Durable Object exceeded its CPU time limit and was reset."),
+    );
+  }
+}
+
+/** setTimeout/setInterval/clear* over deno's timers, charging callbacks to accounts. */
+export function chargedTimers(timers) {
+  // deno's timers refuse a `this` other than globalThis or undefined.
+  const { setTimeout, setInterval, clearTimeout } = timers;
+  const clear = (id) => {
+    const account = MapPrototypeGet(timerAccounts, id);
+    if (account !== undefined) {
+      SetPrototypeDelete(account.timers, id);
+      MapPrototypeDelete(timerAccounts, id);
+    }
+    clearTimeout(id);
+  };
+  const schedule = (set, repeat, callback, delay, args) => {
+    if (typeof callback !== "function") return set(callback, delay, ...args);
+    const account = currentAccount();
+    let id;
+    const charged = function (...callArgs) {
+      if (account.stopped) return;
+      const previous = runningAccount;
+      runningAccount = account;
+      const start = DateNow();
+      try {
+        return ReflectApply(callback, this, callArgs);
+      } finally {
+        runningAccount = previous;
+        account.spentMs += DateNow() - start;
+        if (!repeat) {
+          SetPrototypeDelete(account.timers, id);
+          MapPrototypeDelete(timerAccounts, id);
+        }
+        if (account.spentMs > config.cpuLimitMs && !account.stopped) stopAccount(account, clear);
+      }
+    };
+    id = set(charged, delay, ...args);
+    SetPrototypeAdd(account.timers, id);
+    MapPrototypeSet(timerAccounts, id, account);
+    return id;
+  };
+  return {
+    setTimeout: (callback, delay = 0, ...args) =>
+      schedule(setTimeout, false, callback, delay, args),
+    setInterval: (callback, delay = 0, ...args) =>
+      schedule(setInterval, true, callback, delay, args),
+    clearTimeout: clear,
+    clearInterval: clear,
+  };
 }
 
 // --- cloudflare:workers base classes ------------------------------------------------------

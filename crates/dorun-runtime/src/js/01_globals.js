@@ -3,7 +3,14 @@
 // so user code patching prototypes cannot change how the runtime behaves.
 
 import { core, internals, primordials } from "ext:core/mod.js";
-import { console, lifecycle, pendingOutputGate } from "ext:dorun/00_runtime.js";
+import {
+  chargedTimers,
+  config,
+  console,
+  currentInvocation,
+  lifecycle,
+  pendingOutputGate,
+} from "ext:dorun/00_runtime.js";
 
 const { MathCeil, ObjectDefineProperty, ObjectDefineProperties, ReflectConstruct, Symbol } =
   primordials;
@@ -34,6 +41,7 @@ const domException = core.loadExtScript("ext:deno_web/01_dom_exception.js");
 const event = core.loadExtScript("ext:deno_web/02_event.js");
 const structuredCloneModule = core.loadExtScript("ext:deno_web/02_structured_clone.js");
 const timers = core.loadExtScript("ext:deno_web/02_timers.js");
+const userTimers = chargedTimers(timers);
 const abortSignal = core.loadExtScript("ext:deno_web/03_abort_signal.js");
 const base64 = core.loadExtScript("ext:deno_web/05_base64.js");
 const streams = core.loadExtScript("ext:deno_web/06_streams.js");
@@ -74,12 +82,35 @@ function setFetchWebSocket(f) {
   fetchWebSocket = f;
 }
 
+/** Outgoing fetches one event may make (Cloudflare's paid plan allows 10,000). */
+const MAX_SUBREQUESTS = 10000;
+/** How many Worker fetches deep a chain may go (a Worker fetching itself in a loop). */
+export const MAX_FETCH_DEPTH = 16;
+
+/** The header value that carries `depth` to the request a fetch reaches (events.rs). */
+export function fetchDepthValue(depth) {
+  return `${depth};${config.fetchDepthToken}`;
+}
 function fetch(input, init = undefined) {
   let target;
   try {
     target = new request.Request(input, init);
   } catch (error) {
     return Promise.reject(error);
+  }
+  const invocation = currentInvocation();
+  if (invocation !== null) {
+    if (++invocation.subrequests > MAX_SUBREQUESTS) {
+      return Promise.reject(new Error("Too many subrequests."));
+    }
+    if (invocation.depth >= MAX_FETCH_DEPTH) {
+      return Promise.reject(
+        new Error(
+          `Subrequest depth limit exceeded: this request is already ${invocation.depth} Worker fetches deep (a Worker fetching itself in a loop?).`,
+        ),
+      );
+    }
+    target.headers.set(config.fetchDepthHeader, fetchDepthValue(invocation.depth + 1));
   }
   const scheme = new url.URL(target.url).protocol;
   if (scheme !== "http:" && scheme !== "https:") {
@@ -145,9 +176,10 @@ const scheduler = {
     return new Promise((resolve, reject) => {
       const signal = options?.signal;
       if (signal?.aborted) return reject(signal.reason);
-      const id = timers.setTimeout(resolve, ms);
+      // Not `timers.setTimeout(...)`: deno's timers refuse a `this` other than globalThis.
+      const id = userTimers.setTimeout(resolve, ms);
       signal?.addEventListener("abort", () => {
-        timers.clearTimeout(id);
+        userTimers.clearTimeout(id);
         reject(signal.reason);
       });
     });
@@ -204,10 +236,10 @@ ObjectDefineProperties(globalThis, {
   CryptoKey: nonEnumerable(cryptoModule.CryptoKey),
   SubtleCrypto: nonEnumerable(cryptoModule.SubtleCrypto),
   // Timers and scheduling
-  setTimeout: nonEnumerable(timers.setTimeout),
-  setInterval: nonEnumerable(timers.setInterval),
-  clearTimeout: nonEnumerable(timers.clearTimeout),
-  clearInterval: nonEnumerable(timers.clearInterval),
+  setTimeout: nonEnumerable(userTimers.setTimeout),
+  setInterval: nonEnumerable(userTimers.setInterval),
+  clearTimeout: nonEnumerable(userTimers.clearTimeout),
+  clearInterval: nonEnumerable(userTimers.clearInterval),
   scheduler: nonEnumerable(scheduler),
   structuredClone: nonEnumerable(structuredCloneModule.structuredClone),
   // Events

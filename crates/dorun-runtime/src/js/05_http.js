@@ -20,6 +20,11 @@ const {
 const { op_dorun_respond, op_dorun_respond_stream, op_dorun_respond_failure } = core.ops;
 
 const streams = core.loadExtScript("ext:deno_web/06_streams.js");
+
+/** How many Worker fetches deep the request with this head came (0 from a client). */
+export function fetchDepthOf(head) {
+  return head.fetchDepth;
+}
 const { InnerBody } = core.loadExtScript("ext:deno_fetch/22_body.js");
 const { fromInnerRequest, newInnerRequest } = core.loadExtScript(
   "ext:deno_fetch/23_request.js",

@@ -6,11 +6,13 @@
 import { core, primordials } from "ext:core/mod.js";
 import {
   config,
+  currentInvocation,
   currentObject,
   pendingOutputGate,
   RpcTarget,
   runAs,
 } from "ext:dorun/00_runtime.js";
+import { fetchDepthValue } from "ext:dorun/01_globals.js";
 import { DurableObjectId, idParts, setStubMaker } from "ext:dorun/02_ids.js";
 import {
   WebSocketInternals,
@@ -19,6 +21,7 @@ import {
 
 const {
   ArrayIsArray,
+  ArrayPrototypePush,
   Error,
   JSONStringify,
   MapPrototype,
@@ -139,6 +142,14 @@ async function stubFetch(namespace, hex, name, input, init) {
   let bodyRid = null;
   if (request.body !== null) {
     bodyRid = streams.resourceForReadableStream(request.body);
+  }
+  // The object's request is as many Worker fetches deep as the caller's.
+  const invocation = currentInvocation();
+  if (invocation !== null) {
+    ArrayPrototypePush(inner.headerList, [
+      config.fetchDepthHeader,
+      fetchDepthValue(invocation.depth),
+    ]);
   }
   const gate = pendingOutputGate();
   if (gate !== null) await gate;

@@ -4,17 +4,19 @@
 
 import { core, primordials } from "ext:core/mod.js";
 import {
+  chargeReset,
   config,
   console,
   ctxExports,
   DurableObject,
   env,
   runAs,
+  runInvocation,
   waitUntil,
 } from "ext:dorun/00_runtime.js";
 import { DurableObjectId } from "ext:dorun/02_ids.js";
 import { hibernationApi, runHibernatableEvent } from "ext:dorun/04_hibernation.js";
-import { makeRequest, sendResponse } from "ext:dorun/05_http.js";
+import { fetchDepthOf, makeRequest, sendResponse } from "ext:dorun/05_http.js";
 import {
   deserialize,
   lookupMember,
@@ -33,6 +35,7 @@ const {
   Error,
   MapPrototypeDelete,
   MapPrototypeGet,
+  MapPrototypeHas,
   MapPrototypeSet,
   ObjectPrototypeIsPrototypeOf,
   Promise,
@@ -42,7 +45,12 @@ const {
   TypeError,
 } = primordials;
 
-const { op_dorun_reply_value, op_dorun_reply_error, op_dorun_object_metric } = core.ops;
+const {
+  op_dorun_event_entered,
+  op_dorun_reply_value,
+  op_dorun_reply_error,
+  op_dorun_object_metric,
+} = core.ops;
 
 const EMPTY_PAYLOAD = new Uint8Array(0);
 const MAX_BCW_DEPTH = 64;
@@ -234,7 +242,8 @@ async function runEvent(object, incoming) {
         throw new Error("Handler does not export a fetch() function.");
       }
       const request = makeRequest(incoming.request);
-      const response = await runAs(object, () => instance.fetch(request));
+      const depth = fetchDepthOf(incoming.request);
+      const response = await runInvocation(object, depth, () => instance.fetch(request));
       if (!(response instanceof Response)) {
         throw new TypeError(
           "Incorrect type for Promise: the Promise did not resolve to 'Response'.",
@@ -245,7 +254,7 @@ async function runEvent(object, incoming) {
       return;
     }
     case "objectRpc": {
-      const result = await runAs(object, () => runRpc(object, incoming));
+      const result = await runInvocation(object, 0, () => runRpc(object, incoming));
       await object.storage.outputGate();
       let bytes;
       try {
@@ -263,12 +272,18 @@ async function runEvent(object, incoming) {
 export async function handleObjectEvent(worker, incoming) {
   let object;
   try {
+    // A reset of the isolate delivers a call again unless the object's code ran for it:
+    // its constructor (below, for a new object) or its handler (once the gate lets it in).
+    const key = `${incoming.object.namespace}:${incoming.object.id}`;
+    if (!MapPrototypeHas(live, key)) op_dorun_event_entered(incoming.id);
     object = liveObject(worker, incoming.object);
+    chargeReset(object);
     object.inFlight++;
     object.lastActive = DateNow();
     try {
       const wait = object.inputGate.wait();
       if (wait !== null) await wait;
+      op_dorun_event_entered(incoming.id);
       if (object.broken !== null) throw object.broken;
       await runEvent(object, incoming);
     } finally {

@@ -12,6 +12,7 @@ import {
   env,
   pendingWaitUntil,
   RpcTarget,
+  runInvocation,
   waitUntil,
   WorkerEntrypoint,
   WorkflowEntrypoint,
@@ -25,6 +26,7 @@ import {
   WebSocketRequestResponsePair,
 } from "ext:dorun/03_websockets.js";
 import {
+  fetchDepthOf,
   makeIncomingRequest,
   respondErrorPage,
   respondFailure,
@@ -118,7 +120,11 @@ async function handleHttp(handler, incoming) {
   try {
     if (handler === null) throw new Error(NO_FETCH_HANDLER);
     const request = makeIncomingRequest(incoming.request);
-    response = await handler(request, new ExecutionContext());
+    response = await runInvocation(
+      null,
+      fetchDepthOf(incoming.request),
+      () => handler(request, new ExecutionContext()),
+    );
     if (!ObjectPrototypeIsPrototypeOf(ResponsePrototype, response)) {
       throw new TypeError(
         "Incorrect type for Promise: the Promise did not resolve to 'Response'.",
