@@ -462,6 +462,25 @@ async fn metrics_health_and_readiness() {
         "{text}"
     );
 
+    // One gauge per isolate thread: nothing waits now; a slow request counts while it runs.
+    let depth = |text: &str| {
+        let a = sample(text, "dorun_isolate_queue_depth", &["thread=\"0\""]);
+        let b = sample(text, "dorun_isolate_queue_depth", &["thread=\"1\""]);
+        a.zip(b).map(|(a, b)| a + b)
+    };
+    assert_eq!(depth(&text), Some(0.0), "{text}");
+    let base = server.base.clone();
+    let slow = tokio::spawn(async move {
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .build_http::<http_body_util::Empty<Bytes>>();
+        let url = format!("{base}/slow").parse().unwrap();
+        client.get(url).await.map(|r| r.status().as_u16())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, body) = admin.raw("GET", "/metrics", None).await;
+    assert_eq!(depth(&String::from_utf8_lossy(&body)), Some(1.0));
+    assert_eq!(slow.await.unwrap().unwrap(), 200);
+
     let (status, _) = admin.raw("GET", "/healthz", None).await;
     assert_eq!(status, 200);
     let (status, _) = admin.raw("GET", "/readyz", None).await;

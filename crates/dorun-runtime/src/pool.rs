@@ -194,6 +194,15 @@ impl WorkerPool {
         }
     }
 
+    /// Worker requests handed to each isolate thread and not yet answered (its queue depth
+    /// as the front door sees it; object events are not counted).
+    pub fn outstanding(&self) -> Vec<usize> {
+        self.outstanding
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .collect()
+    }
+
     /// The thread with the fewest unanswered Worker requests (ties taken in turn), so a
     /// thread stuck in long-running code does not collect new requests.
     fn least_busy_thread(&self) -> usize {

@@ -92,6 +92,10 @@ fn describe() {
     );
     describe_gauge!("dorun_websockets_open", "Open WebSockets");
     describe_gauge!("dorun_alarms_scheduled", "Alarms scheduled");
+    describe_gauge!(
+        "dorun_isolate_queue_depth",
+        "Worker requests handed to an isolate thread and not yet answered"
+    );
 }
 
 /// A front-door request answered with `status`, `started` when it arrived.
@@ -128,8 +132,12 @@ async fn sample(admin: &Admin) {
     for (index, pool) in admin.pools.iter().enumerate() {
         resident_by_pool.insert(index, catalog::resident(pool).await);
         let name = pool.spec().name.clone();
-        metrics::gauge!("dorun_alarms_scheduled", "worker" => name)
+        metrics::gauge!("dorun_alarms_scheduled", "worker" => name.clone())
             .set(pool.alarms().scheduled().len() as f64);
+        for (thread, depth) in pool.outstanding().into_iter().enumerate() {
+            let labels = [("worker", name.clone()), ("thread", thread.to_string())];
+            metrics::gauge!("dorun_isolate_queue_depth", &labels).set(depth as f64);
+        }
     }
     for ns in catalog::namespaces(&admin.pools) {
         let labels = [("worker", ns.worker.clone()), ("class", ns.class.clone())];
