@@ -1,5 +1,5 @@
-//! The admin listener's way into an isolate thread: [`WorkerPool::admin`] sends an
-//! [`AdminCommand`] to a thread and waits for its JSON answer; the ops here are what the
+//! The admin listener's way into an isolate thread: `WorkerPool::admin` (pool.rs) sends an
+//! `AdminCommand` to a thread and waits for its JSON answer; the ops here are what the
 //! glue (`13_admin.js`) needs beyond the storage ops: operator SQL (reserved tables
 //! readable), a reset's barrier, restoring an imported file, lifecycle metrics.
 //!
@@ -10,43 +10,11 @@ use std::sync::Arc;
 
 use deno_core::{op2, OpState};
 use dorun_storage::SqlValue;
-use tokio::sync::oneshot;
 
 use crate::context::IsolateContext;
-use crate::mailbox::{AdminCommand, Event, PendingReset, Reply};
+use crate::mailbox::PendingReset;
 use crate::namespaces::ObjectConfig;
-use crate::pool::{DispatchError, WorkerPool};
-use crate::router::thread_for;
 use crate::storage::{OpenDatabases, StorageOpError};
-
-impl WorkerPool {
-    /// Sends `command` to isolate thread `thread` and returns its JSON answer.
-    pub async fn admin(
-        &self,
-        thread: usize,
-        command: AdminCommand,
-    ) -> Result<serde_json::Value, DispatchError> {
-        let (reply, answer) = oneshot::channel();
-        self.router()
-            .to_thread(thread, Event::Admin { command, reply })
-            .map_err(|_| DispatchError::ShuttingDown)?;
-        match answer.await.map_err(|_| DispatchError::Dropped)? {
-            Reply::Value(bytes) => {
-                serde_json::from_slice(&bytes).map_err(|_| DispatchError::Dropped)
-            }
-            _ => Err(DispatchError::Dropped),
-        }
-    }
-
-    /// The thread `object_id` is pinned to.
-    pub fn thread_of(&self, object_id: &str) -> usize {
-        thread_for(object_id, self.router().threads())
-    }
-
-    pub fn thread_count(&self) -> usize {
-        self.router().threads()
-    }
-}
 
 fn sql_value_json(value: SqlValue) -> serde_json::Value {
     match value {
