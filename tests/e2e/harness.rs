@@ -83,6 +83,7 @@ pub struct Server {
     child: Child,
     pub base: String,
     stderr: Arc<Mutex<String>>,
+    stdout: Arc<Mutex<Vec<String>>>,
     client: Client<hyper_util::client::legacy::connect::HttpConnector, ClientBody>,
 }
 
@@ -148,9 +149,12 @@ impl Server {
         }
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let stdout_lines = Arc::new(Mutex::new(Vec::new()));
+        let lines_seen = stdout_lines.clone();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
             while let Some(Ok(line)) = lines.next() {
+                lines_seen.lock().unwrap().push(line.clone());
                 if let Some(address) = line.strip_prefix("dorun: listening on ") {
                     let _ = tx.send(address.to_string());
                 }
@@ -173,8 +177,23 @@ impl Server {
             child,
             base,
             stderr,
+            stdout: stdout_lines,
             client,
         })
+    }
+
+    /// The rest of the first stdout line starting with `prefix` (waits up to 10 s).
+    pub fn stdout_line(&self, prefix: &str) -> Option<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let lines = self.stdout.lock().unwrap();
+            if let Some(line) = lines.iter().find_map(|l| l.strip_prefix(prefix)) {
+                return Some(line.to_string());
+            }
+            drop(lines);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
     }
 
     pub fn pid(&self) -> u32 {

@@ -3,22 +3,32 @@
 
 mod harness;
 
+mod admin;
+mod admin_page;
 mod alarms;
 mod api_gaps;
 mod assets;
+mod backup;
 mod cache;
 mod commonjs;
 mod config;
+mod container;
+mod devtools;
 mod entry;
 mod errors;
 mod examples;
 mod exports;
 mod handlers;
 mod hostile;
+mod inspect;
+mod integration_example;
+mod logs;
 mod modules;
 mod multi;
 mod node_compat;
 mod objects;
+mod portable;
 mod streaming;
+mod watch;
 mod web_apis;
 mod websockets;

@@ -101,6 +101,16 @@ pub struct AlarmScheduler {
     clock: Arc<dyn Clock>,
 }
 
+/// Metrics: how late an alarm fires (first tries) and how often alarms are retried.
+fn record_fired(alarm: &DueAlarm, now_ms: i64) {
+    if alarm.retries == 0 {
+        let lag = (now_ms - alarm.scheduled).max(0) as f64 / 1000.0;
+        metrics::histogram!("dorun_alarm_lag_seconds").record(lag);
+    } else {
+        metrics::counter!("dorun_alarm_retries_total").increment(1);
+    }
+}
+
 /// An alarm that is due, to be sent to its object.
 #[derive(Debug, PartialEq, Eq)]
 pub struct DueAlarm {
@@ -233,6 +243,39 @@ impl AlarmScheduler {
         self.wake.notify_one();
     }
 
+    /// Forgets every scheduled alarm and closes the index connections (the admin's reset,
+    /// which moves the namespace directories, indexes included, away; an index is reopened
+    /// at its path on next use). Returns how many alarms were scheduled.
+    pub fn clear(&self) -> usize {
+        let mut state = self.state.lock().unwrap();
+        let count = state.entries.len();
+        state.entries.clear();
+        state.queue.clear();
+        drop(state);
+        let closing: Vec<AlarmIndex> = self
+            .indexes
+            .iter()
+            .filter_map(|slot| slot.lock().unwrap().take())
+            .map(AlarmIndex::discard)
+            .collect();
+        if !closing.is_empty() {
+            let _ = std::thread::Builder::new()
+                .name("dorun-discard".into())
+                .spawn(move || drop(closing));
+        }
+        count
+    }
+
+    /// The scheduled alarms: (namespace, object id, scheduled ms, retries so far).
+    pub fn scheduled(&self) -> Vec<(u32, String, i64, u32)> {
+        let state = self.state.lock().unwrap();
+        state
+            .entries
+            .iter()
+            .map(|((ns, id), e)| (*ns, id.clone(), e.scheduled, e.retries))
+            .collect()
+    }
+
     pub fn stop(&self) {
         self.state.lock().unwrap().stopped = true;
         self.wake.notify_one();
@@ -304,6 +347,7 @@ impl AlarmScheduler {
             }
             let (due, next) = self.take_due();
             for alarm in due {
+                record_fired(&alarm, self.clock.now_ms());
                 let key = (alarm.namespace, alarm.object_id.clone());
                 let (reply, response) = oneshot::channel();
                 let event = ObjectEvent {

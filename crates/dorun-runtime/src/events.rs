@@ -24,7 +24,8 @@ use crate::body::{body_resource, RequestBody, ResponseBody};
 use crate::context::{IsolateContext, Pending, Replay};
 use crate::failure::Failure;
 use crate::mailbox::{
-    AlarmOutcome, Event, ObjectCall, Reply, RequestCf, SocketMessage, WebSocketToken,
+    AdminCommand, AlarmOutcome, Event, ObjectCall, PendingReset, Reply, RequestCf, ResetHold,
+    SocketMessage, WebSocketToken,
 };
 
 /// A request as JS receives it; the body (if any) is a resource read as a stream.
@@ -199,6 +200,7 @@ pub enum IncomingEvent {
     ExportCall(ExportCallEvent),
     ExportRelease(ExportEvent),
     ExportRetain(ExportEvent),
+    Admin(AdminEvent),
 }
 
 tagged_to_v8!(IncomingEvent, "kind", {
@@ -211,6 +213,7 @@ tagged_to_v8!(IncomingEvent, "kind", {
     ExportCall => "exportCall",
     ExportRelease => "exportRelease",
     ExportRetain => "exportRetain",
+    Admin => "admin",
 });
 
 /// A request for the Worker's fetch handler.
@@ -279,6 +282,48 @@ pub struct ExportCallEvent {
 #[derive(ToV8)]
 pub struct ExportEvent {
     export: u32,
+}
+
+/// An operator's request (admin listener): `action` is `resident`, `evict`, `reset` or
+/// `object`; the answer is `op_dorun_reply_value` with UTF-8 JSON.
+#[derive(ToV8)]
+pub struct AdminEvent {
+    id: u32,
+    action: String,
+    namespace: Option<u32>,
+    object_id: Option<String>,
+    request: Option<String>,
+}
+
+impl AdminEvent {
+    /// The event for `command`, and a reset's hold for the op state.
+    fn new(id: u32, command: AdminCommand) -> (Self, Option<ResetHold>) {
+        let mut hold = None;
+        let (action, namespace, object_id, request) = match command {
+            AdminCommand::Resident => ("resident", None, None, None),
+            AdminCommand::Reset(reset) => {
+                hold = Some(reset);
+                ("reset", None, None, None)
+            }
+            AdminCommand::Evict {
+                namespace,
+                object_id,
+            } => ("evict", Some(namespace), Some(object_id), None),
+            AdminCommand::Object {
+                namespace,
+                object_id,
+                request,
+            } => ("object", Some(namespace), Some(object_id), Some(request)),
+        };
+        let event = Self {
+            id,
+            action: action.to_string(),
+            namespace,
+            object_id,
+            request,
+        };
+        (event, hold)
+    }
 }
 
 fn request_head(state: &Rc<RefCell<OpState>>, request: http::Request<RequestBody>) -> RequestHead {
@@ -425,6 +470,14 @@ pub async fn op_dorun_next_event(state: Rc<RefCell<OpState>>) -> Option<Incoming
         }
         Event::Release { export } => IncomingEvent::ExportRelease(ExportEvent { export }),
         Event::Retain { export } => IncomingEvent::ExportRetain(ExportEvent { export }),
+        Event::Admin { command, reply } => {
+            expect_reply(reply);
+            let (event, hold) = AdminEvent::new(id, command);
+            if hold.is_some() {
+                state.borrow_mut().put(PendingReset(hold));
+            }
+            IncomingEvent::Admin(event)
+        }
         Event::Shutdown => return None,
     })
 }

@@ -16,7 +16,7 @@ use crate::namespaces::ObjectConfig;
 use crate::router::Router;
 use crate::sockets::{ParkedSockets, SocketRegistry};
 use crate::storage::{OpenDatabases, MAX_OPEN_CONNECTIONS};
-use crate::{assets_binding, cache, events, namespaces, rpc, sockets, storage};
+use crate::{admin, assets_binding, cache, events, namespaces, rpc, sockets, storage};
 
 /// What an isolate's ops share besides [`IsolateContext`]; each piece goes into the op
 /// state on its own.
@@ -111,6 +111,12 @@ deno_core::extension!(
         cache::op_dorun_cache_put,
         cache::op_dorun_cache_match,
         cache::op_dorun_cache_delete,
+        // the admin listener
+        admin::op_dorun_admin_sql,
+        admin::op_dorun_admin_hold,
+        admin::op_dorun_object_metric,
+        admin::op_dorun_admin_restore,
+        admin::op_dorun_admin_discard,
     ],
     esm_entry_point = "ext:dorun/99_worker.js",
     esm = [
@@ -128,6 +134,7 @@ deno_core::extension!(
         "10_objects.js",
         "11_assets.js",
         "12_cache.js",
+        "13_admin.js",
         "99_worker.js",
     ],
     options = {
@@ -165,16 +172,25 @@ pub fn op_dorun_done(state: &mut OpState) {
     state.borrow::<IsolateContext>().done.set(true);
 }
 
-/// console.* output, routed to tracing and tagged with the worker's name.
+/// console.* output, routed to tracing and tagged with the worker's name and, for code of
+/// a Durable Object, its class and id (empty strings otherwise).
 #[op2(fast)]
-pub fn op_dorun_log(state: &mut OpState, #[smi] level: i32, #[string] message: &str) {
+pub fn op_dorun_log(
+    state: &mut OpState,
+    #[smi] level: i32,
+    #[string] message: &str,
+    #[string] class: &str,
+    #[string] object: &str,
+) {
     let worker = &*state.borrow::<IsolateContext>().worker_name;
     let message = message.strip_suffix('\n').unwrap_or(message);
+    let class = (!class.is_empty()).then_some(class);
+    let object = (!object.is_empty()).then_some(object);
     match level {
-        0 => tracing::debug!(target: "dorun::console", worker, "{message}"),
-        1 => tracing::info!(target: "dorun::console", worker, "{message}"),
-        2 => tracing::warn!(target: "dorun::console", worker, "{message}"),
-        _ => tracing::error!(target: "dorun::console", worker, "{message}"),
+        0 => tracing::debug!(target: "dorun::console", worker, class, object, "{message}"),
+        1 => tracing::info!(target: "dorun::console", worker, class, object, "{message}"),
+        2 => tracing::warn!(target: "dorun::console", worker, class, object, "{message}"),
+        _ => tracing::error!(target: "dorun::console", worker, class, object, "{message}"),
     }
 }
 

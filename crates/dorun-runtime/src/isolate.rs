@@ -99,10 +99,12 @@ pub fn isolate_thread(
                     Failure::RestartFailed
                 }
                 IsolateExit::Reset(Termination::CpuLimit) => {
+                    metrics::counter!("dorun_isolate_terminations_total", "worker" => graph.spec().name.clone(), "reason" => "cpu").increment(1);
                     tracing::error!(worker = %graph.spec().name, limit_ms = graph.spec().cpu_limit.as_millis() as u64, "JS ran past the CPU limit; isolate terminated and reset");
                     Failure::CpuLimit
                 }
                 IsolateExit::Reset(Termination::HeapLimit) => {
+                    metrics::counter!("dorun_isolate_terminations_total", "worker" => graph.spec().name.clone(), "reason" => "heap").increment(1);
                     tracing::error!(worker = %graph.spec().name, "JS heap outgrew its limit; isolate reset");
                     Failure::HeapLimit
                 }
@@ -140,6 +142,7 @@ async fn run_isolate(
 ) -> IsolateExit {
     let done = services.context.done.clone();
     let started = services.context.started.clone();
+    let thread_index = services.context.thread_index;
     let heap_limit = graph.spec().heap_limit_bytes;
     let runtime = JsRuntime::try_new(RuntimeOptions {
         module_loader: Some(Rc::new(WorkerModuleLoader::new(graph.clone()))),
@@ -149,6 +152,7 @@ async fn run_isolate(
                 .heap_limits(0, heap_limit)
                 .array_buffer_allocator(crate::memory::budgeted_allocator(heap_limit)),
         ),
+        inspector: graph.spec().inspect,
         ..Default::default()
     });
     let mut runtime = match runtime {
@@ -163,6 +167,13 @@ async fn run_isolate(
         .put(deno_permissions::PermissionsContainer::allow_all(Arc::new(
             deno_permissions::RuntimePermissionDescriptorParser::new(sys_traits::impls::RealSys),
         )));
+    if graph.spec().inspect {
+        let url = Url::from_file_path(&graph.spec().main)
+            .map(String::from)
+            .unwrap_or_default();
+        let sessions = runtime.inspector().get_session_sender();
+        crate::devtools::register(&graph.spec().name, thread_index, url, sessions);
+    }
     watch.attach(runtime.v8_isolate().thread_safe_handle());
     {
         let watch = watch.clone();
@@ -312,7 +323,7 @@ fn runtime_config_json(spec: &WorkerSpec) -> String {
 
 /// The extensions of an isolate, in load order.
 fn extensions(services: IsolateServices) -> Vec<deno_core::Extension> {
-    vec![
+    let extensions = vec![
         deno_webidl::deno_webidl::init(),
         deno_web::deno_web::init(
             Arc::new(deno_web::BlobStore::default()) as Arc<dyn deno_web::BlobStoreTrait>,
@@ -328,5 +339,7 @@ fn extensions(services: IsolateServices) -> Vec<deno_core::Extension> {
         }),
         extension::dorun::init(services),
         crate::node_compat::dorun_node::init(),
-    ]
+    ];
+    // Their JS from the binary, not from the build machine's disk.
+    extensions.into_iter().map(crate::embedded::embed).collect()
 }

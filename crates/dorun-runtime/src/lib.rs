@@ -15,9 +15,12 @@
 //! - [`spec`], [`loader`] (+ `transpile`, `commonjs`, `scope`), [`supervisor`]: the Worker as the
 //!   runtime sees it, its modules (ES modules and CommonJS, only from the project), the
 //!   CPU-limit watchdog.
+//! - [`devtools`]: each isolate's V8 inspector as a Chrome DevTools target (`--inspect`).
+//! - [`embedded`]: the extensions' JS embedded in the binary (see `build.rs`).
 //! - [`extension`]: the deno_core extension (ops + the JS glue in `js/`).
 //! - [`isolate`]: one isolate thread; [`pool`]: [`WorkerPool`], the threads of one Worker.
 
+pub mod admin;
 pub mod alarms;
 pub mod assets_binding;
 pub mod body;
@@ -25,6 +28,8 @@ pub mod cache;
 pub mod clock;
 mod commonjs;
 pub mod context;
+pub mod devtools;
+pub mod embedded;
 pub mod events;
 pub mod extension;
 pub mod failure;

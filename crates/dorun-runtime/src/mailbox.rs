@@ -40,8 +40,34 @@ pub enum Event {
     Release { export: u32 },
     /// A stub of an export was passed on: one more holder.
     Retain { export: u32 },
+    /// An operator's request from the admin listener (see [`AdminCommand`]); answered with
+    /// a `Reply::Value` holding UTF-8 JSON.
+    Admin {
+        command: AdminCommand,
+        reply: oneshot::Sender<Reply>,
+    },
     /// Stop taking events: the isolate finishes what it has and its thread exits.
     Shutdown,
+}
+
+/// What the admin listener asks of an isolate thread. Object commands go to the thread the
+/// object is pinned to, so they never race the object's own events.
+#[derive(Debug)]
+pub enum AdminCommand {
+    /// The objects resident on this thread.
+    Resident,
+    /// Drops one object from memory after committing what it wrote.
+    Evict { namespace: u32, object_id: String },
+    /// Drops every object of this thread (uncommitted writes discarded), then holds the
+    /// thread (see [`ResetHold`]) while the admin listener moves the data away.
+    Reset(ResetHold),
+    /// Reads or changes one object's storage; `request` is JSON:
+    /// `{"op": "kv" | "sql" | "alarm" | "deleteAlarm", ...}`.
+    Object {
+        namespace: u32,
+        object_id: String,
+        request: String,
+    },
 }
 
 /// A call into one Durable Object.
@@ -107,6 +133,19 @@ impl ObjectCall {
         })
     }
 }
+
+/// The two halves of a reset's barrier: the thread reports on `dropped` (how many objects it
+/// dropped) once its objects are gone, then blocks until `release` (or a timeout), so no
+/// object is recreated while the namespace directories are moved away.
+#[derive(Debug)]
+pub struct ResetHold {
+    pub dropped: std::sync::mpsc::Sender<u32>,
+    pub release: std::sync::mpsc::Receiver<()>,
+}
+
+/// The hold of the reset this thread is running (op state).
+#[derive(Default)]
+pub struct PendingReset(pub Option<ResetHold>);
 
 /// What an event produced.
 pub enum Reply {

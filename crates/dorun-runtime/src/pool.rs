@@ -13,8 +13,8 @@ use crate::body::{RequestBody, ResponseBody};
 use crate::failure::Failure;
 use crate::isolate::{isolate_thread, ThreadShared};
 use crate::loader::{LoadError, ModuleGraph};
-use crate::mailbox::{Event, Mailboxes, Reply};
-use crate::router::Router;
+use crate::mailbox::{AdminCommand, Event, Mailboxes, Reply};
+use crate::router::{thread_for, Router};
 use crate::sockets::SocketRegistry;
 use crate::spec::WorkerSpec;
 use crate::supervisor::{spawn_supervisor, IsolateWatch};
@@ -146,6 +146,11 @@ impl WorkerPool {
         self.router.mailboxes().clone()
     }
 
+    /// The alarm scheduler of the worker's classes.
+    pub fn alarms(&self) -> &Arc<AlarmScheduler> {
+        &self.alarms
+    }
+
     /// The WebSockets the Worker's responses hand to the front door.
     pub fn sockets(&self) -> &Arc<SocketRegistry> {
         &self.sockets
@@ -183,6 +188,15 @@ impl WorkerPool {
             Reply::Response(response) => Ok(response),
             Reply::Value(_) | Reply::Error(_) | Reply::Alarm(_) => Err(DispatchError::Dropped),
         }
+    }
+
+    /// Worker requests handed to each isolate thread and not yet answered (its queue depth
+    /// as the front door sees it; object events are not counted).
+    pub fn outstanding(&self) -> Vec<usize> {
+        self.outstanding
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// The thread with the fewest unanswered Worker requests (ties taken in turn), so a
@@ -224,5 +238,36 @@ impl WorkerPool {
             let _ = handle.join();
         }
         true
+    }
+}
+
+// --- the admin listener's way in (the ops are in admin.rs) -----------------------------
+
+impl WorkerPool {
+    /// Sends `command` to isolate thread `thread` and returns its JSON answer.
+    pub async fn admin(
+        &self,
+        thread: usize,
+        command: AdminCommand,
+    ) -> Result<serde_json::Value, DispatchError> {
+        let (reply, answer) = oneshot::channel();
+        self.router
+            .to_thread(thread, Event::Admin { command, reply })
+            .map_err(|_| DispatchError::ShuttingDown)?;
+        match answer.await.map_err(|_| DispatchError::Dropped)? {
+            Reply::Value(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|_| DispatchError::Dropped)
+            }
+            _ => Err(DispatchError::Dropped),
+        }
+    }
+
+    /// The thread `object_id` is pinned to.
+    pub fn thread_of(&self, object_id: &str) -> usize {
+        thread_for(object_id, self.router.threads())
+    }
+
+    pub fn thread_count(&self) -> usize {
+        self.router.threads()
     }
 }

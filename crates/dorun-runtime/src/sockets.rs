@@ -441,6 +441,45 @@ impl SocketRegistry {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Closes every socket with `code` and forgets them all at once (the admin's reset):
+    /// no further event of these sockets reaches an object. Returns how many there were.
+    pub fn reset(&self, code: u16, reason: &str) -> usize {
+        let mut inner = self.inner.lock().unwrap();
+        for entry in inner.sockets.values() {
+            if entry.state == OPEN {
+                let _ = entry
+                    .outbound
+                    .send(Outbound::Close(Some((code, reason.to_string()))));
+            }
+        }
+        let count = inner.sockets.len();
+        inner.sockets.clear();
+        inner.objects.clear();
+        count
+    }
+
+    /// The objects that hold hibernatable sockets: (worker, namespace index, object id).
+    pub fn objects_with_sockets(&self) -> Vec<ObjectKey> {
+        let inner = self.inner.lock().unwrap();
+        inner
+            .objects
+            .iter()
+            .filter(|(_, o)| !o.ids.is_empty())
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
+    /// (open sockets, of which hibernatable) for the metrics.
+    pub fn counts(&self) -> (usize, usize) {
+        let inner = self.inner.lock().unwrap();
+        let hibernatable = inner
+            .sockets
+            .values()
+            .filter(|e| matches!(e.target, SocketTarget::Object { .. }))
+            .count();
+        (inner.sockets.len(), hibernatable)
+    }
 }
 
 /// Messages of one socket handed to JS and not yet handled.

@@ -60,6 +60,8 @@ pub struct WorkerSpec {
     pub error_pages: bool,
     /// Static assets; `env.<binding>` when the `assets` config names a binding.
     pub assets: Option<Arc<dorun_assets::Assets>>,
+    /// Each isolate's V8 inspector is registered for Chrome DevTools (`--inspect`).
+    pub inspect: bool,
 }
 
 impl WorkerSpec {

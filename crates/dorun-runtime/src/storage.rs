@@ -234,7 +234,9 @@ impl OpenDatabases {
                 return Err(error.into());
             }
         }
+        let started = std::time::Instant::now();
         db.commit()?;
+        metrics::histogram!("dorun_storage_commit_seconds").record(started.elapsed().as_secs_f64());
         if let Some(time) = change {
             if time.is_none() {
                 if let Err(error) = alarms.index_delete(entry.namespace, &entry.object_id) {

@@ -22,8 +22,10 @@ use rusqlite::limits::Limit;
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{params_from_iter, Connection, OptionalExtension};
 
+mod admin;
 mod cache;
 mod sandbox;
+pub use admin::{backup, restore};
 pub use cache::{CacheDatabase, CachedResponse};
 use sandbox::{
     split_statements, value_size, SqlGuard, SqlRole, INTERRUPT_CHECK_STEPS, RESULT_TOO_LARGE,

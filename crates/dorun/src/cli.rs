@@ -25,20 +25,60 @@ pub struct Cli {
     /// Log format on stderr. Filter with RUST_LOG (default: info).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Leave out the one line per request (console output and errors stay).
+    #[arg(long, global = true)]
+    pub no_request_log: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
+    /// One line per event.
     Text,
+    /// One JSON object per line.
     Json,
+    /// Several lines per event with its fields, for reading in a terminal.
+    Pretty,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve a Worker over HTTP.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Load the config and every module, report all problems, and exit.
     Check(ConfigArgs),
+    /// Copy objects' storage (SQLite online backup; safe while the server runs).
+    Export(crate::backup::ExportArgs),
+    /// Restore objects from an export (into a stopped server's data directory, or through
+    /// a running server's admin listener with --admin).
+    Import(crate::backup::ImportArgs),
+    /// Look inside a running server through its admin listener: list, kv, sql, alarms.
+    Inspect(crate::inspect::InspectArgs),
+    /// Exit 0 if the admin listener's /healthz answers 200 (a container HEALTHCHECK that
+    /// needs no curl in the image).
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// The admin listener [default: http://127.0.0.1:9000, or $DORUN_ADMIN_URL].
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "DORUN_ADMIN_URL",
+        default_value = "http://127.0.0.1:9000"
+    )]
+    pub admin: String,
+    /// Ask /readyz (ready for traffic) instead of /healthz (alive).
+    #[arg(long)]
+    pub ready: bool,
+}
+
+fn healthcheck(args: HealthcheckArgs) -> anyhow::Result<()> {
+    let admin = crate::admin_client::AdminTarget::new(&args.admin, None);
+    let path = if args.ready { "/readyz" } else { "/healthz" };
+    admin.call("GET", path, Default::default())?;
+    println!("ok: {}{path}", admin.base);
+    Ok(())
 }
 
 #[derive(Debug, Args)]
@@ -123,6 +163,32 @@ pub struct ServeArgs {
     /// `X-Forwarded-For` names the client; from any other peer the client is the peer.
     #[arg(long = "trust-proxy", value_name = "CIDR", value_parser = crate::client_ip::parse_cidr)]
     pub trust_proxy: Vec<ipnet::IpNet>,
+    /// Reload the Worker when its files or config change (storage is kept).
+    #[arg(long)]
+    pub watch: bool,
+    /// Expose each isolate's V8 inspector for Chrome DevTools (chrome://inspect) on ADDR;
+    /// the CPU limit is off then.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9229")]
+    pub inspect: Option<SocketAddr>,
+    /// Keep all state (Durable Objects, alarms, cache) in a fresh temporary directory that
+    /// is removed on exit (tests, demos); replaces --data-dir.
+    #[arg(long, conflicts_with = "data_dir")]
+    pub ephemeral: bool,
+    /// Serve the admin listener (JSON API, /metrics, /healthz, web page) on this port
+    /// (0 picks a free one); off unless given.
+    #[arg(long, value_name = "PORT")]
+    pub admin_port: Option<u16>,
+    /// Address of the admin listener; anything but loopback requires --admin-token.
+    #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
+    pub admin_ip: IpAddr,
+    /// Bearer token the admin listener requires (Authorization: Bearer <token>).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "DORUN_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
     /// Resident memory of the whole process above which new requests get 503 and large
     /// ArrayBuffer allocations fail, until it is back under 90 % [default: no limit].
     #[arg(long, value_name = "MB")]
@@ -144,8 +210,11 @@ pub struct ServeArgs {
 
 /// Sets up tracing on stderr.
 pub fn init_logging(cli: &Cli) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if cli.no_request_log {
+        filter = filter.add_directive("dorun::request=off".parse().expect("a valid directive"));
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -153,13 +222,18 @@ pub fn init_logging(cli: &Cli) {
     match cli.log_format {
         LogFormat::Text => builder.with_target(true).init(),
         LogFormat::Json => builder.json().init(),
+        LogFormat::Pretty => builder.pretty().init(),
     }
 }
 
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Check(args) => check(args),
+        Command::Export(args) => crate::backup::export(args),
+        Command::Import(args) => crate::backup::import(args),
+        Command::Inspect(args) => crate::inspect::run(args),
+        Command::Healthcheck(args) => healthcheck(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -208,6 +282,7 @@ impl ConfigArgs {
                 })
                 .collect(),
             error_pages: !self.no_error_page,
+            inspect: false,
         }
     }
 }
@@ -238,8 +313,48 @@ fn check(args: ConfigArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A temporary data directory, removed when dropped (`--ephemeral`).
+pub(crate) struct EphemeralDir(std::path::PathBuf);
+
+impl EphemeralDir {
+    pub(crate) fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    pub(crate) fn create() -> anyhow::Result<Self> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!(
+            "dorun-ephemeral-{}-{nanos:08x}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| anyhow!("cannot create {}: {e}", dir.display()))?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for EphemeralDir {
+    fn drop(&mut self) {
+        if let Err(error) = std::fs::remove_dir_all(&self.0) {
+            tracing::warn!("cannot remove {}: {error}", self.0.display());
+        }
+    }
+}
+
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let options = args.config.worker_options();
+    if args.watch {
+        return crate::watch::run(&args);
+    }
+    let ephemeral = args.ephemeral.then(EphemeralDir::create).transpose()?;
+    let mut options = args.config.worker_options();
+    if let Some(dir) = &ephemeral {
+        tracing::info!("ephemeral state in {} (removed on exit)", dir.0.display());
+        options.data_dir = Some(dir.0.clone());
+    }
+    options.inspect = args.inspect.is_some();
     let configs = workers::load_configs(&args.config.config, &options)?;
     let data_dir = workers::data_dir(&configs[0], &options);
     std::fs::create_dir_all(&data_dir)
@@ -288,6 +403,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
         // A machine-readable line for scripts and tests.
         println!("dorun: listening on http://{bound}");
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let admin = start_admin(&args, &workers, &data_dir, stopped).await?;
+        if let Some(address) = args.inspect {
+            crate::devtools::start(address).await?;
+        }
         let exit_after = args.exit_after.map(Duration::from_secs);
         let shutdown = async move {
             match exit_after {
@@ -297,6 +417,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 },
                 None => shutdown_signal().await,
             }
+            if let Some(admin) = admin {
+                admin.ready.store(false, std::sync::atomic::Ordering::SeqCst);
+            }
+            let _ = stop.send(true);
         };
         let server_options = ServerOptions {
             drain_timeout,
@@ -325,6 +449,57 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// Binds and spawns the admin listener when `--admin-port` is given.
+async fn start_admin(
+    args: &ServeArgs,
+    workers: &Workers,
+    data_dir: &std::path::Path,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Option<std::sync::Arc<crate::admin::Admin>>> {
+    let Some(port) = args.admin_port else {
+        return Ok(None);
+    };
+    let token = args.admin_token.clone().filter(|t| !t.is_empty());
+    if !args.admin_ip.is_loopback() && token.is_none() {
+        bail!(
+            "--admin-ip {} is reachable from other machines: set --admin-token (or DORUN_ADMIN_TOKEN)",
+            args.admin_ip
+        );
+    }
+    let address = SocketAddr::new(args.admin_ip, port);
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|e| anyhow!("cannot listen on {address} (--admin-port): {e}"))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| anyhow!("cannot read the admin address: {e}"))?;
+    crate::admin::metrics::install();
+    let pools: Vec<_> = workers.pools.iter().flatten().cloned().collect();
+    let sockets = pools
+        .first()
+        .map(|p| p.sockets().clone())
+        .unwrap_or_default();
+    let admin = std::sync::Arc::new(crate::admin::Admin {
+        pools,
+        data_dir: data_dir.to_path_buf(),
+        token,
+        sockets,
+        ready: std::sync::atomic::AtomicBool::new(true),
+    });
+    // What an earlier run's reset left to delete.
+    let trash = data_dir.join(".trash");
+    if trash.exists() {
+        crate::admin::api::empty_trash_later(vec![trash]);
+    }
+    tracing::info!("admin listener on http://{bound}");
+    println!("dorun: admin on http://{bound}");
+    let stop = async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    tokio::spawn(crate::admin::run(listener, admin.clone(), stop));
+    Ok(Some(admin))
 }
 
 async fn shutdown_signal() {

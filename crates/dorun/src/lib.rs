@@ -1,6 +1,13 @@
 //! dorun: a self-hosted Cloudflare Durable Objects runtime.
 //!
 //! # Layout
+//! - [`admin`]: the admin listener (JSON API, metrics, health, web page), separate from
+//!   the front door.
+//! - [`backup`]: `dorun export` / `dorun import` (SQLite online backup, JSON dumps).
+//! - [`admin_client`]: the CLI's client of the admin listener (`import --admin`, `inspect`).
+//! - [`inspect`]: `dorun inspect`, the admin API as terminal tables.
+//! - [`watch`]: `dorun serve --watch`, a parent that restarts `dorun serve` on file changes.
+//! - [`devtools`]: `--inspect`, the Chrome DevTools endpoint bridged to each isolate's inspector.
 //! - [`config`]: wrangler.toml / wrangler.json / wrangler.jsonc, read as wrangler reads them.
 //! - [`migrations`]: Durable Object migrations applied to the data directory at startup.
 //! - [`build`]: wrangler's `[build]` command, run before the Worker loads.
@@ -18,12 +25,18 @@
 //!
 //! The JavaScript side (isolate threads, module loading, Web APIs) is `dorun-runtime`.
 
+pub mod admin;
+pub mod admin_client;
+pub mod backup;
 pub mod build;
 pub mod cli;
 pub mod client_ip;
 pub mod config;
 pub mod connections;
+pub mod devtools;
+pub mod inspect;
 pub mod migrations;
 pub mod server;
+pub mod watch;
 pub mod websocket;
 pub mod workers;

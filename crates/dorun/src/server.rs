@@ -143,6 +143,7 @@ async fn handle(
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let log = |response: &http::Response<ResponseBody>| {
+        crate::admin::metrics::record_request(&options.name, response.status(), started);
         tracing::info!(
             target: "dorun::request",
             worker = %options.name,

@@ -43,6 +43,8 @@ pub struct WorkerOptions {
     pub cf: serde_json::Map<String, serde_json::Value>,
     /// Whether an HTML request whose handler threw gets an error page (else a plain 500).
     pub error_pages: bool,
+    /// Register each isolate's V8 inspector for Chrome DevTools (no CPU limit then).
+    pub inspect: bool,
 }
 
 impl Default for WorkerOptions {
@@ -61,6 +63,7 @@ impl Default for WorkerOptions {
             block_concurrency_timeout: Duration::from_secs(30),
             cf: serde_json::Map::new(),
             error_pages: true,
+            inspect: false,
         }
     }
 }
@@ -490,7 +493,12 @@ fn worker_spec(
         vars: config.vars.clone(),
         compatibility_date: config.compatibility_date.clone(),
         compatibility_flags: config.compatibility_flags.clone(),
-        cpu_limit: Duration::from_millis(cpu_limit_ms.max(1)),
+        // A paused debugger must not count as a runaway script.
+        cpu_limit: if options.inspect {
+            Duration::from_secs(365 * 24 * 3600)
+        } else {
+            Duration::from_millis(cpu_limit_ms.max(1))
+        },
         heap_limit_bytes: options.heap_limit_mb.max(16) * 1024 * 1024,
         objects: Arc::new(objects),
         object_idle_timeout: options.object_idle_timeout,
@@ -499,6 +507,7 @@ fn worker_spec(
         cf: request_cf(&options.cf),
         error_pages: options.error_pages,
         assets,
+        inspect: options.inspect,
     })
 }
 

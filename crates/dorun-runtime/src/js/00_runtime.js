@@ -37,7 +37,9 @@ const consoleModule = core.loadExtScript("ext:deno_web/01_console.js");
 // Log lines are plain text: no ANSI colours in values.
 consoleModule.setNoColorFns(() => true, () => true);
 export const console = new consoleModule.Console((message, level) => {
-  op_dorun_log(level, message);
+  // Tagged with the object whose code logs (class and id), if any.
+  const object = currentObject();
+  op_dorun_log(level, message, object?.className ?? "", object?.hex ?? "");
 });
 
 // --- the async context: the object whose code is running, AsyncLocalStorage stores -------

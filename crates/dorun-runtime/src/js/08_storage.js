@@ -191,6 +191,16 @@ export class DurableObjectStorage {
     return this.#handle;
   }
 
+  /** The open database handle, or 0 (the admin listener uses the object's connection). */
+  get adminHandle() {
+    return this.#handle;
+  }
+
+  /** Drops the handle without closing it (the admin's reset closed it). */
+  forget() {
+    this.#handle = 0;
+  }
+
   /** The database handle for a read; 0 if the object has never written anything. */
   #dbIfExists() {
     if (this.#handle === 0) {

@@ -45,7 +45,12 @@ const {
   TypeError,
 } = primordials;
 
-const { op_dorun_event_entered, op_dorun_reply_value, op_dorun_reply_error } = core.ops;
+const {
+  op_dorun_event_entered,
+  op_dorun_reply_value,
+  op_dorun_reply_error,
+  op_dorun_object_metric,
+} = core.ops;
 
 const EMPTY_PAYLOAD = new Uint8Array(0);
 const MAX_BCW_DEPTH = 64;
@@ -207,6 +212,7 @@ function liveObject(worker, target) {
     MapPrototypeSet(live, key, object);
     try {
       object.construct(worker);
+      op_dorun_object_metric("activation");
     } catch (error) {
       MapPrototypeDelete(live, key);
       throw error;
@@ -305,6 +311,7 @@ export function evictIdle() {
       now - object.lastActive >= config.idleTimeoutMs
     ) {
       MapPrototypeDelete(live, object.key);
+      op_dorun_object_metric("eviction");
       PromisePrototypeThen(object.storage.outputGate(), () => object.storage.close(), () => {});
     }
   }

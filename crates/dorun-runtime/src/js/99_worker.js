@@ -37,6 +37,7 @@ import { handleExportCall, releaseExport, retainExport } from "ext:dorun/06_rpc.
 import { evictIdle, handleObjectEvent, live } from "ext:dorun/10_objects.js";
 import { createAssetsBinding } from "ext:dorun/11_assets.js";
 import "ext:dorun/12_cache.js";
+import { handleAdminEvent } from "ext:dorun/13_admin.js";
 
 const {
   ArrayPrototypePush,
@@ -215,6 +216,9 @@ async function serve(worker) {
         break;
       case "exportRetain":
         retainExport(incoming.export);
+        break;
+      case "admin":
+        handleAdminEvent(incoming);
         break;
     }
   }

@@ -1,0 +1,310 @@
+//! The admin JSON API. Every route answers JSON; errors are `{"error": "..."}` with a
+//! 4xx/5xx status.
+//!
+//! | route | what |
+//! | --- | --- |
+//! | `GET /api/namespaces` | each namespace: worker, class, binding, objects, bytes |
+//! | `GET /api/namespaces/{ns}/objects` | its objects: bytes, last activity, resident, alarm |
+//! | `GET /api/objects/{ns}/{id}` | one object |
+//! | `GET /api/objects/{ns}/{id}/kv?prefix=&start=&limit=` | its KV entries, values decoded |
+//! | `POST /api/objects/{ns}/{id}/sql` `{"query": "..."}` | SQL on it (KV table readable) |
+//! | `GET`/`DELETE /api/objects/{ns}/{id}/alarm` | its alarm; delete it |
+//! | `POST /api/objects/{ns}/{id}/evict` | drop it from memory (writes committed) |
+//! | `POST /api/objects/{ns}/{id}/import` (body: a SQLite file) | replace its storage |
+//! | `POST /api/reset` | every object, alarm and socket gone |
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use bytes::Bytes;
+use dorun_runtime::mailbox::{AdminCommand, ResetHold};
+use serde_json::{json, Value};
+
+use super::catalog::{self, Namespace};
+use super::{json, Admin, AdminResponse};
+
+fn error(status: u16, message: impl std::fmt::Display) -> AdminResponse {
+    json(status, &json!({ "error": message.to_string() }))
+}
+
+fn query_params(parts: &http::request::Parts) -> HashMap<String, String> {
+    parts
+        .uri
+        .query()
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub async fn route(admin: &Admin, parts: &http::request::Parts, body: Bytes) -> AdminResponse {
+    let path = parts.uri.path().trim_end_matches('/');
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let method = &parts.method;
+    let get = method == http::Method::GET;
+    let post = method == http::Method::POST;
+    match segments.as_slice() {
+        ["api", "namespaces"] if get => {
+            let list: Vec<Value> = namespaces(admin)
+                .iter()
+                .map(catalog::namespace_json)
+                .collect();
+            json(200, &Value::Array(list))
+        }
+        ["api", "namespaces", ns, "objects"] if get => match namespace(admin, ns) {
+            Some(ns) => json(200, &catalog::objects_json(&ns).await),
+            None => unknown_namespace(ns),
+        },
+        ["api", "reset"] if post => reset(admin).await,
+        ["api", "objects", ns, id, rest @ ..] => {
+            let Some(ns) = namespace(admin, ns) else {
+                return unknown_namespace(ns);
+            };
+            if !catalog::is_object_id(id) {
+                return error(400, format!("'{id}' is not an object id (64 hex digits)"));
+            }
+            let id = id.to_ascii_lowercase();
+            object_route(&ns, &id, method, rest, parts, body).await
+        }
+        ["api", ..] => error(404, format!("no admin route {method} {path}")),
+        _ => error(404, format!("not found: {path}")),
+    }
+}
+
+async fn object_route(
+    ns: &Namespace,
+    id: &str,
+    method: &http::Method,
+    rest: &[&str],
+    parts: &http::request::Parts,
+    body: Bytes,
+) -> AdminResponse {
+    let get = method == http::Method::GET;
+    let post = method == http::Method::POST;
+    match rest {
+        [] if get => {
+            let resident = catalog::resident(&ns.pool).await;
+            let alarms = catalog::alarms(&ns.pool);
+            json(200, &catalog::object_json(ns, id, &resident, &alarms))
+        }
+        ["kv"] if get => {
+            let params = query_params(parts);
+            let limit = params.get("limit").and_then(|l| l.parse::<u32>().ok());
+            let request = json!({
+                "op": "kv",
+                "prefix": params.get("prefix"),
+                "start": params.get("start"),
+                "limit": limit.unwrap_or(1000),
+            });
+            object_request(ns, id, request).await
+        }
+        ["sql"] if post => {
+            let query = match serde_json::from_slice::<Value>(&body) {
+                Ok(value) => value["query"].as_str().map(str::to_string),
+                Err(_) => String::from_utf8(body.to_vec()).ok(),
+            };
+            let Some(query) = query else {
+                return error(400, "send {\"query\": \"SELECT ...\"}");
+            };
+            object_request(ns, id, json!({"op": "sql", "query": query})).await
+        }
+        ["alarm"] if get => object_request(ns, id, json!({"op": "alarm"})).await,
+        ["alarm"] if method == http::Method::DELETE => {
+            object_request(ns, id, json!({"op": "deleteAlarm"})).await
+        }
+        ["evict"] if post => {
+            let command = AdminCommand::Evict {
+                namespace: ns.index,
+                object_id: id.to_string(),
+            };
+            match ns.pool.admin(ns.pool.thread_of(id), command).await {
+                Ok(value) => json(200, &value),
+                Err(e) => error(503, e),
+            }
+        }
+        ["import"] if post => import(ns, id, body).await,
+        _ => error(404, format!("no admin route {method} {}", parts.uri.path())),
+    }
+}
+
+/// Replaces the object's storage with the SQLite file in `body` (see `dorun import`).
+async fn import(ns: &Namespace, id: &str, body: Bytes) -> AdminResponse {
+    if !body.starts_with(b"SQLite format 3\0") {
+        return error(400, "the body is not a SQLite database file");
+    }
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let temp = ns
+        .dir
+        .with_file_name(format!(".import-{}-{n}.sqlite", std::process::id()));
+    if let Err(e) = std::fs::write(&temp, &body) {
+        return error(500, format!("{}: {e}", temp.display()));
+    }
+    let request = json!({"op": "restore", "source": temp.to_string_lossy()});
+    let response = object_request(ns, id, request).await;
+    let _ = std::fs::remove_file(&temp);
+    response
+}
+
+/// Runs a storage request on the object's thread.
+async fn object_request(ns: &Namespace, id: &str, request: Value) -> AdminResponse {
+    let command = AdminCommand::Object {
+        namespace: ns.index,
+        object_id: id.to_string(),
+        request: request.to_string(),
+    };
+    match ns.pool.admin(ns.pool.thread_of(id), command).await {
+        Ok(value) => match value.get("error") {
+            Some(message) => {
+                let status = value["status"].as_u64().unwrap_or(400) as u16;
+                error(status, message.as_str().unwrap_or("failed"))
+            }
+            None => json(200, &value),
+        },
+        Err(e) => error(503, e),
+    }
+}
+
+fn namespaces(admin: &Admin) -> Vec<Namespace> {
+    catalog::namespaces(&admin.pools)
+}
+
+fn namespace(admin: &Admin, key: &str) -> Option<Namespace> {
+    namespaces(admin).into_iter().find(|ns| ns.key == key)
+}
+
+fn unknown_namespace(key: &str) -> AdminResponse {
+    error(
+        404,
+        format!("no namespace '{key}' (GET /api/namespaces lists them)"),
+    )
+}
+
+/// How long a reset waits for every isolate thread to drop its objects.
+const RESET_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Every alarm, socket and object gone. Sockets are closed and forgotten first (none of
+/// their events recreates an object); then every isolate thread drops its objects and is
+/// held at a barrier while the alarms are forgotten and each namespace directory is renamed
+/// into `<data-dir>/.trash` (one rename per namespace, however many objects: the files are
+/// deleted by a background thread); then the threads are released.
+pub async fn reset(admin: &Admin) -> AdminResponse {
+    let started = Instant::now();
+    let sockets = admin.sockets.reset(1012, "dorun was reset by an operator");
+    let (mut tasks, mut dropped, mut releases) = (Vec::new(), Vec::new(), Vec::new());
+    for pool in &admin.pools {
+        for thread in 0..pool.thread_count() {
+            let (dropped_tx, dropped_rx) = std::sync::mpsc::channel();
+            let (release_tx, release_rx) = std::sync::mpsc::channel();
+            let hold = ResetHold {
+                dropped: dropped_tx,
+                release: release_rx,
+            };
+            let pool = pool.clone();
+            tasks.push(tokio::spawn(async move {
+                pool.admin(thread, AdminCommand::Reset(hold)).await
+            }));
+            dropped.push(dropped_rx);
+            releases.push(release_tx);
+        }
+    }
+    let counts = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + RESET_WAIT;
+        dropped
+            .iter()
+            .map(|rx| {
+                rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                    .ok()
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
+    let held = counts.iter().all(Option::is_some);
+    let held_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let (alarms, objects) = if held {
+        let alarms: usize = admin.pools.iter().map(|p| p.alarms().clear()).sum();
+        (alarms, move_away(admin))
+    } else {
+        (0, 0)
+    };
+    for release in releases {
+        let _ = release.send(());
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    if !held {
+        return error(
+            503,
+            "an isolate thread did not answer the reset within 10 s (busy?); nothing was deleted",
+        );
+    }
+    super::metrics::record_reset();
+    let resident: u32 = counts.into_iter().flatten().sum();
+    let round = |ms: f64| (ms * 100.0).round() / 100.0;
+    json(
+        200,
+        &json!({
+            "objects": objects,
+            "resident": resident,
+            "alarms": alarms,
+            "sockets": sockets,
+            "heldMs": round(held_ms),
+            "ms": round(started.elapsed().as_secs_f64() * 1000.0),
+        }),
+    )
+}
+
+/// Renames every namespace directory into `<data-dir>/.trash` and deletes it there in the
+/// background. Returns how many objects they held.
+fn move_away(admin: &Admin) -> usize {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let trash = admin.data_dir.join(".trash");
+    let mut objects = 0;
+    let mut moved = Vec::new();
+    for ns in namespaces(admin) {
+        let Ok(entries) = std::fs::read_dir(&ns.dir) else {
+            continue;
+        };
+        objects += entries
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".sqlite"))
+                    .is_some_and(catalog::is_object_id)
+            })
+            .count();
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let target = trash.join(format!("{}-{}-{n}", ns.key, std::process::id()));
+        let _ = std::fs::create_dir_all(&trash);
+        match std::fs::rename(&ns.dir, &target) {
+            Ok(()) => moved.push(target),
+            Err(error) => tracing::warn!("reset: cannot move {}: {error}", ns.dir.display()),
+        }
+    }
+    empty_trash_later(moved);
+    objects
+}
+
+/// Deletes `dirs` on a background thread.
+pub fn empty_trash_later(dirs: Vec<std::path::PathBuf>) {
+    if dirs.is_empty() {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("dorun-trash".into())
+        .spawn(move || {
+            for dir in dirs {
+                if let Err(error) = std::fs::remove_dir_all(&dir) {
+                    tracing::warn!("cannot delete {}: {error}", dir.display());
+                }
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::warn!("cannot start the trash thread: {error}");
+    }
+}

@@ -1,0 +1,73 @@
+//! A small HTTP client of the admin listener, for `dorun import --admin` and
+//! `dorun inspect`.
+
+use anyhow::{anyhow, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+/// Where the admin listener is and the token it wants.
+#[derive(Clone, Debug)]
+pub struct AdminTarget {
+    pub base: String,
+    pub token: Option<String>,
+}
+
+impl AdminTarget {
+    pub fn new(base: &str, token: Option<String>) -> Self {
+        let base = base.trim_end_matches('/');
+        let base = if base.contains("://") {
+            base.to_string()
+        } else {
+            format!("http://{base}")
+        };
+        Self { base, token }
+    }
+
+    /// Sends a request and returns the body of a 2xx answer; anything else is an error
+    /// carrying the server's message.
+    pub fn call(&self, method: &str, path: &str, body: Bytes) -> anyhow::Result<Bytes> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(self.send(method, path, body))
+    }
+
+    pub fn json(&self, method: &str, path: &str, body: Bytes) -> anyhow::Result<serde_json::Value> {
+        let bytes = self.call(method, path, body)?;
+        serde_json::from_slice(&bytes).map_err(|e| anyhow!("{path}: the answer is not JSON: {e}"))
+    }
+
+    async fn send(&self, method: &str, path: &str, body: Bytes) -> anyhow::Result<Bytes> {
+        let url = format!("{}{path}", self.base);
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        let mut builder = http::Request::builder().method(method).uri(&url);
+        if let Some(token) = &self.token {
+            builder = builder.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = builder
+            .body(Full::new(body))
+            .map_err(|e| anyhow!("{url}: {e}"))?;
+        let response =
+            tokio::time::timeout(std::time::Duration::from_secs(300), client.request(request))
+                .await
+                .map_err(|_| anyhow!("{url}: no answer within 300 s"))?
+                .map_err(|e| anyhow!("cannot reach the admin listener at {url}: {e}"))?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| anyhow!("{url}: {e}"))?
+            .to_bytes();
+        if !status.is_success() {
+            let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_string))
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+            bail!("{method} {url}: {status}: {message}");
+        }
+        Ok(bytes)
+    }
+}

@@ -1,0 +1,295 @@
+//! `dorun export` and `dorun import`: copies of objects' SQLite files, taken with SQLite's
+//! online backup (a consistent snapshot even while `dorun serve` writes), optionally with a
+//! JSON dump of every table; and their restore, into a stopped server's data directory or
+//! through a running server's admin listener (the object is evicted, then restored on its
+//! own thread, and its alarm rescheduled).
+//!
+//! An export directory holds `<namespace>/<object id>.sqlite` (and `.json` with `--json`)
+//! plus `dorun-export.json`, the list of what it holds.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use clap::Args;
+use dorun_storage::{AlarmIndex, Durability, ObjectDatabase, SqlValue};
+use serde_json::{json, Value};
+
+use crate::admin::catalog::{is_object_id, object_files};
+use crate::admin_client::AdminTarget;
+
+/// Which objects, and which data directory.
+#[derive(Debug, Args)]
+pub struct Selection {
+    /// The data directory [default: .dorun beside the wrangler config found from --config or
+    /// the current directory].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// The wrangler config whose data directory to use.
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// Only this namespace (its directory name, e.g. `my-worker-Counter`).
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+    /// Only this object (64 hex digits; needs --namespace).
+    #[arg(long, requires = "namespace")]
+    pub object: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub selection: Selection,
+    /// Directory to write the export to (created).
+    #[arg(long, short = 'o')]
+    pub out: PathBuf,
+    /// Also write a JSON dump of each object's tables (`<id>.json`).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// A directory written by `dorun export`.
+    pub from: PathBuf,
+    #[command(flatten)]
+    pub selection: Selection,
+    /// Import through a running server's admin listener (e.g. http://127.0.0.1:9000) instead
+    /// of writing the data directory (which needs the server stopped).
+    #[arg(long, value_name = "URL")]
+    pub admin: Option<String>,
+    /// The admin listener's token.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "DORUN_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+}
+
+impl Selection {
+    fn data_dir(&self) -> anyhow::Result<PathBuf> {
+        if let Some(dir) = &self.data_dir {
+            return Ok(dir.clone());
+        }
+        let start = match &self.config {
+            Some(path) => path.clone(),
+            None => std::env::current_dir()?,
+        };
+        let config = if start.is_file() {
+            start
+        } else {
+            crate::config::find_config(&start).ok_or_else(|| {
+                anyhow!(
+                    "no wrangler config in {} or its parents: pass --data-dir",
+                    start.display()
+                )
+            })?
+        };
+        Ok(config.parent().unwrap_or(Path::new(".")).join(".dorun"))
+    }
+
+    /// (namespace, object id, file) of every selected object in `root`.
+    fn objects(&self, root: &Path) -> anyhow::Result<Vec<(String, String, PathBuf)>> {
+        if let Some(id) = &self.object {
+            if !is_object_id(id) {
+                bail!("--object {id}: an object id is 64 hex digits");
+            }
+        }
+        let entries = std::fs::read_dir(root).with_context(|| format!("{}", root.display()))?;
+        let mut namespaces: Vec<String> = entries
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|name| !name.starts_with('.'))
+            .filter(|name| self.namespace.as_ref().is_none_or(|n| n == name))
+            .collect();
+        namespaces.sort();
+        if let Some(wanted) = &self.namespace {
+            if namespaces.is_empty() {
+                bail!("no namespace '{wanted}' in {}", root.display());
+            }
+        }
+        let mut out = Vec::new();
+        for namespace in namespaces {
+            for file in object_files(&root.join(&namespace)) {
+                if self
+                    .object
+                    .as_ref()
+                    .is_none_or(|id| id.eq_ignore_ascii_case(&file.id))
+                {
+                    let path = root.join(&namespace).join(format!("{}.sqlite", file.id));
+                    out.push((namespace.clone(), file.id, path));
+                }
+            }
+        }
+        if out.is_empty() && self.object.is_some() {
+            bail!("no such object in {}", root.display());
+        }
+        Ok(out)
+    }
+}
+
+/// Prints progress on stderr about once a second for long runs.
+struct Progress {
+    verb: &'static str,
+    total: usize,
+    last: Instant,
+}
+
+impl Progress {
+    fn new(verb: &'static str, total: usize) -> Self {
+        Self {
+            verb,
+            total,
+            last: Instant::now(),
+        }
+    }
+
+    fn tick(&mut self, done: usize) {
+        if self.last.elapsed() >= Duration::from_secs(1) {
+            eprintln!("{} {done}/{} objects", self.verb, self.total);
+            self.last = Instant::now();
+        }
+    }
+}
+
+pub fn export(args: ExportArgs) -> anyhow::Result<()> {
+    let data_dir = args.selection.data_dir()?;
+    let objects = args.selection.objects(&data_dir)?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("{}", args.out.display()))?;
+    let mut progress = Progress::new("exported", objects.len());
+    let mut manifest = Vec::new();
+    let mut bytes = 0;
+    for (done, (namespace, id, source)) in objects.iter().enumerate() {
+        let target = args.out.join(namespace).join(format!("{id}.sqlite"));
+        dorun_storage::backup(source, &target).map_err(|e| anyhow!("{}: {e}", source.display()))?;
+        let size = std::fs::metadata(&target).map(|m| m.len()).unwrap_or(0);
+        bytes += size;
+        if args.json {
+            let dump = dump_json(&target)?;
+            let path = target.with_extension("json");
+            std::fs::write(&path, serde_json::to_vec_pretty(&dump)?)
+                .with_context(|| format!("{}", path.display()))?;
+        }
+        manifest.push(json!({"namespace": namespace, "id": id, "bytes": size}));
+        progress.tick(done + 1);
+    }
+    let manifest = json!({
+        "format": "dorun-export/1",
+        "source": data_dir.display().to_string(),
+        "objects": manifest,
+    });
+    std::fs::write(
+        args.out.join("dorun-export.json"),
+        serde_json::to_vec_pretty(&manifest)?,
+    )?;
+    println!(
+        "exported {} objects ({bytes} bytes) from {} to {}",
+        objects.len(),
+        data_dir.display(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn sql_json(value: &SqlValue) -> Value {
+    match value {
+        SqlValue::Null => Value::Null,
+        SqlValue::Integer(n) => (*n).into(),
+        SqlValue::Real(x) => (*x).into(),
+        SqlValue::Text(text) => text.clone().into(),
+        SqlValue::Blob(bytes) => {
+            json!({"blob": bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()})
+        }
+    }
+}
+
+/// Every table of the copy at `path` as `{table: {columns, rows}}`. KV values (table
+/// `_cf_KV`) are V8-serialized and appear as blobs.
+fn dump_json(path: &Path) -> anyhow::Result<Value> {
+    let fail = |e: dorun_storage::StorageError| anyhow!("{}: {e}", path.display());
+    let mut db = ObjectDatabase::open(path, Durability::Off).map_err(fail)?;
+    let tables = db
+        .admin_exec("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+        .map_err(fail)?;
+    let mut out = serde_json::Map::new();
+    for row in tables.rows {
+        let Some(SqlValue::Text(name)) = row.first() else {
+            continue;
+        };
+        let quoted = name.replace('"', "\"\"");
+        let result = db
+            .admin_exec(&format!("SELECT * FROM \"{quoted}\""))
+            .map_err(fail)?;
+        let rows: Vec<Value> = result
+            .rows
+            .iter()
+            .map(|row| row.iter().map(sql_json).collect())
+            .collect();
+        out.insert(
+            name.clone(),
+            json!({"columns": result.columns, "rows": rows}),
+        );
+    }
+    Ok(Value::Object(out))
+}
+
+pub fn import(args: ImportArgs) -> anyhow::Result<()> {
+    let objects = args.selection.objects(&args.from)?;
+    let mut progress = Progress::new("imported", objects.len());
+    let admin = args
+        .admin
+        .as_deref()
+        .map(|url| AdminTarget::new(url, args.admin_token.clone()));
+    let data_dir = match admin {
+        Some(_) => None,
+        None => Some(args.selection.data_dir()?),
+    };
+    for (done, (namespace, id, source)) in objects.iter().enumerate() {
+        match (&admin, &data_dir) {
+            (Some(admin), _) => {
+                let body =
+                    std::fs::read(source).with_context(|| format!("{}", source.display()))?;
+                admin.call(
+                    "POST",
+                    &format!("/api/objects/{namespace}/{id}/import"),
+                    body.into(),
+                )?;
+            }
+            (None, Some(data_dir)) => restore_offline(data_dir, namespace, id, source)?,
+            (None, None) => unreachable!("a data directory without --admin"),
+        }
+        progress.tick(done + 1);
+    }
+    let into = match (&admin, &data_dir) {
+        (Some(admin), _) => admin.base.clone(),
+        (None, Some(dir)) => dir.display().to_string(),
+        (None, None) => String::new(),
+    };
+    println!("imported {} objects into {into}", objects.len());
+    Ok(())
+}
+
+/// Restores one object into a data directory no server is using, with its alarm indexed.
+fn restore_offline(
+    data_dir: &Path,
+    namespace: &str,
+    id: &str,
+    source: &Path,
+) -> anyhow::Result<()> {
+    let dir = data_dir.join(namespace);
+    let target = dir.join(format!("{id}.sqlite"));
+    let fail = |e: dorun_storage::StorageError| anyhow!("{}: {e}", target.display());
+    dorun_storage::restore(source, &target).map_err(fail)?;
+    let alarm = ObjectDatabase::open(&target, Durability::Full)
+        .and_then(|db| db.alarm())
+        .map_err(fail)?;
+    let index = AlarmIndex::open(&dir.join("metadata.sqlite"), Durability::Full).map_err(fail)?;
+    match alarm {
+        Some(time) => index.put(id, time, None),
+        None => index.delete(id),
+    }
+    .map_err(fail)
+}

@@ -1,0 +1,340 @@
+//! `dorun inspect`: the admin listener's API as tables in a terminal (namespaces, objects,
+//! KV entries, SQL results, alarms), or its JSON with `--json`.
+
+use anyhow::{anyhow, bail};
+use clap::{Args, Subcommand};
+use serde_json::Value;
+
+use crate::admin_client::AdminTarget;
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The admin listener, e.g. http://127.0.0.1:9000 (see `dorun serve --admin-port`).
+    #[arg(long, value_name = "URL", env = "DORUN_ADMIN_URL")]
+    pub admin: String,
+    /// The admin listener's token.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "DORUN_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub what: Inspect,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Inspect {
+    /// Namespaces, or the objects of one namespace.
+    List { namespace: Option<String> },
+    /// An object's KV entries (OBJECT: its id or a unique prefix of it).
+    Kv {
+        namespace: String,
+        object: String,
+        #[arg(long)]
+        prefix: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
+    /// Run SQL on an object (the KV table `_cf_KV` is readable).
+    Sql {
+        namespace: String,
+        object: String,
+        query: String,
+    },
+    /// Scheduled alarms (of one namespace, or all).
+    Alarms { namespace: Option<String> },
+}
+
+pub fn run(args: InspectArgs) -> anyhow::Result<()> {
+    let admin = AdminTarget::new(&args.admin, args.admin_token.clone());
+    let (value, table) = match &args.what {
+        Inspect::List { namespace: None } => {
+            let value = admin.json("GET", "/api/namespaces", Default::default())?;
+            let table = namespaces_table(&value);
+            (value, table)
+        }
+        Inspect::List {
+            namespace: Some(ns),
+        } => {
+            let value = admin.json(
+                "GET",
+                &format!("/api/namespaces/{ns}/objects"),
+                Default::default(),
+            )?;
+            let table = objects_table(&value);
+            (value, table)
+        }
+        Inspect::Kv {
+            namespace,
+            object,
+            prefix,
+            limit,
+        } => {
+            let id = resolve(&admin, namespace, object)?;
+            let mut path = format!("/api/objects/{namespace}/{id}/kv?limit={limit}");
+            if let Some(prefix) = prefix {
+                let prefix: String =
+                    url::form_urlencoded::byte_serialize(prefix.as_bytes()).collect();
+                path.push_str(&format!("&prefix={prefix}"));
+            }
+            let value = admin.json("GET", &path, Default::default())?;
+            let table = kv_table(&value);
+            (value, table)
+        }
+        Inspect::Sql {
+            namespace,
+            object,
+            query,
+        } => {
+            let id = resolve(&admin, namespace, object)?;
+            let body = serde_json::json!({ "query": query }).to_string();
+            let value = admin.json(
+                "POST",
+                &format!("/api/objects/{namespace}/{id}/sql"),
+                body.into(),
+            )?;
+            let table = sql_table(&value);
+            (value, table)
+        }
+        Inspect::Alarms { namespace } => alarms(&admin, namespace.as_deref())?,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        print!("{table}");
+    }
+    Ok(())
+}
+
+/// An object id from a unique prefix of it.
+fn resolve(admin: &AdminTarget, namespace: &str, prefix: &str) -> anyhow::Result<String> {
+    if prefix.len() == 64 {
+        return Ok(prefix.to_ascii_lowercase());
+    }
+    let objects = admin.json(
+        "GET",
+        &format!("/api/namespaces/{namespace}/objects"),
+        Default::default(),
+    )?;
+    let prefix = prefix.to_ascii_lowercase();
+    let matches: Vec<&str> = objects
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o["id"].as_str())
+        .filter(|id| id.starts_with(&prefix))
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok(one.to_string()),
+        [] => bail!("no object of {namespace} starts with '{prefix}'"),
+        _ => bail!(
+            "'{prefix}' matches {} objects of {namespace}; give more digits",
+            matches.len()
+        ),
+    }
+}
+
+fn alarms(admin: &AdminTarget, namespace: Option<&str>) -> anyhow::Result<(Value, String)> {
+    let namespaces = admin.json("GET", "/api/namespaces", Default::default())?;
+    let mut rows = Vec::new();
+    let mut all = Vec::new();
+    for ns in namespaces
+        .as_array()
+        .ok_or_else(|| anyhow!("unexpected answer"))?
+    {
+        let key = ns["key"].as_str().unwrap_or_default();
+        if namespace.is_some_and(|n| n != key) {
+            continue;
+        }
+        let objects = admin.json(
+            "GET",
+            &format!("/api/namespaces/{key}/objects"),
+            Default::default(),
+        )?;
+        for object in objects.as_array().into_iter().flatten() {
+            let Some(at) = object["alarm"].as_i64() else {
+                continue;
+            };
+            rows.push(vec![
+                key.to_string(),
+                object["id"].as_str().unwrap_or_default().to_string(),
+                when(at),
+                object["alarmRetries"].to_string(),
+            ]);
+            all.push(serde_json::json!({"namespace": key, "id": object["id"], "alarm": at, "retries": object["alarmRetries"]}));
+        }
+    }
+    let table = render(&["NAMESPACE", "OBJECT", "ALARM", "RETRIES"], rows);
+    Ok((Value::Array(all), table))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A time relative to now: `in 5s`, `3m ago`.
+fn when(ms: i64) -> String {
+    let delta = ms - now_ms();
+    let secs = delta.abs() / 1000;
+    let amount = match secs {
+        0..=59 => format!("{secs}s"),
+        60..=3599 => format!("{}m", secs / 60),
+        3600..=86_399 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86_400),
+    };
+    if delta >= 0 {
+        format!("in {amount}")
+    } else {
+        format!("{amount} ago")
+    }
+}
+
+fn bytes(n: &Value) -> String {
+    let n = n.as_u64().unwrap_or(0) as f64;
+    match n {
+        n if n < 1024.0 => format!("{n} B"),
+        n if n < 1024.0 * 1024.0 => format!("{:.1} KiB", n / 1024.0),
+        n => format!("{:.1} MiB", n / 1024.0 / 1024.0),
+    }
+}
+
+fn cell(value: &Value) -> String {
+    let text = match value {
+        Value::String(s) => s.clone(),
+        Value::Null => "NULL".into(),
+        other => other.to_string(),
+    };
+    let text = text.replace(['\n', '\t'], " ");
+    if text.chars().count() > 60 {
+        format!("{}...", text.chars().take(57).collect::<String>())
+    } else {
+        text
+    }
+}
+
+fn namespaces_table(value: &Value) -> String {
+    let rows = value
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|ns| {
+            vec![
+                cell(&ns["key"]),
+                cell(&ns["worker"]),
+                cell(&ns["class"]),
+                cell(&ns["binding"]),
+                ns["objects"].to_string(),
+                bytes(&ns["bytes"]),
+            ]
+        })
+        .collect();
+    render(
+        &["NAMESPACE", "WORKER", "CLASS", "BINDING", "OBJECTS", "SIZE"],
+        rows,
+    )
+}
+
+fn objects_table(value: &Value) -> String {
+    let rows = value
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|o| {
+            vec![
+                o["id"].as_str().unwrap_or_default().to_string(),
+                o["name"].as_str().unwrap_or("").to_string(),
+                bytes(&o["bytes"]),
+                o["lastActivity"].as_i64().map(when).unwrap_or_default(),
+                if o["resident"] == true { "yes" } else { "no" }.to_string(),
+                o["alarm"].as_i64().map(when).unwrap_or_default(),
+            ]
+        })
+        .collect();
+    render(
+        &["OBJECT", "NAME", "SIZE", "LAST ACTIVE", "RESIDENT", "ALARM"],
+        rows,
+    )
+}
+
+fn kv_table(value: &Value) -> String {
+    let rows = value["entries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| vec![cell(&e["key"]), cell(&e["value"]), bytes(&e["bytes"])])
+        .collect();
+    render(&["KEY", "VALUE", "SIZE"], rows)
+}
+
+fn sql_table(value: &Value) -> String {
+    let columns: Vec<String> = value["columns"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(cell)
+        .collect();
+    let rows: Vec<Vec<String>> = value["rows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|row| row.as_array().into_iter().flatten().map(cell).collect())
+        .collect();
+    let count = rows.len();
+    let headers: Vec<&str> = columns.iter().map(String::as_str).collect();
+    let mut out = if headers.is_empty() {
+        String::new()
+    } else {
+        render(&headers, rows)
+    };
+    out.push_str(&format!(
+        "({count} row{}, {} written)\n",
+        if count == 1 { "" } else { "s" },
+        value["rowsWritten"]
+    ));
+    out
+}
+
+/// Columns padded to their widest cell, a rule under the header.
+pub fn render(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (index, cell) in row.iter().enumerate() {
+            if let Some(width) = widths.get_mut(index) {
+                *width = (*width).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        format!("{}\n", padded.join("  ").trim_end())
+    };
+    let mut out = line(headers.to_vec());
+    out.push_str(&line(
+        widths
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(String::as_str)
+            .collect(),
+    ));
+    for row in &rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    if rows.is_empty() {
+        out.push_str("(none)\n");
+    }
+    out
+}

@@ -1,0 +1,99 @@
+// Drives the admin web page in Debian's headless chromium (playwright-core, no browser
+// download): namespaces, objects, KV entries, SQL with its result table, the alarm view
+// and its deletion, evict and reset with their confirmations. Takes a screenshot of each
+// view. Run by tests/e2e/admin_page.rs:
+//
+//   node tests/browser/admin-page.mjs <admin URL> <screenshot dir> <object with KV> <object with alarm>
+import assert from "node:assert/strict";
+import { chromium } from "playwright-core";
+
+const [admin, shots, kvObject, alarmObject] = process.argv.slice(2);
+const ns = "admin-Store";
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+  args: [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+  ],
+});
+const steps = [];
+const page = await browser.newPage({ viewport: { width: 1100, height: 640 } });
+try {
+  const errors = [];
+  page.on("pageerror", (error) => errors.push(error.message));
+  const shot = async (name) => {
+    await page.screenshot({ path: `${shots}/admin-${name}.png` });
+    steps.push(name);
+  };
+
+  await page.goto(`${admin}/`);
+  const nsRow = page.locator("tr.link", { hasText: ns });
+  await nsRow.waitFor();
+  assert.match(await nsRow.innerText(), /Store\s+STORE\s+3/);
+  await shot("namespaces");
+
+  await nsRow.click();
+  await page.waitForURL(/#\/ns\/admin-Store$/);
+  const rows = page.locator("tbody tr.link");
+  await rows.first().waitFor();
+  assert.equal(await rows.count(), 3);
+  assert.equal(await page.locator(".badge.on").count(), 3, "all three are resident");
+  await shot("objects");
+
+  await page.locator("tr.link", { hasText: kvObject.slice(0, 16) }).click();
+  const kvRow = page.locator("tbody tr", { hasText: "profile" });
+  await kvRow.waitFor();
+  assert.match(await kvRow.innerText(), /"n": 5/);
+  await shot("kv");
+
+  await page.locator(".tabs a", { hasText: "SQL" }).click();
+  await page.locator("#sql-query").fill("SELECT key, length(value) AS bytes FROM _cf_KV ORDER BY key");
+  await page.locator("#sql-run").click();
+  const cell = page.locator("#sql-result td", { hasText: "profile" });
+  await cell.waitFor();
+  assert.deepEqual(await page.locator("#sql-result th").allInnerTexts(), ["KEY", "BYTES"]);
+  await shot("sql");
+  await page.locator("#sql-query").fill("SELECT * FROM no_such_table");
+  await page.locator("#sql-run").click();
+  await page.locator("#sql-result .error", { hasText: "no_such_table" }).waitFor();
+
+  await page.goto(`${admin}/#/ns/${ns}/${alarmObject}/alarm`);
+  await page.locator("#alarm", { hasText: "Alarm at" }).waitFor();
+  await shot("alarm");
+  page.once("dialog", (dialog) => dialog.accept());
+  await page.locator("#alarm-delete").click();
+  await page.locator("#alarm", { hasText: "No alarm is set." }).waitFor();
+
+  // Evict: cancelled first (nothing happens), then confirmed.
+  await page.goto(`${admin}/#/ns/${ns}`);
+  const evictRow = page.locator("tr.link", { hasText: kvObject.slice(0, 16) });
+  await evictRow.locator("button.evict").waitFor();
+  page.once("dialog", (dialog) => dialog.dismiss());
+  await evictRow.locator("button.evict").click();
+  await page.waitForTimeout(200);
+  assert.equal(await evictRow.locator(".badge.on").count(), 1, "a cancelled evict kept it");
+  page.once("dialog", (dialog) => dialog.accept());
+  await evictRow.locator("button.evict").click();
+  await evictRow.locator(".badge", { hasText: "on disk" }).waitFor();
+
+  // Reset: cancelled, then confirmed.
+  page.once("dialog", (dialog) => dialog.dismiss());
+  await page.locator("#reset").click();
+  await page.waitForTimeout(200);
+  assert.equal(await page.locator("tbody tr.link").count(), 3, "a cancelled reset kept the objects");
+  page.once("dialog", (dialog) => dialog.accept());
+  await page.locator("#reset").click();
+  await page.locator("#reset-result", { hasText: "Reset: 3 objects" }).waitFor();
+  assert.match(await page.locator("tr.link", { hasText: ns }).innerText(), /Store\s+STORE\s+0/);
+  await shot("reset");
+
+  assert.deepEqual(errors, []);
+  console.log(JSON.stringify({ ok: true, steps }));
+} catch (error) {
+  await page.screenshot({ path: `${shots}/failure.png` });
+  console.error(`failed after ${steps.join(", ")}:`, await page.locator("main").innerText());
+  throw error;
+} finally {
+  await browser.close();
+}
