@@ -145,14 +145,51 @@ const scheduler = {
     return new Promise((resolve, reject) => {
       const signal = options?.signal;
       if (signal?.aborted) return reject(signal.reason);
-      const id = timers.setTimeout(resolve, ms);
+      const id = setTimeoutNoFloor(resolve, ms);
       signal?.addEventListener("abort", () => {
-        timers.clearTimeout(id);
+        clearTimeoutNoFloor(id);
         reject(signal.reason);
       });
     });
   },
 };
+
+// --- zero-delay timers ------------------------------------------------------------
+// deno's core timers round every delay up to 1 ms and then wait for the next tick of the
+// tokio timer wheel, so setTimeout(fn, 0) took 1-2 ms. A delay of 0 (or less) here fires
+// on the next turn of the event loop instead (op_defer resolves on the next poll, after
+// the turn's I/O), as in workerd; other delays keep deno's millisecond timers. Ids come
+// from a range deno's counter never reaches, so clearTimeout tells the two apart.
+const { op_defer } = core.ops;
+const { PromisePrototypeThen, ReflectApply, SafeMap, indirectEval } = primordials;
+const zeroTimers = new SafeMap();
+let nextZeroTimerId = 1_000_000_000;
+
+function setTimeoutNoFloor(callback, timeout = 0, ...args) {
+  const delay = webidl.converters.long(timeout);
+  if (delay > 0) return ReflectApply(timers.setTimeout, globalThis, [callback, delay, ...args]);
+  if (typeof callback !== "function") {
+    const source = webidl.converters.DOMString(callback);
+    callback = () => indirectEval(source);
+  }
+  const id = nextZeroTimerId++;
+  zeroTimers.set(id, callback);
+  PromisePrototypeThen(op_defer(), () => {
+    const fn = zeroTimers.get(id);
+    if (fn === undefined) return;
+    zeroTimers.delete(id);
+    try {
+      ReflectApply(fn, globalThis, args);
+    } catch (e) {
+      event.reportException(e);
+    }
+  });
+  return id;
+}
+
+function clearTimeoutNoFloor(id = 0) {
+  if (!zeroTimers.delete(id)) timers.clearTimeout(id);
+}
 
 function nonEnumerable(value) {
   return { value, writable: true, enumerable: false, configurable: true };
@@ -204,10 +241,10 @@ ObjectDefineProperties(globalThis, {
   CryptoKey: nonEnumerable(cryptoModule.CryptoKey),
   SubtleCrypto: nonEnumerable(cryptoModule.SubtleCrypto),
   // Timers and scheduling
-  setTimeout: nonEnumerable(timers.setTimeout),
+  setTimeout: nonEnumerable(setTimeoutNoFloor),
   setInterval: nonEnumerable(timers.setInterval),
-  clearTimeout: nonEnumerable(timers.clearTimeout),
-  clearInterval: nonEnumerable(timers.clearInterval),
+  clearTimeout: nonEnumerable(clearTimeoutNoFloor),
+  clearInterval: nonEnumerable(clearTimeoutNoFloor),
   scheduler: nonEnumerable(scheduler),
   structuredClone: nonEnumerable(structuredCloneModule.structuredClone),
   // Events
