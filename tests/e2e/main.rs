@@ -14,6 +14,7 @@ mod errors;
 mod examples;
 mod exports;
 mod handlers;
+mod many_objects;
 mod modules;
 mod multi;
 mod node_compat;

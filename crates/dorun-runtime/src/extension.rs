@@ -14,7 +14,7 @@ use crate::loader::ModuleGraph;
 use crate::namespaces::ObjectConfig;
 use crate::router::Router;
 use crate::sockets::{ParkedSockets, SocketRegistry};
-use crate::storage::{OpenDatabases, MAX_OPEN_CONNECTIONS};
+use crate::storage::{connection_capacity, OpenDatabases};
 use crate::{assets_binding, cache, events, namespaces, rpc, sockets, storage};
 
 /// What an isolate's ops share besides [`IsolateContext`]; each piece goes into the op
@@ -65,6 +65,7 @@ deno_core::extension!(
         // storage (storage.rs)
         storage::op_dorun_storage_open,
         storage::op_dorun_storage_close,
+        storage::op_dorun_storage_pressure,
         storage::op_dorun_storage_rollback,
         storage::op_dorun_storage_commit,
         storage::op_dorun_storage_in_transaction,
@@ -131,7 +132,7 @@ deno_core::extension!(
     },
     state = |state, options| {
         let services = options.services;
-        state.put(OpenDatabases::new(MAX_OPEN_CONNECTIONS, services.objects.durability));
+        state.put(OpenDatabases::new(connection_capacity(), services.objects.durability));
         state.put(services.context);
         state.put(services.router);
         state.put(CacheStore::new(services.objects.data_dir.join("cache.sqlite")));

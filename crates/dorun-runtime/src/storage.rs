@@ -10,6 +10,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use deno_core::{op2, v8, OpState};
@@ -18,8 +19,30 @@ use dorun_storage::{Durability, ListOptions, ObjectDatabase, SqlValue, StorageEr
 use crate::alarms::{AlarmIndexError, AlarmScheduler};
 use crate::namespaces::{IdError, ObjectConfig};
 
-/// How many SQLite connections one isolate thread keeps open.
+/// How many SQLite connections one isolate thread keeps open unless
+/// [`size_connection_cache`] sized it from the open-file limit.
 pub const MAX_OPEN_CONNECTIONS: usize = 256;
+
+/// Files one open object holds: its database, its WAL and the WAL index (`-shm`).
+const FILES_PER_CONNECTION: u64 = 3;
+
+static CONNECTIONS_PER_THREAD: AtomicUsize = AtomicUsize::new(MAX_OPEN_CONNECTIONS);
+
+/// Sizes each isolate thread's connection cache from the process's open-file limit,
+/// keeping an eighth of it (at least 1024) for sockets, accepts and the runtime's own
+/// files. Returns the connections per thread.
+pub fn size_connection_cache(open_file_limit: u64, threads: usize) -> usize {
+    let reserve = (open_file_limit / 8).max(1024);
+    let budget = open_file_limit.saturating_sub(reserve) / FILES_PER_CONNECTION;
+    let per_thread = (budget / threads.max(1) as u64).max(16) as usize;
+    CONNECTIONS_PER_THREAD.store(per_thread, Ordering::Relaxed);
+    per_thread
+}
+
+/// The connections an isolate thread keeps open (see [`size_connection_cache`]).
+pub fn connection_capacity() -> usize {
+    CONNECTIONS_PER_THREAD.load(Ordering::Relaxed)
+}
 
 /// Why a storage op failed.
 #[derive(Debug, thiserror::Error, deno_error::JsError)]
@@ -159,6 +182,16 @@ impl OpenDatabases {
         self.connected
     }
 
+    /// How many idle objects the thread should evict before a new object may open its
+    /// file: 0 below the cap, else a sixteenth of the cache, so evictions come in batches.
+    pub fn over_capacity(&self) -> usize {
+        if self.connected < self.capacity {
+            0
+        } else {
+            (self.capacity / 16).max(1)
+        }
+    }
+
     /// Whether `handle`'s connection is open now (not closed by the cache).
     pub fn is_connected(&self, handle: u32) -> bool {
         self.entries
@@ -246,6 +279,14 @@ pub fn op_dorun_storage_open(
     let open = state.borrow_mut::<OpenDatabases>();
     open.insert(path, namespace, object_id, object_name)
         .map(Some)
+}
+
+/// How many idle objects to evict (least recently used first) before a new object
+/// starts: nonzero when this thread's connection cache is full.
+#[op2(fast)]
+#[smi]
+pub fn op_dorun_storage_pressure(state: &mut OpState) -> u32 {
+    state.borrow::<OpenDatabases>().over_capacity() as u32
 }
 
 /// Commits pending writes and closes the file.

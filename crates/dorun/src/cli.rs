@@ -223,6 +223,20 @@ fn check(args: ConfigArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Sizes the isolate threads' SQLite connection caches from the open-file limit (which
+/// `main` raised to the hard limit), so a large working set stays open.
+fn size_connection_cache(threads: usize) {
+    let limit = rlimit::getrlimit(rlimit::Resource::NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024);
+    let per_thread = dorun_runtime::storage::size_connection_cache(limit, threads);
+    tracing::info!(
+        open_file_limit = limit,
+        "up to {} open objects ({per_thread} per isolate thread)",
+        per_thread * threads
+    );
+}
+
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let options = args.config.worker_options();
     let configs = workers::load_configs(&args.config.config, &options)?;
@@ -237,6 +251,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if threads == 0 {
         bail!("--threads must be at least 1");
     }
+    size_connection_cache(threads * configs.len());
     let workers = Workers::start(configs, &options, &data_dir, threads)?;
     // The first worker serves HTTP; the others are reached through their classes.
     let pool = workers.pools[0].clone();

@@ -230,6 +230,11 @@ export class DurableObjectStorage {
     return this.#outputGate.sync();
   }
 
+  /** Whether the object's database is open (it holds files). */
+  get isOpen() {
+    return this.#handle !== 0;
+  }
+
   close() {
     if (this.#handle !== 0) {
       const handle = this.#handle;
