@@ -68,6 +68,7 @@ deno_core::extension!(
         storage::op_dorun_storage_pressure,
         storage::op_dorun_storage_rollback,
         storage::op_dorun_storage_commit,
+        storage::op_dorun_storage_durable,
         storage::op_dorun_storage_in_transaction,
         storage::op_dorun_storage_savepoint,
         storage::op_dorun_storage_release,

@@ -14,7 +14,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use deno_core::{op2, v8, OpState};
-use dorun_storage::{Durability, ListOptions, ObjectDatabase, SqlValue, StorageError};
+use dorun_storage::{
+    wal_path, Durability, Flusher, ListOptions, ObjectDatabase, SqlValue, StorageError,
+};
+use tokio::sync::oneshot;
 
 use crate::alarms::{AlarmIndexError, AlarmScheduler};
 use crate::namespaces::{IdError, ObjectConfig};
@@ -62,6 +65,8 @@ pub enum StorageOpError {
     #[class(range)]
     #[error("{0}")]
     TooLarge(&'static str),
+    #[error("a commit could not be made durable: {0}")]
+    Flush(String),
 }
 
 struct StorageEntry {
@@ -82,6 +87,9 @@ pub struct OpenDatabases {
     capacity: usize,
     durability: Durability,
     entries: HashMap<u32, StorageEntry>,
+    /// Commits written but not yet durable, by ticket (see `op_dorun_storage_durable`).
+    flushes: HashMap<u32, oneshot::Receiver<Result<(), String>>>,
+    next_flush: u32,
 }
 
 impl OpenDatabases {
@@ -93,6 +101,8 @@ impl OpenDatabases {
             capacity: capacity.max(1),
             durability,
             entries: HashMap::new(),
+            flushes: HashMap::new(),
+            next_flush: 0,
         }
     }
 
@@ -138,7 +148,7 @@ impl OpenDatabases {
                 self.close_least_recently_used(handle);
             }
             let entry = self.entries.get_mut(&handle).expect("checked above");
-            let db = ObjectDatabase::open(&entry.path, self.durability).map_err(|source| {
+            let db = open_database(&entry.path, self.durability).map_err(|source| {
                 StorageOpError::Open {
                     path: entry.path.clone(),
                     source,
@@ -207,18 +217,49 @@ impl OpenDatabases {
         entry.db
     }
 
+    /// Commits `handle`'s implicit transaction (see [`commit_written`](Self::commit_written))
+    /// and, with `Durability::Full`, hands its WAL to the flusher. Returns the ticket to
+    /// await with `op_dorun_storage_durable`, 0 when the commit is already as durable as
+    /// the setting asks.
+    pub fn commit(&mut self, handle: u32, alarms: &AlarmScheduler) -> Result<u32, StorageOpError> {
+        let Some(wal) = self.commit_written(handle, alarms)? else {
+            return Ok(0);
+        };
+        let (sender, receiver) = oneshot::channel();
+        Flusher::global().flush(
+            wal,
+            Box::new(move |result| {
+                let _ = sender.send(result);
+            }),
+        );
+        self.next_flush = self.next_flush.wrapping_add(1).max(1);
+        self.flushes.insert(self.next_flush, receiver);
+        Ok(self.next_flush)
+    }
+
+    /// The flush of a commit's ticket, once (see [`commit`](Self::commit)).
+    fn take_flush(&mut self, ticket: u32) -> Option<oneshot::Receiver<Result<(), String>>> {
+        self.flushes.remove(&ticket)
+    }
+
     /// Commits `handle`'s implicit transaction, keeping the alarm index and scheduler in
     /// step: a new alarm time reaches the index before the commit, a cleared one after it,
-    /// so the index never misses an alarm the object has.
-    pub fn commit(&mut self, handle: u32, alarms: &AlarmScheduler) -> Result<(), StorageOpError> {
+    /// so the index never misses an alarm the object has. Returns the WAL to flush when
+    /// something was committed under `Durability::Full`.
+    fn commit_written(
+        &mut self,
+        handle: u32,
+        alarms: &AlarmScheduler,
+    ) -> Result<Option<PathBuf>, StorageOpError> {
         let Some(entry) = self.entries.get_mut(&handle) else {
             // Closed by the object, which committed then. (The cache only closes
             // connections without a pending transaction.)
-            return Ok(());
+            return Ok(None);
         };
         let Some(db) = entry.db.as_mut() else {
-            return Ok(());
+            return Ok(None);
         };
+        let wrote = db.in_transaction();
         let change = db.pending_alarm_change()?;
         if let Some(Some(time)) = change {
             if let Err(error) = alarms.index_put(
@@ -246,8 +287,22 @@ impl OpenDatabases {
                 time,
             );
         }
-        Ok(())
+        let deferred = wrote && self.durability == Durability::Full;
+        Ok(deferred.then(|| wal_path(&entry.path)))
     }
+}
+
+/// Opens an object's database; under `Durability::Full` its commits are made durable by
+/// the flusher thread, not on the isolate thread.
+fn open_database(
+    path: &std::path::Path,
+    durability: Durability,
+) -> dorun_storage::Result<ObjectDatabase> {
+    let mut db = ObjectDatabase::open(path, durability)?;
+    if durability == Durability::Full {
+        db.defer_sync()?;
+    }
+    Ok(db)
 }
 
 fn with_db<T>(
@@ -297,9 +352,10 @@ pub fn op_dorun_storage_close(
 ) -> Result<(), StorageOpError> {
     let alarms = state.borrow::<Arc<AlarmScheduler>>().clone();
     let open = state.borrow_mut::<OpenDatabases>();
-    let committed = open.commit(handle, &alarms);
+    // Closing the connection checkpoints the WAL, which syncs it first.
+    let committed = open.commit_written(handle, &alarms);
     open.remove(handle);
-    committed
+    committed.map(|_| ())
 }
 
 /// Drops uncommitted writes (object reset).
@@ -312,16 +368,37 @@ pub fn op_dorun_storage_rollback(
 }
 
 /// Commits the implicit transaction after the current JS turn: the op yields once, so every
-/// write made before the event loop turns again is part of this commit.
+/// write made before the event loop turns again is part of this commit. Resolves once the
+/// commit is written, with a ticket for `op_dorun_storage_durable` (0: nothing to wait for).
 #[op2]
+#[smi]
 pub async fn op_dorun_storage_commit(
     state: Rc<RefCell<OpState>>,
     #[smi] handle: u32,
-) -> Result<(), StorageOpError> {
+) -> Result<u32, StorageOpError> {
     tokio::task::yield_now().await;
     let mut state = state.borrow_mut();
     let alarms = state.borrow::<Arc<AlarmScheduler>>().clone();
     state.borrow_mut::<OpenDatabases>().commit(handle, &alarms)
+}
+
+/// Resolves when the commit of `ticket` is durable (the flusher thread synced its WAL).
+#[op2]
+pub async fn op_dorun_storage_durable(
+    state: Rc<RefCell<OpState>>,
+    #[smi] ticket: u32,
+) -> Result<(), StorageOpError> {
+    let flush = state
+        .borrow_mut()
+        .borrow_mut::<OpenDatabases>()
+        .take_flush(ticket);
+    match flush {
+        None => Ok(()),
+        Some(receiver) => match receiver.await {
+            Ok(result) => result.map_err(StorageOpError::Flush),
+            Err(_) => Err(StorageOpError::Flush("the flusher thread stopped".into())),
+        },
+    }
 }
 
 #[op2(fast)]

@@ -19,7 +19,9 @@ use rusqlite::types::{Value, ValueRef};
 use rusqlite::{params_from_iter, Connection, OptionalExtension};
 
 mod cache;
+mod flush;
 pub use cache::{CacheDatabase, CachedResponse};
+pub use flush::{wal_path, FlushDone, Flusher};
 
 /// How hard a commit tries to be durable before anything it gates is released.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -167,7 +167,7 @@ let nextZeroTimerId = 1_000_000_000;
 
 function setTimeoutNoFloor(callback, timeout = 0, ...args) {
   const delay = webidl.converters.long(timeout);
-  if (delay > 0) return ReflectApply(timers.setTimeout, globalThis, [callback, delay, ...args]);
+  if (delay > 0) return ReflectApply(timers.setTimeout, undefined, [callback, delay, ...args]);
   if (typeof callback !== "function") {
     const source = webidl.converters.DOMString(callback);
     callback = () => indirectEval(source);
@@ -188,7 +188,7 @@ function setTimeoutNoFloor(callback, timeout = 0, ...args) {
 }
 
 function clearTimeoutNoFloor(id = 0) {
-  if (!zeroTimers.delete(id)) timers.clearTimeout(id);
+  if (!zeroTimers.delete(id)) ReflectApply(timers.clearTimeout, undefined, [id]);
 }
 
 function nonEnumerable(value) {
