@@ -19,6 +19,8 @@ const browser = await chromium.launch({
 });
 const steps = [];
 const page = await browser.newPage({ viewport: { width: 1100, height: 640 } });
+// CI runs this beside the rest of the suite on two cores: be patient.
+page.setDefaultTimeout(60000);
 try {
   const errors = [];
   page.on("pageerror", (error) => errors.push(error.message));

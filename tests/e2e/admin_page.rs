@@ -29,7 +29,15 @@ async fn the_admin_page_browses_queries_and_resets_in_a_real_browser() {
     let data = scratch_dir("admin-page");
     let server = Server::start(
         &fixture("admin").join("wrangler.toml"),
-        &["--data-dir", data.to_str().unwrap(), "--admin-port", "0"],
+        // Objects stay resident however slow the browser is (the page shows residency).
+        &[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--admin-port",
+            "0",
+            "--object-idle-timeout",
+            "600",
+        ],
     );
     let admin = server.stdout_line("dorun: admin on ").unwrap();
     let alice = server

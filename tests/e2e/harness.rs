@@ -113,7 +113,38 @@ impl Server {
     }
 
     pub fn try_start(config: &Path, args: &[&str]) -> Result<Server, String> {
-        let mut command = Command::new(dorun_binary());
+        Self::try_start_limited(config, args, None, &[])
+    }
+
+    /// Starts dorun with extra environment variables.
+    pub fn start_with_env(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::try_start_limited(config, args, None, env).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts dorun with its open-file limit (soft and hard) set to `open_files`.
+    pub fn start_with_open_file_limit(config: &Path, args: &[&str], open_files: u64) -> Server {
+        Self::try_start_limited(config, args, Some(open_files), &[])
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_start_limited(
+        config: &Path,
+        args: &[&str],
+        open_files: Option<u64>,
+        env: &[(&str, &str)],
+    ) -> Result<Server, String> {
+        let mut command = match open_files {
+            None => Command::new(dorun_binary()),
+            Some(limit) => {
+                // The shell sets the limit, then becomes dorun (same pid).
+                let mut shell = Command::new("sh");
+                shell
+                    .arg("-c")
+                    .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+                    .arg(dorun_binary());
+                shell
+            }
+        };
         command
             .arg("serve")
             .arg(config)
@@ -126,6 +157,7 @@ impl Server {
                 &["--threads", "2"][..]
             })
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -23,6 +23,7 @@ mod hostile;
 mod inspect;
 mod integration_example;
 mod logs;
+mod many_objects;
 mod modules;
 mod multi;
 mod node_compat;

@@ -156,3 +156,17 @@ async fn fetch_refuses_non_http_schemes() {
     let server = Server::start(&fixture("web-apis").join("wrangler.toml"), &[]);
     assert_eq!(server.get("/fetch-file").await.text(), "refused: TypeError");
 }
+
+#[tokio::test]
+async fn zero_delay_timers_have_no_floor() {
+    let server = Server::start(&fixture("web-apis").join("wrangler.toml"), &[]);
+    let body = server.get_json_ok("/timers", &[]).await;
+    // A 1 ms floor allows at most 20 turns in a 20 ms window; without one it is thousands.
+    let turns = body["turnsPerWindow"].as_u64().unwrap_or(0);
+    assert!(
+        turns > 200,
+        "only {turns} setTimeout(0) turns in 20 ms: {body}"
+    );
+    assert_eq!(body["order"], json!(["a", "b"]), "{body}");
+    assert_eq!(body["fiveMsNotEarly"], json!(true), "{body}");
+}

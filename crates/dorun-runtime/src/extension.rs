@@ -15,7 +15,7 @@ use crate::loader::ModuleGraph;
 use crate::namespaces::ObjectConfig;
 use crate::router::Router;
 use crate::sockets::{ParkedSockets, SocketRegistry};
-use crate::storage::{OpenDatabases, MAX_OPEN_CONNECTIONS};
+use crate::storage::{connection_capacity, OpenDatabases};
 use crate::{admin, assets_binding, cache, events, namespaces, rpc, sockets, storage};
 
 /// What an isolate's ops share besides [`IsolateContext`]; each piece goes into the op
@@ -69,8 +69,10 @@ deno_core::extension!(
         // storage (storage.rs)
         storage::op_dorun_storage_open,
         storage::op_dorun_storage_close,
+        storage::op_dorun_storage_pressure,
         storage::op_dorun_storage_rollback,
         storage::op_dorun_storage_commit,
+        storage::op_dorun_storage_durable,
         storage::op_dorun_storage_in_transaction,
         storage::op_dorun_storage_savepoint,
         storage::op_dorun_storage_release,
@@ -143,7 +145,7 @@ deno_core::extension!(
     state = |state, options| {
         let services = options.services;
         state.put(
-            OpenDatabases::new(MAX_OPEN_CONNECTIONS, services.objects.durability)
+            OpenDatabases::new(connection_capacity(), services.objects.durability)
                 .interrupt_when(services.sql_interrupt),
         );
         state.put(services.context);

@@ -28,7 +28,7 @@ async fn input_and_output_gates_keep_their_contract() {
         local.to_rust_string_lossy(scope)
     };
     let results: Vec<(String, bool, String)> = serde_json::from_str(&json).unwrap();
-    assert_eq!(results.len(), 16, "{results:?}");
+    assert_eq!(results.len(), 19, "{results:?}");
     let failed: Vec<_> = results.iter().filter(|(_, passed, _)| !passed).collect();
     assert!(failed.is_empty(), "failed: {failed:?}");
 }

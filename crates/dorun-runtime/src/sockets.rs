@@ -590,24 +590,18 @@ where
             }
             out = outbound.recv() => {
                 let Some(out) = out else { break };
-                let result = match out {
-                    Outbound::Text(text) => {
-                        queued.sub(text.len());
-                        sink.send(Message::Text(text.into())).await
+                // Everything queued goes out in one write (pipelined clients, broadcasts).
+                let mut result = sink.feed(outbound_message(out, &queued)).await;
+                for _ in 1..OUTBOUND_BATCH {
+                    let Ok(more) = outbound.try_recv() else { break };
+                    if result.is_err() {
+                        break;
                     }
-                    Outbound::Binary(bytes) => {
-                        queued.sub(bytes.len());
-                        sink.send(Message::Binary(bytes.into())).await
-                    }
-                    Outbound::Close(frame) => {
-                        let frame = frame.map(|(code, reason)| CloseFrame {
-                            code: CloseCode::from(code),
-                            reason: reason.into(),
-                        });
-                        // Then wait for the client's Close frame (read by the other branch).
-                        sink.send(Message::Close(frame)).await
-                    }
-                };
+                    result = sink.feed(outbound_message(more, &queued)).await;
+                }
+                if result.is_ok() {
+                    result = sink.flush().await;
+                }
                 if result.is_err() {
                     registry.mark_closed(socket);
                     last = Some(disconnected());
@@ -623,6 +617,27 @@ where
         let _ = done.await;
     }
     registry.remove(socket);
+}
+
+/// Outbound messages written to a socket before one flush.
+const OUTBOUND_BATCH: usize = 64;
+
+fn outbound_message(out: Outbound, queued: &QueueMeter) -> Message {
+    match out {
+        Outbound::Text(text) => {
+            queued.sub(text.len());
+            Message::Text(text.into())
+        }
+        Outbound::Binary(bytes) => {
+            queued.sub(bytes.len());
+            Message::Binary(bytes.into())
+        }
+        // Then the pump waits for the client's Close frame (read by the other branch).
+        Outbound::Close(frame) => Message::Close(frame.map(|(code, reason)| CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        })),
+    }
 }
 
 // --- ops ----------------------------------------------------------------------------------

@@ -10,17 +10,42 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use deno_core::{op2, v8, OpState};
-use dorun_storage::{Durability, ListOptions, ObjectDatabase, SqlValue, StorageError};
+use dorun_storage::{
+    wal_path, Durability, Flusher, ListOptions, ObjectDatabase, SqlValue, StorageError,
+};
+use tokio::sync::oneshot;
 
 use crate::alarms::{AlarmIndexError, AlarmScheduler};
 use crate::namespaces::{IdError, ObjectConfig};
 
-/// How many SQLite connections one isolate thread keeps open.
+/// How many SQLite connections one isolate thread keeps open unless
+/// [`size_connection_cache`] sized it from the open-file limit.
 pub const MAX_OPEN_CONNECTIONS: usize = 256;
+
+/// Files one open object holds: its database, its WAL and the WAL index (`-shm`).
+const FILES_PER_CONNECTION: u64 = 3;
+
+static CONNECTIONS_PER_THREAD: AtomicUsize = AtomicUsize::new(MAX_OPEN_CONNECTIONS);
+
+/// Sizes each isolate thread's connection cache from the process's open-file limit,
+/// keeping an eighth of it (at least 1024) for sockets, accepts and the runtime's own
+/// files. Returns the connections per thread.
+pub fn size_connection_cache(open_file_limit: u64, threads: usize) -> usize {
+    let reserve = (open_file_limit / 8).max(1024);
+    let budget = open_file_limit.saturating_sub(reserve) / FILES_PER_CONNECTION;
+    let per_thread = (budget / threads.max(1) as u64).max(16) as usize;
+    CONNECTIONS_PER_THREAD.store(per_thread, Ordering::Relaxed);
+    per_thread
+}
+
+/// The connections an isolate thread keeps open (see [`size_connection_cache`]).
+pub fn connection_capacity() -> usize {
+    CONNECTIONS_PER_THREAD.load(Ordering::Relaxed)
+}
 
 /// Why a storage op failed.
 #[derive(Debug, thiserror::Error, deno_error::JsError)]
@@ -44,6 +69,8 @@ pub enum StorageOpError {
     #[class(range)]
     #[error("{0}")]
     TooLarge(&'static str),
+    #[error("a commit could not be made durable: {0}")]
+    Flush(String),
 }
 
 /// `error`'s text with the file's path (which SQLite puts in some messages) left out.
@@ -80,6 +107,9 @@ pub struct OpenDatabases {
     durability: Durability,
     entries: HashMap<u32, StorageEntry>,
     interrupt: Option<Arc<AtomicBool>>,
+    /// Commits written but not yet durable, by ticket (see `op_dorun_storage_durable`).
+    flushes: HashMap<u32, oneshot::Receiver<Result<(), String>>>,
+    next_flush: u32,
 }
 
 impl OpenDatabases {
@@ -92,6 +122,8 @@ impl OpenDatabases {
             durability,
             entries: HashMap::new(),
             interrupt: None,
+            flushes: HashMap::new(),
+            next_flush: 0,
         }
     }
 
@@ -143,15 +175,9 @@ impl OpenDatabases {
                 self.close_least_recently_used(handle);
             }
             let entry = self.entries.get_mut(&handle).expect("checked above");
-            let open = |path: &std::path::Path| {
-                let mut db = ObjectDatabase::open(path, self.durability)?;
-                if let Some(flag) = &self.interrupt {
-                    db.interrupt_when(flag.clone())?;
-                }
-                Ok(db)
-            };
-            let db = open(&entry.path).map_err(|source| {
-                tracing::error!(file = %entry.path.display(), "cannot open object storage: {source}");
+            let db = open_database(&entry.path, self.durability, self.interrupt.as_ref())
+                .map_err(|source| {
+                    tracing::error!(file = %entry.path.display(), "cannot open object storage: {source}");
                 StorageOpError::Open {
                     path: entry.path.clone(),
                     source,
@@ -195,6 +221,16 @@ impl OpenDatabases {
         self.connected
     }
 
+    /// How many idle objects the thread should evict before a new object may open its
+    /// file: 0 below the cap, else a sixteenth of the cache, so evictions come in batches.
+    pub fn over_capacity(&self) -> usize {
+        if self.connected < self.capacity {
+            0
+        } else {
+            (self.capacity / 16).max(1)
+        }
+    }
+
     /// Whether `handle`'s connection is open now (not closed by the cache).
     pub fn is_connected(&self, handle: u32) -> bool {
         self.entries
@@ -210,18 +246,49 @@ impl OpenDatabases {
         entry.db
     }
 
+    /// Commits `handle`'s implicit transaction (see [`commit_written`](Self::commit_written))
+    /// and, with `Durability::Full`, hands its WAL to the flusher. Returns the ticket to
+    /// await with `op_dorun_storage_durable`, 0 when the commit is already as durable as
+    /// the setting asks.
+    pub fn commit(&mut self, handle: u32, alarms: &AlarmScheduler) -> Result<u32, StorageOpError> {
+        let Some(wal) = self.commit_written(handle, alarms)? else {
+            return Ok(0);
+        };
+        let (sender, receiver) = oneshot::channel();
+        Flusher::global().flush(
+            wal,
+            Box::new(move |result| {
+                let _ = sender.send(result);
+            }),
+        );
+        self.next_flush = self.next_flush.wrapping_add(1).max(1);
+        self.flushes.insert(self.next_flush, receiver);
+        Ok(self.next_flush)
+    }
+
+    /// The flush of a commit's ticket, once (see [`commit`](Self::commit)).
+    fn take_flush(&mut self, ticket: u32) -> Option<oneshot::Receiver<Result<(), String>>> {
+        self.flushes.remove(&ticket)
+    }
+
     /// Commits `handle`'s implicit transaction, keeping the alarm index and scheduler in
     /// step: a new alarm time reaches the index before the commit, a cleared one after it,
-    /// so the index never misses an alarm the object has.
-    pub fn commit(&mut self, handle: u32, alarms: &AlarmScheduler) -> Result<(), StorageOpError> {
+    /// so the index never misses an alarm the object has. Returns the WAL to flush when
+    /// something was committed under `Durability::Full`.
+    fn commit_written(
+        &mut self,
+        handle: u32,
+        alarms: &AlarmScheduler,
+    ) -> Result<Option<PathBuf>, StorageOpError> {
         let Some(entry) = self.entries.get_mut(&handle) else {
             // Closed by the object, which committed then. (The cache only closes
             // connections without a pending transaction.)
-            return Ok(());
+            return Ok(None);
         };
         let Some(db) = entry.db.as_mut() else {
-            return Ok(());
+            return Ok(None);
         };
+        let wrote = db.in_transaction();
         let change = db.pending_alarm_change()?;
         if let Some(Some(time)) = change {
             if let Err(error) = alarms.index_put(
@@ -251,8 +318,26 @@ impl OpenDatabases {
                 time,
             );
         }
-        Ok(())
+        let deferred = wrote && self.durability == Durability::Full;
+        Ok(deferred.then(|| wal_path(&entry.path)))
     }
+}
+
+/// Opens an object's database; under `Durability::Full` its commits are made durable by
+/// the flusher thread, not on the isolate thread.
+fn open_database(
+    path: &std::path::Path,
+    durability: Durability,
+    interrupt: Option<&Arc<AtomicBool>>,
+) -> dorun_storage::Result<ObjectDatabase> {
+    let mut db = ObjectDatabase::open(path, durability)?;
+    if durability == Durability::Full {
+        db.defer_sync()?;
+    }
+    if let Some(flag) = interrupt {
+        db.interrupt_when(flag.clone())?;
+    }
+    Ok(db)
 }
 
 fn with_db<T>(
@@ -286,6 +371,14 @@ pub fn op_dorun_storage_open(
         .map(Some)
 }
 
+/// How many idle objects to evict (least recently used first) before a new object
+/// starts: nonzero when this thread's connection cache is full.
+#[op2(fast)]
+#[smi]
+pub fn op_dorun_storage_pressure(state: &mut OpState) -> u32 {
+    state.borrow::<OpenDatabases>().over_capacity() as u32
+}
+
 /// Commits pending writes and closes the file.
 #[op2(fast)]
 pub fn op_dorun_storage_close(
@@ -294,9 +387,10 @@ pub fn op_dorun_storage_close(
 ) -> Result<(), StorageOpError> {
     let alarms = state.borrow::<Arc<AlarmScheduler>>().clone();
     let open = state.borrow_mut::<OpenDatabases>();
-    let committed = open.commit(handle, &alarms);
+    // Closing the connection checkpoints the WAL, which syncs it first.
+    let committed = open.commit_written(handle, &alarms);
     open.remove(handle);
-    committed
+    committed.map(|_| ())
 }
 
 /// Drops uncommitted writes (object reset).
@@ -309,16 +403,37 @@ pub fn op_dorun_storage_rollback(
 }
 
 /// Commits the implicit transaction after the current JS turn: the op yields once, so every
-/// write made before the event loop turns again is part of this commit.
+/// write made before the event loop turns again is part of this commit. Resolves once the
+/// commit is written, with a ticket for `op_dorun_storage_durable` (0: nothing to wait for).
 #[op2]
+#[smi]
 pub async fn op_dorun_storage_commit(
     state: Rc<RefCell<OpState>>,
     #[smi] handle: u32,
-) -> Result<(), StorageOpError> {
+) -> Result<u32, StorageOpError> {
     tokio::task::yield_now().await;
     let mut state = state.borrow_mut();
     let alarms = state.borrow::<Arc<AlarmScheduler>>().clone();
     state.borrow_mut::<OpenDatabases>().commit(handle, &alarms)
+}
+
+/// Resolves when the commit of `ticket` is durable (the flusher thread synced its WAL).
+#[op2]
+pub async fn op_dorun_storage_durable(
+    state: Rc<RefCell<OpState>>,
+    #[smi] ticket: u32,
+) -> Result<(), StorageOpError> {
+    let flush = state
+        .borrow_mut()
+        .borrow_mut::<OpenDatabases>()
+        .take_flush(ticket);
+    match flush {
+        None => Ok(()),
+        Some(receiver) => match receiver.await {
+            Ok(result) => result.map_err(StorageOpError::Flush),
+            Err(_) => Err(StorageOpError::Flush("the flusher thread stopped".into())),
+        },
+    }
 }
 
 #[op2(fast)]

@@ -193,7 +193,8 @@ pub struct ServeArgs {
     /// ArrayBuffer allocations fail, until it is back under 90 % [default: no limit].
     #[arg(long, value_name = "MB")]
     pub memory_limit_mb: Option<u64>,
-    /// Most client connections held at once [default: half the descriptor limit]. At the
+    /// Most client connections held at once [default: a sixteenth of the descriptor
+    /// limit, at least 512]. At the
     /// limit the longest-idle connection is closed to admit a new one.
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
@@ -344,6 +345,19 @@ impl Drop for EphemeralDir {
     }
 }
 
+/// Sizes the isolate threads' SQLite connection caches from the open-file limit (which
+/// `main` raised to the hard limit), so a large working set stays open. What it keeps in
+/// reserve is the network's: the front door's connections and WebSockets.
+fn size_connection_cache(threads: usize) {
+    let limit = open_file_limit();
+    let per_thread = dorun_runtime::storage::size_connection_cache(limit, threads);
+    tracing::info!(
+        open_file_limit = limit,
+        "up to {} open objects ({per_thread} per isolate thread)",
+        per_thread * threads
+    );
+}
+
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.watch {
         return crate::watch::run(&args);
@@ -370,6 +384,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(limit) = args.memory_limit_mb {
         dorun_runtime::memory::watch_process_memory(limit.max(16) << 20);
     }
+    let limits = connection_limits(&args)?;
+    size_connection_cache(threads * configs.len());
     let workers = Workers::start(configs, &options, &data_dir, threads)?;
     // The first worker serves HTTP; the others are reached through their classes.
     let pool = workers.pools[0].clone();
@@ -427,7 +443,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             assets: workers.assets[0].clone(),
             name: config.name.clone(),
             trusted_proxies: TrustedProxies::new(args.trust_proxy.clone()),
-            limits: connection_limits(&args)?,
+            limits,
         };
         server::run(listener, pool.clone(), shutdown, server_options).await;
         // Open WebSockets get a Close frame (1001) instead of a dropped connection.
@@ -523,17 +539,22 @@ async fn shutdown_signal() {
     }
 }
 
-/// The front door's budget: `--max-connections` or half the descriptor limit.
+/// The process's open-file limit (soft; `main` raised it to the hard limit).
+fn open_file_limit() -> u64 {
+    rlimit::getrlimit(rlimit::Resource::NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024)
+}
+
+/// The front door's budget: `--max-connections`, or half of what the connection cache
+/// leaves of the descriptor limit (see `ConnectionLimits::from_descriptor_limit`).
 fn connection_limits(args: &ServeArgs) -> anyhow::Result<ConnectionLimits> {
     let seconds = |value: f64, flag: &str| {
         Duration::try_from_secs_f64(value)
             .map_err(|_| anyhow!("--{flag} must be a number of seconds, not {value}"))
     };
-    let nofile = rlimit::getrlimit(rlimit::Resource::NOFILE)
-        .map(|(soft, _)| soft)
-        .unwrap_or(1024);
     let mut limits = ConnectionLimits::from_descriptor_limit(
-        nofile,
+        open_file_limit(),
         seconds(args.header_timeout, "header-timeout")?,
         seconds(args.keep_alive_timeout, "keep-alive-timeout")?,
     );

@@ -35,15 +35,17 @@ pub struct ConnectionLimits {
 }
 
 impl ConnectionLimits {
-    /// Limits that leave half of the process's descriptors (`nofile`) to everything else:
-    /// SQLite files (three per open object), WebSockets, the accept itself.
+    /// Limits within the process's descriptors (`nofile`): the objects' SQLite files take
+    /// all but an eighth (at least 1024; `dorun_runtime::storage::size_connection_cache`),
+    /// and half of that reserve is for HTTP connections, the rest for WebSockets, accepts
+    /// and the runtime's own files.
     pub fn from_descriptor_limit(
         nofile: u64,
         header_timeout: Duration,
         keep_alive_timeout: Duration,
     ) -> Self {
         Self {
-            max_connections: (nofile / 2).clamp(16, 1 << 20) as usize,
+            max_connections: ((nofile / 8).max(1024) / 2).clamp(16, 1 << 20) as usize,
             header_timeout,
             keep_alive_timeout,
         }

@@ -41,7 +41,13 @@ const domException = core.loadExtScript("ext:deno_web/01_dom_exception.js");
 const event = core.loadExtScript("ext:deno_web/02_event.js");
 const structuredCloneModule = core.loadExtScript("ext:deno_web/02_structured_clone.js");
 const timers = core.loadExtScript("ext:deno_web/02_timers.js");
-const userTimers = chargedTimers(timers);
+// The timers user code gets: zero delays without a floor (below), and every callback
+// charged to its owner's CPU budget (00_runtime.js).
+const userTimers = chargedTimers({
+  setTimeout: setTimeoutNoFloor,
+  setInterval: timers.setInterval,
+  clearTimeout: clearTimeoutNoFloor,
+});
 const abortSignal = core.loadExtScript("ext:deno_web/03_abort_signal.js");
 const base64 = core.loadExtScript("ext:deno_web/05_base64.js");
 const streams = core.loadExtScript("ext:deno_web/06_streams.js");
@@ -185,6 +191,43 @@ const scheduler = {
     });
   },
 };
+
+// --- zero-delay timers ------------------------------------------------------------
+// deno's core timers round every delay up to 1 ms and then wait for the next tick of the
+// tokio timer wheel, so setTimeout(fn, 0) took 1-2 ms. A delay of 0 (or less) here fires
+// on the next turn of the event loop instead (op_defer resolves on the next poll, after
+// the turn's I/O), as in workerd; other delays keep deno's millisecond timers. Ids come
+// from a range deno's counter never reaches, so clearTimeout tells the two apart.
+const { op_defer } = core.ops;
+const { PromisePrototypeThen, ReflectApply, SafeMap, indirectEval } = primordials;
+const zeroTimers = new SafeMap();
+let nextZeroTimerId = 1_000_000_000;
+
+function setTimeoutNoFloor(callback, timeout = 0, ...args) {
+  const delay = webidl.converters.long(timeout);
+  if (delay > 0) return ReflectApply(timers.setTimeout, undefined, [callback, delay, ...args]);
+  if (typeof callback !== "function") {
+    const source = webidl.converters.DOMString(callback);
+    callback = () => indirectEval(source);
+  }
+  const id = nextZeroTimerId++;
+  zeroTimers.set(id, callback);
+  PromisePrototypeThen(op_defer(), () => {
+    const fn = zeroTimers.get(id);
+    if (fn === undefined) return;
+    zeroTimers.delete(id);
+    try {
+      ReflectApply(fn, globalThis, args);
+    } catch (e) {
+      event.reportException(e);
+    }
+  });
+  return id;
+}
+
+function clearTimeoutNoFloor(id = 0) {
+  if (!zeroTimers.delete(id)) ReflectApply(timers.clearTimeout, undefined, [id]);
+}
 
 function nonEnumerable(value) {
   return { value, writable: true, enumerable: false, configurable: true };

@@ -8,7 +8,8 @@
 // other objects) do, as on Cloudflare.
 //
 // Output gate. A write opens an implicit transaction, committed at the end of the turn.
-// Until that commit is durable, nothing the object sends out: a response or RPC result,
+// A commit is written first (later writes go into the next one), then made durable off the
+// isolate thread (storage.rs, dorun-storage flush.rs). Until it is durable, nothing the object sends out: a response or RPC result,
 // a fetch(), a call on a stub, a WebSocket message: is released. A write made with
 // `allowUnconfirmed` commits the same way but does not hold the gate. A commit that fails
 // breaks the gate: whatever waits on it fails, and the owner is told (the object resets).
@@ -53,9 +54,13 @@ export class InputGate {
 }
 
 export class OutputGate {
-  /** The commit of the writes made in the current turn, if one is pending. */
+  /** The commit of the writes made in the current turn, until it is written. */
   #commit = null;
-  /** The pending commit that outgoing messages must wait for. */
+  /** When that commit will be durable. */
+  #commitDurable = null;
+  /** The durability of the latest commit, until it settles. */
+  #latest = null;
+  /** The pending durability that outgoing messages must wait for. */
   #gate = null;
   #onFailure;
 
@@ -69,14 +74,24 @@ export class OutputGate {
     return this.#commit !== null;
   }
 
-  /** A commit of this turn's writes has started. */
-  track(commit) {
-    this.#commit = commit;
-    const settle = () => {
-      if (this.#commit === commit) this.#commit = null;
-      if (this.#gate === commit) this.#gate = null;
+  /**
+   * A commit of this turn's writes has started. `written` settles once its writes are in
+   * the database (later writes need a new commit); `durable` (by default the same) once
+   * they are durable, which is what outgoing messages wait for.
+   */
+  track(written, durable = written) {
+    this.#commit = written;
+    this.#commitDurable = durable;
+    this.#latest = durable;
+    const settleWritten = () => {
+      if (this.#commit === written) this.#commit = null;
     };
-    PromisePrototypeThen(commit, settle, (error) => {
+    PromisePrototypeThen(written, settleWritten, settleWritten);
+    const settle = () => {
+      if (this.#gate === durable) this.#gate = null;
+      if (this.#latest === durable) this.#latest = null;
+    };
+    PromisePrototypeThen(durable, settle, (error) => {
       settle();
       this.#onFailure(error);
     });
@@ -84,7 +99,7 @@ export class OutputGate {
 
   /** A confirmed write: outgoing messages wait for the pending commit. */
   hold() {
-    if (this.#commit !== null) this.#gate = this.#commit;
+    if (this.#commit !== null) this.#gate = this.#commitDurable;
   }
 
   /** Resolves when every confirmed write so far is durable; rejects if a commit failed. */
@@ -99,6 +114,6 @@ export class OutputGate {
 
   /** Resolves when every write so far, confirmed or not, is durable. */
   async sync() {
-    while (this.#commit !== null) await this.#commit;
+    while (this.#latest !== null) await this.#latest;
   }
 }

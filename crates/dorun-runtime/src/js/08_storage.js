@@ -22,6 +22,7 @@ const {
   NumberIsFinite,
   ObjectKeys,
   ObjectPrototypeIsPrototypeOf,
+  PromisePrototypeThen,
   PromiseReject,
   PromiseResolve,
   RangeError,
@@ -36,6 +37,7 @@ const {
   op_dorun_storage_close,
   op_dorun_storage_rollback,
   op_dorun_storage_commit,
+  op_dorun_storage_durable,
   op_dorun_storage_in_transaction,
   op_dorun_storage_savepoint,
   op_dorun_storage_release,
@@ -220,7 +222,12 @@ export class DurableObjectStorage {
    */
   #wrote(options = undefined) {
     if (!this.#outputGate.committing && op_dorun_storage_in_transaction(this.#handle)) {
-      this.#outputGate.track(op_dorun_storage_commit(this.#handle));
+      const written = op_dorun_storage_commit(this.#handle);
+      const durable = PromisePrototypeThen(
+        written,
+        (ticket) => (ticket === 0 ? undefined : op_dorun_storage_durable(ticket)),
+      );
+      this.#outputGate.track(written, durable);
     }
     if (options?.allowUnconfirmed !== true) this.#outputGate.hold();
   }
@@ -238,6 +245,11 @@ export class DurableObjectStorage {
   /** Resolves when every write so far, confirmed or not, is durable. */
   sync() {
     return this.#outputGate.sync();
+  }
+
+  /** Whether the object's database is open (it holds files). */
+  get isOpen() {
+    return this.#handle !== 0;
   }
 
   close() {

@@ -31,6 +31,8 @@ import { runAlarm } from "ext:dorun/09_alarms.js";
 
 const {
   ArrayPrototypeIncludes,
+  ArrayPrototypePush,
+  ArrayPrototypeSort,
   DateNow,
   Error,
   MapPrototypeDelete,
@@ -47,9 +49,10 @@ const {
 
 const {
   op_dorun_event_entered,
-  op_dorun_reply_value,
-  op_dorun_reply_error,
   op_dorun_object_metric,
+  op_dorun_reply_error,
+  op_dorun_reply_value,
+  op_dorun_storage_pressure,
 } = core.ops;
 
 const EMPTY_PAYLOAD = new Uint8Array(0);
@@ -207,6 +210,8 @@ function liveObject(worker, target) {
   const key = `${target.namespace}:${target.id}`;
   let object = MapPrototypeGet(live, key);
   if (object === undefined) {
+    const excess = op_dorun_storage_pressure();
+    if (excess > 0) evictLeastRecentlyUsed(excess);
     const classInfo = config.namespaces[target.namespace];
     object = new LiveObject(target.namespace, target.id, target.name ?? undefined, classInfo);
     MapPrototypeSet(live, key, object);
@@ -302,18 +307,40 @@ export async function handleObjectEvent(worker, incoming) {
   }
 }
 
+function isIdle(object) {
+  return object.inFlight === 0 && object.inputGate.idle && object.localSockets === 0;
+}
+
+/** Drops a live object; its storage closes once its writes are durable. */
+function evict(object) {
+  MapPrototypeDelete(live, object.key);
+  op_dorun_object_metric("eviction");
+  const gate = object.storage.pendingGate();
+  if (gate === null) {
+    object.storage.close();
+  } else {
+    PromisePrototypeThen(gate, () => object.storage.close(), () => {});
+  }
+}
+
 /** Drops objects idle for longer than the idle timeout (storage closed after its commit). */
 export function evictIdle() {
   const now = DateNow();
   for (const object of live.values()) {
-    if (
-      object.inFlight === 0 && object.inputGate.idle && object.localSockets === 0 &&
-      now - object.lastActive >= config.idleTimeoutMs
-    ) {
-      MapPrototypeDelete(live, object.key);
-      op_dorun_object_metric("eviction");
-      PromisePrototypeThen(object.storage.outputGate(), () => object.storage.close(), () => {});
-    }
+    if (isIdle(object) && now - object.lastActive >= config.idleTimeoutMs) evict(object);
   }
+}
+
+/**
+ * The thread's connection cache is full: evict the `count` least recently used idle
+ * objects that hold open files, whole, so live objects keep their files open.
+ */
+function evictLeastRecentlyUsed(count) {
+  const idle = [];
+  for (const object of live.values()) {
+    if (object.storage.isOpen && isIdle(object)) ArrayPrototypePush(idle, object);
+  }
+  ArrayPrototypeSort(idle, (a, b) => a.lastActive - b.lastActive);
+  for (let i = 0; i < idle.length && i < count; i++) evict(idle[i]);
 }
 

@@ -76,6 +76,20 @@ const tick = async () => {
   check("a failed commit fails what waits on it", error?.message === "disk full", error);
   check("and is reported once", failures.join() === "disk full", failures);
   check("a failed commit does not hold the gate afterwards", gate.pending() === null);
+
+  const written = deferred();
+  const durable = deferred();
+  gate.track(written.promise, durable.promise);
+  gate.hold();
+  let out = false;
+  gate.pending().then(() => (out = true));
+  written.resolve();
+  await tick();
+  check("a written commit takes no more writes", !gate.committing);
+  check("but holds outgoing messages until it is durable", !out);
+  durable.resolve();
+  await tick();
+  check("which are released once it is", out && gate.pending() === null);
 }
 return JSON.stringify(results);
 };
