@@ -102,6 +102,17 @@ suite() {
   "$CLIENT" touch "$BASE" '/sql/o{}/insert' 1001 16 >/dev/null || exit 1
   load "$label" "POST /kv/o{N}/incr, 1,000 objects" POST '/kv/o{}/incr' 1000
   load "$label" "POST /sql/o{N}/insert, 1,000 objects" POST '/sql/o{}/insert' 1000
+  # /hello on 4 connections, alone and while the 1,000-object write load runs on 16 others.
+  local hello
+  hello=$(WRK_TEMPLATE=/hello wrk -t1 -c4 -d2s -s "$ROOT/benches/scale.lua" "$BASE" | grep '^RESULT')
+  record "$label" "GET /hello, 4 connections, alone p99 ms" "$(echo " $hello" | field p99_ms)"
+  WRK_METHOD=POST WRK_TEMPLATE='/kv/o{}/incr' WRK_OBJECTS=1000 wrk -t1 -c16 -d3s \
+    -s "$ROOT/benches/scale.lua" "$BASE" >/dev/null 2>&1 &
+  local writes=$!
+  sleep 0.5
+  hello=$(WRK_TEMPLATE=/hello wrk -t1 -c4 -d2s -s "$ROOT/benches/scale.lua" "$BASE" | grep '^RESULT')
+  wait "$writes"
+  record "$label" "GET /hello, 4 connections, under write load p99 ms" "$(echo " $hello" | field p99_ms)"
   local ws=${BASE/http:/ws:}
   for spec in "4 2000 pingpong" "64 200 pingpong" "4 5000 pipelined" "64 500 pipelined"; do
     set -- $spec
