@@ -19,7 +19,7 @@ DURATION=${DURATION:-5s}
 [ -f "$BENCH_DIR/app/wrangler.toml" ] || { echo "no bench app at $BENCH_DIR" >&2; exit 2; }
 
 if [[ -z "${DORUN_BIN:-}" || -z "${BENCH_CLIENT:-}" ]]; then
-  cargo build --release --bin dorun --bin dorun-bench --manifest-path "$ROOT/Cargo.toml" >&2 || exit 1
+  cargo build --release -p dorun -p dorun-bench --manifest-path "$ROOT/Cargo.toml" >&2 || exit 1
 fi
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 DORUN=${DORUN_BIN:-$TARGET/release/dorun}
