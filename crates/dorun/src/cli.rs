@@ -13,6 +13,7 @@ use dorun_storage::Durability;
 use crate::client_ip::TrustedProxies;
 use crate::config::{self, UnsupportedBindings};
 use crate::connections::ConnectionLimits;
+use crate::ephemeral::EphemeralDir;
 use crate::server::{self, ServerOptions};
 use crate::workers::{self, WorkerOptions, Workers};
 
@@ -314,37 +315,6 @@ fn check(args: ConfigArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A temporary data directory, removed when dropped (`--ephemeral`).
-pub(crate) struct EphemeralDir(std::path::PathBuf);
-
-impl EphemeralDir {
-    pub(crate) fn path(&self) -> &std::path::Path {
-        &self.0
-    }
-
-    pub(crate) fn create() -> anyhow::Result<Self> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!(
-            "dorun-ephemeral-{}-{nanos:08x}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| anyhow!("cannot create {}: {e}", dir.display()))?;
-        Ok(Self(dir))
-    }
-}
-
-impl Drop for EphemeralDir {
-    fn drop(&mut self) {
-        if let Err(error) = std::fs::remove_dir_all(&self.0) {
-            tracing::warn!("cannot remove {}: {error}", self.0.display());
-        }
-    }
-}
-
 /// Sizes the isolate threads' SQLite connection caches from the open-file limit (which
 /// `main` raised to the hard limit), so a large working set stays open. What it keeps in
 /// reserve is the network's: the front door's connections and WebSockets.
@@ -360,13 +330,21 @@ fn size_connection_cache(threads: usize) {
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.watch {
-        return crate::watch::run(&args);
+        return crate::watch::run(&crate::watch::WatchTarget {
+            configs: args.config.config.clone(),
+            script: args.config.script.clone(),
+            ephemeral: args.ephemeral,
+            admin: args.admin_port.is_some(),
+        });
     }
     let ephemeral = args.ephemeral.then(EphemeralDir::create).transpose()?;
     let mut options = args.config.worker_options();
     if let Some(dir) = &ephemeral {
-        tracing::info!("ephemeral state in {} (removed on exit)", dir.0.display());
-        options.data_dir = Some(dir.0.clone());
+        tracing::info!(
+            "ephemeral state in {} (removed on exit)",
+            dir.path().display()
+        );
+        options.data_dir = Some(dir.path().to_path_buf());
     }
     options.inspect = args.inspect.is_some();
     let configs = workers::load_configs(&args.config.config, &options)?;

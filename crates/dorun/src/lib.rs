@@ -7,6 +7,7 @@
 //! - [`admin_client`]: the CLI's client of the admin listener (`import --admin`, `inspect`).
 //! - [`inspect`]: `dorun inspect`, the admin API as terminal tables.
 //! - [`watch`]: `dorun serve --watch`, a parent that restarts `dorun serve` on file changes.
+//! - [`ephemeral`]: the `--ephemeral` data directory, removed on exit.
 //! - [`devtools`]: `--inspect`, the Chrome DevTools endpoint bridged to each isolate's inspector.
 //! - [`config`]: wrangler.toml / wrangler.json / wrangler.jsonc, read as wrangler reads them.
 //! - [`migrations`]: Durable Object migrations applied to the data directory at startup.
@@ -19,7 +20,8 @@
 //! - [`cli`]: the `dorun` command line (`serve`, `check`): arguments, logging, signals.
 //! - [`server`]: the HTTP front door (hyper): accepts connections, gives each request its
 //!   absolute URL and `CF-Connecting-IP`, hands it to the Worker pool, logs one line per
-//!   request, and drains in-flight requests on shutdown.
+//!   request, and drains in-flight requests on shutdown; [`connections`]: its connection
+//!   budget and the deadlines of idle connections.
 //! - [`websocket`]: completes WebSocket upgrades the Worker accepted and pumps frames
 //!   between clients and the socket registry (tokio-tungstenite).
 //!
@@ -34,6 +36,7 @@ pub mod client_ip;
 pub mod config;
 pub mod connections;
 pub mod devtools;
+pub mod ephemeral;
 pub mod inspect;
 pub mod migrations;
 pub mod server;

@@ -15,7 +15,17 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::anyhow;
 
-use crate::cli::ServeArgs;
+use crate::ephemeral::EphemeralDir;
+
+/// What `--watch` needs of `dorun serve`'s arguments.
+pub struct WatchTarget {
+    /// The configs (or directories) given on the command line.
+    pub configs: Vec<PathBuf>,
+    pub script: Option<PathBuf>,
+    pub ephemeral: bool,
+    /// Whether an admin listener is served (its address is relayed too).
+    pub admin: bool,
+}
 
 /// How often the files are looked at.
 const POLL: Duration = Duration::from_millis(300);
@@ -23,10 +33,10 @@ const POLL: Duration = Duration::from_millis(300);
 /// Directories whose files are never watched.
 const SKIPPED: &[&str] = &["node_modules", "target"];
 
-pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
+pub fn run(args: &WatchTarget) -> anyhow::Result<()> {
     let roots = watch_roots(args)?;
     let ephemeral = if args.ephemeral {
-        Some(crate::cli::EphemeralDir::create()?)
+        Some(EphemeralDir::create()?)
     } else {
         None
     };
@@ -44,7 +54,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
             .stdout(Stdio::piped())
             .spawn()
             .map_err(|e| anyhow!("cannot start dorun serve: {e}"))?;
-        let bound = relay_stdout(&mut child, ports.is_none(), args.admin_port.is_some());
+        let bound = relay_stdout(&mut child, ports.is_none(), args.admin);
         if let Some(bound) = bound {
             if ports.is_none() {
                 ports = Some(bound);
@@ -70,9 +80,9 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
 }
 
 /// Where the project's files are: each config's directory (or the script's).
-fn watch_roots(args: &ServeArgs) -> anyhow::Result<Vec<PathBuf>> {
+fn watch_roots(args: &WatchTarget) -> anyhow::Result<Vec<PathBuf>> {
     let mut roots = Vec::new();
-    for path in &args.config.config {
+    for path in &args.configs {
         let path = std::fs::canonicalize(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
         roots.push(if path.is_dir() {
             path
@@ -86,7 +96,7 @@ fn watch_roots(args: &ServeArgs) -> anyhow::Result<Vec<PathBuf>> {
             .ok_or_else(|| anyhow!("no wrangler config in {} or its parents", cwd.display()))?;
         roots.push(found.parent().unwrap_or(&cwd).to_path_buf());
     }
-    if let Some(script) = &args.config.script {
+    if let Some(script) = &args.script {
         if let Some(parent) = std::fs::canonicalize(script)
             .ok()
             .and_then(|p| p.parent().map(Path::to_path_buf))
