@@ -69,10 +69,26 @@ async fn export_while_serving_wipe_and_import_through_the_admin_listener_restore
         .clone();
     assert!(alarm_before.is_i64());
 
+    // The running server holds its open objects' files locked: the data directory cannot
+    // be copied behind its back, and the error says how to do it.
+    let (ok, _, stderr) = run_dorun(
+        &[
+            "export",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(!ok, "an export of a locked data directory must fail");
+    assert!(stderr.contains("dorun export --admin URL"), "{stderr}");
+
+    // Through the admin listener: each object copied on its own thread.
     let stdout = dorun_ok(&[
         "export",
-        "--data-dir",
-        data.to_str().unwrap(),
+        "--admin",
+        &admin.base,
         "--out",
         out.to_str().unwrap(),
         "--json",

@@ -127,6 +127,19 @@ pub fn op_dorun_admin_restore(
     Ok(alarm.map(|t| t as f64))
 }
 
+/// Writes a consistent copy of storage handle `handle`'s committed content to `target`
+/// (an export), through the object's own connection: the file is locked by it.
+#[op2(fast)]
+pub fn op_dorun_admin_snapshot(
+    state: &mut OpState,
+    #[smi] handle: u32,
+    #[string] target: &str,
+) -> Result<(), StorageOpError> {
+    let db = state.borrow_mut::<OpenDatabases>().database(handle)?;
+    db.snapshot(std::path::Path::new(target))?;
+    Ok(())
+}
+
 /// Closes storage handle `handle` without a checkpoint or fsync, dropping uncommitted writes:
 /// the object's files are deleted next (the admin's reset).
 #[op2(fast)]

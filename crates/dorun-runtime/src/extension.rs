@@ -118,6 +118,7 @@ deno_core::extension!(
         admin::op_dorun_admin_hold,
         admin::op_dorun_object_metric,
         admin::op_dorun_admin_restore,
+        admin::op_dorun_admin_snapshot,
         admin::op_dorun_admin_discard,
     ],
     esm_entry_point = "ext:dorun/99_worker.js",

@@ -95,6 +95,8 @@ struct StorageEntry {
     name: Option<String>,
     db: Option<ObjectDatabase>,
     last_used: u64,
+    /// A newer handle of the same object took this one's connection: it is never reopened.
+    superseded: bool,
 }
 
 /// The storage of the objects on this isolate thread, by handle, with at most `capacity`
@@ -106,6 +108,8 @@ pub struct OpenDatabases {
     capacity: usize,
     durability: Durability,
     entries: HashMap<u32, StorageEntry>,
+    /// The handle whose connection is open, by file.
+    holders: HashMap<PathBuf, u32>,
     interrupt: Option<Arc<AtomicBool>>,
     /// Commits written but not yet durable, by ticket (see `op_dorun_storage_durable`).
     flushes: HashMap<u32, oneshot::Receiver<Result<(), String>>>,
@@ -121,6 +125,7 @@ impl OpenDatabases {
             capacity: capacity.max(1),
             durability,
             entries: HashMap::new(),
+            holders: HashMap::new(),
             interrupt: None,
             flushes: HashMap::new(),
             next_flush: 0,
@@ -144,22 +149,45 @@ impl OpenDatabases {
     ) -> Result<u32, StorageOpError> {
         self.next = self.next.wrapping_add(1).max(1);
         let handle = self.next;
+        // An object's connection locks its file (see `ObjectDatabase::open`). An earlier
+        // handle of the same object may still hold it: an evicted or reset instance whose
+        // last commit is being made durable. The new handle takes that connection over
+        // instead of opening the file a second time (which the lock would refuse).
+        let taken = self.take_over(&path);
+        let taken_db = taken.is_some();
         self.entries.insert(
             handle,
             StorageEntry {
-                path,
+                path: path.clone(),
                 namespace,
                 object_id: object_id.to_string(),
                 name,
-                db: None,
+                db: taken,
                 last_used: 0,
+                superseded: false,
             },
         );
+        if taken_db {
+            self.holders.insert(path, handle);
+        }
         if let Err(error) = self.database(handle) {
             self.remove(handle);
             return Err(error);
         }
         Ok(handle)
+    }
+
+    /// The connection to `path` held by an earlier handle without a pending transaction,
+    /// taken from it (that handle is closed from now on).
+    fn take_over(&mut self, path: &std::path::Path) -> Option<ObjectDatabase> {
+        let holder = *self.holders.get(path)?;
+        let entry = self.entries.get_mut(&holder)?;
+        if entry.db.as_ref().is_none_or(|db| db.in_transaction()) {
+            return None;
+        }
+        entry.superseded = true;
+        self.holders.remove(path);
+        entry.db.take()
     }
 
     /// The open connection of `handle`, reopening it if the cache closed it.
@@ -168,6 +196,7 @@ impl OpenDatabases {
         let clock = self.clock;
         let needs_open = match self.entries.get(&handle) {
             None => return Err(StorageOpError::Closed),
+            Some(entry) if entry.superseded => return Err(StorageOpError::Closed),
             Some(entry) => entry.db.is_none(),
         };
         if needs_open {
@@ -184,6 +213,7 @@ impl OpenDatabases {
                 }
             })?;
             entry.db = Some(db);
+            self.holders.insert(entry.path.clone(), handle);
             self.connected += 1;
         }
         let entry = self.entries.get_mut(&handle).expect("checked above");
@@ -203,6 +233,7 @@ impl OpenDatabases {
         if let Some(victim) = victim {
             if let Some(entry) = self.entries.get_mut(&victim) {
                 entry.db = None;
+                self.holders.remove(&entry.path);
                 self.connected -= 1;
             }
         }
@@ -241,6 +272,7 @@ impl OpenDatabases {
     pub fn remove(&mut self, handle: u32) -> Option<ObjectDatabase> {
         let entry = self.entries.remove(&handle)?;
         if entry.db.is_some() {
+            self.holders.remove(&entry.path);
             self.connected -= 1;
         }
         entry.db
@@ -729,6 +761,39 @@ mod tests {
         assert_eq!(
             cache.database(first).unwrap().kv_get("k").unwrap(),
             Some(b"v".to_vec())
+        );
+    }
+
+    #[test]
+    fn a_second_handle_of_an_object_takes_over_the_connection_that_locks_its_file() {
+        let dir = temp_dir("takeover");
+        let mut cache = OpenDatabases::new(8, Durability::Off);
+        let path = dir.join("a.sqlite");
+        let old = cache.insert(path.clone(), 0, "a", None).unwrap();
+        {
+            let db = cache.database(old).unwrap();
+            db.kv_put("k", b"1").unwrap();
+            db.commit().unwrap();
+        }
+        // Without the takeover the second open would find the file locked.
+        let new = cache.insert(path.clone(), 0, "a", None).unwrap();
+        assert_eq!(cache.connected(), 1);
+        assert_eq!(
+            cache.database(new).unwrap().kv_get("k").unwrap(),
+            Some(b"1".to_vec())
+        );
+        assert!(matches!(cache.database(old), Err(StorageOpError::Closed)));
+        // The old instance's close leaves the new one's connection alone.
+        cache.remove(old);
+        assert!(cache.is_connected(new));
+        cache.database(new).unwrap().kv_put("k", b"2").unwrap();
+        cache.database(new).unwrap().commit().unwrap();
+        cache.remove(new);
+        assert_eq!(cache.connected(), 0);
+        let again = cache.insert(path, 0, "a", None).unwrap();
+        assert_eq!(
+            cache.database(again).unwrap().kv_get("k").unwrap(),
+            Some(b"2".to_vec())
         );
     }
 

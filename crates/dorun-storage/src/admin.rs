@@ -7,7 +7,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags};
 
-use crate::{ObjectDatabase, Result};
+use crate::{ObjectDatabase, Result, StorageError};
 
 impl ObjectDatabase {
     /// Prepares the connection of an object whose files are about to be deleted (the admin's
@@ -22,6 +22,21 @@ impl ObjectDatabase {
         );
         let _ = self.conn.pragma_update(None, "synchronous", "OFF");
         self
+    }
+}
+
+impl ObjectDatabase {
+    /// Copies this object's committed content to `target` (replaced) with SQLite's online
+    /// backup, through this connection: the file is locked by it (see [`ObjectDatabase::open`]),
+    /// so a copy of a live object is taken on its own thread. Refused while a transaction
+    /// is open, whose writes are not committed yet.
+    pub fn snapshot(&self, target: &Path) -> Result<()> {
+        if self.in_transaction() || !self.conn.is_autocommit() {
+            return Err(StorageError::Busy(
+                "the object has a transaction open; try again".to_string(),
+            ));
+        }
+        write_copy(&self.conn, target)
     }
 }
 
@@ -45,7 +60,23 @@ pub fn backup(source: &Path, target: &Path) -> Result<()> {
         source,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    from.busy_timeout(std::time::Duration::from_secs(5))?;
+    from.busy_timeout(std::time::Duration::from_millis(500))?;
+    write_copy(&from, target).map_err(|error| match error {
+        StorageError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::DatabaseBusy =>
+        {
+            StorageError::Busy(
+                "the file is locked: a running dorun server has this object open \
+                 (copy it through the server's admin listener)"
+                    .to_string(),
+            )
+        }
+        other => other,
+    })
+}
+
+/// A consistent copy of `from`'s database at `target`, written beside it and renamed.
+fn write_copy(from: &Connection, target: &Path) -> Result<()> {
     if let Some(dir) = target.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -53,12 +84,30 @@ pub fn backup(source: &Path, target: &Path) -> Result<()> {
     let _ = std::fs::remove_file(&partial);
     {
         let mut to = Connection::open(&partial)?;
-        let backup = rusqlite::backup::Backup::new(&from, &mut to)?;
+        let backup = rusqlite::backup::Backup::new(from, &mut to)?;
         // One step copies every page under one read transaction: a consistent snapshot.
-        backup.step(-1)?;
+        if let Err(error) = copy_all(&backup) {
+            drop(backup);
+            drop(to);
+            let _ = std::fs::remove_file(&partial);
+            return Err(error);
+        }
     }
     std::fs::rename(&partial, target)?;
     Ok(())
+}
+
+/// Runs `backup` to the end in one step (one read transaction on the source: a consistent
+/// snapshot); a source that is locked is an error, not a partial copy.
+fn copy_all(backup: &rusqlite::backup::Backup) -> Result<()> {
+    match backup.step(-1)? {
+        rusqlite::backup::StepResult::Done => Ok(()),
+        _ => Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            None,
+        )
+        .into()),
+    }
 }
 
 /// Writes the snapshot in `source` into the live database at `target` (replacing its
@@ -70,10 +119,12 @@ pub fn restore(source: &Path, target: &Path) -> Result<()> {
     }
     let mut to = Connection::open(target)?;
     to.busy_timeout(std::time::Duration::from_secs(5))?;
+    // As the object's own connection opens it (no -shm file).
+    to.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
     to.pragma_update(None, "journal_mode", "WAL")?;
     {
         let backup = rusqlite::backup::Backup::new(&from, &mut to)?;
-        backup.step(-1)?;
+        copy_all(&backup)?;
     }
     Ok(())
 }
@@ -91,7 +142,7 @@ mod tests {
     }
 
     #[test]
-    fn a_backup_taken_while_a_connection_holds_uncommitted_writes_has_the_committed_state() {
+    fn a_live_object_is_copied_through_its_own_connection_and_only_between_transactions() {
         let dir = scratch("backup");
         let path = dir.join("a.sqlite");
         let mut db = ObjectDatabase::open(&path, Durability::Full).unwrap();
@@ -99,13 +150,27 @@ mod tests {
         db.commit().unwrap();
         db.kv_put("pending", b"2").unwrap();
         let copy = dir.join("copy.sqlite");
-        backup(&path, &copy).unwrap();
+        let refused = db.snapshot(&copy).unwrap_err();
+        assert!(matches!(refused, StorageError::Busy(_)), "{refused}");
+        // Another connection cannot read the file while the object has it open.
+        let locked = backup(&path, &copy).unwrap_err().to_string();
+        assert!(locked.contains("running dorun server"), "{locked}");
+        db.rollback().unwrap();
+        db.snapshot(&copy).unwrap();
         let mut restored = ObjectDatabase::open(&copy, Durability::Full).unwrap();
         assert_eq!(restored.kv_get("committed").unwrap(), Some(b"1".to_vec()));
         assert_eq!(restored.kv_get("pending").unwrap(), None);
+        drop(restored);
         drop(db);
+        // Closed: an offline copy of the file works, and restores into a new file.
+        let offline = dir.join("offline.sqlite");
+        backup(&path, &offline).unwrap();
         let target = dir.join("b.sqlite");
-        restore(&copy, &target).unwrap();
+        restore(&offline, &target).unwrap();
+        assert!(
+            !dir.join("b.sqlite-shm").exists(),
+            "restored without a -shm file"
+        );
         let mut back = ObjectDatabase::open(&target, Durability::Full).unwrap();
         assert_eq!(back.kv_get("committed").unwrap(), Some(b"1".to_vec()));
         let _ = std::fs::remove_dir_all(&dir);

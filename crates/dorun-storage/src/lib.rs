@@ -58,6 +58,9 @@ pub enum StorageError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Refused(String),
+    /// Someone else has the file or the transaction; trying again later may work.
+    #[error("{0}")]
+    Busy(String),
 }
 
 pub type Result<T> = std::result::Result<T, StorageError>;
@@ -110,6 +113,12 @@ impl ObjectDatabase {
             std::fs::create_dir_all(dir)?;
         }
         let conn = Connection::open(path)?;
+        // Only this connection ever uses the file while it is open (one live instance per
+        // object, on one thread), so it locks the file for its lifetime and keeps the WAL
+        // index in its own memory: no `-shm` file, whose mmapped pages every commit dirtied
+        // and every flush wrote back (spread writes ran ~35 % slower with it), and one file
+        // descriptor less per open object. Set before the first access, as SQLite requires.
+        conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
         Self::configure(conn, durability)
     }
 

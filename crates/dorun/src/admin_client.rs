@@ -1,5 +1,5 @@
-//! A small HTTP client of the admin listener, for `dorun import --admin` and
-//! `dorun inspect`.
+//! A small HTTP client of the admin listener, for `dorun export --admin`,
+//! `dorun import --admin` and `dorun inspect`.
 
 use anyhow::{anyhow, bail};
 use bytes::Bytes;
@@ -28,6 +28,24 @@ impl AdminTarget {
     /// Sends a request and returns the body of a 2xx answer; anything else is an error
     /// carrying the server's message.
     pub fn call(&self, method: &str, path: &str, body: Bytes) -> anyhow::Result<Bytes> {
+        match self.send_status(method, path, body)? {
+            (200..=299, bytes) => Ok(bytes),
+            (status, bytes) => bail!(
+                "{method} {}{path}: {}: {}",
+                self.base,
+                http::StatusCode::from_u16(status).map_or(status.to_string(), |s| s.to_string()),
+                error_message(&bytes)
+            ),
+        }
+    }
+
+    /// Sends a request and returns the answer's status and body, whatever the status.
+    pub fn send_status(
+        &self,
+        method: &str,
+        path: &str,
+        body: Bytes,
+    ) -> anyhow::Result<(u16, Bytes)> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -39,7 +57,7 @@ impl AdminTarget {
         serde_json::from_slice(&bytes).map_err(|e| anyhow!("{path}: the answer is not JSON: {e}"))
     }
 
-    async fn send(&self, method: &str, path: &str, body: Bytes) -> anyhow::Result<Bytes> {
+    async fn send(&self, method: &str, path: &str, body: Bytes) -> anyhow::Result<(u16, Bytes)> {
         let url = format!("{}{path}", self.base);
         let client = Client::builder(TokioExecutor::new()).build_http();
         let mut builder = http::Request::builder().method(method).uri(&url);
@@ -61,13 +79,14 @@ impl AdminTarget {
             .await
             .map_err(|e| anyhow!("{url}: {e}"))?
             .to_bytes();
-        if !status.is_success() {
-            let message = serde_json::from_slice::<serde_json::Value>(&bytes)
-                .ok()
-                .and_then(|v| v["error"].as_str().map(str::to_string))
-                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-            bail!("{method} {url}: {status}: {message}");
-        }
-        Ok(bytes)
+        Ok((status.as_u16(), bytes))
     }
+}
+
+/// The message of an admin error answer (`{"error": "..."}`), or its text.
+pub fn error_message(bytes: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(bytes)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_string))
+        .unwrap_or_else(|| String::from_utf8_lossy(bytes).into_owned())
 }

@@ -1,8 +1,9 @@
 //! `dorun export` and `dorun import`: copies of objects' SQLite files, taken with SQLite's
-//! online backup (a consistent snapshot even while `dorun serve` writes), optionally with a
-//! JSON dump of every table; and their restore, into a stopped server's data directory or
-//! through a running server's admin listener (the object is evicted, then restored on its
-//! own thread, and its alarm rescheduled).
+//! online backup (a consistent snapshot of what is committed), optionally with a JSON dump
+//! of every table; and their restore. Both work on a stopped server's data directory or
+//! through a running server's admin listener: a running server holds each open object's
+//! file locked, so its copy is taken on the object's own thread, through its connection;
+//! an import evicts the object, restores it there and reschedules its alarm.
 //!
 //! An export directory holds `<namespace>/<object id>.sqlite` (and `.json` with `--json`)
 //! plus `dorun-export.json`, the list of what it holds.
@@ -46,6 +47,8 @@ pub struct ExportArgs {
     /// Also write a JSON dump of each object's tables (`<id>.json`).
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub server: RunningServer,
 }
 
 #[derive(Debug, Args)]
@@ -54,8 +57,15 @@ pub struct ImportArgs {
     pub from: PathBuf,
     #[command(flatten)]
     pub selection: Selection,
-    /// Import through a running server's admin listener (e.g. http://127.0.0.1:9000) instead
-    /// of writing the data directory (which needs the server stopped).
+    #[command(flatten)]
+    pub server: RunningServer,
+}
+
+/// A running server to go through instead of its data directory.
+#[derive(Debug, Args)]
+pub struct RunningServer {
+    /// Go through a running server's admin listener (e.g. http://127.0.0.1:9000) instead of
+    /// the data directory, which needs the server stopped.
     #[arg(long, value_name = "URL")]
     pub admin: Option<String>,
     /// The admin listener's token.
@@ -66,6 +76,14 @@ pub struct ImportArgs {
         hide_env_values = true
     )]
     pub admin_token: Option<String>,
+}
+
+impl RunningServer {
+    fn target(&self) -> Option<AdminTarget> {
+        self.admin
+            .as_deref()
+            .map(|url| AdminTarget::new(url, self.admin_token.clone()))
+    }
 }
 
 impl Selection {
@@ -156,15 +174,35 @@ impl Progress {
 }
 
 pub fn export(args: ExportArgs) -> anyhow::Result<()> {
-    let data_dir = args.selection.data_dir()?;
-    let objects = args.selection.objects(&data_dir)?;
+    let admin = args.server.target();
+    let (source, objects) = match &admin {
+        Some(admin) => (admin.base.clone(), served_objects(admin, &args.selection)?),
+        None => {
+            let data_dir = args.selection.data_dir()?;
+            let objects = args.selection.objects(&data_dir)?;
+            (data_dir.display().to_string(), objects)
+        }
+    };
     std::fs::create_dir_all(&args.out).with_context(|| format!("{}", args.out.display()))?;
     let mut progress = Progress::new("exported", objects.len());
     let mut manifest = Vec::new();
     let mut bytes = 0;
-    for (done, (namespace, id, source)) in objects.iter().enumerate() {
+    for (done, (namespace, id, file)) in objects.iter().enumerate() {
         let target = args.out.join(namespace).join(format!("{id}.sqlite"));
-        dorun_storage::backup(source, &target).map_err(|e| anyhow!("{}: {e}", source.display()))?;
+        match &admin {
+            Some(admin) => {
+                if !export_served(admin, namespace, id, &target)? {
+                    continue; // it never stored anything
+                }
+            }
+            None => dorun_storage::backup(file, &target).map_err(|e| match e {
+                dorun_storage::StorageError::Busy(_) => anyhow!(
+                    "{}: {e}: export through the admin listener (dorun export --admin URL)",
+                    file.display()
+                ),
+                e => anyhow!("{}: {e}", file.display()),
+            })?,
+        }
         let size = std::fs::metadata(&target).map(|m| m.len()).unwrap_or(0);
         bytes += size;
         if args.json {
@@ -176,9 +214,10 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
         manifest.push(json!({"namespace": namespace, "id": id, "bytes": size}));
         progress.tick(done + 1);
     }
+    let count = manifest.len();
     let manifest = json!({
         "format": "dorun-export/1",
-        "source": data_dir.display().to_string(),
+        "source": source,
         "objects": manifest,
     });
     std::fs::write(
@@ -186,12 +225,92 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
         serde_json::to_vec_pretty(&manifest)?,
     )?;
     println!(
-        "exported {} objects ({bytes} bytes) from {} to {}",
-        objects.len(),
-        data_dir.display(),
+        "exported {count} objects ({bytes} bytes) from {source} to {}",
         args.out.display()
     );
     Ok(())
+}
+
+/// (namespace, object id, -) of every selected object a running server lists.
+fn served_objects(
+    admin: &AdminTarget,
+    selection: &Selection,
+) -> anyhow::Result<Vec<(String, String, PathBuf)>> {
+    if let Some(id) = &selection.object {
+        if !is_object_id(id) {
+            bail!("--object {id}: an object id is 64 hex digits");
+        }
+    }
+    let namespaces = admin.json("GET", "/api/namespaces", Default::default())?;
+    let mut keys: Vec<String> = namespaces
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|ns| ns["key"].as_str().map(str::to_string))
+        .filter(|key| selection.namespace.as_ref().is_none_or(|n| n == key))
+        .collect();
+    keys.sort();
+    if let (Some(wanted), true) = (&selection.namespace, keys.is_empty()) {
+        bail!("no namespace '{wanted}' at {}", admin.base);
+    }
+    let mut out = Vec::new();
+    for key in keys {
+        let objects = admin.json(
+            "GET",
+            &format!("/api/namespaces/{key}/objects"),
+            Default::default(),
+        )?;
+        for object in objects.as_array().into_iter().flatten() {
+            let Some(id) = object["id"].as_str() else {
+                continue;
+            };
+            if selection
+                .object
+                .as_ref()
+                .is_none_or(|wanted| wanted.eq_ignore_ascii_case(id))
+            {
+                out.push((key.clone(), id.to_string(), PathBuf::new()));
+            }
+        }
+    }
+    if out.is_empty() && selection.object.is_some() {
+        bail!("no such object at {}", admin.base);
+    }
+    Ok(out)
+}
+
+/// Writes a running server's copy of one object to `target`; false if it has no storage.
+/// A copy is refused while the object holds a transaction open: tried again a few times.
+fn export_served(
+    admin: &AdminTarget,
+    namespace: &str,
+    id: &str,
+    target: &Path,
+) -> anyhow::Result<bool> {
+    let path = format!("/api/objects/{namespace}/{id}/export");
+    let mut tries = 0;
+    let bytes = loop {
+        match admin.send_status("GET", &path, Default::default())? {
+            (200, bytes) => break bytes,
+            (404, _) => return Ok(false),
+            (503, _) if tries < 20 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (status, bytes) => bail!(
+                "GET {}{path}: {status}: {}",
+                admin.base,
+                crate::admin_client::error_message(&bytes)
+            ),
+        }
+    };
+    if let Some(dir) = target.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+    }
+    let partial = target.with_extension("sqlite.partial");
+    std::fs::write(&partial, &bytes).with_context(|| format!("{}", partial.display()))?;
+    std::fs::rename(&partial, target).with_context(|| format!("{}", target.display()))?;
+    Ok(true)
 }
 
 fn sql_json(value: &SqlValue) -> Value {
@@ -239,10 +358,7 @@ fn dump_json(path: &Path) -> anyhow::Result<Value> {
 pub fn import(args: ImportArgs) -> anyhow::Result<()> {
     let objects = args.selection.objects(&args.from)?;
     let mut progress = Progress::new("imported", objects.len());
-    let admin = args
-        .admin
-        .as_deref()
-        .map(|url| AdminTarget::new(url, args.admin_token.clone()));
+    let admin = args.server.target();
     let data_dir = match admin {
         Some(_) => None,
         None => Some(args.selection.data_dir()?),

@@ -31,6 +31,7 @@ const {
   op_dorun_admin_sql,
   op_dorun_admin_hold,
   op_dorun_admin_restore,
+  op_dorun_admin_snapshot,
   op_dorun_admin_discard,
 } = core.ops;
 
@@ -157,9 +158,44 @@ async function restore(namespace, hex, source) {
   return { restored: true, evicted, alarm };
 }
 
+/**
+ * Copies the object's committed content to a file (an export). Its file is locked by its
+ * own connection while it is open, so the copy is taken through that connection, once
+ * the commits in flight are done; otherwise through one of our own, closed at once.
+ */
+async function snapshot(namespace, hex, target) {
+  const key = `${namespace}:${hex}`;
+  const object = MapPrototypeGet(live, key);
+  if ((object?.storage.adminHandle ?? 0) !== 0) {
+    try {
+      await object.storage.outputGate();
+    } catch {
+      // The commit failed; the object reset itself and closed its storage.
+    }
+  }
+  const own = MapPrototypeGet(live, key)?.storage.adminHandle ?? 0;
+  try {
+    if (own !== 0) {
+      op_dorun_admin_snapshot(own, String(target));
+      return { exported: true };
+    }
+    const handle = op_dorun_storage_open(namespace, hex, object?.name ?? null, false);
+    if (handle === null) return { error: "no such object", status: 404 };
+    try {
+      op_dorun_admin_snapshot(handle, String(target));
+    } finally {
+      op_dorun_storage_close(handle);
+    }
+    return { exported: true };
+  } catch (error) {
+    return { error: String(error?.message ?? error), status: 503 };
+  }
+}
+
 async function objectRequest(namespace, hex, text) {
   const request = JSONParse(text);
   if (request.op === "restore") return await restore(namespace, hex, request.source);
+  if (request.op === "snapshot") return await snapshot(namespace, hex, request.target);
   const object = MapPrototypeGet(live, `${namespace}:${hex}`);
   const own = object?.storage.adminHandle ?? 0;
   if (own !== 0) {

@@ -11,6 +11,7 @@
 //! | `GET`/`DELETE /api/objects/{ns}/{id}/alarm` | its alarm; delete it |
 //! | `POST /api/objects/{ns}/{id}/evict` | drop it from memory (writes committed) |
 //! | `POST /api/objects/{ns}/{id}/import` (body: a SQLite file) | replace its storage |
+//! | `GET /api/objects/{ns}/{id}/export` | a consistent copy of its SQLite file (the body) |
 //! | `POST /api/reset` | every object, alarm and socket gone |
 
 use std::collections::HashMap;
@@ -125,6 +126,7 @@ async fn object_route(
             }
         }
         ["import"] if post => import(ns, id, body).await,
+        ["export"] if get => export(ns, id).await,
         _ => error(404, format!("no admin route {method} {}", parts.uri.path())),
     }
 }
@@ -134,11 +136,7 @@ async fn import(ns: &Namespace, id: &str, body: Bytes) -> AdminResponse {
     if !body.starts_with(b"SQLite format 3\0") {
         return error(400, "the body is not a SQLite database file");
     }
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let temp = ns
-        .dir
-        .with_file_name(format!(".import-{}-{n}.sqlite", std::process::id()));
+    let temp = scratch_file(ns, "import");
     if let Err(e) = std::fs::write(&temp, &body) {
         return error(500, format!("{}: {e}", temp.display()));
     }
@@ -146,6 +144,31 @@ async fn import(ns: &Namespace, id: &str, body: Bytes) -> AdminResponse {
     let response = object_request(ns, id, request).await;
     let _ = std::fs::remove_file(&temp);
     response
+}
+
+/// A consistent copy of the object's SQLite file, taken on its thread (see `dorun export`).
+async fn export(ns: &Namespace, id: &str) -> AdminResponse {
+    let target = scratch_file(ns, "export");
+    let request = json!({"op": "snapshot", "target": target.to_string_lossy()});
+    let response = object_request(ns, id, request).await;
+    if !response.status().is_success() {
+        let _ = std::fs::remove_file(&target);
+        return response;
+    }
+    let read = std::fs::read(&target);
+    let _ = std::fs::remove_file(&target);
+    match read {
+        Ok(bytes) => super::respond(200, "application/vnd.sqlite3", Bytes::from(bytes)),
+        Err(e) => error(500, format!("{}: {e}", target.display())),
+    }
+}
+
+/// A file name beside the namespace's directory, unique in this process.
+fn scratch_file(ns: &Namespace, what: &str) -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    ns.dir
+        .with_file_name(format!(".{what}-{}-{n}.sqlite", std::process::id()))
 }
 
 /// Runs a storage request on the object's thread.
