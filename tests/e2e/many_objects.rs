@@ -25,14 +25,14 @@ fn open_sqlite_files(pid: u32) -> usize {
 async fn a_full_connection_cache_evicts_least_recently_used_objects_whole() {
     let data = crate::harness::scratch_dir("many-objects-lru");
     let data_arg = data.to_string_lossy().to_string();
-    // 1100 files, less the reserve of 1024, leave room for 25 open objects (3 files each).
+    // 1080 files, less the reserve of 1024, leave room for 28 open objects (2 files each).
     let server = Server::start_with_open_file_limit(
         &fixture("objects").join("wrangler.toml"),
         &["--threads", "1", "--data-dir", &data_arg],
-        1100,
+        1080,
     );
     assert!(
-        server.wait_for_log("up to 25 open objects").await,
+        server.wait_for_log("up to 28 open objects").await,
         "{}",
         server.logs()
     );

@@ -26,8 +26,9 @@ use crate::namespaces::{IdError, ObjectConfig};
 /// [`size_connection_cache`] sized it from the open-file limit.
 pub const MAX_OPEN_CONNECTIONS: usize = 256;
 
-/// Files one open object holds: its database, its WAL and the WAL index (`-shm`).
-const FILES_PER_CONNECTION: u64 = 3;
+/// Files one open object holds: its database and its WAL (the WAL index is in memory,
+/// see `ObjectDatabase::open`).
+const FILES_PER_CONNECTION: u64 = 2;
 
 static CONNECTIONS_PER_THREAD: AtomicUsize = AtomicUsize::new(MAX_OPEN_CONNECTIONS);
 

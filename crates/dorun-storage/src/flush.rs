@@ -6,8 +6,9 @@
 //! fdatasyncs cost sixteen times that), so the commits of many objects that finish close
 //! together share one flush, and a new batch does not wait for an earlier one.
 //!
-//! A WAL that no longer exists was checkpointed and removed when its connection closed;
-//! a checkpoint syncs the WAL and the database first, so it is durable. The directory is
+//! A WAL that no longer exists was checkpointed and removed (a reset, or a file written by
+//! an older version); one that its connection truncated on close was checkpointed too. A
+//! checkpoint syncs the WAL and the database first, so either is durable. The directory is
 //! synced once for each new WAL file (its entry must survive a power loss too).
 //!
 //! For tests only: with `DORUN_TEST_FLUSH_GATE=<path>`, every flush waits until `<path>`
