@@ -94,6 +94,22 @@ async fn export_while_serving_wipe_and_import_through_the_admin_listener_restore
         "--json",
     ]);
     assert!(stdout.contains("exported 2 objects"), "{stdout}");
+    let (ok, _, stderr) = run_dorun(
+        &[
+            "export",
+            "--admin",
+            &admin.base,
+            "--out",
+            out.to_str().unwrap(),
+            "-n",
+            "nope",
+        ],
+        None,
+    );
+    assert!(
+        !ok && stderr.contains("no namespace 'nope' in http://"),
+        "{stderr}"
+    );
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(out.join("dorun-export.json")).unwrap()).unwrap();
     assert_eq!(manifest["objects"].as_array().unwrap().len(), 2);

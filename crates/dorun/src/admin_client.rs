@@ -52,6 +52,31 @@ impl AdminTarget {
         runtime.block_on(self.send(method, path, body))
     }
 
+    /// The key of every namespace the server has, in its order.
+    pub fn namespace_keys(&self) -> anyhow::Result<Vec<String>> {
+        let namespaces = self.json("GET", "/api/namespaces", Bytes::new())?;
+        let list = namespaces
+            .as_array()
+            .ok_or_else(|| anyhow!("/api/namespaces: unexpected answer {namespaces}"))?;
+        Ok(list
+            .iter()
+            .filter_map(|ns| ns["key"].as_str().map(str::to_string))
+            .collect())
+    }
+
+    /// The objects of namespace `key`, as the API lists them (`id`, `alarm`, ...).
+    pub fn objects(&self, key: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+        let objects = self.json(
+            "GET",
+            &format!("/api/namespaces/{key}/objects"),
+            Bytes::new(),
+        )?;
+        match objects {
+            serde_json::Value::Array(list) => Ok(list),
+            other => bail!("/api/namespaces/{key}/objects: unexpected answer {other}"),
+        }
+    }
+
     pub fn json(&self, method: &str, path: &str, body: Bytes) -> anyhow::Result<serde_json::Value> {
         let bytes = self.call(method, path, body)?;
         serde_json::from_slice(&bytes).map_err(|e| anyhow!("{path}: the answer is not JSON: {e}"))

@@ -110,40 +110,72 @@ impl Selection {
 
     /// (namespace, object id, file) of every selected object in `root`.
     fn objects(&self, root: &Path) -> anyhow::Result<Vec<(String, String, PathBuf)>> {
+        let entries = std::fs::read_dir(root).with_context(|| format!("{}", root.display()))?;
+        let namespaces: Vec<String> = entries
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|name| !name.starts_with('.'))
+            .collect();
+        self.select(namespaces, &root.display().to_string(), |namespace| {
+            Ok(object_files(&root.join(namespace))
+                .into_iter()
+                .map(|file| {
+                    let path = root.join(namespace).join(format!("{}.sqlite", file.id));
+                    (file.id, path)
+                })
+                .collect())
+        })
+    }
+
+    /// (namespace, object id, -) of every selected object a running server lists.
+    fn served_objects(
+        &self,
+        admin: &AdminTarget,
+    ) -> anyhow::Result<Vec<(String, String, PathBuf)>> {
+        self.select(admin.namespace_keys()?, &admin.base, |namespace| {
+            Ok(admin
+                .objects(namespace)?
+                .iter()
+                .filter_map(|object| object["id"].as_str())
+                .map(|id| (id.to_string(), PathBuf::new()))
+                .collect())
+        })
+    }
+
+    /// The selected objects among `namespaces` (listed in `source`), each namespace's
+    /// objects from `objects_of`, in order; a namespace or object asked for and not found
+    /// is an error.
+    fn select(
+        &self,
+        mut namespaces: Vec<String>,
+        source: &str,
+        objects_of: impl Fn(&str) -> anyhow::Result<Vec<(String, PathBuf)>>,
+    ) -> anyhow::Result<Vec<(String, String, PathBuf)>> {
         if let Some(id) = &self.object {
             if !is_object_id(id) {
                 bail!("--object {id}: an object id is 64 hex digits");
             }
         }
-        let entries = std::fs::read_dir(root).with_context(|| format!("{}", root.display()))?;
-        let mut namespaces: Vec<String> = entries
-            .flatten()
-            .filter(|e| e.path().is_dir())
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|name| !name.starts_with('.'))
-            .filter(|name| self.namespace.as_ref().is_none_or(|n| n == name))
-            .collect();
+        namespaces.retain(|name| self.namespace.as_ref().is_none_or(|n| n == name));
         namespaces.sort();
-        if let Some(wanted) = &self.namespace {
-            if namespaces.is_empty() {
-                bail!("no namespace '{wanted}' in {}", root.display());
-            }
+        if let (Some(wanted), true) = (&self.namespace, namespaces.is_empty()) {
+            bail!("no namespace '{wanted}' in {source}");
         }
         let mut out = Vec::new();
         for namespace in namespaces {
-            for file in object_files(&root.join(&namespace)) {
+            for (id, path) in objects_of(&namespace)? {
                 if self
                     .object
                     .as_ref()
-                    .is_none_or(|id| id.eq_ignore_ascii_case(&file.id))
+                    .is_none_or(|wanted| wanted.eq_ignore_ascii_case(&id))
                 {
-                    let path = root.join(&namespace).join(format!("{}.sqlite", file.id));
-                    out.push((namespace.clone(), file.id, path));
+                    out.push((namespace.clone(), id, path));
                 }
             }
         }
         if out.is_empty() && self.object.is_some() {
-            bail!("no such object in {}", root.display());
+            bail!("no such object in {source}");
         }
         Ok(out)
     }
@@ -176,7 +208,7 @@ impl Progress {
 pub fn export(args: ExportArgs) -> anyhow::Result<()> {
     let admin = args.server.target();
     let (source, objects) = match &admin {
-        Some(admin) => (admin.base.clone(), served_objects(admin, &args.selection)?),
+        Some(admin) => (admin.base.clone(), args.selection.served_objects(admin)?),
         None => {
             let data_dir = args.selection.data_dir()?;
             let objects = args.selection.objects(&data_dir)?;
@@ -229,54 +261,6 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
         args.out.display()
     );
     Ok(())
-}
-
-/// (namespace, object id, -) of every selected object a running server lists.
-fn served_objects(
-    admin: &AdminTarget,
-    selection: &Selection,
-) -> anyhow::Result<Vec<(String, String, PathBuf)>> {
-    if let Some(id) = &selection.object {
-        if !is_object_id(id) {
-            bail!("--object {id}: an object id is 64 hex digits");
-        }
-    }
-    let namespaces = admin.json("GET", "/api/namespaces", Default::default())?;
-    let mut keys: Vec<String> = namespaces
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|ns| ns["key"].as_str().map(str::to_string))
-        .filter(|key| selection.namespace.as_ref().is_none_or(|n| n == key))
-        .collect();
-    keys.sort();
-    if let (Some(wanted), true) = (&selection.namespace, keys.is_empty()) {
-        bail!("no namespace '{wanted}' at {}", admin.base);
-    }
-    let mut out = Vec::new();
-    for key in keys {
-        let objects = admin.json(
-            "GET",
-            &format!("/api/namespaces/{key}/objects"),
-            Default::default(),
-        )?;
-        for object in objects.as_array().into_iter().flatten() {
-            let Some(id) = object["id"].as_str() else {
-                continue;
-            };
-            if selection
-                .object
-                .as_ref()
-                .is_none_or(|wanted| wanted.eq_ignore_ascii_case(id))
-            {
-                out.push((key.clone(), id.to_string(), PathBuf::new()));
-            }
-        }
-    }
-    if out.is_empty() && selection.object.is_some() {
-        bail!("no such object at {}", admin.base);
-    }
-    Ok(out)
 }
 
 /// Writes a running server's copy of one object to `target`; false if it has no storage.

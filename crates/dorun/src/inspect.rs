@@ -1,7 +1,7 @@
 //! `dorun inspect`: the admin listener's API as tables in a terminal (namespaces, objects,
 //! KV entries, SQL results, alarms), or its JSON with `--json`.
 
-use anyhow::{anyhow, bail};
+use anyhow::bail;
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
@@ -116,16 +116,10 @@ fn resolve(admin: &AdminTarget, namespace: &str, prefix: &str) -> anyhow::Result
     if prefix.len() == 64 {
         return Ok(prefix.to_ascii_lowercase());
     }
-    let objects = admin.json(
-        "GET",
-        &format!("/api/namespaces/{namespace}/objects"),
-        Default::default(),
-    )?;
+    let objects = admin.objects(namespace)?;
     let prefix = prefix.to_ascii_lowercase();
     let matches: Vec<&str> = objects
-        .as_array()
-        .into_iter()
-        .flatten()
+        .iter()
         .filter_map(|o| o["id"].as_str())
         .filter(|id| id.starts_with(&prefix))
         .collect();
@@ -140,23 +134,14 @@ fn resolve(admin: &AdminTarget, namespace: &str, prefix: &str) -> anyhow::Result
 }
 
 fn alarms(admin: &AdminTarget, namespace: Option<&str>) -> anyhow::Result<(Value, String)> {
-    let namespaces = admin.json("GET", "/api/namespaces", Default::default())?;
     let mut rows = Vec::new();
     let mut all = Vec::new();
-    for ns in namespaces
-        .as_array()
-        .ok_or_else(|| anyhow!("unexpected answer"))?
-    {
-        let key = ns["key"].as_str().unwrap_or_default();
+    for key in admin.namespace_keys()? {
         if namespace.is_some_and(|n| n != key) {
             continue;
         }
-        let objects = admin.json(
-            "GET",
-            &format!("/api/namespaces/{key}/objects"),
-            Default::default(),
-        )?;
-        for object in objects.as_array().into_iter().flatten() {
+        let key = key.as_str();
+        for object in admin.objects(key)? {
             let Some(at) = object["alarm"].as_i64() else {
                 continue;
             };
