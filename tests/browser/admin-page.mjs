@@ -37,6 +37,8 @@ try {
 
   await nsRow.click();
   await page.waitForURL(/#\/ns\/admin-Store$/);
+  // The namespaces table has a `tr.link` row too: wait for the objects view itself.
+  await page.locator("h2", { hasText: `Objects of ${ns}` }).waitFor();
   const rows = page.locator("tbody tr.link");
   await rows.first().waitFor();
   assert.equal(await rows.count(), 3);
