@@ -70,6 +70,7 @@ deno_core::extension!(
         storage::op_dorun_storage_open,
         storage::op_dorun_storage_close,
         storage::op_dorun_storage_pressure,
+        storage::op_dorun_storage_trim_idle,
         storage::op_dorun_storage_rollback,
         storage::op_dorun_storage_commit,
         storage::op_dorun_storage_durable,

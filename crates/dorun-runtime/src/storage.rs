@@ -98,6 +98,8 @@ struct StorageEntry {
     last_used: u64,
     /// A newer handle of the same object took this one's connection: it is never reopened.
     superseded: bool,
+    /// Its connection was trimmed (see `trim_idle`) and not used since.
+    trimmed: bool,
 }
 
 /// The storage of the objects on this isolate thread, by handle, with at most `capacity`
@@ -111,6 +113,8 @@ pub struct OpenDatabases {
     entries: HashMap<u32, StorageEntry>,
     /// The handle whose connection is open, by file.
     holders: HashMap<PathBuf, u32>,
+    /// The clock at the last `trim_idle`.
+    trim_mark: u64,
     interrupt: Option<Arc<AtomicBool>>,
     /// Commits written but not yet durable, by ticket (see `op_dorun_storage_durable`).
     flushes: HashMap<u32, oneshot::Receiver<Result<(), String>>>,
@@ -127,6 +131,7 @@ impl OpenDatabases {
             durability,
             entries: HashMap::new(),
             holders: HashMap::new(),
+            trim_mark: 0,
             interrupt: None,
             flushes: HashMap::new(),
             next_flush: 0,
@@ -166,6 +171,7 @@ impl OpenDatabases {
                 db: taken,
                 last_used: 0,
                 superseded: false,
+                trimmed: false,
             },
         );
         if taken_db {
@@ -219,7 +225,34 @@ impl OpenDatabases {
         }
         let entry = self.entries.get_mut(&handle).expect("checked above");
         entry.last_used = clock;
+        entry.trimmed = false;
         Ok(entry.db.as_mut().expect("opened above"))
+    }
+
+    /// Trims the open connections not used since the previous call (page cache and
+    /// prepared statements freed; the files stay open). Called about once a second: an
+    /// object idle that long gives back most of its connection's memory, and rebuilds it
+    /// in microseconds when it is used again. Returns how many were trimmed.
+    pub fn trim_idle(&mut self) -> usize {
+        let mark = self.trim_mark;
+        let mut trimmed = 0;
+        for entry in self.entries.values_mut() {
+            if entry.trimmed || entry.last_used > mark {
+                continue;
+            }
+            if let Some(db) = entry.db.as_mut() {
+                if db.in_transaction() {
+                    continue;
+                }
+                if let Err(error) = db.trim() {
+                    tracing::debug!(file = %entry.path.display(), "cannot trim: {error}");
+                }
+                trimmed += 1;
+            }
+            entry.trimmed = true;
+        }
+        self.trim_mark = self.clock;
+        trimmed
     }
 
     fn close_least_recently_used(&mut self, keep: u32) {
@@ -410,6 +443,13 @@ pub fn op_dorun_storage_open(
 #[smi]
 pub fn op_dorun_storage_pressure(state: &mut OpState) -> u32 {
     state.borrow::<OpenDatabases>().over_capacity() as u32
+}
+
+/// Gives back the memory of connections idle since the previous call (see
+/// `OpenDatabases::trim_idle`); the glue calls it with its idle-eviction sweep.
+#[op2(fast)]
+pub fn op_dorun_storage_trim_idle(state: &mut OpState) {
+    state.borrow_mut::<OpenDatabases>().trim_idle();
 }
 
 /// Commits pending writes and closes the file.
@@ -796,6 +836,36 @@ mod tests {
             cache.database(again).unwrap().kv_get("k").unwrap(),
             Some(b"2".to_vec())
         );
+    }
+
+    #[test]
+    fn connections_unused_between_two_sweeps_are_trimmed_once() {
+        let dir = temp_dir("trim");
+        let mut cache = OpenDatabases::new(8, Durability::Off);
+        let handles = open_three(&dir, &mut cache);
+        // Used since the last sweep (there was none): nothing is trimmed yet.
+        assert_eq!(cache.trim_idle(), 0);
+        cache
+            .database(handles[0])
+            .unwrap()
+            .kv_put("k", b"v")
+            .unwrap();
+        // Idle for a whole interval: the two others; the first has a transaction open.
+        assert_eq!(cache.trim_idle(), 2);
+        assert_eq!(cache.trim_idle(), 0, "already trimmed");
+        cache.database(handles[0]).unwrap().commit().unwrap();
+        assert_eq!(
+            cache.database(handles[1]).unwrap().kv_get("k").unwrap(),
+            None
+        );
+        // Both used since the last sweep: kept; idle for the next interval: trimmed.
+        assert_eq!(cache.trim_idle(), 0);
+        assert_eq!(cache.trim_idle(), 2);
+        assert_eq!(
+            cache.database(handles[0]).unwrap().kv_get("k").unwrap(),
+            Some(b"v".to_vec())
+        );
+        assert_eq!(cache.connected(), 3, "trimming closes no file");
     }
 
     #[test]

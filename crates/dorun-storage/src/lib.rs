@@ -181,6 +181,17 @@ impl ObjectDatabase {
     /// Stops any statement of this connection while `flag` is set (SQLite's progress
     /// handler): the runtime sets it when the isolate that runs the SQL passes its CPU
     /// limit. The statement then fails with "interrupted".
+    /// Frees what an idle connection keeps in memory and can rebuild on its next use: its
+    /// page cache and its prepared statements. Nothing is freed inside a transaction.
+    pub fn trim(&mut self) -> Result<()> {
+        if self.in_transaction || !self.conn.is_autocommit() {
+            return Ok(());
+        }
+        self.conn.flush_prepared_statement_cache();
+        self.conn.release_memory()?;
+        Ok(())
+    }
+
     pub fn interrupt_when(&mut self, flag: Arc<AtomicBool>) -> Result<()> {
         self.conn.progress_handler(
             INTERRUPT_CHECK_STEPS,
