@@ -15,7 +15,7 @@ use crate::loader::ModuleGraph;
 use crate::namespaces::ObjectConfig;
 use crate::router::Router;
 use crate::sockets::{ParkedSockets, SocketRegistry};
-use crate::storage::{connection_capacity, OpenDatabases};
+use crate::storage::{connection_capacity, idle_connection_capacity, OpenDatabases};
 use crate::{admin, assets_binding, cache, events, namespaces, rpc, sockets, storage};
 
 /// What an isolate's ops share besides [`IsolateContext`]; each piece goes into the op
@@ -70,7 +70,7 @@ deno_core::extension!(
         storage::op_dorun_storage_open,
         storage::op_dorun_storage_close,
         storage::op_dorun_storage_pressure,
-        storage::op_dorun_storage_trim_idle,
+        storage::op_dorun_storage_sweep_idle,
         storage::op_dorun_storage_rollback,
         storage::op_dorun_storage_commit,
         storage::op_dorun_storage_durable,
@@ -148,6 +148,7 @@ deno_core::extension!(
         let services = options.services;
         state.put(
             OpenDatabases::new(connection_capacity(), services.objects.durability)
+                .keep_idle(idle_connection_capacity())
                 .interrupt_when(services.sql_interrupt),
         );
         state.put(services.context);

@@ -220,8 +220,9 @@ impl WorkerPool {
         }
     }
 
-    /// Closes the pool and waits up to `timeout` for the isolate threads to finish.
-    /// Returns false if some thread was still busy (pending waitUntil work, timers).
+    /// Closes the pool and waits up to `timeout` for the isolate threads to finish and the
+    /// closer thread to close what they left it. Returns false if some thread was still
+    /// busy (pending waitUntil work, timers).
     pub fn join(&self, timeout: Duration) -> bool {
         self.close();
         let deadline = std::time::Instant::now() + timeout;
@@ -237,7 +238,8 @@ impl WorkerPool {
             }
             let _ = handle.join();
         }
-        true
+        // Connections of objects that went idle are closed (checkpointed) off the threads.
+        dorun_storage::Closer::drain(deadline.saturating_duration_since(std::time::Instant::now()))
     }
 }
 

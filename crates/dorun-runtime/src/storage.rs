@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use deno_core::{op2, v8, OpState};
 use dorun_storage::{
-    wal_path, Durability, Flusher, ListOptions, ObjectDatabase, SqlValue, StorageError,
+    wal_path, Closer, Durability, Flusher, ListOptions, ObjectDatabase, SqlValue, StorageError,
 };
 use tokio::sync::oneshot;
 
@@ -30,6 +30,20 @@ pub const MAX_OPEN_CONNECTIONS: usize = 256;
 /// see `ObjectDatabase::open`).
 const FILES_PER_CONNECTION: u64 = 2;
 
+/// How many idle objects' connections the process keeps open, all isolate threads
+/// together (~70 KiB each, so ~280 MiB). Objects used within the last second or so keep
+/// theirs open regardless, up to the open-file limit.
+pub const IDLE_CONNECTIONS: usize = 4096;
+
+static IDLE_CONNECTIONS_PER_THREAD: AtomicUsize = AtomicUsize::new(IDLE_CONNECTIONS);
+
+/// What one `OpenDatabases::sweep_idle` did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub trimmed: usize,
+    pub closed: usize,
+}
+
 static CONNECTIONS_PER_THREAD: AtomicUsize = AtomicUsize::new(MAX_OPEN_CONNECTIONS);
 
 /// Sizes each isolate thread's connection cache from the process's open-file limit,
@@ -40,7 +54,14 @@ pub fn size_connection_cache(open_file_limit: u64, threads: usize) -> usize {
     let budget = open_file_limit.saturating_sub(reserve) / FILES_PER_CONNECTION;
     let per_thread = (budget / threads.max(1) as u64).max(16) as usize;
     CONNECTIONS_PER_THREAD.store(per_thread, Ordering::Relaxed);
+    let idle = (IDLE_CONNECTIONS / threads.max(1)).clamp(16, per_thread);
+    IDLE_CONNECTIONS_PER_THREAD.store(idle, Ordering::Relaxed);
     per_thread
+}
+
+/// The idle connections an isolate thread keeps open (see [`IDLE_CONNECTIONS`]).
+pub fn idle_connection_capacity() -> usize {
+    IDLE_CONNECTIONS_PER_THREAD.load(Ordering::Relaxed)
 }
 
 /// The connections an isolate thread keeps open (see [`size_connection_cache`]).
@@ -98,7 +119,7 @@ struct StorageEntry {
     last_used: u64,
     /// A newer handle of the same object took this one's connection: it is never reopened.
     superseded: bool,
-    /// Its connection was trimmed (see `trim_idle`) and not used since.
+    /// Its connection was trimmed (see `sweep_idle`) and not used since.
     trimmed: bool,
 }
 
@@ -113,7 +134,9 @@ pub struct OpenDatabases {
     entries: HashMap<u32, StorageEntry>,
     /// The handle whose connection is open, by file.
     holders: HashMap<PathBuf, u32>,
-    /// The clock at the last `trim_idle`.
+    /// Open connections beyond this many are closed when idle (see `sweep_idle`).
+    idle_capacity: usize,
+    /// The clock at the last `sweep_idle`.
     trim_mark: u64,
     interrupt: Option<Arc<AtomicBool>>,
     /// Commits written but not yet durable, by ticket (see `op_dorun_storage_durable`).
@@ -131,11 +154,18 @@ impl OpenDatabases {
             durability,
             entries: HashMap::new(),
             holders: HashMap::new(),
+            idle_capacity: capacity.max(1),
             trim_mark: 0,
             interrupt: None,
             flushes: HashMap::new(),
             next_flush: 0,
         }
+    }
+
+    /// Keeps at most `count` idle connections open (see `sweep_idle`).
+    pub fn keep_idle(mut self, count: usize) -> Self {
+        self.idle_capacity = count.max(1);
+        self
     }
 
     /// Every connection's statements stop while `flag` is set (the isolate's CPU limit).
@@ -211,14 +241,18 @@ impl OpenDatabases {
                 self.close_least_recently_used(handle);
             }
             let entry = self.entries.get_mut(&handle).expect("checked above");
-            let db = open_database(&entry.path, self.durability, self.interrupt.as_ref())
-                .map_err(|source| {
-                    tracing::error!(file = %entry.path.display(), "cannot open object storage: {source}");
-                StorageOpError::Open {
-                    path: entry.path.clone(),
-                    source,
-                }
-            })?;
+            // Closed recently and still queued on the closer thread: taken back as it is.
+            let db = match Closer::global().reclaim(&entry.path) {
+                Some(db) => db,
+                None => open_database(&entry.path, self.durability, self.interrupt.as_ref())
+                    .map_err(|source| {
+                        tracing::error!(file = %entry.path.display(), "cannot open object storage: {source}");
+                        StorageOpError::Open {
+                            path: entry.path.clone(),
+                            source,
+                        }
+                    })?,
+            };
             entry.db = Some(db);
             self.holders.insert(entry.path.clone(), handle);
             self.connected += 1;
@@ -229,30 +263,59 @@ impl OpenDatabases {
         Ok(entry.db.as_mut().expect("opened above"))
     }
 
-    /// Trims the open connections not used since the previous call (page cache and
-    /// prepared statements freed; the files stay open). Called about once a second: an
-    /// object idle that long gives back most of its connection's memory, and rebuilds it
-    /// in microseconds when it is used again. Returns how many were trimmed.
-    pub fn trim_idle(&mut self) -> usize {
+    /// Called about once a second (with the idle-eviction sweep). Connections unused since
+    /// the previous call are idle: above [`idle_connection_capacity`] open connections, the
+    /// least recently used idle ones are closed (on the closer thread; reopened on next
+    /// use), and the other idle ones trimmed (page cache and prepared statements freed,
+    /// rebuilt in microseconds when used again). An open connection costs ~70 KiB, half of
+    /// it the WAL index, which only closing frees. Never touches a connection with a
+    /// pending transaction.
+    pub fn sweep_idle(&mut self) -> Swept {
         let mark = self.trim_mark;
-        let mut trimmed = 0;
-        for entry in self.entries.values_mut() {
-            if entry.trimmed || entry.last_used > mark {
+        self.trim_mark = self.clock;
+        let mut idle: Vec<(u64, u32)> = self
+            .entries
+            .iter()
+            .filter(|(_, entry)| {
+                entry.last_used <= mark && entry.db.as_ref().is_some_and(|db| !db.in_transaction())
+            })
+            .map(|(handle, entry)| (entry.last_used, *handle))
+            .collect();
+        let mut swept = Swept::default();
+        let excess = self
+            .connected
+            .saturating_sub(self.idle_capacity)
+            .min(idle.len());
+        if excess > 0 {
+            idle.sort_unstable();
+            for (_, handle) in idle.drain(..excess) {
+                let Some(entry) = self.entries.get_mut(&handle) else {
+                    continue;
+                };
+                if let Some(db) = entry.db.take() {
+                    Closer::global().close(entry.path.clone(), db);
+                    self.holders.remove(&entry.path);
+                    self.connected -= 1;
+                    swept.closed += 1;
+                }
+            }
+        }
+        for (_, handle) in idle {
+            let Some(entry) = self.entries.get_mut(&handle) else {
+                continue;
+            };
+            if entry.trimmed {
                 continue;
             }
             if let Some(db) = entry.db.as_mut() {
-                if db.in_transaction() {
-                    continue;
-                }
                 if let Err(error) = db.trim() {
                     tracing::debug!(file = %entry.path.display(), "cannot trim: {error}");
                 }
-                trimmed += 1;
+                entry.trimmed = true;
+                swept.trimmed += 1;
             }
-            entry.trimmed = true;
         }
-        self.trim_mark = self.clock;
-        trimmed
+        swept
     }
 
     fn close_least_recently_used(&mut self, keep: u32) {
@@ -266,7 +329,9 @@ impl OpenDatabases {
             .map(|(handle, _)| *handle);
         if let Some(victim) = victim {
             if let Some(entry) = self.entries.get_mut(&victim) {
-                entry.db = None;
+                if let Some(db) = entry.db.take() {
+                    Closer::global().close(entry.path.clone(), db);
+                }
                 self.holders.remove(&entry.path);
                 self.connected -= 1;
             }
@@ -301,6 +366,17 @@ impl OpenDatabases {
         self.entries
             .get(&handle)
             .is_some_and(|entry| entry.db.is_some())
+    }
+
+    /// Forgets `handle` and closes its connection on the closer thread.
+    pub fn close(&mut self, handle: u32) {
+        let Some(entry) = self.entries.get(&handle) else {
+            return;
+        };
+        let path = entry.path.clone();
+        if let Some(db) = self.remove(handle) {
+            Closer::global().close(path, db);
+        }
     }
 
     pub fn remove(&mut self, handle: u32) -> Option<ObjectDatabase> {
@@ -445,11 +521,11 @@ pub fn op_dorun_storage_pressure(state: &mut OpState) -> u32 {
     state.borrow::<OpenDatabases>().over_capacity() as u32
 }
 
-/// Gives back the memory of connections idle since the previous call (see
-/// `OpenDatabases::trim_idle`); the glue calls it with its idle-eviction sweep.
+/// Gives back the memory of idle connections (see `OpenDatabases::sweep_idle`); the glue
+/// calls it with its idle-eviction sweep.
 #[op2(fast)]
-pub fn op_dorun_storage_trim_idle(state: &mut OpState) {
-    state.borrow_mut::<OpenDatabases>().trim_idle();
+pub fn op_dorun_storage_sweep_idle(state: &mut OpState) {
+    state.borrow_mut::<OpenDatabases>().sweep_idle();
 }
 
 /// Commits pending writes and closes the file.
@@ -460,9 +536,10 @@ pub fn op_dorun_storage_close(
 ) -> Result<(), StorageOpError> {
     let alarms = state.borrow::<Arc<AlarmScheduler>>().clone();
     let open = state.borrow_mut::<OpenDatabases>();
-    // Closing the connection checkpoints the WAL, which syncs it first.
+    // Closing the connection (on the closer thread) checkpoints the WAL, which syncs it
+    // first. Nothing waits for that: the object is idle, nothing of it is gated.
     let committed = open.commit_written(handle, &alarms);
-    open.remove(handle);
+    open.close(handle);
     committed.map(|_| ())
 }
 
@@ -839,33 +916,44 @@ mod tests {
     }
 
     #[test]
-    fn connections_unused_between_two_sweeps_are_trimmed_once() {
-        let dir = temp_dir("trim");
-        let mut cache = OpenDatabases::new(8, Durability::Off);
-        let handles = open_three(&dir, &mut cache);
-        // Used since the last sweep (there was none): nothing is trimmed yet.
-        assert_eq!(cache.trim_idle(), 0);
-        cache
-            .database(handles[0])
-            .unwrap()
-            .kv_put("k", b"v")
-            .unwrap();
-        // Idle for a whole interval: the two others; the first has a transaction open.
-        assert_eq!(cache.trim_idle(), 2);
-        assert_eq!(cache.trim_idle(), 0, "already trimmed");
-        cache.database(handles[0]).unwrap().commit().unwrap();
+    fn idle_connections_beyond_the_idle_capacity_are_closed_the_others_trimmed() {
+        let dir = temp_dir("sweep");
+        let mut cache = OpenDatabases::new(8, Durability::Off).keep_idle(2);
+        let h = open_three(&dir, &mut cache);
+        let swept = |trimmed, closed| Swept { trimmed, closed };
+        // Used since the last sweep (there was none): nothing is idle yet.
+        assert_eq!(cache.sweep_idle(), swept(0, 0));
+        cache.database(h[0]).unwrap().kv_put("k", b"v").unwrap();
+        // h[1] and h[2] idle, one connection too many: the least recently used one is
+        // closed, the other trimmed.
+        assert_eq!(cache.sweep_idle(), swept(1, 1));
+        assert!(!cache.is_connected(h[1]));
+        assert!(cache.is_connected(h[2]));
+        // h[0] has a pending transaction: never idle however long it waits.
+        assert_eq!(cache.sweep_idle(), swept(0, 0), "h[2] already trimmed");
+        assert_eq!(cache.sweep_idle(), swept(0, 0));
+        assert!(cache.is_connected(h[0]));
+        cache.database(h[0]).unwrap().commit().unwrap();
+        // A closed connection reopens on next use.
+        assert_eq!(cache.database(h[1]).unwrap().kv_get("k").unwrap(), None);
+        assert_eq!(cache.connected(), 3);
+        // Three open again, h[2] the only idle one: closed.
+        assert_eq!(cache.sweep_idle(), swept(0, 1));
+        assert!(!cache.is_connected(h[2]));
         assert_eq!(
-            cache.database(handles[1]).unwrap().kv_get("k").unwrap(),
-            None
-        );
-        // Both used since the last sweep: kept; idle for the next interval: trimmed.
-        assert_eq!(cache.trim_idle(), 0);
-        assert_eq!(cache.trim_idle(), 2);
-        assert_eq!(
-            cache.database(handles[0]).unwrap().kv_get("k").unwrap(),
+            cache.database(h[0]).unwrap().kv_get("k").unwrap(),
             Some(b"v".to_vec())
         );
-        assert_eq!(cache.connected(), 3, "trimming closes no file");
+        // At or under the idle capacity nothing is closed: idle ones are trimmed once.
+        assert_eq!(cache.connected(), 2);
+        assert_eq!(
+            cache.sweep_idle(),
+            swept(1, 0),
+            "h[1], reopened, is idle again"
+        );
+        assert_eq!(cache.sweep_idle(), swept(1, 0), "h[0]");
+        assert_eq!(cache.sweep_idle(), swept(0, 0));
+        assert_eq!(cache.connected(), 2);
     }
 
     #[test]

@@ -24,10 +24,12 @@ use rusqlite::{params_from_iter, Connection, OptionalExtension};
 
 mod admin;
 mod cache;
+mod close;
 mod flush;
 mod sandbox;
 pub use admin::{backup, restore};
 pub use cache::{CacheDatabase, CachedResponse};
+pub use close::Closer;
 pub use flush::{wal_path, FlushDone, Flusher};
 use sandbox::{
     split_statements, value_size, SqlGuard, SqlRole, INTERRUPT_CHECK_STEPS, RESULT_TOO_LARGE,

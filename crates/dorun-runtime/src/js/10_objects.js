@@ -53,7 +53,7 @@ const {
   op_dorun_reply_error,
   op_dorun_reply_value,
   op_dorun_storage_pressure,
-  op_dorun_storage_trim_idle,
+  op_dorun_storage_sweep_idle,
 } = core.ops;
 
 const EMPTY_PAYLOAD = new Uint8Array(0);
@@ -326,14 +326,14 @@ function evict(object) {
 
 /**
  * Drops objects idle for longer than the idle timeout (storage closed after its commit),
- * and frees the page caches and statements of connections unused since the last sweep.
+ * trims connections unused since the last sweep and closes those unused for a few sweeps.
  */
 export function evictIdle() {
   const now = DateNow();
   for (const object of live.values()) {
     if (isIdle(object) && now - object.lastActive >= config.idleTimeoutMs) evict(object);
   }
-  op_dorun_storage_trim_idle();
+  op_dorun_storage_sweep_idle();
 }
 
 /**
