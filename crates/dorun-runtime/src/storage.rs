@@ -31,9 +31,9 @@ pub const MAX_OPEN_CONNECTIONS: usize = 256;
 const FILES_PER_CONNECTION: u64 = 2;
 
 /// How many idle objects' connections the process keeps open, all isolate threads
-/// together (~70 KiB each, so ~280 MiB). Objects used within the last second or so keep
+/// together (~70 KiB each, so ~210 MiB). Objects used within the last second or so keep
 /// theirs open regardless, up to the open-file limit.
-pub const IDLE_CONNECTIONS: usize = 4096;
+pub const IDLE_CONNECTIONS: usize = 3072;
 
 static IDLE_CONNECTIONS_PER_THREAD: AtomicUsize = AtomicUsize::new(IDLE_CONNECTIONS);
 
