@@ -91,3 +91,86 @@ async fn a_response_waits_for_the_flush_of_its_commit_and_the_thread_does_not() 
     // Later commits are flushed as soon as they are written (the gate stays open).
     assert_eq!(server.get_json_ok("/increment/a", &[]).await, 2);
 }
+
+#[tokio::test]
+async fn idle_connections_beyond_the_limit_close_and_their_objects_stay_resident() {
+    let data = crate::harness::scratch_dir("many-objects-idle");
+    let data_arg = data.to_string_lossy().to_string();
+    let args = [
+        "--threads",
+        "1",
+        "--data-dir",
+        &data_arg,
+        "--idle-connections",
+        "4",
+        "--object-idle-timeout",
+        "60",
+    ];
+    let config = fixture("objects").join("wrangler.toml");
+    let mut server = Server::start(&config, &args);
+    assert!(
+        server.wait_for_log("of them idle").await,
+        "{}",
+        server.logs()
+    );
+    let mut constructed = Vec::new();
+    for i in 0..12 {
+        assert_eq!(
+            server.get_json_ok(&format!("/increment/i{i}"), &[]).await,
+            1
+        );
+        constructed.push(construction(&server, &format!("i{i}")).await);
+    }
+    // Objects' database files open in the server (not their WALs, not the namespace's
+    // alarm index or the cache).
+    let object_files = |pid| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|entries| {
+                entries
+                    .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+                    .filter(|target| {
+                        target.starts_with(&data)
+                            && target.extension().is_some_and(|e| e == "sqlite")
+                            && !target.ends_with("metadata.sqlite")
+                            && !target.ends_with("cache.sqlite")
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let before = object_files(server.pid());
+    assert!(
+        before >= 12,
+        "{before} object files open with 12 objects in use"
+    );
+    // Idle for a sweep interval (~1 s): all but 4 connections are closed, off the thread.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while object_files(server.pid()) > 4 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = object_files(server.pid());
+    assert!(after <= 4, "{after} object files still open (was {before})");
+    // The objects themselves stayed resident (not constructed again), and their storage
+    // reopens with everything committed.
+    for (i, first) in constructed.iter().enumerate() {
+        assert_eq!(
+            construction(&server, &format!("i{i}")).await,
+            *first,
+            "i{i}"
+        );
+        assert_eq!(
+            server.get_json_ok(&format!("/increment/i{i}"), &[]).await,
+            2
+        );
+    }
+    // Nothing is lost to a kill -9 with connections closed, reopened and queued to close.
+    server.kill9();
+    let server = Server::start(&config, &args);
+    for i in 0..12 {
+        assert_eq!(
+            server.get_json_ok(&format!("/value/i{i}"), &[]).await,
+            2,
+            "i{i}"
+        );
+    }
+}

@@ -30,9 +30,9 @@ pub const MAX_OPEN_CONNECTIONS: usize = 256;
 /// see `ObjectDatabase::open`).
 const FILES_PER_CONNECTION: u64 = 2;
 
-/// How many idle objects' connections the process keeps open, all isolate threads
-/// together (~70 KiB each, so ~210 MiB). Objects used within the last second or so keep
-/// theirs open regardless, up to the open-file limit.
+/// How many idle objects' connections the process keeps open by default, all isolate
+/// threads together (~70 KiB each, so ~210 MiB; `dorun serve --idle-connections`). Objects
+/// used within the last second or so keep theirs open regardless, up to the open-file limit.
 pub const IDLE_CONNECTIONS: usize = 3072;
 
 static IDLE_CONNECTIONS_PER_THREAD: AtomicUsize = AtomicUsize::new(IDLE_CONNECTIONS);
@@ -48,13 +48,14 @@ static CONNECTIONS_PER_THREAD: AtomicUsize = AtomicUsize::new(MAX_OPEN_CONNECTIO
 
 /// Sizes each isolate thread's connection cache from the process's open-file limit,
 /// keeping an eighth of it (at least 1024) for sockets, accepts and the runtime's own
-/// files. Returns the connections per thread.
-pub fn size_connection_cache(open_file_limit: u64, threads: usize) -> usize {
+/// files, and shares `idle` idle connections (see [`IDLE_CONNECTIONS`]) among the
+/// threads. Returns the connections per thread.
+pub fn size_connection_cache(open_file_limit: u64, threads: usize, idle: usize) -> usize {
     let reserve = (open_file_limit / 8).max(1024);
     let budget = open_file_limit.saturating_sub(reserve) / FILES_PER_CONNECTION;
     let per_thread = (budget / threads.max(1) as u64).max(16) as usize;
     CONNECTIONS_PER_THREAD.store(per_thread, Ordering::Relaxed);
-    let idle = (IDLE_CONNECTIONS / threads.max(1)).clamp(16, per_thread);
+    let idle = (idle / threads.max(1)).clamp(1, per_thread);
     IDLE_CONNECTIONS_PER_THREAD.store(idle, Ordering::Relaxed);
     per_thread
 }

@@ -114,6 +114,10 @@ pub struct ConfigArgs {
     /// Seconds an object with no events in flight stays in memory.
     #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
     pub object_idle_timeout: f64,
+    /// Object connections kept open for idle objects, all threads together (~70 KiB each);
+    /// beyond it the least recently used idle ones are closed, reopened on next use.
+    #[arg(long, value_name = "N", default_value_t = dorun_runtime::storage::IDLE_CONNECTIONS)]
+    pub idle_connections: usize,
     /// When a commit counts as durable: full (fsync every commit; RPO 0), normal (survives a
     /// process crash; an OS crash or power loss can lose recent commits), off (no fsync).
     #[arg(long, value_enum, default_value_t = DurabilityArg::Full)]
@@ -318,13 +322,14 @@ fn check(args: ConfigArgs) -> anyhow::Result<()> {
 /// Sizes the isolate threads' SQLite connection caches from the open-file limit (which
 /// `main` raised to the hard limit), so a large working set stays open. What it keeps in
 /// reserve is the network's: the front door's connections and WebSockets.
-fn size_connection_cache(threads: usize) {
+fn size_connection_cache(threads: usize, idle: usize) {
     let limit = open_file_limit();
-    let per_thread = dorun_runtime::storage::size_connection_cache(limit, threads);
+    let per_thread = dorun_runtime::storage::size_connection_cache(limit, threads, idle);
     tracing::info!(
         open_file_limit = limit,
-        "up to {} open objects ({per_thread} per isolate thread)",
-        per_thread * threads
+        "up to {} open objects ({per_thread} per isolate thread), {} of them idle",
+        per_thread * threads,
+        dorun_runtime::storage::idle_connection_capacity() * threads
     );
 }
 
@@ -363,7 +368,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         dorun_runtime::memory::watch_process_memory(limit.max(16) << 20);
     }
     let limits = connection_limits(&args)?;
-    size_connection_cache(threads * configs.len());
+    size_connection_cache(threads * configs.len(), args.config.idle_connections);
     let workers = Workers::start(configs, &options, &data_dir, threads)?;
     // The first worker serves HTTP; the others are reached through their classes.
     let pool = workers.pools[0].clone();
