@@ -115,6 +115,9 @@ pub fn op_dorun_admin_restore(
         path: path.clone(),
         source,
     };
+    // The evicted object's connection may still wait on the closer thread, locking the
+    // file: take it back and close it here rather than wait for the lock.
+    drop(dorun_storage::Closer::global().reclaim(&path));
     dorun_storage::restore(std::path::Path::new(source), &path).map_err(open_error)?;
     let alarm = dorun_storage::ObjectDatabase::open(&path, objects.durability)
         .and_then(|db| db.alarm())

@@ -51,6 +51,9 @@ impl Shared {
 
 static CLOSER: OnceLock<Closer> = OnceLock::new();
 
+/// Connections waiting for the closer thread at most; past it callers close their own.
+pub const MAX_QUEUED: usize = 128;
+
 impl Closer {
     /// The closer, started on first use.
     pub fn global() -> &'static Closer {
@@ -65,10 +68,17 @@ impl Closer {
         })
     }
 
-    /// Closes `db`, the connection to the file at `path`, on the closer thread.
+    /// Closes `db`, the connection to the file at `path`, on the closer thread, or here
+    /// when [`MAX_QUEUED`] are already waiting (a queued connection still holds its files,
+    /// which the open-file budget does not count).
     pub fn close(&self, path: PathBuf, db: ObjectDatabase) {
         let file = identity(&path);
         let mut state = self.shared.lock();
+        if state.order.len() >= MAX_QUEUED && !state.queued.contains_key(&path) {
+            drop(state);
+            drop(db);
+            return;
+        }
         if let Some(earlier) = state.queued.insert(path.clone(), Queued { db, file }) {
             // Cannot happen (a path is reclaimed before it is opened again); close both.
             drop(state);
@@ -198,6 +208,23 @@ mod tests {
         assert_eq!(db.kv_get("k").unwrap(), Some(b"1".to_vec()));
         assert_eq!(closer.pending(), 0);
         assert!(closer.reclaim(&path).is_none());
+    }
+
+    #[test]
+    fn past_the_queue_bound_the_caller_closes_its_own_connection() {
+        let dir = temp_dir("bound");
+        let closer = idle_closer();
+        for i in 0..MAX_QUEUED + 2 {
+            let path = dir.join(format!("{i}.sqlite"));
+            closer.close(path, written(&dir.join(format!("{i}.sqlite")), b"1"));
+        }
+        assert_eq!(closer.pending(), MAX_QUEUED);
+        // The last two were closed at once: nothing to take back, and their files unlocked.
+        let last = dir.join(format!("{}.sqlite", MAX_QUEUED + 1));
+        assert!(closer.reclaim(&last).is_none());
+        let mut db = ObjectDatabase::open(&last, Durability::Off).unwrap();
+        assert_eq!(db.kv_get("k").unwrap(), Some(b"1".to_vec()));
+        assert!(closer.reclaim(&dir.join("0.sqlite")).is_some(), "queued");
     }
 
     #[test]

@@ -326,7 +326,7 @@ function evict(object) {
 
 /**
  * Drops objects idle for longer than the idle timeout (storage closed after its commit),
- * trims connections unused since the last sweep and closes those unused for a few sweeps.
+ * and lets storage trim idle connections or close them beyond the idle limit.
  */
 export function evictIdle() {
   const now = DateNow();
