@@ -240,6 +240,28 @@ async fn messages_on_one_socket_reach_the_handler_in_order() {
 }
 
 #[tokio::test]
+async fn a_socket_has_at_most_32_messages_in_flight_then_reading_waits() {
+    let server = start(&[]);
+    let mut ws = connect(&server, "/many/stall").await;
+    for _ in 0..100 {
+        send(&mut ws, "stall").await;
+    }
+    let stalled = || async { server.get("/many/stall/stalled").await.json() };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stalled().await != json!(32) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The handlers never finish by themselves: no 33rd message is read meanwhile.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(stalled().await, json!(32), "{}", server.logs());
+    server.get("/many/stall/release").await;
+    for _ in 0..100 {
+        assert_eq!(text(&mut ws).await, "ack stall");
+    }
+    assert_eq!(stalled().await, json!(0));
+}
+
+#[tokio::test]
 async fn a_client_that_does_not_read_is_cut_off_not_buffered_forever() {
     let server = start(&[]);
     let mut ws = connect(&server, "/std/flood").await;

@@ -15,8 +15,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use futures::stream::FuturesUnordered;
 use futures::{SinkExt, StreamExt};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
@@ -519,12 +520,15 @@ where
     let mut outbound = connection.outbound;
     let queued = connection.queued;
     let (mut sink, mut incoming) = stream.split();
-    let permits = Arc::new(Semaphore::new(IN_FLIGHT_PER_SOCKET));
+    // Events handed to the target and not yet handled. Their completions wake this task
+    // (which the reply that usually comes with them wakes anyway), not a task of their own.
+    let mut in_flight = FuturesUnordered::new();
     // The close event, delivered after every message before it was handled.
     let mut last: Option<SocketMessage> = None;
     loop {
         tokio::select! {
-            frame = incoming.next() => {
+            Some(_) = in_flight.next(), if !in_flight.is_empty() => {}
+            frame = incoming.next(), if in_flight.len() < IN_FLIGHT_PER_SOCKET => {
                 let message = match frame {
                     Some(Ok(Message::Text(text))) => {
                         let text = text.as_str();
@@ -577,14 +581,8 @@ where
                         break;
                     }
                 };
-                let Ok(permit) = permits.clone().acquire_owned().await else { break };
                 match registry.deliver(socket, message) {
-                    Some(done) => {
-                        tokio::spawn(async move {
-                            let _ = done.await;
-                            drop(permit);
-                        });
-                    }
+                    Some(done) => in_flight.push(done),
                     None => break,
                 }
             }
@@ -612,7 +610,7 @@ where
     }
     // Wait for the events already handed out before forgetting the socket, so a handler
     // that runs late still finds its tags and attachment.
-    let _ = permits.acquire_many(IN_FLIGHT_PER_SOCKET as u32).await;
+    while in_flight.next().await.is_some() {}
     if let Some(done) = last.and_then(|message| registry.deliver(socket, message)) {
         let _ = done.await;
     }
