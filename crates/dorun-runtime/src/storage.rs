@@ -15,7 +15,8 @@ use std::sync::Arc;
 
 use deno_core::{op2, v8, OpState};
 use dorun_storage::{
-    wal_path, Closer, Durability, Flusher, ListOptions, ObjectDatabase, SqlValue, StorageError,
+    wal_path, Closer, Durability, FlushRequest, Flusher, ListOptions, ObjectDatabase, SqlValue,
+    StorageError,
 };
 use tokio::sync::oneshot;
 
@@ -142,6 +143,8 @@ pub struct OpenDatabases {
     interrupt: Option<Arc<AtomicBool>>,
     /// Commits written but not yet durable, by ticket (see `op_dorun_storage_durable`).
     flushes: HashMap<u32, oneshot::Receiver<Result<(), String>>>,
+    /// Commits written this turn, handed to the flusher together (see `take_flush`).
+    unsent_flushes: Vec<FlushRequest>,
     next_flush: u32,
 }
 
@@ -159,6 +162,7 @@ impl OpenDatabases {
             trim_mark: 0,
             interrupt: None,
             flushes: HashMap::new(),
+            unsent_flushes: Vec::new(),
             next_flush: 0,
         }
     }
@@ -398,19 +402,22 @@ impl OpenDatabases {
             return Ok(0);
         };
         let (sender, receiver) = oneshot::channel();
-        Flusher::global().flush(
+        self.unsent_flushes.push(FlushRequest::new(
             wal,
             Box::new(move |result| {
                 let _ = sender.send(result);
             }),
-        );
+        ));
         self.next_flush = self.next_flush.wrapping_add(1).max(1);
         self.flushes.insert(self.next_flush, receiver);
         Ok(self.next_flush)
     }
 
-    /// The flush of a commit's ticket, once (see [`commit`](Self::commit)).
+    /// The flush of a commit's ticket, once (see [`commit`](Self::commit)). Hands every
+    /// commit written so far to the flusher first: the commits of one turn are all written
+    /// before the first of them is awaited, so they go together.
     fn take_flush(&mut self, ticket: u32) -> Option<oneshot::Receiver<Result<(), String>>> {
+        Flusher::global().flush_all(std::mem::take(&mut self.unsent_flushes));
         self.flushes.remove(&ticket)
     }
 

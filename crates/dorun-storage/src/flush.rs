@@ -1,10 +1,11 @@
 //! Durability off the isolate threads: with `Durability::Full`, a commit writes its WAL
 //! frames without waiting for the disk (`synchronous=NORMAL`), and the process's flusher
-//! threads make them durable. A free flusher thread takes every request queued so far as
-//! one batch: one WAL is synced with `fdatasync`, several with one `syncfs` of their
-//! filesystem (on this kind of disk it costs what one fdatasync does, where sixteen
-//! fdatasyncs cost sixteen times that), so the commits of many objects that finish close
-//! together share one flush, and a new batch does not wait for an earlier one.
+//! threads make them durable. An isolate thread hands over the commits of one turn
+//! together, and a free flusher thread takes every request queued so far as one batch:
+//! one WAL is synced with `fdatasync`, several with one `syncfs` of their filesystem (on
+//! this kind of disk it costs what one fdatasync does, where sixteen fdatasyncs cost
+//! sixteen times that), so the commits of many objects that finish close together share
+//! one flush, and a new batch does not wait for an earlier one.
 //!
 //! A WAL that no longer exists was checkpointed and removed (a reset, or a file written by
 //! an older version); one that its connection truncated on close was checkpointed too. A
@@ -28,14 +29,21 @@ use crate::{ObjectDatabase, Result};
 /// Told once the flush it waited for is done: `Err` carries the message of a failed sync.
 pub type FlushDone = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
 
-struct FlushRequest {
+/// One commit's WAL to make durable, and whom to tell.
+pub struct FlushRequest {
     wal: PathBuf,
     done: FlushDone,
 }
 
+impl FlushRequest {
+    pub fn new(wal: PathBuf, done: FlushDone) -> Self {
+        Self { wal, done }
+    }
+}
+
 /// The process's flusher thread.
 pub struct Flusher {
-    requests: Sender<FlushRequest>,
+    requests: Sender<Vec<FlushRequest>>,
 }
 
 impl Flusher {
@@ -62,8 +70,20 @@ impl Flusher {
 
     /// Makes everything written to `wal` so far durable, then calls `done`.
     pub fn flush(&self, wal: PathBuf, done: FlushDone) {
-        if let Err(SendError(request)) = self.requests.send(FlushRequest { wal, done }) {
-            (request.done)(Err("the flusher thread stopped".to_string()));
+        self.flush_all(vec![FlushRequest { wal, done }]);
+    }
+
+    /// [`flush`](Self::flush) for several commits at once: an isolate thread hands over
+    /// the commits of one turn together, so they share a sync (and one wake-up of a
+    /// flusher thread) instead of being picked up one by one by whichever thread is free.
+    pub fn flush_all(&self, requests: Vec<FlushRequest>) {
+        if requests.is_empty() {
+            return;
+        }
+        if let Err(SendError(requests)) = self.requests.send(requests) {
+            for request in requests {
+                (request.done)(Err("the flusher thread stopped".to_string()));
+            }
         }
     }
 }
@@ -73,7 +93,7 @@ impl Flusher {
 const FLUSH_THREADS: usize = 3;
 
 struct Shared {
-    requests: Mutex<Receiver<FlushRequest>>,
+    requests: Mutex<Receiver<Vec<FlushRequest>>>,
     /// WAL path -> inode of the WAL file whose directory entry is known durable.
     synced_entries: Mutex<HashMap<PathBuf, u64>>,
     gate: Option<PathBuf>,
@@ -90,8 +110,8 @@ fn run(shared: &Shared) {
             let Ok(first) = requests.recv() else {
                 return;
             };
-            let mut batch = vec![first];
-            batch.extend(requests.try_iter());
+            let mut batch = first;
+            batch.extend(requests.try_iter().flatten());
             batch
         };
         if let Some(gate) = &shared.gate {

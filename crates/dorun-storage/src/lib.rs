@@ -30,7 +30,7 @@ mod sandbox;
 pub use admin::{backup, restore};
 pub use cache::{CacheDatabase, CachedResponse};
 pub use close::Closer;
-pub use flush::{wal_path, FlushDone, Flusher};
+pub use flush::{wal_path, FlushDone, FlushRequest, Flusher};
 use sandbox::{
     split_statements, value_size, SqlGuard, SqlRole, INTERRUPT_CHECK_STEPS, RESULT_TOO_LARGE,
 };
