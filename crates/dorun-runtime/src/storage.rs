@@ -402,9 +402,12 @@ impl OpenDatabases {
             return Ok(0);
         };
         let (sender, receiver) = oneshot::channel();
+        let written = std::time::Instant::now();
         self.unsent_flushes.push(FlushRequest::new(
             wal,
             Box::new(move |result| {
+                metrics::histogram!("dorun_storage_durable_seconds")
+                    .record(written.elapsed().as_secs_f64());
                 let _ = sender.send(result);
             }),
         ));

@@ -60,7 +60,12 @@ fn describe() {
     describe_histogram!(
         "dorun_storage_commit_seconds",
         Unit::Seconds,
-        "Commit (with fsync per --durability) latency"
+        "Writing a commit on the isolate thread (under --durability full its flush is counted in dorun_storage_durable_seconds)"
+    );
+    describe_histogram!(
+        "dorun_storage_durable_seconds",
+        Unit::Seconds,
+        "From a commit written to its flush done (--durability full): how long what it gates waits for the disk"
     );
     describe_histogram!(
         "dorun_alarm_lag_seconds",
