@@ -72,6 +72,21 @@ async fn transactions_and_pragmas_in_user_sql_are_refused_whatever_precedes_them
     }
     let text = sql(&server, "tx", "PRAGMA table_info(t)").await;
     assert!(text.contains("\"name\":\"x\""), "{text}");
+    // Functions: Cloudflare's list (math included), not the build details.
+    for query in ["SELECT sqlite_version()", "SELECT sqlite_source_id() AS v"] {
+        let text = sql(&server, "tx", query).await;
+        assert!(
+            text.contains("not authorized to use function: sqlite_"),
+            "{query}: {text}"
+        );
+    }
+    let text = sql(
+        &server,
+        "tx",
+        "SELECT floor(pi() * 100) AS p, json_extract('[7]', '$[0]') AS j",
+    )
+    .await;
+    assert_eq!(text, r#"ok: [{"p":314,"j":7}]"#);
     // The file is intact: the object still reads its rows.
     let count: u32 = server.get("/obj/tx/count").await.text().parse().unwrap();
     assert!(count >= 1, "{count}");

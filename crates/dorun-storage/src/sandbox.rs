@@ -51,6 +51,139 @@ const ALLOWED_PRAGMAS: &[&str] = &[
     "optimize",
 ];
 
+/// SQL functions user SQL may call, as Cloudflare allows them (workerd's list, by family).
+/// Anything else, e.g. `sqlite_version()` or `sqlite_source_id()` (build details), fails
+/// with SQLite's "not authorized to use function: <name>".
+const ALLOWED_FUNCTIONS: &[&[&str]] = &[
+    // Core scalar functions.
+    &[
+        "abs",
+        "changes",
+        "char",
+        "coalesce",
+        "concat",
+        "concat_ws",
+        "format",
+        "glob",
+        "hex",
+        "ifnull",
+        "iif",
+        "instr",
+        "last_insert_rowid",
+        "length",
+        "like",
+        "likelihood",
+        "likely",
+        "load_extension",
+        "lower",
+        "ltrim",
+        "max_scalar",
+        "min_scalar",
+        "nullif",
+        "octet_length",
+        "printf",
+        "quote",
+        "random",
+        "randomblob",
+        "replace",
+        "round",
+        "rtrim",
+        "sign",
+        "soundex",
+        "substr",
+        "substring",
+        "total_changes",
+        "trim",
+        "typeof",
+        "unhex",
+        "unicode",
+        "unlikely",
+        "upper",
+        "zeroblob",
+    ],
+    // Date and time.
+    &[
+        "date",
+        "time",
+        "datetime",
+        "julianday",
+        "unixepoch",
+        "strftime",
+        "timediff",
+        "current_date",
+        "current_time",
+        "current_timestamp",
+    ],
+    // Aggregates and window functions.
+    &[
+        "avg",
+        "count",
+        "group_concat",
+        "max",
+        "min",
+        "string_agg",
+        "sum",
+        "total",
+        "row_number",
+        "rank",
+        "dense_rank",
+        "percent_rank",
+        "cume_dist",
+        "ntile",
+        "lag",
+        "lead",
+        "first_value",
+        "last_value",
+        "nth_value",
+    ],
+    // Math.
+    &[
+        "acos", "acosh", "asin", "asinh", "atan", "atan2", "atanh", "ceil", "cos", "cosh",
+        "degrees", "exp", "floor", "ln", "log", "log2", "mod", "pi", "pow", "radians", "sin",
+        "sinh", "sqrt", "tan", "tanh", "trunc",
+    ],
+    // JSON (`->` and `->>` are functions to the authorizer).
+    &[
+        "json",
+        "json_array",
+        "json_array_length",
+        "json_extract",
+        "->",
+        "->>",
+        "json_insert",
+        "json_object",
+        "json_patch",
+        "json_remove",
+        "json_replace",
+        "json_set",
+        "json_type",
+        "json_valid",
+        "json_quote",
+        "json_group_array",
+        "json_group_object",
+        "json_each",
+        "json_tree",
+    ],
+    // FTS5 auxiliary functions, and the ones ALTER TABLE runs.
+    &[
+        "match",
+        "highlight",
+        "bm25",
+        "snippet",
+        "sqlite_rename_column",
+        "sqlite_rename_table",
+        "sqlite_rename_test",
+        "sqlite_drop_column",
+        "sqlite_rename_quotefix",
+    ],
+];
+
+fn allowed_function(name: &str) -> bool {
+    ALLOWED_FUNCTIONS
+        .iter()
+        .any(|family| family.iter().any(|f| f.eq_ignore_ascii_case(name)))
+}
+
 pub(crate) const RESULT_TOO_LARGE: &str =
     "SQL query result set is too large to fit in memory. Use LIMIT to read it in parts.";
 
@@ -234,7 +367,7 @@ fn is_reserved(name: &str) -> bool {
 }
 
 /// The authorizer for user SQL: no `_cf_*` names, no ATTACH, no TEMP objects, only the
-/// allowed PRAGMAs. (Transactions are refused by [`SqlGuard::authorize`].)
+/// allowed PRAGMAs and functions. (Transactions are refused by [`SqlGuard::authorize`].)
 fn authorize_action(context: &AuthContext<'_>) -> Authorization {
     match context.action {
         AuthAction::Pragma {
@@ -245,6 +378,13 @@ fn authorize_action(context: &AuthContext<'_>) -> Authorization {
             let allowed = ALLOWED_PRAGMAS.contains(&name.as_str())
                 || (name == "page_size" && pragma_value.is_none());
             if allowed {
+                Authorization::Allow
+            } else {
+                Authorization::Deny
+            }
+        }
+        AuthAction::Function { function_name } => {
+            if allowed_function(function_name) {
                 Authorization::Allow
             } else {
                 Authorization::Deny
@@ -318,6 +458,43 @@ mod tests {
         );
         let error = db.sql_exec("CREATE TABLE _CF_mine (x)", &[]).unwrap_err();
         assert!(error.to_string().contains("not authorized"), "{error}");
+    }
+
+    #[test]
+    fn user_sql_may_call_only_the_functions_cloudflare_allows() {
+        let mut db = db();
+        for sql in [
+            "SELECT sqlite_version()",
+            "SELECT SQLITE_SOURCE_ID()",
+            "SELECT sqlite_compileoption_used('THREADSAFE')",
+            "SELECT fts5_source_id()",
+        ] {
+            let error = db.sql_exec(sql, &[]).unwrap_err().to_string();
+            assert!(
+                error.contains("not authorized to use function"),
+                "{sql}: {error}"
+            );
+        }
+        db.sql_exec("CREATE TABLE t (j TEXT, d TEXT)", &[]).unwrap();
+        db.sql_exec(
+            "INSERT INTO t VALUES (json_object('a', 1), datetime('now'))",
+            &[],
+        )
+        .unwrap();
+        let rows = db
+            .sql_exec(
+                "SELECT j ->> '$.a', upper('x'), count(*) OVER (), round(pi(), 2), \
+                 unixepoch(d) > 0 FROM t",
+                &[],
+            )
+            .unwrap();
+        assert_eq!(rows.rows.len(), 1, "{rows:?}");
+        // The runtime's own statements are not held to the list.
+        let version: String = db
+            .conn
+            .query_row("SELECT sqlite_version()", [], |r| r.get(0))
+            .unwrap();
+        assert!(version.starts_with('3'), "{version}");
     }
 
     #[test]
