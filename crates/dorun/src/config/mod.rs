@@ -554,18 +554,18 @@ impl Reader {
                 continue;
             }
             if UNSUPPORTED_BINDING_KEYS.contains(&key) {
-                // An empty list (generated configs write `"kv_namespaces": []`) binds nothing.
-                let empty = match &table[key] {
-                    Value::Array(items) => items.is_empty(),
-                    Value::Object(fields) => fields.is_empty(),
-                    _ => false,
-                };
-                if empty {
+                // Generated configs (wrangler, @cloudflare/vite-plugin) write empty ones:
+                // `"kv_namespaces": []`, `"triggers": {"crons": []}`,
+                // `"queues": {"producers": [], "consumers": []}`. They bind nothing.
+                if binds_nothing(&table[key]) {
                     continue;
                 }
-                let message = format!(
-                    "key '{prefix}{key}': dorun does not support this binding kind (only durable_objects)"
-                );
+                let what = if key == "triggers" {
+                    "dorun does not run cron triggers (scheduled handlers)"
+                } else {
+                    "dorun does not support this binding kind (only durable_objects)"
+                };
+                let message = format!("key '{prefix}{key}': {what}");
                 match self.unsupported_bindings {
                     UnsupportedBindings::Error => self.problems.push(format!(
                         "{message}; remove it, or pass --allow-unsupported-bindings to start without it"
@@ -984,3 +984,12 @@ pub fn parse_var(arg: &str) -> Result<(String, String), String> {
 
 #[cfg(test)]
 mod tests;
+
+/// Whether a binding key's value declares nothing: an empty list, or a table of such.
+fn binds_nothing(value: &Value) -> bool {
+    match value {
+        Value::Array(items) => items.is_empty(),
+        Value::Object(fields) => fields.values().all(binds_nothing),
+        _ => false,
+    }
+}

@@ -112,10 +112,31 @@ fn empty_binding_lists_bind_nothing() {
     let path = write(
         &dir,
         "wrangler.json",
-        r#"{"main": "index.js", "compatibility_date": "2026-01-01", "kv_namespaces": [], "triggers": {}}"#,
+        r#"{"main": "index.js", "compatibility_date": "2026-01-01", "kv_namespaces": [], "triggers": {},
+            "queues": {"producers": [], "consumers": []}, "workflows": []}"#,
     );
     let config = load(&path, &LoadOptions::default()).unwrap();
     assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    // As @cloudflare/vite-plugin writes them, and in TOML.
+    let path = write(
+        &dir,
+        "wrangler.toml",
+        "main = \"index.js\"\ncompatibility_date = \"2026-01-01\"\n[triggers]\ncrons = []\n",
+    );
+    let config = load(&path, &LoadOptions::default()).unwrap();
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    // A cron that would never fire still stops the start, naming what is missing.
+    let path = write(
+        &dir,
+        "wrangler.toml",
+        "main = \"index.js\"\n[triggers]\ncrons = [\"*/5 * * * *\"]\n[queues]\nproducers = []\n",
+    );
+    let error = load(&path, &LoadOptions::default()).unwrap_err();
+    assert_eq!(error.problems.len(), 1, "{error}");
+    assert!(
+        error.problems[0].contains("'triggers': dorun does not run cron triggers"),
+        "{error}"
+    );
 }
 
 #[test]
