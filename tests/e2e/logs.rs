@@ -33,6 +33,13 @@ async fn console_lines_name_the_worker_and_inside_an_object_its_class_and_id() {
         "{worker_line}"
     );
     assert!(!worker_line.contains("class="), "{worker_line}");
+    // Terminal styles (Hono's logger writes them) are dropped, not printed escaped.
+    let styled = logs.lines().find(|l| l.contains("styled")).unwrap();
+    assert!(styled.contains("<-- GET /log styled"), "{styled}");
+    assert!(
+        !styled.contains("[32m") && !styled.contains("x1b"),
+        "{styled}"
+    );
     let object_line = logs
         .lines()
         .find(|l| l.contains("from the object"))

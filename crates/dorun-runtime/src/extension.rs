@@ -189,6 +189,7 @@ pub fn op_dorun_log(
 ) {
     let worker = &*state.borrow::<IsolateContext>().worker_name;
     let message = message.strip_suffix('\n').unwrap_or(message);
+    let message = without_terminal_styles(message);
     let class = (!class.is_empty()).then_some(class);
     let object = (!object.is_empty()).then_some(object);
     match level {
@@ -218,4 +219,52 @@ pub fn op_dorun_module_bytes(
         .module_bytes(url)
         .map(|b| b.to_vec())
         .ok_or_else(|| JsErrorBox::generic(format!("no module bytes for {url}")))
+}
+
+/// `message` without ANSI escape sequences (colours and cursor moves, as loggers like Hono's
+/// write them for a terminal). The log formatter would print them escaped (`\x1b[32m`),
+/// which reads as noise, and a log line is no place for terminal control.
+fn without_terminal_styles(message: &str) -> std::borrow::Cow<'_, str> {
+    if !message.contains('\x1b') {
+        return std::borrow::Cow::Borrowed(message);
+    }
+    let mut out = String::with_capacity(message.len());
+    let mut chars = message.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\x1b' {
+            out.push(c);
+            continue;
+        }
+        // CSI: ESC [ parameters/intermediates, then one final byte in @..~.
+        if chars.next_if_eq(&'[').is_some() {
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) {
+                    break;
+                }
+            }
+        } else {
+            // Two-character escapes (ESC followed by one character).
+            chars.next();
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_terminal_styles;
+
+    #[test]
+    fn console_messages_lose_terminal_styles_only() {
+        assert_eq!(
+            without_terminal_styles("\x1b[32m200\x1b[0m GET /x \x1b[1;31mslow\x1b[m"),
+            "200 GET /x slow"
+        );
+        assert_eq!(without_terminal_styles("plain [32m"), "plain [32m");
+        assert_eq!(without_terminal_styles("a\x1bcb\x1b"), "ab");
+        assert_eq!(
+            without_terminal_styles("\u{e9}\x1b[2K\u{e9}"),
+            "\u{e9}\u{e9}"
+        );
+    }
 }
