@@ -85,3 +85,29 @@ async fn a_changed_worker_is_reloaded_on_the_same_ports_with_its_storage() {
     .unwrap();
     wait_for_text(&server, "/", "fixed worker answered /").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_build_watch_dir_outside_the_project_is_watched_and_rebuilt() {
+    let root = scratch_dir("watch-dir");
+    let shared = root.join("shared");
+    let app = root.join("app");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(shared.join("message.txt"), "first").unwrap();
+    std::fs::write(
+        app.join("wrangler.toml"),
+        "main = \"index.js\"\ncompatibility_date = \"2025-01-01\"\n\
+         [build]\ncommand = \"cp ../shared/message.txt message.txt\"\nwatch_dir = \"../shared\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        app.join("index.js"),
+        "import message from \"./message.txt\";\n\
+         export default { fetch() { return new Response(`built: ${message}`); } };\n",
+    )
+    .unwrap();
+    let server = Server::start(&app.join("wrangler.toml"), &["--watch"]);
+    assert_eq!(server.get("/").await.text(), "built: first");
+    std::fs::write(shared.join("message.txt"), "second").unwrap();
+    wait_for_text(&server, "/", "built: second").await;
+}

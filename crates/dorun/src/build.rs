@@ -1,5 +1,6 @@
 //! wrangler's `[build]` section: a shell command run before the Worker loads (`command`, in
-//! `cwd`, relative to the config file; `watch_dir` is accepted, dorun does not watch).
+//! `cwd`, relative to the config file); `watch_dir` (default `src`) is watched by `--watch`
+//! along with the project.
 //! Its output goes to stderr; a failing command stops dorun with a message naming it.
 
 use std::path::{Path, PathBuf};
@@ -42,6 +43,8 @@ pub enum BuildError {
 pub struct BuildCommand {
     pub command: String,
     pub cwd: PathBuf,
+    /// `watch_dir`, relative to the config file: what `--watch` watches besides the project.
+    pub watch_dirs: Vec<PathBuf>,
 }
 
 /// The build command of a config file (the `[env.<name>.build]` section if there is one,
@@ -72,6 +75,7 @@ pub fn read(path: &Path, env: Option<&str>) -> Result<Option<BuildCommand>, Buil
     let base = path.parent().unwrap_or(Path::new("."));
     let mut command = None;
     let mut cwd = base.to_path_buf();
+    let mut watch_dirs = vec![base.join("src")];
     for (name, value) in section {
         match (name.as_str(), value) {
             ("command", Value::String(text)) => {
@@ -80,7 +84,14 @@ pub fn read(path: &Path, env: Option<&str>) -> Result<Option<BuildCommand>, Buil
                 }
             }
             ("cwd", Value::String(dir)) => cwd = base.join(dir),
-            ("watch_dir", Value::String(_) | Value::Array(_)) => {}
+            ("watch_dir", Value::String(dir)) => watch_dirs = vec![base.join(dir)],
+            ("watch_dir", Value::Array(dirs)) if dirs.iter().all(Value::is_string) => {
+                watch_dirs = dirs
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(|dir| base.join(dir))
+                    .collect();
+            }
             // wrangler 1's entry (`dir` + `main`), read by the config.
             ("upload", Value::Object(_)) => {}
             ("command" | "cwd", _) => return Err(fail(format!(".{name}' must be a string"))),
@@ -103,7 +114,11 @@ pub fn read(path: &Path, env: Option<&str>) -> Result<Option<BuildCommand>, Buil
             cwd.display()
         )));
     }
-    Ok(Some(BuildCommand { command, cwd }))
+    Ok(Some(BuildCommand {
+        command,
+        cwd,
+        watch_dirs,
+    }))
 }
 
 /// `PATH` with every `node_modules/.bin` from `dir` up to the root first, as `npm run`

@@ -337,6 +337,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.watch {
         return crate::watch::run(&crate::watch::WatchTarget {
             configs: args.config.config.clone(),
+            env: args.config.env.clone(),
             script: args.config.script.clone(),
             ephemeral: args.ephemeral,
             admin: args.admin_port.is_some(),

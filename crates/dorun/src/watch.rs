@@ -21,6 +21,8 @@ use crate::ephemeral::EphemeralDir;
 pub struct WatchTarget {
     /// The configs (or directories) given on the command line.
     pub configs: Vec<PathBuf>,
+    /// `--env`: whose `[build]` section names the directories to watch.
+    pub env: Option<String>,
     pub script: Option<PathBuf>,
     pub ephemeral: bool,
     /// Whether an admin listener is served (its address is relayed too).
@@ -79,22 +81,41 @@ pub fn run(args: &WatchTarget) -> anyhow::Result<()> {
     }
 }
 
-/// Where the project's files are: each config's directory (or the script's).
+/// Where the project's files are: each config's directory (or the script's), and the
+/// `[build]` `watch_dir`s outside it.
 fn watch_roots(args: &WatchTarget) -> anyhow::Result<Vec<PathBuf>> {
     let mut roots = Vec::new();
+    let mut config_files = Vec::new();
     for path in &args.configs {
         let path = std::fs::canonicalize(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-        roots.push(if path.is_dir() {
-            path
+        if path.is_dir() {
+            config_files.extend(crate::config::find_config(&path));
+            roots.push(path);
         } else {
-            path.parent().unwrap_or(Path::new("/")).to_path_buf()
-        });
+            roots.push(path.parent().unwrap_or(Path::new("/")).to_path_buf());
+            config_files.push(path);
+        }
     }
     if roots.is_empty() {
         let cwd = std::env::current_dir()?;
         let found = crate::config::find_config(&cwd)
             .ok_or_else(|| anyhow!("no wrangler config in {} or its parents", cwd.display()))?;
         roots.push(found.parent().unwrap_or(&cwd).to_path_buf());
+        config_files.push(found);
+    }
+    for config in &config_files {
+        // A config whose [build] cannot be read is reported by the child.
+        let Ok(Some(build)) = crate::build::read(config, args.env.as_deref()) else {
+            continue;
+        };
+        for dir in build.watch_dirs {
+            let Ok(dir) = std::fs::canonicalize(&dir) else {
+                continue;
+            };
+            if dir.is_dir() && !roots.iter().any(|root| dir.starts_with(root)) {
+                roots.push(dir);
+            }
+        }
     }
     if let Some(script) = &args.script {
         if let Some(parent) = std::fs::canonicalize(script)
