@@ -452,6 +452,11 @@ async fn metrics_health_and_readiness() {
         sample(&text, "dorun_storage_commit_seconds_count", &[]).unwrap_or(0.0) >= 2.0,
         "{text}"
     );
+    // Under the default --durability full, each of those commits waited for its flush.
+    assert!(
+        sample(&text, "dorun_storage_durable_seconds_count", &[]).unwrap_or(0.0) >= 2.0,
+        "{text}"
+    );
     assert_eq!(
         sample(
             &text,

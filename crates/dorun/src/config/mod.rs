@@ -982,9 +982,6 @@ pub fn parse_var(arg: &str) -> Result<(String, String), String> {
     }
 }
 
-#[cfg(test)]
-mod tests;
-
 /// Whether a binding key's value declares nothing: an empty list, or a table of such.
 fn binds_nothing(value: &Value) -> bool {
     match value {
@@ -993,3 +990,6 @@ fn binds_nothing(value: &Value) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests;
