@@ -192,7 +192,12 @@ async fn run_isolate(
         Ok(id) => id,
         Err(error) => return IsolateExit::Failed(describe_startup_error(&error.to_string())),
     };
+    // Evaluating runs the module's code at once, before the returned future is polled: the
+    // serve loop starts there, and on a restart it may run queued events right away, so
+    // this is JS time like any poll.
+    watch.enter();
     let evaluation = runtime.mod_evaluate(module_id);
+    watch.leave();
     let evaluated = watched(
         watch,
         runtime.with_event_loop_future(Box::pin(evaluation), PollEventLoopOptions::default()),
@@ -202,6 +207,11 @@ async fn run_isolate(
     if evaluated.is_err() || watch.termination().is_some() {
         let error = evaluated.err().map(|e| e.to_string()).unwrap_or_default();
         if let Some(termination) = watch.termination() {
+            if started.get() {
+                // The serve loop had begun: an event ran past the limit, not the Worker's
+                // top-level code. Its isolate is reset like any other.
+                return IsolateExit::Reset(termination);
+            }
             return IsolateExit::Failed(match termination {
                 Termination::CpuLimit => {
                     "the Worker's top-level code ran past the CPU limit".into()
