@@ -1,17 +1,19 @@
-// Drives the admin web page in Debian's headless chromium (playwright-core, no browser
-// download): namespaces, objects, KV entries, SQL with its result table, the alarm view
+// Drives the admin web page in headless Chromium (playwright-core; the browser is the
+// system's or the one an npm package carries, see browser.mjs): namespaces, objects, KV entries, SQL with its result table, the alarm view
 // and its deletion, evict and reset with their confirmations. Takes a screenshot of each
 // view. Run by tests/e2e/admin_page.rs:
 //
 //   node tests/browser/admin-page.mjs <admin URL> <screenshot dir> <object with KV> <object with alarm>
 import assert from "node:assert/strict";
 import { chromium } from "playwright-core";
+import { createServer } from "node:http";
+import { chromiumPath } from "./browser.mjs";
 
 const [admin, shots, kvObject, alarmObject] = process.argv.slice(2);
 const ns = "admin-Store";
 
 const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+  executablePath: await chromiumPath(),
   args: [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -81,6 +83,46 @@ try {
   await evictRow.locator("button.evict").click();
   await evictRow.locator(".badge", { hasText: "on disk" }).waitFor();
 
+  // A page of another origin, open in the same browser, tries to wipe everything: a form
+  // that posts text/plain and fetches in no-cors mode, none of which the browser checks
+  // with the server first. The admin listener refuses each, so the objects stay.
+  const attacker = createServer((request, response) => {
+    response.setHeader("content-type", "text/html");
+    response.end(`<form id="form" method="POST" action="${admin}/api/reset" enctype="text/plain"
+        target="sink"><input name="{}" value=""></form><iframe name="sink"></iframe>
+      <script>
+        (async () => {
+          const tries = [
+            fetch("${admin}/api/reset", { method: "POST", mode: "no-cors" }),
+            fetch("${admin}/api/reset", { method: "POST", mode: "no-cors",
+              headers: { "content-type": "text/plain" }, body: "{}" }),
+            fetch("${admin}/api/objects/${ns}/${kvObject}/sql", { method: "POST", mode: "no-cors",
+              body: JSON.stringify({ query: "DELETE FROM _cf_KV" }) }),
+          ];
+          await Promise.allSettled(tries);
+          document.querySelector("iframe").onload = () => document.body.append(
+            Object.assign(document.createElement("p"), { id: "done" }));
+          document.getElementById("form").submit();
+        })();
+      </script>`);
+  });
+  await new Promise((resolve) => attacker.listen(0, "127.0.0.1", resolve));
+  const evil = await browser.newPage();
+  try {
+    await evil.goto(`http://127.0.0.1:${attacker.address().port}/`);
+    await evil.locator("#done").waitFor({ state: "attached" });
+  } finally {
+    await evil.close();
+    attacker.close();
+  }
+  await page.reload();
+  await page.locator("tr.link", { hasText: kvObject.slice(0, 16) }).waitFor();
+  assert.equal(await page.locator("tbody tr.link").count(), 3, "another site's page reset nothing");
+  await page.goto(`${admin}/#/ns/${ns}/${kvObject}`);
+  await page.locator("tbody tr", { hasText: "profile" }).waitFor();
+  await page.goto(`${admin}/#/ns/${ns}`);
+  await page.locator("tr.link", { hasText: kvObject.slice(0, 16) }).waitFor();
+
   // Reset: cancelled, then confirmed.
   page.once("dialog", (dialog) => dialog.dismiss());
   await page.locator("#reset").click();
@@ -93,7 +135,7 @@ try {
   await shot("reset");
 
   assert.deepEqual(errors, []);
-  console.log(JSON.stringify({ ok: true, steps }));
+  console.log(JSON.stringify({ ok: true, steps, browser: browser.version() }));
 } catch (error) {
   await page.screenshot({ path: `${shots}/failure.png` });
   console.error(`failed after ${steps.join(", ")}:`, await page.locator("main").innerText());

@@ -38,14 +38,33 @@ impl AdminClient {
     }
 
     pub async fn raw(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Bytes) {
+        let mut headers = Vec::new();
+        let authorization = self.token.as_ref().map(|token| format!("Bearer {token}"));
+        if let Some(authorization) = &authorization {
+            headers.push(("authorization", authorization.as_str()));
+        }
+        if method != "GET" {
+            headers.push(("content-type", "application/json"));
+        }
+        let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        self.with_headers(method, path, &headers, body).await
+    }
+
+    /// A request with exactly these headers (no token, no content type added).
+    pub async fn with_headers(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> (u16, Bytes) {
         let client = Client::builder(TokioExecutor::new()).build_http();
         let mut builder = http::Request::builder()
             .method(method)
             .uri(format!("{}{}", self.base, path));
-        if let Some(token) = &self.token {
-            builder = builder.header("authorization", format!("Bearer {token}"));
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
         }
-        let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
         let request = builder.body(Full::new(body)).unwrap();
         let response = tokio::time::timeout(Duration::from_secs(30), client.request(request))
             .await
@@ -331,6 +350,175 @@ async fn the_front_door_never_serves_admin_routes() {
     // And the admin listener does not serve the Worker.
     let (status, _) = admin.call("GET", "/o/gus/hits", None).await;
     assert_eq!(status, 404);
+}
+
+/// What a page on another site can make the operator's browser send, and what a DNS
+/// rebinding page sends: refused on every state-changing route, with and without a token,
+/// while the same requests from the listener's own origin work.
+#[tokio::test]
+async fn no_other_site_and_no_foreign_host_can_drive_the_admin_listener() {
+    for token in [None, Some("s3cret")] {
+        let server = match token {
+            Some(token) => start(&["--admin-token", token]),
+            None => start(&[]),
+        };
+        let admin = AdminClient::of(&server, token);
+        let authorization = token.map(|t| format!("Bearer {t}"));
+        server.get_json_ok("/o/vic/put?key=x&value=1", &[]).await;
+        server.get_json_ok("/o/vic/alarm?in=3600000", &[]).await;
+        let id = object_id(&server, "vic").await;
+        let object = format!("/api/objects/{NS}/{id}");
+        let own_host = admin.base.trim_start_matches("http://").to_string();
+        let own_origin = admin.base.clone();
+        let routes = [
+            ("POST", "/api/reset".to_string(), Bytes::new()),
+            (
+                "POST",
+                format!("{object}/sql"),
+                Bytes::from(r#"{"query": "DELETE FROM _cf_KV"}"#),
+            ),
+            ("DELETE", format!("{object}/alarm"), Bytes::new()),
+            ("POST", format!("{object}/evict"), Bytes::new()),
+            (
+                "POST",
+                format!("{object}/import"),
+                Bytes::from_static(b"not sqlite"),
+            ),
+        ];
+        for (method, path, body) in &routes {
+            // Without the token: what a form or a no-CORS fetch sends (no header a page
+            // cannot send on its own).
+            for content_type in [
+                "text/plain",
+                "application/x-www-form-urlencoded",
+                "multipart/form-data; boundary=x",
+                "",
+            ] {
+                let mut headers = vec![("origin", own_origin.as_str())];
+                if !content_type.is_empty() {
+                    headers.push(("content-type", content_type));
+                }
+                let (status, answer) = admin
+                    .with_headers(method, path, &headers, body.clone())
+                    .await;
+                assert_eq!(
+                    status, 403,
+                    "{method} {path} as {content_type:?}: {answer:?}"
+                );
+            }
+            // With everything else right: another origin, a cross-site fetch, another host.
+            let mut good = vec![("content-type", "application/json")];
+            if let Some(authorization) = &authorization {
+                good.push(("authorization", authorization.as_str()));
+            }
+            for (name, value) in [
+                ("origin", "http://evil.example"),
+                ("origin", "null"),
+                ("sec-fetch-site", "cross-site"),
+                ("host", "evil.example"),
+                ("host", "rebound.example:9000"),
+            ] {
+                let mut headers = good.clone();
+                headers.push((name, value));
+                let (status, answer) = admin
+                    .with_headers(method, path, &headers, body.clone())
+                    .await;
+                assert_eq!(
+                    status, 403,
+                    "{method} {path} with {name}: {value}: {answer:?}"
+                );
+            }
+        }
+        // Reads under a foreign host (DNS rebinding) or from another origin: refused too.
+        for path in ["/", "/api/namespaces", &format!("{object}/kv"), "/metrics"] {
+            for (name, value) in [("host", "evil.example"), ("origin", "http://evil.example")] {
+                let mut headers = vec![(name, value)];
+                if let Some(authorization) = &authorization {
+                    headers.push(("authorization", authorization.as_str()));
+                }
+                let (status, _) = admin
+                    .with_headers("GET", path, &headers, Bytes::new())
+                    .await;
+                assert_eq!(status, 403, "GET {path} with {name}: {value}");
+            }
+        }
+        // Nothing changed: the object, its data and its alarm are there.
+        let kv = admin.ok("GET", &format!("{object}/kv"), None).await;
+        assert_eq!(kv["entries"][0]["key"], "x", "{kv}");
+        let alarm = admin.ok("GET", &format!("{object}/alarm"), None).await;
+        assert!(alarm["alarm"].is_number(), "{alarm}");
+        // The same requests from the listener's own origin, and under localhost, work.
+        let mut own = vec![
+            ("content-type", "application/json"),
+            ("origin", own_origin.as_str()),
+        ];
+        if let Some(authorization) = &authorization {
+            own.push(("authorization", authorization.as_str()));
+        }
+        let (status, answer) = admin
+            .with_headers("POST", &format!("{object}/evict"), &own, Bytes::new())
+            .await;
+        assert_eq!(status, 200, "{answer:?}");
+        let port = own_host.rsplit_once(':').unwrap().1;
+        let localhost = format!("localhost:{port}");
+        let mut headers = vec![("host", localhost.as_str())];
+        if let Some(authorization) = &authorization {
+            headers.push(("authorization", authorization.as_str()));
+        }
+        let (status, _) = admin
+            .with_headers("GET", "/api/namespaces", &headers, Bytes::new())
+            .await;
+        assert_eq!(status, 200);
+        // Health checks answer any host; the page may not be framed.
+        let (status, _) = admin
+            .with_headers("GET", "/healthz", &[("host", "evil.example")], Bytes::new())
+            .await;
+        assert_eq!(status, 200);
+        let page = get_page(&admin.base).await;
+        assert_eq!(page.0, 200);
+        assert_eq!(page.1.get("x-frame-options").unwrap(), "DENY");
+        assert!(page
+            .1
+            .get("content-security-policy")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains("frame-ancestors 'none'"));
+    }
+}
+
+/// GET `base`/ with its headers.
+async fn get_page(base: &str) -> (u16, http::HeaderMap) {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let response = client
+        .get(format!("{base}/").parse().unwrap())
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.headers().clone())
+}
+
+#[tokio::test]
+async fn a_host_name_is_served_when_allowed() {
+    let server = start(&["--admin-allow-host", "dorun.internal"]);
+    let admin = AdminClient::of(&server, None);
+    let (status, _) = admin
+        .with_headers(
+            "GET",
+            "/api/namespaces",
+            &[("host", "dorun.internal:9000")],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = admin
+        .with_headers(
+            "GET",
+            "/api/namespaces",
+            &[("host", "other.internal")],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(status, 403);
 }
 
 #[tokio::test]

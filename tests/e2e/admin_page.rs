@@ -1,28 +1,19 @@
-//! The admin web page in a real headless browser (Debian's chromium driven by
-//! playwright-core; `.ci/run` installs both): each view, the SQL box, alarm deletion, evict
-//! and reset with their confirmations (tests/browser/admin-page.mjs). Screenshots go to a
-//! scratch directory, or to docs/ with `DORUN_SCREENSHOTS=docs`.
+//! The admin web page in a real headless browser driven by playwright-core: the system's
+//! /usr/bin/chromium when present, else the Chromium the npm package @sparticuz/chromium
+//! carries (tests/browser/browser.mjs; `DORUN_BROWSER=npm` picks it even when the system
+//! has one). Each view, the SQL box, alarm deletion, evict and reset with their
+//! confirmations, and a page of another origin that tries to reset everything
+//! (tests/browser/admin-page.mjs). Screenshots go to a scratch directory, or to docs/ with
+//! `DORUN_SCREENSHOTS=docs`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::harness::{fixture, install_npm_dependencies, scratch_dir, Server};
 
-fn chromium() -> PathBuf {
-    let path =
-        PathBuf::from(std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()));
-    assert!(
-        path.exists(),
-        "{} is missing: apt-get install chromium (as .ci/run does)",
-        path.display()
-    );
-    path
-}
-
 #[tokio::test]
 async fn the_admin_page_browses_queries_and_resets_in_a_real_browser() {
-    let browser = chromium();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let tests = root.join("tests/browser");
     install_npm_dependencies(&tests);
@@ -62,7 +53,6 @@ async fn the_admin_page_browses_queries_and_resets_in_a_real_browser() {
     let mut child = Command::new("node")
         .arg(tests.join("admin-page.mjs"))
         .args([&admin, shots.to_str().unwrap(), &alice, &bob])
-        .env("CHROMIUM", &browser)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

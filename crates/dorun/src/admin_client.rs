@@ -89,6 +89,16 @@ impl AdminTarget {
         if let Some(token) = &self.token {
             builder = builder.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
         }
+        if method != "GET" && method != "HEAD" {
+            // The admin listener takes a state change only with a header no web page can
+            // send on its own (admin/guard.rs).
+            let content_type = if path.ends_with("/import") {
+                "application/octet-stream"
+            } else {
+                "application/json"
+            };
+            builder = builder.header(http::header::CONTENT_TYPE, content_type);
+        }
         let request = builder
             .body(Full::new(body))
             .map_err(|e| anyhow!("{url}: {e}"))?;

@@ -48,7 +48,11 @@ export async function startDorun({ args = [], timeoutMs = 30_000 } = {}) {
     logs: () => logs,
     /** Every Durable Object, alarm and WebSocket gone (the admin listener's reset). */
     async reset() {
-      const response = await fetch(`${addresses.admin}/api/reset`, { method: "POST" });
+      const response = await fetch(`${addresses.admin}/api/reset`, {
+        method: "POST",
+        // The admin listener takes state changes only with a header no web page can send.
+        headers: { "content-type": "application/json" },
+      });
       if (!response.ok) throw new Error(`reset failed: ${response.status}`);
       return await response.json();
     },

@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod catalog;
+pub mod guard;
 pub mod metrics;
 
 use std::convert::Infallible;
@@ -40,6 +41,8 @@ pub struct Admin {
     pub sockets: Arc<SocketRegistry>,
     /// False once shutdown began (`/readyz` answers 503).
     pub ready: AtomicBool,
+    /// Which hosts and origins may drive the listener (`guard.rs`).
+    pub trust: guard::Trust,
 }
 
 /// The largest request body the admin listener reads (an imported object file).
@@ -81,8 +84,20 @@ async fn handle(admin: &Admin, request: http::Request<Incoming>) -> AdminRespons
         "/healthz" => return text(200, "ok\n"),
         "/readyz" if admin.ready.load(Ordering::SeqCst) => return text(200, "ready\n"),
         "/readyz" => return text(503, "shutting down\n"),
-        "/" | "/index.html" => return page(),
         _ => {}
+    }
+    if let Some(refusal) = admin
+        .trust
+        .refusal(request.method(), request.uri(), request.headers())
+    {
+        tracing::warn!(
+            "admin request {} {path} refused: {refusal}",
+            request.method()
+        );
+        return json(403, &serde_json::json!({ "error": refusal }));
+    }
+    if path == "/" || path == "/index.html" {
+        return page();
     }
     if !authorized(admin, &request) {
         let mut response = json(
@@ -146,6 +161,15 @@ pub fn respond(status: u16, content_type: &'static str, body: Bytes) -> AdminRes
         http::header::CACHE_CONTROL,
         http::HeaderValue::from_static("no-store"),
     );
+    // Nothing of the listener's may be framed by another page, or sniffed into a script.
+    headers.insert(
+        http::header::X_FRAME_OPTIONS,
+        http::HeaderValue::from_static("DENY"),
+    );
+    headers.insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        http::HeaderValue::from_static("nosniff"),
+    );
     response
 }
 
@@ -158,7 +182,7 @@ fn page() -> AdminResponse {
     response.headers_mut().insert(
         http::header::CONTENT_SECURITY_POLICY,
         http::HeaderValue::from_static(
-            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:",
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:; frame-ancestors 'none'; form-action 'none'",
         ),
     );
     response
