@@ -1,6 +1,6 @@
 //! Workers APIs real apps use that dorun lacked (issue 12, point 5).
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::harness::{fixture, scratch_dir, Server};
 
@@ -74,6 +74,33 @@ async fn byob_read_at_least_fills_the_minimum() {
         reply.json(),
         json!({"first": [1, 2, 3, 4, 5, 6], "second": [7], "done": true})
     );
+}
+
+/// A body read with readAtLeast(min) until done, as workerd answers it (checked against
+/// wrangler dev 4.86.0): the last, shorter read comes with `done: false`, then a read with
+/// `done: true` and no bytes. Code that keeps only the reads that are not done stores all.
+#[tokio::test]
+async fn read_at_least_to_the_end_of_a_body_keeps_the_short_last_read() {
+    let server = start();
+    let min = 1000usize;
+    for size in [3 * min + 57, 3 * min, 57, 1, 6_144_057] {
+        let min = if size > 1_000_000 { 1_500_000 } else { min };
+        let body: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let sum = body.iter().fold(0u64, |s, b| (s + u64::from(*b)) % 65521);
+        let reply = server
+            .post(&format!("/upload-in-chunks?min={min}"), body)
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let answer = reply.json();
+        assert_eq!(answer["stored"], json!(size), "{size} bytes: {answer}");
+        assert_eq!(answer["sum"], json!(sum), "{size} bytes: {answer}");
+        let mut reads: Vec<Value> = (0..size / min).map(|_| json!([false, min, min])).collect();
+        if size % min != 0 {
+            reads.push(json!([false, size % min, min]));
+        }
+        reads.push(json!([true, 0, min]));
+        assert_eq!(answer["reads"], json!(reads), "{size} bytes");
+    }
 }
 
 #[tokio::test]

@@ -278,10 +278,25 @@ async fn env_assets_fetch_from_the_worker() {
         (about["status"].clone(), about["body"].clone()),
         (json!(200), json!("<h1>about</h1>"))
     );
-    let blog = server.get("/api/asset-url").await.json();
+    // html_handling's redirects are followed by the binding (as a fetch follows them)
+    // unless the request says redirect: "manual".
+    let blog = server.get("/api/asset-url-manual").await.json();
     assert_eq!(
         (blog["status"].clone(), blog["location"].clone()),
         (json!(307), json!("/blog/"))
+    );
+    let blog = server.get("/api/asset-url").await.json();
+    assert_eq!(
+        (blog["status"].clone(), blog["redirected"].clone()),
+        (json!(200), json!(true))
+    );
+    assert!(blog["url"].as_str().unwrap().ends_with("/blog/"), "{blog}");
+    assert!(blog["body"].as_str().unwrap().contains("blog"), "{blog}");
+    let html = server.get("/api/asset-html").await.json();
+    assert_eq!(
+        html,
+        json!({"status": 200, "type": "text/html; charset=utf-8", "etag": html["etag"],
+            "location": null, "url": "https://x/about", "redirected": true, "body": "<h1>about</h1>"})
     );
     let missing = server.get("/api/missing").await.json();
     assert_eq!(missing["status"], json!(404));

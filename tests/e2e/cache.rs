@@ -137,6 +137,9 @@ async fn uncacheable_responses_are_not_stored_and_entries_expire() {
         ("no-cache", "cache-control=no-cache"),
         ("cookie", "set-cookie=a%3D1&cache-control=max-age%3D600"),
         ("server-error", "status=500"),
+        // Never marked cacheable (no max-age, s-maxage or Expires): as in wrangler dev.
+        ("unmarked", "status=200"),
+        ("unmarked-404", "status=404"),
         ("past", "expires=Thu,%2001%20Jan%201970%2000:00:00%20GMT"),
     ] {
         let put = call(&server, &format!("/put?key={key}&{query}")).await;
@@ -160,9 +163,6 @@ async fn uncacheable_responses_are_not_stored_and_entries_expire() {
     let stored = call(&server, "/match?key=cookie-ok").await;
     assert_eq!(stored["found"], true, "{stored}");
     assert_eq!(stored["headers"].get("set-cookie"), None, "{stored}");
-    // No caching headers: a 200 lives for the default edge TTL.
-    call(&server, "/put?key=default-ttl").await;
-
     // max-age=1 expires; s-maxage=60 wins over max-age=1.
     call(&server, "/put?key=short&cache-control=max-age%3D1").await;
     call(
@@ -182,7 +182,24 @@ async fn uncacheable_responses_are_not_stored_and_entries_expire() {
         "an expired entry is dropped when matched"
     );
     assert_eq!(call(&server, "/match?key=shared").await["found"], true);
+}
+
+#[tokio::test]
+async fn with_cache_edge_ttl_unmarked_responses_live_for_the_default_edge_ttl() {
+    let data = scratch_dir("cache-edge-ttl");
+    let server = Server::start(
+        &fixture("cache").join("wrangler.toml"),
+        &["--data-dir", data.to_str().unwrap(), "--cache-edge-ttl"],
+    );
+    call(&server, "/put?key=default-ttl").await;
+    call(&server, "/put?key=missing&status=404").await;
+    call(&server, "/put?key=server-error&status=500").await;
     assert_eq!(call(&server, "/match?key=default-ttl").await["found"], true);
+    assert_eq!(call(&server, "/match?key=missing").await["found"], true);
+    assert_eq!(
+        call(&server, "/match?key=server-error").await,
+        json!({"found": false})
+    );
 }
 
 #[tokio::test]

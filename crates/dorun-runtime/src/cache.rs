@@ -9,8 +9,12 @@
 //!   dropped silently (as workerd does).
 //! - Not stored: `Cache-Control: no-store`, `no-cache` or `private`, and a `Set-Cookie`
 //!   response unless `Cache-Control: private=Set-Cookie` (then the cookie is not stored).
-//! - Time to live: `s-maxage`, else `max-age`, else `Expires`, else the default edge TTL of
-//!   the status ([`default_ttl_ms`]); a status without one is not stored.
+//! - Time to live: `s-maxage`, else `max-age`, else `Expires`. A response with none of them
+//!   is what the Worker never marked cacheable: as `wrangler dev` does, it is stored only
+//!   for a heuristic lifetime from `Last-Modified` (a tenth of its age, RFC 9111 4.2.2),
+//!   and otherwise not at all. With `--cache-edge-ttl` (the [`TtlPolicy::EdgeDefaults`]
+//!   policy) it is stored for Cloudflare's documented default edge TTL of its status
+//!   ([`default_ttl_ms`]) instead.
 //! - `match` adds `CF-Cache-Status: HIT` and answers `If-None-Match` with the stored `ETag`
 //!   by a 304.
 
@@ -76,6 +80,35 @@ pub fn check_put(
     Ok(())
 }
 
+/// How long a response without `s-maxage`, `max-age` or `Expires` lives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TtlPolicy {
+    /// As `wrangler dev`: only a heuristic lifetime from `Last-Modified`, else not stored.
+    #[default]
+    Explicit,
+    /// Cloudflare's default edge TTL of the status (`--cache-edge-ttl`).
+    EdgeDefaults,
+}
+
+/// Statuses a cache may keep for a heuristic lifetime (RFC 9110 15.1).
+const HEURISTICALLY_CACHEABLE: [u16; 12] =
+    [200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501];
+
+/// The heuristic lifetime of a response with `Last-Modified` and no explicit one: a tenth
+/// of the time since it was last modified (as of its `Date`, else now), in ms.
+fn heuristic_ttl_ms(status: u16, headers: &[(String, String)], now: i64) -> Option<i64> {
+    if !HEURISTICALLY_CACHEABLE.contains(&status) {
+        return None;
+    }
+    let millis = |name: &str| -> Option<i64> {
+        let at = httpdate::parse_http_date(header(headers, name)?).ok()?;
+        Some(at.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as i64)
+    };
+    let modified = millis("last-modified")?;
+    let date = millis("date").unwrap_or(now);
+    Some((date - modified) / 10)
+}
+
 /// Cloudflare's default edge TTL for a response without caching headers, in ms.
 pub fn default_ttl_ms(status: u16) -> Option<i64> {
     const MINUTE: i64 = 60_000;
@@ -95,7 +128,12 @@ pub struct Storable {
 }
 
 /// Whether a (checked) response is stored at `now`, and until when.
-pub fn storable(status: u16, headers: &[(String, String)], now: i64) -> Option<Storable> {
+pub fn storable(
+    status: u16,
+    headers: &[(String, String)],
+    now: i64,
+    policy: TtlPolicy,
+) -> Option<Storable> {
     if !(200..=599).contains(&status) || status == 304 {
         return None;
     }
@@ -132,7 +170,10 @@ pub fn storable(status: u16, headers: &[(String, String)], now: i64) -> Option<S
         let at = at.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as i64;
         at - now
     } else {
-        default_ttl_ms(status)?
+        match policy {
+            TtlPolicy::Explicit => heuristic_ttl_ms(status, headers, now)?,
+            TtlPolicy::EdgeDefaults => default_ttl_ms(status)?,
+        }
     };
     if ttl <= 0 {
         return None;
@@ -235,13 +276,15 @@ fn etag_matches(if_none_match: &str, etag: &str) -> bool {
 /// This isolate thread's connection to the cache file, opened on first use.
 pub struct CacheStore {
     path: PathBuf,
+    policy: TtlPolicy,
     db: Arc<Mutex<Option<CacheDatabase>>>,
 }
 
 impl CacheStore {
-    pub fn new(path: PathBuf) -> Self {
+    pub fn new(path: PathBuf, policy: TtlPolicy) -> Self {
         Self {
             path,
+            policy,
             db: Arc::default(),
         }
     }
@@ -295,7 +338,8 @@ pub async fn op_dorun_cache_put(
     #[serde] headers: Vec<(String, String)>,
     #[buffer] body: JsBuffer,
 ) -> Result<bool, CacheError> {
-    let Some(storable) = storable(status, &headers, now_ms()) else {
+    let policy = state.borrow().borrow::<CacheStore>().policy;
+    let Some(storable) = storable(status, &headers, now_ms(), policy) else {
         return Ok(false);
     };
     let entry = CachedResponse {
@@ -344,7 +388,15 @@ mod tests {
     }
 
     fn ttl(status: u16, list: &[(&str, &str)]) -> Option<i64> {
-        storable(status, &headers(list), NOW).map(|s| s.expires_at - NOW)
+        storable(status, &headers(list), NOW, TtlPolicy::Explicit).map(|s| s.expires_at - NOW)
+    }
+
+    fn edge_ttl(status: u16, list: &[(&str, &str)]) -> Option<i64> {
+        storable(status, &headers(list), NOW, TtlPolicy::EdgeDefaults).map(|s| s.expires_at - NOW)
+    }
+
+    fn http_date(ms: i64) -> String {
+        httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64))
     }
 
     #[test]
@@ -395,14 +447,46 @@ mod tests {
     }
 
     #[test]
-    fn default_edge_ttl_depends_on_the_status() {
-        assert_eq!(ttl(200, &[]), Some(120 * 60_000));
-        assert_eq!(ttl(301, &[]), Some(120 * 60_000));
-        assert_eq!(ttl(302, &[]), Some(20 * 60_000));
-        assert_eq!(ttl(404, &[]), Some(3 * 60_000));
-        assert_eq!(ttl(500, &[]), None);
+    fn unmarked_responses_are_not_stored_unless_last_modified_gives_a_lifetime() {
+        for status in [200, 301, 302, 404, 500] {
+            assert_eq!(ttl(status, &[]), None, "{status}");
+        }
+        assert_eq!(ttl(200, &[("cache-control", "public")]), None);
         assert_eq!(ttl(500, &[("cache-control", "max-age=5")]), Some(5_000));
         assert_eq!(ttl(304, &[("cache-control", "max-age=5")]), None);
+        // Modified 10 days ago: a tenth of that, as wrangler dev keeps it.
+        let ten_days = 10 * 24 * 3600 * 1000;
+        let modified = http_date(NOW - ten_days);
+        assert_eq!(
+            ttl(200, &[("last-modified", &modified)]),
+            Some(ten_days / 10)
+        );
+        assert_eq!(
+            ttl(
+                200,
+                &[
+                    ("last-modified", &modified),
+                    ("date", &http_date(NOW - ten_days / 2))
+                ]
+            ),
+            Some(ten_days / 20)
+        );
+        assert_eq!(ttl(302, &[("last-modified", &modified)]), None);
+        assert_eq!(ttl(200, &[("last-modified", &http_date(NOW + 1000))]), None);
+    }
+
+    #[test]
+    fn with_edge_defaults_the_status_sets_the_ttl() {
+        assert_eq!(edge_ttl(200, &[]), Some(120 * 60_000));
+        assert_eq!(edge_ttl(301, &[]), Some(120 * 60_000));
+        assert_eq!(edge_ttl(302, &[]), Some(20 * 60_000));
+        assert_eq!(edge_ttl(404, &[]), Some(3 * 60_000));
+        assert_eq!(edge_ttl(500, &[]), None);
+        assert_eq!(
+            edge_ttl(200, &[("cache-control", "max-age=5")]),
+            Some(5_000)
+        );
+        assert_eq!(edge_ttl(200, &[("cache-control", "no-store")]), None);
     }
 
     #[test]
@@ -423,6 +507,7 @@ mod tests {
                 ("x-kept", "yes"),
             ]),
             NOW,
+            TtlPolicy::Explicit,
         )
         .unwrap();
         assert_eq!(kept.expires_at - NOW, 60_000);

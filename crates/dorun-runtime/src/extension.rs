@@ -153,7 +153,10 @@ deno_core::extension!(
         );
         state.put(services.context);
         state.put(services.router);
-        state.put(CacheStore::new(services.objects.data_dir.join("cache.sqlite")));
+        state.put(CacheStore::new(
+            services.objects.data_dir.join("cache.sqlite"),
+            services.graph.spec().cache_ttl,
+        ));
         state.put(services.objects);
         state.put(services.alarms);
         state.put(services.sockets);

@@ -58,6 +58,8 @@ pub struct WorkerSpec {
     pub cf: serde_json::Map<String, serde_json::Value>,
     /// An HTML request whose handler threw gets a page with the error (local development).
     pub error_pages: bool,
+    /// How long the Cache API keeps a response that has no explicit lifetime.
+    pub cache_ttl: crate::cache::TtlPolicy,
     /// Static assets; `env.<binding>` when the `assets` config names a binding.
     pub assets: Option<Arc<dorun_assets::Assets>>,
     /// Each isolate's V8 inspector is registered for Chrome DevTools (`--inspect`).

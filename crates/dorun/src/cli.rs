@@ -136,6 +136,12 @@ pub struct ConfigArgs {
     /// by default an HTML request gets a page with the error and its stack.
     #[arg(long)]
     pub no_error_page: bool,
+    /// Cache API: keep a response without Cache-Control max-age/s-maxage or Expires for
+    /// Cloudflare's default edge TTL of its status (200: 2 h, 404: 3 min, ...). By default
+    /// such a response is not stored (unless Last-Modified gives it a lifetime), as in
+    /// `wrangler dev`.
+    #[arg(long)]
+    pub cache_edge_ttl: bool,
     /// How long blockConcurrencyWhile() may hold an object before it is reset (tests).
     #[arg(long, value_name = "MS", default_value_t = 30_000, hide = true)]
     pub block_concurrency_timeout_ms: u64,
@@ -194,6 +200,11 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub admin_token: Option<String>,
+    /// A host name (besides its IP addresses and localhost) the admin listener answers to,
+    /// e.g. the name a reverse proxy or a container network gives it; `*` for any. Requests
+    /// naming another host are refused (DNS rebinding).
+    #[arg(long, value_name = "NAME")]
+    pub admin_allow_host: Vec<String>,
     /// Resident memory of the whole process above which new requests get 503 and large
     /// ArrayBuffer allocations fail, until it is back under 90 % [default: no limit].
     #[arg(long, value_name = "MB")]
@@ -288,6 +299,11 @@ impl ConfigArgs {
                 })
                 .collect(),
             error_pages: !self.no_error_page,
+            cache_ttl: if self.cache_edge_ttl {
+                dorun_runtime::cache::TtlPolicy::EdgeDefaults
+            } else {
+                dorun_runtime::cache::TtlPolicy::Explicit
+            },
             inspect: false,
         }
     }
@@ -487,6 +503,7 @@ async fn start_admin(
         token,
         sockets,
         ready: std::sync::atomic::AtomicBool::new(true),
+        trust: crate::admin::guard::Trust::new(&args.admin_allow_host),
     });
     // What an earlier run's reset left to delete.
     let trash = data_dir.join(".trash");

@@ -43,6 +43,8 @@ pub struct WorkerOptions {
     pub cf: serde_json::Map<String, serde_json::Value>,
     /// Whether an HTML request whose handler threw gets an error page (else a plain 500).
     pub error_pages: bool,
+    /// How long the Cache API keeps a response that has no explicit lifetime.
+    pub cache_ttl: dorun_runtime::cache::TtlPolicy,
     /// Register each isolate's V8 inspector for Chrome DevTools (no CPU limit then).
     pub inspect: bool,
 }
@@ -63,6 +65,7 @@ impl Default for WorkerOptions {
             block_concurrency_timeout: Duration::from_secs(30),
             cf: serde_json::Map::new(),
             error_pages: true,
+            cache_ttl: Default::default(),
             inspect: false,
         }
     }
@@ -506,6 +509,7 @@ fn worker_spec(
         block_concurrency_timeout: options.block_concurrency_timeout,
         cf: request_cf(&options.cf),
         error_pages: options.error_pages,
+        cache_ttl: options.cache_ttl,
         assets,
         inspect: options.inspect,
     })

@@ -136,11 +136,21 @@ function fetch(input, init = undefined) {
 
 // workerd's ReadableStreamBYOBReader.readAtLeast(minBytes, view): a BYOB read that resolves
 // once at least `minBytes` bytes are in `view` (or the stream ended), i.e. the standard
-// read(view, { min }) with min counted in bytes.
+// read(view, { min }) with min counted in bytes. One difference at the end of the stream:
+// where the standard read answers the last, shorter chunk with `done: true`, workerd
+// answers it with `done: false` and only the next read with `done: true` (and an empty
+// view). Code written for workerd loops `while (!done)` and keeps only the values of
+// reads that were not done, so the last chunk must come with `done: false`.
 ObjectDefineProperty(streams.ReadableStreamBYOBReader.prototype, "readAtLeast", {
   value: function readAtLeast(minBytes, view) {
     const elementSize = view?.BYTES_PER_ELEMENT ?? 1;
-    return this.read(view, { min: MathCeil(minBytes / elementSize) });
+    return PromisePrototypeThen(
+      this.read(view, { min: MathCeil(minBytes / elementSize) }),
+      (result) =>
+        result.done && result.value !== undefined && result.value.byteLength > 0
+          ? { value: result.value, done: false }
+          : result,
+    );
   },
   writable: true,
   enumerable: false,
