@@ -1,11 +1,19 @@
 //! Durability off the isolate threads: with `Durability::Full`, a commit writes its WAL
 //! frames without waiting for the disk (`synchronous=NORMAL`), and the process's flusher
-//! threads make them durable. An isolate thread hands over the commits of one turn
-//! together, and a free flusher thread takes every request queued so far as one batch:
-//! one WAL is synced with `fdatasync`, several with one `syncfs` of their filesystem (on
-//! this kind of disk it costs what one fdatasync does, where sixteen fdatasyncs cost
-//! sixteen times that), so the commits of many objects that finish close together share
-//! one flush, and a new batch does not wait for an earlier one.
+//! makes them durable. An isolate thread hands over the commits of one turn together.
+//!
+//! The flusher syncs only dorun's own files: each WAL with its own `fdatasync`, issued
+//! from a pool of threads so that the syncs of many objects run at once (the filesystem
+//! folds concurrent syncs into few journal commits). A whole-filesystem `syncfs` would be
+//! cheaper on a quiet disk, but it writes back every dirty page of the filesystem, so every
+//! commit would wait for whatever another process (a backup, a log shipper, dorun's own
+//! exports) has written: measured in benches/durability.sh.
+//!
+//! Requests for the same WAL that queue up while no sync of it has started share one sync;
+//! a request that arrives while its WAL is being synced waits for a sync that starts after
+//! it (a sync already under way may have started before the commit's frames were written).
+//! The commits of many objects that finish close together are synced together, and a new
+//! commit never waits for an earlier, unrelated sync to finish.
 //!
 //! A WAL that no longer exists was checkpointed and removed (a reset, or a file written by
 //! an older version); one that its connection truncated on close was checkpointed too. A
@@ -15,13 +23,12 @@
 //! For tests only: with `DORUN_TEST_FLUSH_GATE=<path>`, every flush waits until `<path>`
 //! exists, so a test can hold commits written but not durable.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{channel, Receiver, SendError, Sender};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::{ObjectDatabase, Result};
@@ -41,30 +48,34 @@ impl FlushRequest {
     }
 }
 
-/// The process's flusher thread.
+/// The process's flusher: a queue of WALs to sync and the threads that sync them.
 pub struct Flusher {
-    requests: Sender<Vec<FlushRequest>>,
+    shared: Arc<Shared>,
 }
+
+/// Sync threads: up to this many WALs are synced at once. A thread blocked in `fdatasync`
+/// costs no CPU; more of them let the filesystem merge more syncs into one journal commit.
+const SYNC_THREADS: usize = 16;
 
 impl Flusher {
     /// The flusher, started on first use.
     pub fn global() -> &'static Flusher {
         static FLUSHER: OnceLock<Flusher> = OnceLock::new();
         FLUSHER.get_or_init(|| {
-            let (sender, receiver) = channel();
             let shared = Arc::new(Shared {
-                requests: Mutex::new(receiver),
+                queue: Mutex::new(Queue::default()),
+                queued: Condvar::new(),
                 synced_entries: Mutex::new(HashMap::new()),
                 gate: std::env::var_os("DORUN_TEST_FLUSH_GATE").map(PathBuf::from),
             });
-            for i in 0..FLUSH_THREADS {
+            for i in 0..SYNC_THREADS {
                 let shared = shared.clone();
                 std::thread::Builder::new()
                     .name(format!("dorun-flush-{i}"))
                     .spawn(move || run(&shared))
                     .expect("cannot start a flusher thread");
             }
-            Flusher { requests: sender }
+            Flusher { shared }
         })
     }
 
@@ -74,26 +85,43 @@ impl Flusher {
     }
 
     /// [`flush`](Self::flush) for several commits at once: an isolate thread hands over
-    /// the commits of one turn together, so they share a sync (and one wake-up of a
-    /// flusher thread) instead of being picked up one by one by whichever thread is free.
+    /// the commits of one turn together (one lock of the queue, one wake-up per WAL).
     pub fn flush_all(&self, requests: Vec<FlushRequest>) {
         if requests.is_empty() {
             return;
         }
-        if let Err(SendError(requests)) = self.requests.send(requests) {
+        let mut new_wals = 0;
+        {
+            let mut guard = match self.shared.queue.lock() {
+                Ok(queue) => queue,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            let queue = &mut *guard;
             for request in requests {
-                (request.done)(Err("the flusher thread stopped".to_string()));
+                let waiting = queue.waiting.entry(request.wal.clone()).or_default();
+                if waiting.is_empty() {
+                    new_wals += 1;
+                    queue.order.push_back(request.wal);
+                }
+                waiting.push(request.done);
             }
+        }
+        for _ in 0..new_wals.min(SYNC_THREADS) {
+            self.shared.queued.notify_one();
         }
     }
 }
 
-/// Flusher threads: each takes every request queued when it becomes free, so a new batch
-/// starts while earlier ones are still syncing instead of waiting for them.
-const FLUSH_THREADS: usize = 3;
+/// WALs waiting for a sync that has not started, in the order they were first asked for.
+#[derive(Default)]
+struct Queue {
+    order: VecDeque<PathBuf>,
+    waiting: HashMap<PathBuf, Vec<FlushDone>>,
+}
 
 struct Shared {
-    requests: Mutex<Receiver<Vec<FlushRequest>>>,
+    queue: Mutex<Queue>,
+    queued: Condvar,
     /// WAL path -> inode of the WAL file whose directory entry is known durable.
     synced_entries: Mutex<HashMap<PathBuf, u64>>,
     gate: Option<PathBuf>,
@@ -103,105 +131,52 @@ type SyncResult = std::result::Result<(), String>;
 
 fn run(shared: &Shared) {
     loop {
-        let batch = {
-            let Ok(requests) = shared.requests.lock() else {
+        let (wal, waiting) = {
+            let Ok(mut queue) = shared.queue.lock() else {
                 return;
             };
-            let Ok(first) = requests.recv() else {
-                return;
-            };
-            let mut batch = first;
-            batch.extend(requests.try_iter().flatten());
-            batch
+            loop {
+                if let Some(wal) = queue.order.pop_front() {
+                    let waiting = queue.waiting.remove(&wal).unwrap_or_default();
+                    break (wal, waiting);
+                }
+                queue = match shared.queued.wait(queue) {
+                    Ok(queue) => queue,
+                    Err(_) => return,
+                };
+            }
         };
         if let Some(gate) = &shared.gate {
             while !gate.exists() {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
-        let mut wals: Vec<PathBuf> = batch.iter().map(|r| r.wal.clone()).collect();
-        wals.sort();
-        wals.dedup();
-        let results = sync_all(&wals, &shared.synced_entries);
-        for request in batch {
-            let result = results
-                .get(&request.wal)
-                .cloned()
-                .unwrap_or_else(|| Err("not synced".to_string()));
-            (request.done)(result);
+        let result = sync_wal(&wal, &shared.synced_entries);
+        for done in waiting {
+            done(result.clone());
         }
     }
 }
 
-/// Syncs every WAL in `wals`: one `syncfs` per filesystem when there are several (it costs
-/// about what one fdatasync does, and covers the directory entries too), else an
-/// fdatasync, and the directory of a WAL file not synced before.
-fn sync_all(
-    wals: &[PathBuf],
-    synced_entries: &Mutex<HashMap<PathBuf, u64>>,
-) -> HashMap<PathBuf, SyncResult> {
-    #[cfg(target_os = "linux")]
-    if wals.len() > 1 {
-        return sync_filesystems(wals, synced_entries);
-    }
-    let mut results = HashMap::new();
-    let mut synced_dirs: HashMap<PathBuf, SyncResult> = HashMap::new();
-    for wal in wals {
-        let known = |inode| {
-            synced_entries
-                .lock()
-                .is_ok_and(|e| e.get(wal) == Some(&inode))
-        };
-        let result = match sync_data(wal) {
-            Ok(Some(inode)) if !known(inode) => {
-                let dir = wal.parent().unwrap_or(Path::new(".")).to_path_buf();
-                let dir_result = synced_dirs
-                    .entry(dir.clone())
-                    .or_insert_with(|| sync_dir(&dir))
-                    .clone();
-                if let (Ok(()), Ok(mut entries)) = (&dir_result, synced_entries.lock()) {
-                    entries.insert(wal.clone(), inode);
-                }
-                dir_result
+/// fdatasync of one WAL, and of its directory when the file is new (not synced before).
+fn sync_wal(wal: &Path, synced_entries: &Mutex<HashMap<PathBuf, u64>>) -> SyncResult {
+    let known = |inode| {
+        synced_entries
+            .lock()
+            .is_ok_and(|e| e.get(wal) == Some(&inode))
+    };
+    match sync_data(wal) {
+        Ok(Some(inode)) if !known(inode) => {
+            let dir = wal.parent().unwrap_or(Path::new("."));
+            sync_dir(dir)?;
+            if let Ok(mut entries) = synced_entries.lock() {
+                entries.insert(wal.to_path_buf(), inode);
             }
-            Ok(_) => Ok(()),
-            Err(error) => Err(format!("cannot sync {}: {error}", wal.display())),
-        };
-        results.insert(wal.clone(), result);
-    }
-    results
-}
-
-#[cfg(target_os = "linux")]
-fn sync_filesystems(
-    wals: &[PathBuf],
-    synced_entries: &Mutex<HashMap<PathBuf, u64>>,
-) -> HashMap<PathBuf, SyncResult> {
-    let mut by_device: HashMap<u64, SyncResult> = HashMap::new();
-    let mut results = HashMap::new();
-    for wal in wals {
-        let dir = wal.parent().unwrap_or(Path::new("."));
-        let result = match std::fs::metadata(dir) {
-            Ok(meta) => by_device
-                .entry(meta.dev())
-                .or_insert_with(|| {
-                    File::open(dir)
-                        .and_then(|d| rustix::fs::syncfs(&d).map_err(io::Error::from))
-                        .map_err(|e| {
-                            format!("cannot sync the filesystem of {}: {e}", dir.display())
-                        })
-                })
-                .clone(),
-            Err(error) => Err(format!("cannot sync {}: {error}", wal.display())),
-        };
-        if result.is_ok() {
-            if let (Ok(meta), Ok(mut entries)) = (std::fs::metadata(wal), synced_entries.lock()) {
-                entries.insert(wal.clone(), meta.ino());
-            }
+            Ok(())
         }
-        results.insert(wal.clone(), result);
+        Ok(_) => Ok(()),
+        Err(error) => Err(format!("cannot sync {}: {error}", wal.display())),
     }
-    results
 }
 
 /// fdatasync of a WAL; its inode, or None if it is gone (checkpointed and removed when its
@@ -241,6 +216,8 @@ pub fn wal_path(path: &Path) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::mpsc::channel;
+
     use super::*;
     use crate::Durability;
 
