@@ -23,6 +23,7 @@ mod handlers;
 mod hostile;
 mod inspect;
 mod integration_example;
+mod kv;
 mod logs;
 mod many_objects;
 mod modules;

@@ -16,7 +16,7 @@ use crate::namespaces::ObjectConfig;
 use crate::router::Router;
 use crate::sockets::{ParkedSockets, SocketRegistry};
 use crate::storage::{connection_capacity, idle_connection_capacity, OpenDatabases};
-use crate::{admin, assets_binding, cache, events, namespaces, rpc, sockets, storage};
+use crate::{admin, assets_binding, cache, events, kv_binding, namespaces, rpc, sockets, storage};
 
 /// What an isolate's ops share besides [`IsolateContext`]; each piece goes into the op
 /// state on its own.
@@ -109,6 +109,11 @@ deno_core::extension!(
         sockets::op_dorun_ws_accept_remote,
         // the assets binding (assets_binding.rs)
         assets_binding::op_dorun_assets_fetch,
+        // KV namespaces (kv_binding.rs)
+        kv_binding::op_dorun_kvns_get,
+        kv_binding::op_dorun_kvns_put,
+        kv_binding::op_dorun_kvns_delete,
+        kv_binding::op_dorun_kvns_list,
         // the Cache API (cache.rs)
         cache::op_dorun_cache_check,
         cache::op_dorun_cache_put,
@@ -139,6 +144,7 @@ deno_core::extension!(
         "11_assets.js",
         "12_cache.js",
         "13_admin.js",
+        "14_kv.js",
         "99_worker.js",
     ],
     options = {
@@ -157,6 +163,10 @@ deno_core::extension!(
             services.objects.data_dir.join("cache.sqlite"),
             services.graph.spec().cache_ttl,
         ));
+        state.put(kv_binding::KvStore {
+            data_dir: services.objects.data_dir.clone(),
+            durability: services.objects.durability,
+        });
         state.put(services.objects);
         state.put(services.alarms);
         state.put(services.sockets);

@@ -312,6 +312,11 @@ fn runtime_config_json(spec: &WorkerSpec) -> String {
         "vars": spec.vars,
         "namespaces": namespaces,
         "assetsBinding": spec.assets.as_ref().and_then(|a| a.config().binding.clone()),
+        "kvNamespaces": spec
+            .kv_namespaces
+            .iter()
+            .map(|kv| serde_json::json!({"binding": kv.binding, "id": kv.id}))
+            .collect::<Vec<_>>(),
         "cf": spec.cf,
         "errorPages": spec.error_pages,
         "idleTimeoutMs": spec.object_idle_timeout.as_millis() as u64,

@@ -11,7 +11,8 @@
 //!   thread and the JS glue), [`rpc`] (calls through stubs, streams), [`alarms`] (the
 //!   scheduler and the per-namespace index), [`storage`] (each object's SQLite file and the
 //!   connection cache), [`sockets`] (WebSockets held outside JS), [`assets_binding`]
-//!   (`env.ASSETS`, answered by `dorun-assets`), [`cache`] (the Cache API, `caches`).
+//!   (`env.ASSETS`, answered by `dorun-assets`), [`cache`] (the Cache API, `caches`),
+//!   [`kv_binding`] (`kv_namespaces`: Workers KV, one SQLite file per namespace).
 //! - [`spec`], [`loader`] (+ `transpile`, `commonjs`, `scope`), [`supervisor`]: the Worker as the
 //!   runtime sees it, its modules (ES modules and CommonJS, only from the project), the
 //!   CPU-limit watchdog.
@@ -34,6 +35,7 @@ pub mod events;
 pub mod extension;
 pub mod failure;
 pub mod isolate;
+pub mod kv_binding;
 pub mod loader;
 pub mod mailbox;
 pub mod memory;

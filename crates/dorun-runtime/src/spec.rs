@@ -58,6 +58,8 @@ pub struct WorkerSpec {
     pub cf: serde_json::Map<String, serde_json::Value>,
     /// An HTML request whose handler threw gets a page with the error (local development).
     pub error_pages: bool,
+    /// `kv_namespaces`: `env.<binding>` reaches KV namespace `id`.
+    pub kv_namespaces: Vec<crate::kv_binding::KvBinding>,
     /// How long the Cache API keeps a response that has no explicit lifetime.
     pub cache_ttl: crate::cache::TtlPolicy,
     /// Static assets; `env.<binding>` when the `assets` config names a binding.

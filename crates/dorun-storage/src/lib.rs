@@ -9,6 +9,7 @@
 //! - `sandbox`: the SQL sandbox (limits, the authorizer and its roles, the statement
 //!   splitter).
 //! - [`CacheDatabase`] (`cache.rs`): the Cache API's entries, one file per data directory.
+//! - [`KvDatabase`] (`kv_namespace.rs`): a Workers KV namespace, one file per namespace id.
 //!
 //! No V8 and no tokio here: everything is synchronous and testable on a temp file.
 
@@ -26,11 +27,13 @@ mod admin;
 mod cache;
 mod close;
 mod flush;
+mod kv_namespace;
 mod sandbox;
 pub use admin::{backup, restore};
 pub use cache::{CacheDatabase, CachedResponse};
 pub use close::Closer;
 pub use flush::{wal_path, FlushDone, FlushRequest, Flusher};
+pub use kv_namespace::{KvDatabase, KvEntry, KvListedKey};
 use sandbox::{
     split_statements, value_size, SqlGuard, SqlRole, INTERRUPT_CHECK_STEPS, RESULT_TOO_LARGE,
 };

@@ -313,6 +313,7 @@ mod tests {
             secret_names: Vec::new(),
             rules: Vec::new(),
             durable_objects: Vec::new(),
+            kv_namespaces: Vec::new(),
             migrations,
             exports: Vec::new(),
             cpu_limit_ms: None,

@@ -510,6 +510,7 @@ fn worker_spec(
         cf: request_cf(&options.cf),
         error_pages: options.error_pages,
         cache_ttl: options.cache_ttl,
+        kv_namespaces: config.kv_namespaces.clone(),
         assets,
         inspect: options.inspect,
     })

@@ -36,6 +36,7 @@ import {
 import { handleExportCall, releaseExport, retainExport } from "ext:dorun/06_rpc.js";
 import { evictIdle, handleObjectEvent, live } from "ext:dorun/10_objects.js";
 import { createAssetsBinding } from "ext:dorun/11_assets.js";
+import { createKvNamespace } from "ext:dorun/14_kv.js";
 import "ext:dorun/12_cache.js";
 import { handleAdminEvent } from "ext:dorun/13_admin.js";
 
@@ -88,6 +89,7 @@ for (let index = 0; index < config.namespaces.length; index++) {
   if (binding !== "") env[binding] = new DurableObjectNamespace(index);
 }
 if (config.assetsBinding) env[config.assetsBinding] = createAssetsBinding();
+for (const { binding, id } of config.kvNamespaces) env[binding] = createKvNamespace(id);
 globalThis.DurableObjectNamespace = DurableObjectNamespace;
 globalThis.WebSocket = WebSocket;
 globalThis.WebSocketPair = WebSocketPair;

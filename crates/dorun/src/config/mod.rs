@@ -70,7 +70,6 @@ const DEPLOY_ONLY_KEYS: &[&str] = &[
 
 /// Binding kinds Cloudflare offers that dorun does not serve.
 const UNSUPPORTED_BINDING_KEYS: &[&str] = &[
-    "kv_namespaces",
     "r2_buckets",
     "d1_databases",
     "queues",
@@ -164,6 +163,8 @@ pub struct WorkerConfig {
     /// User rules first, then wrangler's default rules that were not replaced.
     pub rules: Vec<ModuleRule>,
     pub durable_objects: Vec<DurableObjectBinding>,
+    /// `kv_namespaces`: Workers KV bindings.
+    pub kv_namespaces: Vec<dorun_runtime::kv_binding::KvBinding>,
     pub migrations: Vec<Migration>,
     /// The top-level `exports` block (declared Durable Object classes).
     pub exports: Vec<ClassExport>,
@@ -455,6 +456,7 @@ impl Reader {
         let assets = self.read_assets(&effective, &base_dir, main.is_some());
         let rules = self.read_rules(&effective);
         let durable_objects = self.read_durable_objects(&effective);
+        let kv_namespaces = self.read_kv_namespaces(&effective, &durable_objects, &vars);
         let migrations = self.read_migrations(root);
         let exports = self.read_exports(root);
         self.check_bindings_against_migrations(&durable_objects, &migrations, &exports);
@@ -496,6 +498,7 @@ impl Reader {
             secret_names,
             rules,
             durable_objects,
+            kv_namespaces,
             migrations,
             exports,
             cpu_limit_ms,
@@ -535,6 +538,7 @@ impl Reader {
             "vars",
             "rules",
             "durable_objects",
+            "kv_namespaces",
             "limits",
             "assets",
             "build",
@@ -776,6 +780,83 @@ impl Reader {
                 name: name.to_string(),
                 class_name: class_name.to_string(),
                 script_name,
+            });
+        }
+        bindings
+    }
+
+    /// `kv_namespaces = [{ binding, id, preview_id }]`. Locally a namespace is keyed by its
+    /// `id`, or by the binding's name when it has none (as `wrangler dev` does).
+    fn read_kv_namespaces(
+        &mut self,
+        table: &Map<String, Value>,
+        objects: &[DurableObjectBinding],
+        vars: &Map<String, Value>,
+    ) -> Vec<dorun_runtime::kv_binding::KvBinding> {
+        let mut bindings: Vec<dorun_runtime::kv_binding::KvBinding> = Vec::new();
+        let Some(items) = table.get("kv_namespaces") else {
+            return bindings;
+        };
+        let Some(items) = items.as_array() else {
+            self.problems
+                .push("key 'kv_namespaces' must be an array".into());
+            return bindings;
+        };
+        for (index, item) in items.iter().enumerate() {
+            let at = format!("kv_namespaces[{index}]");
+            let Some(entry) = item.as_object() else {
+                self.problems.push(format!("{at} must be a table / object"));
+                continue;
+            };
+            for key in entry.keys() {
+                if ![
+                    "binding",
+                    "id",
+                    "preview_id",
+                    "remote",
+                    "experimental_remote",
+                ]
+                .contains(&key.as_str())
+                {
+                    self.warnings
+                        .push(format!("unknown key '{at}.{key}' is ignored"));
+                }
+            }
+            let Some(binding) = entry.get("binding").and_then(Value::as_str) else {
+                self.problems
+                    .push(format!("{at} needs a string key 'binding'"));
+                continue;
+            };
+            let id = match entry.get("id") {
+                None => binding.to_string(),
+                Some(Value::String(id)) if !id.is_empty() => id.clone(),
+                Some(_) => {
+                    self.problems
+                        .push(format!("{at}.id must be a non-empty string"));
+                    continue;
+                }
+            };
+            if let Some(preview) = entry.get("preview_id") {
+                if !preview.is_string() {
+                    self.problems
+                        .push(format!("{at}.preview_id must be a string"));
+                }
+            }
+            if !is_js_identifier(binding) {
+                self.problems.push(format!(
+                    "{at}.binding '{binding}' is not a valid JavaScript identifier"
+                ));
+            }
+            if bindings.iter().any(|b| b.binding == binding)
+                || objects.iter().any(|o| o.name == binding)
+                || vars.contains_key(binding)
+            {
+                self.problems
+                    .push(format!("{at}.binding '{binding}' is bound twice"));
+            }
+            bindings.push(dorun_runtime::kv_binding::KvBinding {
+                binding: binding.to_string(),
+                id,
             });
         }
         bindings

@@ -1,0 +1,257 @@
+//! Workers KV bindings (`kv_namespaces`): `env.<binding>` is a `KVNamespace` (`js/14_kv.js`)
+//! whose ops land here. Each namespace id has one SQLite file, `<data-dir>/kv/<id>.sqlite`
+//! (`dorun_storage::KvDatabase`), opened once per process and shared by every isolate
+//! thread and worker that binds the id, as namespaces are shared on Cloudflare. Work runs on
+//! tokio's blocking threads, never on the isolate thread.
+//!
+//! The API's rules (key and value limits, expiration checks, Cloudflare's messages) are
+//! checked in JS before an op is called; the ops only store, find and list.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use deno_core::{op2, JsBuffer, OpState, ToJsBuffer};
+use dorun_storage::{Durability, KvDatabase, KvEntry, StorageError};
+
+/// The directory of KV namespace files inside the data directory.
+pub const KV_DIR: &str = "kv";
+
+/// One `kv_namespaces` entry: the name in `env` and the namespace it reaches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvBinding {
+    pub binding: String,
+    /// The namespace's id (`id`, else the binding's name, as `wrangler dev` keys it).
+    pub id: String,
+}
+
+/// The file of namespace `id` under `data_dir`: the id as it is when it is a plain name,
+/// else percent-encoded, so that no id can reach outside `kv/`.
+pub fn namespace_file(data_dir: &Path, id: &str) -> PathBuf {
+    let mut name = String::with_capacity(id.len());
+    for byte in id.bytes() {
+        match byte {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => name.push(byte as char),
+            _ => name.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    data_dir.join(KV_DIR).join(format!("{name}.sqlite"))
+}
+
+/// What the KV ops of an isolate need: where the files are and how durable a write is.
+pub struct KvStore {
+    pub data_dir: PathBuf,
+    pub durability: Durability,
+}
+
+#[derive(Debug, thiserror::Error, deno_error::JsError)]
+pub enum KvError {
+    #[class(generic)]
+    #[error("KV {operation} failed: {source}")]
+    Storage {
+        operation: &'static str,
+        source: StorageError,
+    },
+    #[class(generic)]
+    #[error("KV {0} failed: internal error")]
+    Task(&'static str),
+}
+
+/// Namespace files open in this process, by path.
+fn open_databases() -> &'static Mutex<HashMap<PathBuf, Arc<Mutex<KvDatabase>>>> {
+    static OPEN: OnceLock<Mutex<HashMap<PathBuf, Arc<Mutex<KvDatabase>>>>> = OnceLock::new();
+    OPEN.get_or_init(Default::default)
+}
+
+/// Runs `f` on namespace `id`'s database, on a blocking thread.
+async fn with<T: Send + 'static>(
+    state: &Rc<RefCell<OpState>>,
+    id: &str,
+    operation: &'static str,
+    f: impl FnOnce(&KvDatabase) -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, KvError> {
+    let (path, durability) = {
+        let state = state.borrow();
+        let store = state.borrow::<KvStore>();
+        (namespace_file(&store.data_dir, id), store.durability)
+    };
+    let file = path.clone();
+    tokio::task::spawn_blocking(move || {
+        let database = {
+            let mut open = open_databases()
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            match open.get(&path) {
+                Some(database) => database.clone(),
+                None => {
+                    let database = Arc::new(Mutex::new(KvDatabase::open(&path, durability)?));
+                    open.insert(path.clone(), database.clone());
+                    database
+                }
+            }
+        };
+        let database = database
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&database)
+    })
+    .await
+    .map_err(|_| KvError::Task(operation))?
+    .map_err(|source| {
+        tracing::error!(file = %file.display(), "KV {operation}: {source}");
+        KvError::Storage { operation, source }
+    })
+}
+
+/// Seconds since the epoch.
+fn now_seconds() -> i64 {
+    crate::clock::now_ms().div_euclid(1000)
+}
+
+/// What `get` found of one key.
+#[derive(serde::Serialize)]
+pub struct KvFound {
+    value: ToJsBuffer,
+    metadata: Option<String>,
+}
+
+/// The entries of `keys` (null for a missing or expired one), in order.
+#[op2]
+#[serde]
+pub async fn op_dorun_kvns_get(
+    state: Rc<RefCell<OpState>>,
+    #[string] id: String,
+    #[serde] keys: Vec<String>,
+) -> Result<Vec<Option<KvFound>>, KvError> {
+    let found = with(&state, &id, "GET", move |db| {
+        let now = now_seconds();
+        keys.iter()
+            .map(|key| db.get(key, now))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await?;
+    Ok(found
+        .into_iter()
+        .map(|entry| {
+            entry.map(|entry| KvFound {
+                value: entry.value.into(),
+                metadata: entry.metadata,
+            })
+        })
+        .collect())
+}
+
+/// What `put` stores besides the value.
+#[derive(serde::Deserialize)]
+pub struct KvPutOptions {
+    /// Seconds since the epoch.
+    expiration: Option<f64>,
+    /// JSON text.
+    metadata: Option<String>,
+}
+
+/// Stores `key`.
+#[op2]
+pub async fn op_dorun_kvns_put(
+    state: Rc<RefCell<OpState>>,
+    #[string] id: String,
+    #[string] key: String,
+    #[buffer] value: JsBuffer,
+    #[serde] options: KvPutOptions,
+) -> Result<(), KvError> {
+    let entry = KvEntry {
+        value: value.to_vec(),
+        metadata: options.metadata,
+        expiration: options.expiration.map(|at| at.floor() as i64),
+    };
+    with(&state, &id, "PUT", move |db| db.put(&key, &entry)).await
+}
+
+#[op2]
+pub async fn op_dorun_kvns_delete(
+    state: Rc<RefCell<OpState>>,
+    #[string] id: String,
+    #[string] key: String,
+) -> Result<(), KvError> {
+    with(&state, &id, "DELETE", move |db| db.delete(&key)).await
+}
+
+/// One page of `list`: the keys and the last key's name when more follow (the JS side
+/// turns it into an opaque cursor).
+#[derive(serde::Serialize)]
+pub struct KvPage {
+    keys: Vec<KvListed>,
+    more: bool,
+}
+
+#[derive(serde::Serialize)]
+pub struct KvListed {
+    name: String,
+    expiration: Option<i64>,
+    metadata: Option<String>,
+}
+
+/// Which page `list` asks for: keys with `prefix` after the key `after`, up to `limit`.
+#[derive(serde::Deserialize)]
+pub struct KvListOptions {
+    prefix: String,
+    after: Option<String>,
+    limit: u32,
+}
+
+#[op2]
+#[serde]
+pub async fn op_dorun_kvns_list(
+    state: Rc<RefCell<OpState>>,
+    #[string] id: String,
+    #[serde] options: KvListOptions,
+) -> Result<KvPage, KvError> {
+    let (keys, more) = with(&state, &id, "LIST", move |db| {
+        db.list(
+            &options.prefix,
+            options.after.as_deref(),
+            options.limit as usize,
+            now_seconds(),
+        )
+    })
+    .await?;
+    Ok(KvPage {
+        keys: keys
+            .into_iter()
+            .map(|key| KvListed {
+                name: key.name,
+                expiration: key.expiration,
+                metadata: key.metadata,
+            })
+            .collect(),
+        more,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespace_files_stay_inside_the_kv_directory() {
+        let data = Path::new("/data");
+        assert_eq!(
+            namespace_file(data, "0f2ac74b498b48028cb68387c421e279"),
+            Path::new("/data/kv/0f2ac74b498b48028cb68387c421e279.sqlite")
+        );
+        assert_eq!(
+            namespace_file(data, "MY_KV"),
+            Path::new("/data/kv/MY_KV.sqlite")
+        );
+        assert_eq!(
+            namespace_file(data, "../etc/x"),
+            Path::new("/data/kv/%2E%2E%2Fetc%2Fx.sqlite")
+        );
+        assert_eq!(
+            namespace_file(data, "a b.c"),
+            Path::new("/data/kv/a%20b%2Ec.sqlite")
+        );
+    }
+}
