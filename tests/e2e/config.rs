@@ -121,7 +121,7 @@ fn unsupported_bindings_stop_startup_naming_key_and_file() {
     let config = fixture("errors/bad-config").join("wrangler.toml");
     let (ok, _, stderr) = run_dorun(&["serve", config.to_str().unwrap(), "--port", "0"], None);
     assert!(!ok, "serve must refuse: {stderr}");
-    assert!(stderr.contains("kv_namespaces"), "{stderr}");
+    assert!(stderr.contains("queues"), "{stderr}");
     assert!(
         stderr.contains("r2_buckets"),
         "every problem is reported: {stderr}"
@@ -135,7 +135,7 @@ async fn unsupported_bindings_can_be_downgraded_to_warnings() {
     let config = fixture("errors/bad-config").join("wrangler.toml");
     let server = Server::start(&config, &["--allow-unsupported-bindings"]);
     assert_eq!(server.get("/").await.text(), "configured");
-    assert!(server.logs().contains("kv_namespaces"));
+    assert!(server.logs().contains("r2_buckets"));
 }
 
 #[test]

@@ -48,18 +48,68 @@ fn unsupported_binding_is_an_error_naming_the_key_unless_allowed() {
     let path = write(
         &dir,
         "wrangler.json",
-        r#"{ "main": "index.js", "kv_namespaces": [{"binding": "KV", "id": "x"}] }"#,
+        r#"{ "main": "index.js", "r2_buckets": [{"binding": "FILES", "bucket_name": "x"}] }"#,
     );
     let error = load(&path, &LoadOptions::default()).unwrap_err();
     let text = error.to_string();
-    assert!(text.contains("kv_namespaces"), "{text}");
+    assert!(text.contains("r2_buckets"), "{text}");
     assert!(text.contains("wrangler.json"), "{text}");
     let options = LoadOptions {
         unsupported_bindings: UnsupportedBindings::Warn,
         ..Default::default()
     };
     let config = load(&path, &options).unwrap();
-    assert!(config.warnings.iter().any(|w| w.contains("kv_namespaces")));
+    assert!(config.warnings.iter().any(|w| w.contains("r2_buckets")));
+}
+
+#[test]
+fn kv_namespaces_are_keyed_by_id_else_by_binding_and_checked() {
+    let dir = temp_dir("kv-config");
+    let path = write(
+        &dir,
+        "wrangler.json",
+        r#"{ "main": "index.js", "kv_namespaces": [
+            {"binding": "A", "id": "abc", "preview_id": "p"},
+            {"binding": "B", "colour": "red"}
+        ] }"#,
+    );
+    let config = load(&path, &LoadOptions::default()).unwrap();
+    let ids: Vec<(&str, &str)> = config
+        .kv_namespaces
+        .iter()
+        .map(|kv| (kv.binding.as_str(), kv.id.as_str()))
+        .collect();
+    assert_eq!(ids, [("A", "abc"), ("B", "B")]);
+    assert!(
+        config
+            .warnings
+            .iter()
+            .any(|w| w.contains("kv_namespaces[1].colour")),
+        "{:?}",
+        config.warnings
+    );
+    for (body, problem) in [
+        (r#"[{"id": "x"}]"#, "needs a string key 'binding'"),
+        (
+            r#"[{"binding": "A"}, {"binding": "A"}]"#,
+            "'A' is bound twice",
+        ),
+        (
+            r#"[{"binding": "A", "id": 5}]"#,
+            "id must be a non-empty string",
+        ),
+        (r#"{"binding": "A"}"#, "must be an array"),
+    ] {
+        let path = write(
+            &dir,
+            "wrangler.json",
+            &format!(r#"{{ "main": "index.js", "kv_namespaces": {body} }}"#),
+        );
+        let error = load(&path, &LoadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains(problem), "{body}: {error}");
+    }
 }
 
 #[test]
