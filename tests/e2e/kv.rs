@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::harness::{fixture, scratch_dir, Server};
 
@@ -163,54 +163,15 @@ async fn ephemeral_namespaces_start_empty_and_leave_nothing_behind() {
     assert_eq!(server.get("/get?key=x").await.status, 404);
 }
 
-/// Normalises what differs from run to run: nothing in the reference steps, apart from
-/// expirations, which the worker already records relative to now.
-fn steps(value: &Value) -> Vec<(String, Value)> {
-    value
-        .as_array()
-        .expect("an array of steps")
-        .iter()
-        .map(|step| (step["step"].as_str().unwrap().to_string(), step.clone()))
-        .collect()
-}
-
 /// Steps where dorun differs on purpose, and why (the README says so too).
 const DELIBERATE: &[(&str, &str)] = &[(
     "bulk.get.non-string-keys",
     "get([123, \"b1\"]) reads key \"123\" (keys are strings); Miniflare drops the number",
 )];
 
-/// The reference run: the same worker on dorun answers every step as wrangler dev 4.86.0
-/// did (tests/fixtures/kv-reference/expected.json, re-recorded by its record.sh), except
-/// the [`DELIBERATE`] differences.
+/// The same worker on dorun answers every step of tests/fixtures/kv-reference as
+/// wrangler dev 4.86.0 did, except the [`DELIBERATE`] differences.
 #[tokio::test]
 async fn the_api_answers_as_wrangler_dev_does() {
-    let dir = fixture("kv-reference");
-    let expected: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
-    let server = Server::start(&dir.join("wrangler.toml"), &["--ephemeral"]);
-    let reply = server.get("/run").await;
-    assert_eq!(reply.status, 200, "{}\n{}", reply.text(), server.logs());
-    let actual = reply.json();
-    let (expected, actual) = (steps(&expected), steps(&actual));
-    let mut differences = Vec::new();
-    for (name, want) in &expected {
-        if DELIBERATE.iter().any(|(step, _)| step == name) {
-            continue;
-        }
-        match actual.iter().find(|(n, _)| n == name) {
-            None => differences.push(format!("{name}: missing")),
-            Some((_, got)) if got != want => differences.push(format!(
-                "{name}:\n  wrangler dev: {want}\n  dorun:        {got}"
-            )),
-            Some(_) => {}
-        }
-    }
-    assert!(
-        differences.is_empty(),
-        "{} of {} steps differ:\n{}",
-        differences.len(),
-        expected.len(),
-        differences.join("\n")
-    );
+    crate::reference::assert_matches_wrangler_dev("kv-reference", DELIBERATE).await;
 }

@@ -16,7 +16,9 @@ use crate::namespaces::ObjectConfig;
 use crate::router::Router;
 use crate::sockets::{ParkedSockets, SocketRegistry};
 use crate::storage::{connection_capacity, idle_connection_capacity, OpenDatabases};
-use crate::{admin, assets_binding, cache, events, kv_binding, namespaces, rpc, sockets, storage};
+use crate::{
+    admin, assets_binding, cache, d1_binding, events, kv_binding, namespaces, rpc, sockets, storage,
+};
 
 /// What an isolate's ops share besides [`IsolateContext`]; each piece goes into the op
 /// state on its own.
@@ -114,6 +116,9 @@ deno_core::extension!(
         kv_binding::op_dorun_kvns_put,
         kv_binding::op_dorun_kvns_delete,
         kv_binding::op_dorun_kvns_list,
+        // D1 databases (d1_binding.rs)
+        d1_binding::op_dorun_d1_batch,
+        d1_binding::op_dorun_d1_exec,
         // the Cache API (cache.rs)
         cache::op_dorun_cache_check,
         cache::op_dorun_cache_put,
@@ -145,6 +150,7 @@ deno_core::extension!(
         "12_cache.js",
         "13_admin.js",
         "14_kv.js",
+        "15_d1.js",
         "99_worker.js",
     ],
     options = {
@@ -163,6 +169,11 @@ deno_core::extension!(
             services.objects.data_dir.join("cache.sqlite"),
             services.graph.spec().cache_ttl,
         ));
+        state.put(d1_binding::D1Store {
+            data_dir: services.objects.data_dir.clone(),
+            durability: services.objects.durability,
+            limit: services.graph.spec().cpu_limit,
+        });
         state.put(kv_binding::KvStore {
             data_dir: services.objects.data_dir.clone(),
             durability: services.objects.durability,

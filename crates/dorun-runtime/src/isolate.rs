@@ -312,6 +312,11 @@ fn runtime_config_json(spec: &WorkerSpec) -> String {
         "vars": spec.vars,
         "namespaces": namespaces,
         "assetsBinding": spec.assets.as_ref().and_then(|a| a.config().binding.clone()),
+        "d1Databases": spec
+            .d1_databases
+            .iter()
+            .map(|d1| serde_json::json!({"binding": d1.binding, "name": d1.name}))
+            .collect::<Vec<_>>(),
         "kvNamespaces": spec
             .kv_namespaces
             .iter()

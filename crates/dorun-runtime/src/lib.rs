@@ -12,7 +12,8 @@
 //!   scheduler and the per-namespace index), [`storage`] (each object's SQLite file and the
 //!   connection cache), [`sockets`] (WebSockets held outside JS), [`assets_binding`]
 //!   (`env.ASSETS`, answered by `dorun-assets`), [`cache`] (the Cache API, `caches`),
-//!   [`kv_binding`] (`kv_namespaces`: Workers KV, one SQLite file per namespace).
+//!   [`kv_binding`] (`kv_namespaces`: Workers KV, one SQLite file per namespace),
+//!   [`d1_binding`] (`d1_databases`: one plain SQLite file per database).
 //! - [`spec`], [`loader`] (+ `transpile`, `commonjs`, `scope`), [`supervisor`]: the Worker as the
 //!   runtime sees it, its modules (ES modules and CommonJS, only from the project), the
 //!   CPU-limit watchdog.
@@ -29,6 +30,7 @@ pub mod cache;
 pub mod clock;
 mod commonjs;
 pub mod context;
+pub mod d1_binding;
 pub mod devtools;
 pub mod embedded;
 pub mod events;

@@ -58,6 +58,8 @@ pub struct WorkerSpec {
     pub cf: serde_json::Map<String, serde_json::Value>,
     /// An HTML request whose handler threw gets a page with the error (local development).
     pub error_pages: bool,
+    /// `d1_databases`: `env.<binding>` reaches D1 database `name`.
+    pub d1_databases: Vec<crate::d1_binding::D1Binding>,
     /// `kv_namespaces`: `env.<binding>` reaches KV namespace `id`.
     pub kv_namespaces: Vec<crate::kv_binding::KvBinding>,
     /// How long the Cache API keeps a response that has no explicit lifetime.

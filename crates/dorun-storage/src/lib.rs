@@ -9,6 +9,7 @@
 //! - `sandbox`: the SQL sandbox (limits, the authorizer and its roles, the statement
 //!   splitter).
 //! - [`CacheDatabase`] (`cache.rs`): the Cache API's entries, one file per data directory.
+//! - [`D1Database`] (`d1.rs`): a D1 database, one plain SQLite file per database.
 //! - [`KvDatabase`] (`kv_namespace.rs`): a Workers KV namespace, one file per namespace id.
 //!
 //! No V8 and no tokio here: everything is synchronous and testable on a temp file.
@@ -26,12 +27,14 @@ use rusqlite::{params_from_iter, Connection, OptionalExtension};
 mod admin;
 mod cache;
 mod close;
+mod d1;
 mod flush;
 mod kv_namespace;
 mod sandbox;
 pub use admin::{backup, restore};
 pub use cache::{CacheDatabase, CachedResponse};
 pub use close::Closer;
+pub use d1::{d1_message, D1Database, D1Result};
 pub use flush::{wal_path, FlushDone, FlushRequest, Flusher};
 pub use kv_namespace::{KvDatabase, KvEntry, KvListedKey};
 use sandbox::{
@@ -660,7 +663,7 @@ fn prefix_upper_bound(prefix: &str) -> Option<String> {
     None
 }
 
-fn to_sql_value(value: &SqlValue) -> Value {
+pub(crate) fn to_sql_value(value: &SqlValue) -> Value {
     match value {
         SqlValue::Null => Value::Null,
         SqlValue::Integer(i) => Value::Integer(*i),
@@ -670,7 +673,7 @@ fn to_sql_value(value: &SqlValue) -> Value {
     }
 }
 
-fn from_value_ref(value: ValueRef<'_>) -> SqlValue {
+pub(crate) fn from_value_ref(value: ValueRef<'_>) -> SqlValue {
     match value {
         ValueRef::Null => SqlValue::Null,
         ValueRef::Integer(i) => SqlValue::Integer(i),

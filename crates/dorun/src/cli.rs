@@ -54,6 +54,9 @@ pub enum Command {
     Import(crate::backup::ImportArgs),
     /// Look inside a running server through its admin listener: list, kv, sql, alarms.
     Inspect(crate::inspect::InspectArgs),
+    /// D1 databases: execute SQL, list and apply migrations, export (as `wrangler d1 ...
+    /// --local`).
+    D1(crate::d1::D1Args),
     /// Exit 0 if the admin listener's /healthz answers 200 (a container HEALTHCHECK that
     /// needs no curl in the image).
     Healthcheck(HealthcheckArgs),
@@ -251,6 +254,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Import(args) => crate::backup::import(args),
         Command::Inspect(args) => crate::inspect::run(args),
         Command::Healthcheck(args) => healthcheck(args),
+        Command::D1(args) => crate::d1::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -35,6 +35,7 @@ pub mod cli;
 pub mod client_ip;
 pub mod config;
 pub mod connections;
+pub mod d1;
 pub mod devtools;
 pub mod ephemeral;
 pub mod inspect;

@@ -314,6 +314,7 @@ mod tests {
             rules: Vec::new(),
             durable_objects: Vec::new(),
             kv_namespaces: Vec::new(),
+            d1_databases: Vec::new(),
             migrations,
             exports: Vec::new(),
             cpu_limit_ms: None,

@@ -511,6 +511,14 @@ fn worker_spec(
         error_pages: options.error_pages,
         cache_ttl: options.cache_ttl,
         kv_namespaces: config.kv_namespaces.clone(),
+        d1_databases: config
+            .d1_databases
+            .iter()
+            .map(|d1| dorun_runtime::d1_binding::D1Binding {
+                binding: d1.binding.clone(),
+                name: d1.name.clone(),
+            })
+            .collect(),
         assets,
         inspect: options.inspect,
     })

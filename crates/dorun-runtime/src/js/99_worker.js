@@ -37,6 +37,7 @@ import { handleExportCall, releaseExport, retainExport } from "ext:dorun/06_rpc.
 import { evictIdle, handleObjectEvent, live } from "ext:dorun/10_objects.js";
 import { createAssetsBinding } from "ext:dorun/11_assets.js";
 import { createKvNamespace } from "ext:dorun/14_kv.js";
+import { createD1Database } from "ext:dorun/15_d1.js";
 import "ext:dorun/12_cache.js";
 import { handleAdminEvent } from "ext:dorun/13_admin.js";
 
@@ -90,6 +91,7 @@ for (let index = 0; index < config.namespaces.length; index++) {
 }
 if (config.assetsBinding) env[config.assetsBinding] = createAssetsBinding();
 for (const { binding, id } of config.kvNamespaces) env[binding] = createKvNamespace(id);
+for (const { binding, name } of config.d1Databases) env[binding] = createD1Database(name);
 globalThis.DurableObjectNamespace = DurableObjectNamespace;
 globalThis.WebSocket = WebSocket;
 globalThis.WebSocketPair = WebSocketPair;

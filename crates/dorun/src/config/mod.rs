@@ -71,7 +71,6 @@ const DEPLOY_ONLY_KEYS: &[&str] = &[
 /// Binding kinds Cloudflare offers that dorun does not serve.
 const UNSUPPORTED_BINDING_KEYS: &[&str] = &[
     "r2_buckets",
-    "d1_databases",
     "queues",
     "ai",
     "vectorize",
@@ -163,6 +162,8 @@ pub struct WorkerConfig {
     /// User rules first, then wrangler's default rules that were not replaced.
     pub rules: Vec<ModuleRule>,
     pub durable_objects: Vec<DurableObjectBinding>,
+    /// `d1_databases`: D1 bindings.
+    pub d1_databases: Vec<D1DatabaseConfig>,
     /// `kv_namespaces`: Workers KV bindings.
     pub kv_namespaces: Vec<dorun_runtime::kv_binding::KvBinding>,
     pub migrations: Vec<Migration>,
@@ -174,6 +175,19 @@ pub struct WorkerConfig {
     pub assets: Option<dorun_assets::AssetsConfig>,
     /// Problems that do not stop startup.
     pub warnings: Vec<String>,
+}
+
+/// One `d1_databases` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct D1DatabaseConfig {
+    /// The name the Worker sees in `env`.
+    pub binding: String,
+    /// The local file's name: `database_name`, else `database_id`, else the binding.
+    pub name: String,
+    /// Where the migrations are (`migrations_dir`, default `migrations` beside the config).
+    pub migrations_dir: PathBuf,
+    /// The table that records applied migrations (default `d1_migrations`).
+    pub migrations_table: String,
 }
 
 /// Everything that is wrong with a config file, each problem naming the file.
@@ -457,6 +471,18 @@ impl Reader {
         let rules = self.read_rules(&effective);
         let durable_objects = self.read_durable_objects(&effective);
         let kv_namespaces = self.read_kv_namespaces(&effective, &durable_objects, &vars);
+        let d1_databases = self.read_d1_databases(&effective, &base_dir);
+        for d1 in &d1_databases {
+            if durable_objects.iter().any(|o| o.name == d1.binding)
+                || kv_namespaces.iter().any(|kv| kv.binding == d1.binding)
+                || vars.contains_key(&d1.binding)
+            {
+                self.problems.push(format!(
+                    "d1_databases: binding '{}' is bound twice",
+                    d1.binding
+                ));
+            }
+        }
         let migrations = self.read_migrations(root);
         let exports = self.read_exports(root);
         self.check_bindings_against_migrations(&durable_objects, &migrations, &exports);
@@ -499,6 +525,7 @@ impl Reader {
             rules,
             durable_objects,
             kv_namespaces,
+            d1_databases,
             migrations,
             exports,
             cpu_limit_ms,
@@ -539,6 +566,7 @@ impl Reader {
             "rules",
             "durable_objects",
             "kv_namespaces",
+            "d1_databases",
             "limits",
             "assets",
             "build",
@@ -860,6 +888,84 @@ impl Reader {
             });
         }
         bindings
+    }
+
+    /// `d1_databases = [{ binding, database_name, database_id, migrations_dir,
+    /// migrations_table }]`.
+    fn read_d1_databases(
+        &mut self,
+        table: &Map<String, Value>,
+        base_dir: &Path,
+    ) -> Vec<D1DatabaseConfig> {
+        let mut databases: Vec<D1DatabaseConfig> = Vec::new();
+        let Some(items) = table.get("d1_databases") else {
+            return databases;
+        };
+        let Some(items) = items.as_array() else {
+            self.problems
+                .push("key 'd1_databases' must be an array".into());
+            return databases;
+        };
+        const KEYS: [&str; 9] = [
+            "binding",
+            "database_name",
+            "database_id",
+            "preview_database_id",
+            "migrations_dir",
+            "migrations_table",
+            "database_internal_env",
+            "remote",
+            "experimental_remote",
+        ];
+        for (index, item) in items.iter().enumerate() {
+            let at = format!("d1_databases[{index}]");
+            let Some(entry) = item.as_object() else {
+                self.problems.push(format!("{at} must be a table / object"));
+                continue;
+            };
+            for key in entry.keys() {
+                if !KEYS.contains(&key.as_str()) {
+                    self.warnings
+                        .push(format!("unknown key '{at}.{key}' is ignored"));
+                }
+            }
+            let Some(binding) = entry.get("binding").and_then(Value::as_str) else {
+                self.problems
+                    .push(format!("{at} needs a string key 'binding'"));
+                continue;
+            };
+            let mut text = |key: &str| match entry.get(key) {
+                None => None,
+                Some(Value::String(value)) if !value.is_empty() => Some(value.clone()),
+                Some(_) => {
+                    self.problems
+                        .push(format!("{at}.{key} must be a non-empty string"));
+                    None
+                }
+            };
+            let name = text("database_name")
+                .or_else(|| text("database_id"))
+                .unwrap_or_else(|| binding.to_string());
+            let migrations_dir =
+                base_dir.join(text("migrations_dir").unwrap_or("migrations".into()));
+            let migrations_table = text("migrations_table").unwrap_or("d1_migrations".into());
+            if !is_js_identifier(binding) {
+                self.problems.push(format!(
+                    "{at}.binding '{binding}' is not a valid JavaScript identifier"
+                ));
+            }
+            if databases.iter().any(|d| d.binding == binding) {
+                self.problems
+                    .push(format!("{at}.binding '{binding}' is bound twice"));
+            }
+            databases.push(D1DatabaseConfig {
+                binding: binding.to_string(),
+                name,
+                migrations_dir,
+                migrations_table,
+            });
+        }
+        databases
     }
 
     fn read_migrations(&mut self, root: &Map<String, Value>) -> Vec<Migration> {
