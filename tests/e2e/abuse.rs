@@ -108,8 +108,9 @@ impl Abuse {
             }
             Abuse::ArrayBuffers | Abuse::Wasm => {
                 // The allocation fails (a RangeError the code catches), or V8 then treats
-                // the isolate as out of memory and it is reset.
-                if memory {
+                // the isolate as out of memory and it is reset; on a loaded machine filling
+                // the buffers may pass the CPU limit first.
+                if memory || cpu {
                     Outcome::Reset
                 } else {
                     assert!(

@@ -274,3 +274,119 @@ async fn dots_example_serves_its_page_and_rooms_share_dots() {
         (&json!("leave"), &json!(ada_id))
     );
 }
+
+/// examples/guestbook: migrations applied from the command line, D1 entries, the KV cache,
+/// the Durable Object's limit; the admin listener shows the KV namespace and the D1 tables,
+/// and a reset clears the data but keeps the schema.
+#[tokio::test]
+async fn guestbook_example_uses_d1_kv_and_an_object() {
+    let config = example("guestbook").join("wrangler.toml");
+    let data = scratch_dir("guestbook");
+    let (ok, _, stderr) = crate::harness::run_dorun(
+        &[
+            "d1",
+            "migrations",
+            "apply",
+            "DB",
+            "--config",
+            config.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(ok, "{stderr}");
+    let server = Server::start(
+        &config,
+        &["--data-dir", data.to_str().unwrap(), "--admin-port", "0"],
+    );
+    let sign = |name: &'static str, message: &'static str| {
+        let server = &server;
+        async move {
+            server
+                .request(
+                    http::Method::POST,
+                    "/sign",
+                    &[("content-type", "application/json")],
+                    json!({"name": name, "message": message}).to_string().into(),
+                )
+                .await
+        }
+    };
+    let first = sign("ada", "hello").await;
+    assert_eq!(
+        (first.status, first.json()),
+        (201, json!({"id": 1})),
+        "{}",
+        server.logs()
+    );
+    let listed = server.get("/entries").await.json();
+    assert_eq!(listed["cache"], "miss");
+    assert_eq!(listed["entries"][0]["message"], "hello");
+    assert_eq!(server.get("/entries").await.json()["cache"], "hit");
+    for _ in 0..2 {
+        assert_eq!(sign("ada", "again").await.status, 201);
+    }
+    assert_eq!(sign("ada", "too often").await.status, 429);
+    assert_eq!(
+        sign("grace", "hi").await.status,
+        201,
+        "the limit is per visitor"
+    );
+    let long: &'static str = Box::leak("x".repeat(300).into_boxed_str());
+    assert_eq!(sign("lin", long).await.status, 422);
+    assert_eq!(
+        server.get("/entries").await.json()["entries"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+
+    let admin = crate::admin::AdminClient::of(&server, None);
+    let databases = admin.ok("GET", "/api/d1", None).await;
+    assert_eq!(databases[0]["name"], "guestbook", "{databases}");
+    let tables = &databases[0]["tables"];
+    assert!(
+        tables
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "entries", "rows": 4})),
+        "{tables}"
+    );
+    let rows = admin
+        .ok(
+            "POST",
+            "/api/d1/guestbook/sql",
+            Some(json!({"query": "SELECT name FROM entries ORDER BY id LIMIT 1"})),
+        )
+        .await;
+    assert_eq!(rows["rows"], json!([["ada"]]));
+    let namespaces = admin.ok("GET", "/api/kv", None).await;
+    assert_eq!(
+        namespaces,
+        json!([{"id": "guestbook-cache", "file": data.join("kv/guestbook-cache.sqlite"), "keys": 1}])
+    );
+    let keys = admin.ok("GET", "/api/kv/guestbook-cache/keys", None).await;
+    assert_eq!(keys["keys"][0]["name"], "entries:latest");
+    let (status, value) = admin
+        .raw("GET", "/api/kv/guestbook-cache/values/entries:latest", None)
+        .await;
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&value).contains("grace"));
+
+    // A reset between tests: objects, KV keys and D1 rows go; the tables stay.
+    let reset = admin.ok("POST", "/api/reset", None).await;
+    assert_eq!(
+        (reset["kvKeys"].clone(), reset["d1Rows"].clone()),
+        (json!(1), json!(4)),
+        "{reset}"
+    );
+    let listed = server.get("/entries").await.json();
+    assert_eq!(listed["entries"], json!([]), "{listed}");
+    assert_eq!(
+        sign("ada", "after the reset").await.status,
+        201,
+        "the limiter was reset"
+    );
+}

@@ -81,6 +81,33 @@ pub fn database(
     Ok(database)
 }
 
+/// The database files under `data_dir`.
+pub fn database_files(data_dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(data_dir.join(D1_DIR))
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "sqlite"))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// Deletes every row of every database under `data_dir` but the migrations' records (the
+/// admin's reset: a test suite's schema stays); how many rows.
+pub fn reset_all(data_dir: &Path, durability: Durability) -> Result<u64, StorageError> {
+    let mut deleted = 0;
+    for file in database_files(data_dir) {
+        let database = database(&file, durability)?;
+        let mut database = database.lock().unwrap_or_else(|p| p.into_inner());
+        deleted += database.clear_rows(&["d1_migrations"])?;
+    }
+    Ok(deleted)
+}
+
 /// Runs `f` on database `name`, on a blocking thread.
 async fn with<T: Send + 'static>(
     state: &Rc<RefCell<OpState>>,

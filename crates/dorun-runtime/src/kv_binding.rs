@@ -65,6 +65,48 @@ fn open_databases() -> &'static Mutex<HashMap<PathBuf, Arc<Mutex<KvDatabase>>>> 
     OPEN.get_or_init(Default::default)
 }
 
+/// Opens (once per process) the namespace file at `path`.
+pub fn database(
+    path: &Path,
+    durability: Durability,
+) -> Result<Arc<Mutex<KvDatabase>>, StorageError> {
+    let mut open = open_databases()
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(database) = open.get(path) {
+        return Ok(database.clone());
+    }
+    let database = Arc::new(Mutex::new(KvDatabase::open(path, durability)?));
+    open.insert(path.to_path_buf(), database.clone());
+    Ok(database)
+}
+
+/// The namespace files under `data_dir`, by file.
+pub fn namespace_files(data_dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(data_dir.join(KV_DIR))
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "sqlite"))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// Deletes every key of every namespace under `data_dir` (the admin's reset); how many.
+pub fn reset_all(data_dir: &Path, durability: Durability) -> Result<u64, StorageError> {
+    let mut deleted = 0;
+    for file in namespace_files(data_dir) {
+        let database = database(&file, durability)?;
+        let database = database.lock().unwrap_or_else(|p| p.into_inner());
+        deleted += database.clear()?;
+    }
+    Ok(deleted)
+}
+
 /// Runs `f` on namespace `id`'s database, on a blocking thread.
 async fn with<T: Send + 'static>(
     state: &Rc<RefCell<OpState>>,
@@ -79,19 +121,7 @@ async fn with<T: Send + 'static>(
     };
     let file = path.clone();
     tokio::task::spawn_blocking(move || {
-        let database = {
-            let mut open = open_databases()
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            match open.get(&path) {
-                Some(database) => database.clone(),
-                None => {
-                    let database = Arc::new(Mutex::new(KvDatabase::open(&path, durability)?));
-                    open.insert(path.clone(), database.clone());
-                    database
-                }
-            }
-        };
+        let database = database(&path, durability)?;
         let database = database
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());

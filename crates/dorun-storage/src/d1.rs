@@ -331,6 +331,61 @@ impl D1Database {
         })
     }
 
+    /// The user's tables with their row counts (the admin's view).
+    pub fn tables(&self) -> Result<Vec<(String, u64)>> {
+        let role = self.guard.enter(SqlRole::Runtime);
+        let result = (|| {
+            let names: Vec<String> = self
+                .conn
+                .prepare(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' \
+                     AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name",
+                )?
+                .query_map([], |row| row.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut tables = Vec::with_capacity(names.len());
+            for name in names {
+                let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+                let rows: i64 =
+                    self.conn
+                        .query_row(&format!("SELECT count(*) FROM {quoted}"), [], |row| {
+                            row.get(0)
+                        })?;
+                tables.push((name, rows as u64));
+            }
+            Ok(tables)
+        })();
+        self.guard.enter(role);
+        result
+    }
+
+    /// Deletes every row of every table but `keep` (the admin's reset: the data goes, the
+    /// schema and the record of applied migrations stay), in one transaction. Returns how
+    /// many rows were deleted.
+    pub fn clear_rows(&mut self, keep: &[&str]) -> Result<u64> {
+        let tables = self.tables()?;
+        let role = self.guard.enter(SqlRole::Runtime);
+        let result = (|| {
+            self.conn
+                .execute_batch("BEGIN IMMEDIATE; PRAGMA defer_foreign_keys = ON")?;
+            let mut deleted = 0u64;
+            for (name, _) in tables
+                .iter()
+                .filter(|(name, _)| !keep.contains(&name.as_str()))
+            {
+                let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+                deleted += self.conn.execute(&format!("DELETE FROM {quoted}"), [])? as u64;
+            }
+            self.conn.execute_batch("COMMIT")?;
+            Ok(deleted)
+        })();
+        if result.is_err() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        self.guard.enter(role);
+        result
+    }
+
     fn schema_version(&self) -> Result<i64> {
         let role = self.guard.enter(SqlRole::Runtime);
         let version = self

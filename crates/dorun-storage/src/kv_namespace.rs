@@ -154,6 +154,11 @@ impl KvDatabase {
         Ok((keys, more))
     }
 
+    /// Deletes every key (the admin's reset); how many there were.
+    pub fn clear(&self) -> Result<u64> {
+        Ok(self.conn.execute("DELETE FROM kv", [])? as u64)
+    }
+
     /// How many live keys the namespace holds.
     pub fn count(&self, now: i64) -> Result<u64> {
         Ok(self.conn.query_row(

@@ -267,7 +267,8 @@ fn rows_json(columns: &[String], rows: &[Vec<SqlValue>]) -> serde_json::Value {
     )
 }
 
-fn value_json(value: &SqlValue) -> serde_json::Value {
+/// A SQL value as JSON (blobs as arrays of bytes, as D1 gives them).
+pub fn value_json(value: &SqlValue) -> serde_json::Value {
     match value {
         SqlValue::Null => serde_json::Value::Null,
         SqlValue::Integer(n) => (*n).into(),

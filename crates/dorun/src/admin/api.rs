@@ -12,7 +12,12 @@
 //! | `POST /api/objects/{ns}/{id}/evict` | drop it from memory (writes committed) |
 //! | `POST /api/objects/{ns}/{id}/import` (body: a SQLite file) | replace its storage |
 //! | `GET /api/objects/{ns}/{id}/export` | a consistent copy of its SQLite file (the body) |
-//! | `POST /api/reset` | every object, alarm and socket gone |
+//! | `GET /api/kv` | KV namespaces: id and live keys |
+//! | `GET /api/kv/{id}/keys?prefix=&limit=` | a namespace's keys |
+//! | `GET`/`PUT`/`DELETE /api/kv/{id}/values/{key}` | one value (the body, raw) |
+//! | `GET /api/d1` | D1 databases: name, tables and their rows |
+//! | `POST /api/d1/{name}/sql` `{"query": "..."}` | SQL on a database, in one transaction |
+//! | `POST /api/reset` | every object, alarm and socket gone; KV keys and D1 rows too |
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -59,6 +64,10 @@ pub async fn route(admin: &Admin, parts: &http::request::Parts, body: Bytes) -> 
             None => unknown_namespace(ns),
         },
         ["api", "reset"] if post => reset(admin).await,
+        ["api", "kv", rest @ ..] => {
+            super::bindings::kv_route(admin, method, rest, parts, body).await
+        }
+        ["api", "d1", rest @ ..] => super::bindings::d1_route(admin, method, rest, body).await,
         ["api", "objects", ns, id, rest @ ..] => {
             let Some(ns) = namespace(admin, ns) else {
                 return unknown_namespace(ns);
@@ -266,6 +275,10 @@ pub async fn reset(admin: &Admin) -> AdminResponse {
         );
     }
     super::metrics::record_reset();
+    let (kv_keys, d1_rows) = match super::bindings::reset(admin).await {
+        Ok(counts) => counts,
+        Err(message) => return error(500, message),
+    };
     let resident: u32 = counts.into_iter().flatten().sum();
     let round = |ms: f64| (ms * 100.0).round() / 100.0;
     json(
@@ -275,6 +288,8 @@ pub async fn reset(admin: &Admin) -> AdminResponse {
             "resident": resident,
             "alarms": alarms,
             "sockets": sockets,
+            "kvKeys": kv_keys,
+            "d1Rows": d1_rows,
             "heldMs": round(held_ms),
             "ms": round(started.elapsed().as_secs_f64() * 1000.0),
         }),

@@ -10,6 +10,7 @@
 //! Nothing here is ever served by the front door: the two listeners share no routes.
 
 pub mod api;
+pub mod bindings;
 pub mod catalog;
 pub mod guard;
 pub mod metrics;
