@@ -32,6 +32,7 @@ mod multi;
 mod node_compat;
 mod objects;
 mod portable;
+mod r2;
 mod reference;
 mod streaming;
 mod watch;

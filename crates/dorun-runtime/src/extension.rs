@@ -17,7 +17,8 @@ use crate::router::Router;
 use crate::sockets::{ParkedSockets, SocketRegistry};
 use crate::storage::{connection_capacity, idle_connection_capacity, OpenDatabases};
 use crate::{
-    admin, assets_binding, cache, d1_binding, events, kv_binding, namespaces, rpc, sockets, storage,
+    admin, assets_binding, cache, d1_binding, events, kv_binding, namespaces, r2_binding, rpc,
+    sockets, storage,
 };
 
 /// What an isolate's ops share besides [`IsolateContext`]; each piece goes into the op
@@ -43,6 +44,7 @@ deno_core::extension!(
         op_dorun_module_bytes,
         op_dorun_done,
         op_dorun_started,
+        op_dorun_md5,
         // events in, answers out (events.rs)
         events::op_dorun_next_event,
         events::op_dorun_event_entered,
@@ -119,6 +121,20 @@ deno_core::extension!(
         // D1 databases (d1_binding.rs)
         d1_binding::op_dorun_d1_batch,
         d1_binding::op_dorun_d1_exec,
+        // R2 buckets (r2_binding.rs)
+        r2_binding::op_dorun_r2_head,
+        r2_binding::op_dorun_r2_writer,
+        r2_binding::op_dorun_r2_write,
+        r2_binding::op_dorun_r2_discard,
+        r2_binding::op_dorun_r2_commit,
+        r2_binding::op_dorun_r2_open,
+        r2_binding::op_dorun_r2_read,
+        r2_binding::op_dorun_r2_delete,
+        r2_binding::op_dorun_r2_list,
+        r2_binding::op_dorun_r2_create_upload,
+        r2_binding::op_dorun_r2_commit_part,
+        r2_binding::op_dorun_r2_complete,
+        r2_binding::op_dorun_r2_abort,
         // the Cache API (cache.rs)
         cache::op_dorun_cache_check,
         cache::op_dorun_cache_put,
@@ -151,6 +167,7 @@ deno_core::extension!(
         "13_admin.js",
         "14_kv.js",
         "15_d1.js",
+        "16_r2.js",
         "99_worker.js",
     ],
     options = {
@@ -174,6 +191,10 @@ deno_core::extension!(
             durability: services.objects.durability,
             limit: services.graph.spec().cpu_limit,
         });
+        state.put(r2_binding::R2Store::new(
+            services.objects.data_dir.clone(),
+            services.objects.durability,
+        ));
         state.put(kv_binding::KvStore {
             data_dir: services.objects.data_dir.clone(),
             durability: services.objects.durability,
@@ -188,6 +209,15 @@ deno_core::extension!(
         state.put(ParkedSockets::default());
     },
 );
+
+/// MD5 of `data`: workerd's `crypto.subtle.digest("MD5", ...)` (and node's), which the Web
+/// Crypto standard (and deno) leave out.
+#[op2]
+#[buffer]
+pub fn op_dorun_md5(#[buffer] data: &[u8]) -> Vec<u8> {
+    use md5::Digest;
+    md5::Md5::digest(data).to_vec()
+}
 
 /// The Worker's modules loaded and its serve loop starts.
 #[op2(fast)]

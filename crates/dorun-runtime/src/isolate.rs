@@ -312,6 +312,11 @@ fn runtime_config_json(spec: &WorkerSpec) -> String {
         "vars": spec.vars,
         "namespaces": namespaces,
         "assetsBinding": spec.assets.as_ref().and_then(|a| a.config().binding.clone()),
+        "r2Buckets": spec
+            .r2_buckets
+            .iter()
+            .map(|r2| serde_json::json!({"binding": r2.binding, "bucket": r2.bucket}))
+            .collect::<Vec<_>>(),
         "d1Databases": spec
             .d1_databases
             .iter()

@@ -13,7 +13,8 @@
 //!   connection cache), [`sockets`] (WebSockets held outside JS), [`assets_binding`]
 //!   (`env.ASSETS`, answered by `dorun-assets`), [`cache`] (the Cache API, `caches`),
 //!   [`kv_binding`] (`kv_namespaces`: Workers KV, one SQLite file per namespace),
-//!   [`d1_binding`] (`d1_databases`: one plain SQLite file per database).
+//!   [`d1_binding`] (`d1_databases`: one plain SQLite file per database), [`r2_binding`]
+//!   (`r2_buckets`: body files and a SQLite index per bucket).
 //! - [`spec`], [`loader`] (+ `transpile`, `commonjs`, `scope`), [`supervisor`]: the Worker as the
 //!   runtime sees it, its modules (ES modules and CommonJS, only from the project), the
 //!   CPU-limit watchdog.
@@ -44,6 +45,7 @@ pub mod memory;
 pub mod namespaces;
 pub mod node_compat;
 pub mod pool;
+pub mod r2_binding;
 pub mod router;
 pub mod rpc;
 mod scope;

@@ -58,6 +58,8 @@ pub struct WorkerSpec {
     pub cf: serde_json::Map<String, serde_json::Value>,
     /// An HTML request whose handler threw gets a page with the error (local development).
     pub error_pages: bool,
+    /// `r2_buckets`: `env.<binding>` reaches R2 bucket `bucket`.
+    pub r2_buckets: Vec<crate::r2_binding::R2Binding>,
     /// `d1_databases`: `env.<binding>` reaches D1 database `name`.
     pub d1_databases: Vec<crate::d1_binding::D1Binding>,
     /// `kv_namespaces`: `env.<binding>` reaches KV namespace `id`.

@@ -10,6 +10,7 @@
 //!   splitter).
 //! - [`CacheDatabase`] (`cache.rs`): the Cache API's entries, one file per data directory.
 //! - [`D1Database`] (`d1.rs`): a D1 database, one plain SQLite file per database.
+//! - [`R2Bucket`] (`r2.rs`): an R2 bucket, body files plus a SQLite index.
 //! - [`KvDatabase`] (`kv_namespace.rs`): a Workers KV namespace, one file per namespace id.
 //!
 //! No V8 and no tokio here: everything is synchronous and testable on a temp file.
@@ -30,6 +31,7 @@ mod close;
 mod d1;
 mod flush;
 mod kv_namespace;
+mod r2;
 mod sandbox;
 pub use admin::{backup, restore};
 pub use cache::{CacheDatabase, CachedResponse};
@@ -37,6 +39,7 @@ pub use close::Closer;
 pub use d1::{d1_message, D1Database, D1Result};
 pub use flush::{wal_path, FlushDone, FlushRequest, Flusher};
 pub use kv_namespace::{KvDatabase, KvEntry, KvListedKey};
+pub use r2::{R2Bucket, R2ObjectMeta, R2Page, R2Part, R2Upload};
 use sandbox::{
     split_statements, value_size, SqlGuard, SqlRole, INTERRUPT_CHECK_STEPS, RESULT_TOO_LARGE,
 };

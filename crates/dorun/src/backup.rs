@@ -116,10 +116,11 @@ impl Selection {
             .filter(|e| e.path().is_dir())
             .filter_map(|e| e.file_name().into_string().ok())
             .filter(|name| !name.starts_with('.'))
-            // The other bindings' files live beside the namespaces (kv/, d1/).
+            // The other bindings' files live beside the namespaces (kv/, d1/, r2/).
             .filter(|name| {
                 name != dorun_runtime::kv_binding::KV_DIR
                     && name != dorun_runtime::d1_binding::D1_DIR
+                    && name != dorun_runtime::r2_binding::R2_DIR
             })
             .collect();
         self.select(namespaces, &root.display().to_string(), |namespace| {

@@ -315,6 +315,7 @@ mod tests {
             durable_objects: Vec::new(),
             kv_namespaces: Vec::new(),
             d1_databases: Vec::new(),
+            r2_buckets: Vec::new(),
             migrations,
             exports: Vec::new(),
             cpu_limit_ms: None,

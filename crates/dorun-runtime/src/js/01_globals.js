@@ -12,8 +12,15 @@ import {
   pendingOutputGate,
 } from "ext:dorun/00_runtime.js";
 
-const { MathCeil, ObjectDefineProperty, ObjectDefineProperties, ReflectConstruct, Symbol } =
-  primordials;
+const {
+  ArrayBufferIsView,
+  MathCeil,
+  NumberIsSafeInteger,
+  ObjectDefineProperty,
+  ObjectDefineProperties,
+  ReflectConstruct,
+  Symbol,
+} = primordials;
 
 // deno_fetch reports spans to Deno's OpenTelemetry layer, which dorun does not ship:
 // tracing stays off, so these are never called with a span.
@@ -157,6 +164,81 @@ ObjectDefineProperty(streams.ReadableStreamBYOBReader.prototype, "readAtLeast", 
   configurable: true,
 });
 
+// workerd's crypto.subtle.digest also takes "MD5" (S3 and R2 ETags are MD5s).
+{
+  const { op_dorun_md5 } = core.ops;
+  const digest = cryptoModule.SubtleCrypto.prototype.digest;
+  ObjectDefineProperty(cryptoModule.SubtleCrypto.prototype, "digest", {
+    value: function digestWithMd5(algorithm, data) {
+      const name = typeof algorithm === "string" ? algorithm : algorithm?.name;
+      if (typeof name === "string" && name.toUpperCase() === "MD5") {
+        try {
+          const bytes = ArrayBufferIsView(data)
+            ? new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
+            : new Uint8Array(data);
+          return Promise.resolve(op_dorun_md5(bytes).buffer);
+        } catch (error) {
+          return Promise.reject(error);
+        }
+      }
+      return ReflectApply(digest, this, [algorithm, data]);
+    },
+    writable: true,
+    enumerable: true,
+    configurable: true,
+  });
+}
+
+// workerd's byte streams: IdentityTransformStream passes bytes through; FixedLengthStream
+// also checks that exactly the promised number of bytes passed.
+function byteChunk(chunk) {
+  if (ArrayBufferIsView(chunk)) return chunk;
+  if (chunk instanceof ArrayBuffer) return new Uint8Array(chunk);
+  throw new TypeError(
+    "This TransformStream is being used as a byte stream, but received an object of non-ArrayBuffer/ArrayBufferView type on its writable side.",
+  );
+}
+
+class IdentityTransformStream extends streams.TransformStream {
+  constructor(transformer = {
+    transform(chunk, controller) {
+      controller.enqueue(byteChunk(chunk));
+    },
+  }) {
+    super(transformer);
+  }
+}
+
+class FixedLengthStream extends IdentityTransformStream {
+  constructor(expectedLength) {
+    const length = Number(expectedLength);
+    if (!(length >= 0) || !NumberIsSafeInteger(length)) {
+      throw new TypeError("FixedLengthStream requires a non-negative integer expected length.");
+    }
+    let seen = 0;
+    super({
+      transform(chunk, controller) {
+        const bytes = byteChunk(chunk);
+        seen += bytes.byteLength;
+        if (seen > length) {
+          controller.error(
+            new TypeError("Attempt to write too many bytes through a FixedLengthStream."),
+          );
+          return;
+        }
+        controller.enqueue(bytes);
+      },
+      flush(controller) {
+        if (seen < length) {
+          controller.error(
+            new TypeError("FixedLengthStream did not see all expected bytes before close()."),
+          );
+        }
+      },
+    });
+  }
+}
+
 // `new Request(request)` keeps `request.cf` (or takes `init.cf`), as in workerd, so a
 // request passed on to an object (`stub.fetch(new Request(request))`) still has it.
 const WorkersRequest = new Proxy(request.Request, {
@@ -271,6 +353,8 @@ ObjectDefineProperties(globalThis, {
   WritableStreamDefaultWriter: nonEnumerable(streams.WritableStreamDefaultWriter),
   WritableStreamDefaultController: nonEnumerable(streams.WritableStreamDefaultController),
   TransformStream: nonEnumerable(streams.TransformStream),
+  IdentityTransformStream: nonEnumerable(IdentityTransformStream),
+  FixedLengthStream: nonEnumerable(FixedLengthStream),
   TransformStreamDefaultController: nonEnumerable(streams.TransformStreamDefaultController),
   ByteLengthQueuingStrategy: nonEnumerable(streams.ByteLengthQueuingStrategy),
   CountQueuingStrategy: nonEnumerable(streams.CountQueuingStrategy),

@@ -38,6 +38,7 @@ import { evictIdle, handleObjectEvent, live } from "ext:dorun/10_objects.js";
 import { createAssetsBinding } from "ext:dorun/11_assets.js";
 import { createKvNamespace } from "ext:dorun/14_kv.js";
 import { createD1Database } from "ext:dorun/15_d1.js";
+import { createR2Bucket } from "ext:dorun/16_r2.js";
 import "ext:dorun/12_cache.js";
 import { handleAdminEvent } from "ext:dorun/13_admin.js";
 
@@ -92,6 +93,7 @@ for (let index = 0; index < config.namespaces.length; index++) {
 if (config.assetsBinding) env[config.assetsBinding] = createAssetsBinding();
 for (const { binding, id } of config.kvNamespaces) env[binding] = createKvNamespace(id);
 for (const { binding, name } of config.d1Databases) env[binding] = createD1Database(name);
+for (const { binding, bucket } of config.r2Buckets) env[binding] = createR2Bucket(bucket);
 globalThis.DurableObjectNamespace = DurableObjectNamespace;
 globalThis.WebSocket = WebSocket;
 globalThis.WebSocketPair = WebSocketPair;

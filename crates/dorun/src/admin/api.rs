@@ -275,7 +275,7 @@ pub async fn reset(admin: &Admin) -> AdminResponse {
         );
     }
     super::metrics::record_reset();
-    let (kv_keys, d1_rows) = match super::bindings::reset(admin).await {
+    let (kv_keys, d1_rows, r2_objects) = match super::bindings::reset(admin).await {
         Ok(counts) => counts,
         Err(message) => return error(500, message),
     };
@@ -290,6 +290,7 @@ pub async fn reset(admin: &Admin) -> AdminResponse {
             "sockets": sockets,
             "kvKeys": kv_keys,
             "d1Rows": d1_rows,
+            "r2Objects": r2_objects,
             "heldMs": round(held_ms),
             "ms": round(started.elapsed().as_secs_f64() * 1000.0),
         }),

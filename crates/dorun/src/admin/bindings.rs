@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use dorun_runtime::{d1_binding, kv_binding};
+use dorun_runtime::{d1_binding, kv_binding, r2_binding};
 use dorun_storage::{d1_message, Durability, KvEntry, StorageError};
 use serde_json::{json, Value};
 
@@ -43,13 +43,14 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| format!("internal error: {e}"))?
 }
 
-/// Clears every KV key and every D1 row; (keys, rows) deleted.
-pub async fn reset(admin: &Admin) -> Result<(u64, u64), String> {
+/// Clears every KV key, every D1 row and every R2 object; (keys, rows, objects) deleted.
+pub async fn reset(admin: &Admin) -> Result<(u64, u64, u64), String> {
     let (data_dir, durability) = (admin.data_dir.clone(), durability(admin));
     blocking(move || {
         let keys = kv_binding::reset_all(&data_dir, durability).map_err(|e| e.to_string())?;
         let rows = d1_binding::reset_all(&data_dir, durability).map_err(|e| d1_message(&e))?;
-        Ok((keys, rows))
+        let objects = r2_binding::reset_all(&data_dir, durability).map_err(|e| e.to_string())?;
+        Ok((keys, rows, objects))
     })
     .await
 }

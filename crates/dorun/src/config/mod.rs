@@ -70,7 +70,6 @@ const DEPLOY_ONLY_KEYS: &[&str] = &[
 
 /// Binding kinds Cloudflare offers that dorun does not serve.
 const UNSUPPORTED_BINDING_KEYS: &[&str] = &[
-    "r2_buckets",
     "queues",
     "ai",
     "vectorize",
@@ -164,6 +163,8 @@ pub struct WorkerConfig {
     pub durable_objects: Vec<DurableObjectBinding>,
     /// `d1_databases`: D1 bindings.
     pub d1_databases: Vec<D1DatabaseConfig>,
+    /// `r2_buckets`: R2 bindings.
+    pub r2_buckets: Vec<dorun_runtime::r2_binding::R2Binding>,
     /// `kv_namespaces`: Workers KV bindings.
     pub kv_namespaces: Vec<dorun_runtime::kv_binding::KvBinding>,
     pub migrations: Vec<Migration>,
@@ -472,6 +473,19 @@ impl Reader {
         let durable_objects = self.read_durable_objects(&effective);
         let kv_namespaces = self.read_kv_namespaces(&effective, &durable_objects, &vars);
         let d1_databases = self.read_d1_databases(&effective, &base_dir);
+        let r2_buckets = self.read_r2_buckets(&effective);
+        for r2 in &r2_buckets {
+            if durable_objects.iter().any(|o| o.name == r2.binding)
+                || kv_namespaces.iter().any(|kv| kv.binding == r2.binding)
+                || d1_databases.iter().any(|d1| d1.binding == r2.binding)
+                || vars.contains_key(&r2.binding)
+            {
+                self.problems.push(format!(
+                    "r2_buckets: binding '{}' is bound twice",
+                    r2.binding
+                ));
+            }
+        }
         for d1 in &d1_databases {
             if durable_objects.iter().any(|o| o.name == d1.binding)
                 || kv_namespaces.iter().any(|kv| kv.binding == d1.binding)
@@ -526,6 +540,7 @@ impl Reader {
             durable_objects,
             kv_namespaces,
             d1_databases,
+            r2_buckets,
             migrations,
             exports,
             cpu_limit_ms,
@@ -567,6 +582,7 @@ impl Reader {
             "durable_objects",
             "kv_namespaces",
             "d1_databases",
+            "r2_buckets",
             "limits",
             "assets",
             "build",
@@ -888,6 +904,72 @@ impl Reader {
             });
         }
         bindings
+    }
+
+    /// `r2_buckets = [{ binding, bucket_name, preview_bucket_name, jurisdiction }]`; locally
+    /// a bucket is keyed by its `bucket_name` (else the binding's name).
+    fn read_r2_buckets(
+        &mut self,
+        table: &Map<String, Value>,
+    ) -> Vec<dorun_runtime::r2_binding::R2Binding> {
+        let mut buckets: Vec<dorun_runtime::r2_binding::R2Binding> = Vec::new();
+        let Some(items) = table.get("r2_buckets") else {
+            return buckets;
+        };
+        let Some(items) = items.as_array() else {
+            self.problems
+                .push("key 'r2_buckets' must be an array".into());
+            return buckets;
+        };
+        const KEYS: [&str; 6] = [
+            "binding",
+            "bucket_name",
+            "preview_bucket_name",
+            "jurisdiction",
+            "remote",
+            "experimental_remote",
+        ];
+        for (index, item) in items.iter().enumerate() {
+            let at = format!("r2_buckets[{index}]");
+            let Some(entry) = item.as_object() else {
+                self.problems.push(format!("{at} must be a table / object"));
+                continue;
+            };
+            for key in entry.keys() {
+                if !KEYS.contains(&key.as_str()) {
+                    self.warnings
+                        .push(format!("unknown key '{at}.{key}' is ignored"));
+                }
+            }
+            let Some(binding) = entry.get("binding").and_then(Value::as_str) else {
+                self.problems
+                    .push(format!("{at} needs a string key 'binding'"));
+                continue;
+            };
+            let bucket = match entry.get("bucket_name") {
+                None => binding.to_string(),
+                Some(Value::String(name)) if !name.is_empty() => name.clone(),
+                Some(_) => {
+                    self.problems
+                        .push(format!("{at}.bucket_name must be a non-empty string"));
+                    continue;
+                }
+            };
+            if !is_js_identifier(binding) {
+                self.problems.push(format!(
+                    "{at}.binding '{binding}' is not a valid JavaScript identifier"
+                ));
+            }
+            if buckets.iter().any(|b| b.binding == binding) {
+                self.problems
+                    .push(format!("{at}.binding '{binding}' is bound twice"));
+            }
+            buckets.push(dorun_runtime::r2_binding::R2Binding {
+                binding: binding.to_string(),
+                bucket,
+            });
+        }
+        buckets
     }
 
     /// `d1_databases = [{ binding, database_name, database_id, migrations_dir,

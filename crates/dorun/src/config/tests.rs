@@ -48,18 +48,18 @@ fn unsupported_binding_is_an_error_naming_the_key_unless_allowed() {
     let path = write(
         &dir,
         "wrangler.json",
-        r#"{ "main": "index.js", "r2_buckets": [{"binding": "FILES", "bucket_name": "x"}] }"#,
+        r#"{ "main": "index.js", "queues": {"producers": [{"binding": "JOBS", "queue": "x"}]} }"#,
     );
     let error = load(&path, &LoadOptions::default()).unwrap_err();
     let text = error.to_string();
-    assert!(text.contains("r2_buckets"), "{text}");
+    assert!(text.contains("queues"), "{text}");
     assert!(text.contains("wrangler.json"), "{text}");
     let options = LoadOptions {
         unsupported_bindings: UnsupportedBindings::Warn,
         ..Default::default()
     };
     let config = load(&path, &options).unwrap();
-    assert!(config.warnings.iter().any(|w| w.contains("r2_buckets")));
+    assert!(config.warnings.iter().any(|w| w.contains("queues")));
 }
 
 #[test]
@@ -149,7 +149,7 @@ fn all_problems_are_reported_together() {
     let path = write(
         &dir,
         "wrangler.toml",
-        "main = \"missing.js\"\ncompatibility_date = \"soon\"\n[[r2_buckets]]\nbinding = \"B\"\nbucket_name = \"b\"\n",
+        "main = \"missing.js\"\ncompatibility_date = \"soon\"\n[[queues.producers]]\nbinding = \"Q\"\nqueue = \"q\"\n",
     );
     let error = load(&path, &LoadOptions::default()).unwrap_err();
     assert_eq!(error.problems.len(), 3, "{error}");

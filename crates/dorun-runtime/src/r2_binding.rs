@@ -1,0 +1,731 @@
+//! R2 bindings (`r2_buckets`): `env.<binding>` is an `R2Bucket` (`js/16_r2.js`) whose ops
+//! land here. Each bucket is `<data-dir>/r2/<bucket_name>/` (`dorun_storage::R2Bucket`),
+//! opened once per process and shared by every worker that binds it. Bodies stream: a put
+//! writes its chunks to a file as they come (hashing them on the way), a get reads its
+//! range in chunks, so a 1 GiB object never sits in memory. File work runs on tokio's
+//! blocking threads.
+//!
+//! Conditions, ranges and the API's messages are the JS side's; the ops store and find.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use deno_core::{op2, JsBuffer, OpState, ToJsBuffer};
+use dorun_storage::{Durability, R2Bucket, R2ObjectMeta, R2Part, R2Upload, StorageError};
+use md5::Digest;
+
+/// The directory of R2 buckets inside the data directory.
+pub const R2_DIR: &str = "r2";
+
+/// How much one read of a body returns at most.
+const READ_CHUNK: usize = 64 << 10;
+
+/// One `r2_buckets` entry: the name in `env` and the bucket it reaches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct R2Binding {
+    pub binding: String,
+    pub bucket: String,
+}
+
+/// The directory of bucket `name` under `data_dir` (percent-encoded past `[A-Za-z0-9_-]`).
+pub fn bucket_dir(data_dir: &Path, name: &str) -> PathBuf {
+    let mut dir = String::with_capacity(name.len());
+    for byte in name.bytes() {
+        match byte {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => dir.push(byte as char),
+            _ => dir.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    data_dir.join(R2_DIR).join(dir)
+}
+
+/// The bucket directories under `data_dir`.
+pub fn bucket_dirs(data_dir: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(data_dir.join(R2_DIR))
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.sort();
+    dirs
+}
+
+/// What the R2 ops of an isolate need, and its open bodies.
+pub struct R2Store {
+    pub data_dir: PathBuf,
+    pub durability: Durability,
+    next: u32,
+    writers: HashMap<u32, Writer>,
+    readers: HashMap<u32, Reader>,
+}
+
+impl R2Store {
+    pub fn new(data_dir: PathBuf, durability: Durability) -> Self {
+        Self {
+            data_dir,
+            durability,
+            next: 0,
+            writers: HashMap::new(),
+            readers: HashMap::new(),
+        }
+    }
+
+    fn id(&mut self) -> u32 {
+        self.next = self.next.wrapping_add(1);
+        self.next
+    }
+}
+
+#[derive(Debug, thiserror::Error, deno_error::JsError)]
+pub enum R2Error {
+    #[class(generic)]
+    #[error("{0}")]
+    Message(String),
+}
+
+impl From<StorageError> for R2Error {
+    fn from(error: StorageError) -> Self {
+        tracing::error!("R2: {error}");
+        R2Error::Message(format!(
+            "We encountered an internal error. Please try again. ({error})"
+        ))
+    }
+}
+
+fn message(text: impl Into<String>) -> R2Error {
+    R2Error::Message(text.into())
+}
+
+/// Buckets open in this process, by directory.
+fn open_buckets() -> &'static Mutex<HashMap<PathBuf, Arc<Mutex<R2Bucket>>>> {
+    static OPEN: OnceLock<Mutex<HashMap<PathBuf, Arc<Mutex<R2Bucket>>>>> = OnceLock::new();
+    OPEN.get_or_init(Default::default)
+}
+
+/// Opens (once per process) the bucket at `dir`.
+pub fn bucket(dir: &Path, durability: Durability) -> Result<Arc<Mutex<R2Bucket>>, StorageError> {
+    let mut open = open_buckets().lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(bucket) = open.get(dir) {
+        return Ok(bucket.clone());
+    }
+    let bucket = Arc::new(Mutex::new(R2Bucket::open(dir, durability)?));
+    open.insert(dir.to_path_buf(), bucket.clone());
+    Ok(bucket)
+}
+
+/// Deletes every object of every bucket under `data_dir` (the admin's reset); how many.
+pub fn reset_all(data_dir: &Path, durability: Durability) -> Result<u64, StorageError> {
+    let mut deleted = 0;
+    for dir in bucket_dirs(data_dir) {
+        let bucket = bucket(&dir, durability)?;
+        let bucket = bucket.lock().unwrap_or_else(|p| p.into_inner());
+        for key in bucket.keys()? {
+            bucket.delete(&key)?;
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
+}
+
+fn locate(state: &Rc<RefCell<OpState>>, name: &str) -> (PathBuf, Durability) {
+    let state = state.borrow();
+    let store = state.borrow::<R2Store>();
+    (bucket_dir(&store.data_dir, name), store.durability)
+}
+
+/// Runs `f` on bucket `name`, on a blocking thread.
+async fn with<T: Send + 'static>(
+    state: &Rc<RefCell<OpState>>,
+    name: &str,
+    f: impl FnOnce(&R2Bucket) -> Result<T, R2Error> + Send + 'static,
+) -> Result<T, R2Error> {
+    let (dir, durability) = locate(state, name);
+    tokio::task::spawn_blocking(move || {
+        let bucket = bucket(&dir, durability)?;
+        let bucket = bucket.lock().unwrap_or_else(|p| p.into_inner());
+        f(&bucket)
+    })
+    .await
+    .map_err(|_| message("We encountered an internal error. Please try again."))?
+}
+
+fn random_hex() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn now_ms() -> i64 {
+    crate::clock::now_ms()
+}
+
+/// An object as JS sees it (metadata as JSON text, parsed there).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectOut {
+    key: String,
+    version: String,
+    size: f64,
+    etag: String,
+    uploaded: f64,
+    http_metadata: String,
+    custom_metadata: String,
+    checksums: String,
+}
+
+impl From<R2ObjectMeta> for ObjectOut {
+    fn from(meta: R2ObjectMeta) -> Self {
+        Self {
+            key: meta.key,
+            version: meta.version,
+            size: meta.size as f64,
+            etag: meta.etag,
+            uploaded: meta.uploaded as f64,
+            http_metadata: meta.http_metadata,
+            custom_metadata: meta.custom_metadata,
+            checksums: meta.checksums,
+        }
+    }
+}
+
+#[op2]
+#[serde]
+pub async fn op_dorun_r2_head(
+    state: Rc<RefCell<OpState>>,
+    #[string] bucket: String,
+    #[string] key: String,
+) -> Result<Option<ObjectOut>, R2Error> {
+    with(&state, &bucket, move |b| {
+        Ok(b.head(&key)?.map(ObjectOut::from))
+    })
+    .await
+}
+
+// --- writing a body -------------------------------------------------------------------------
+
+/// A body being written: its file, its size so far and its digests.
+struct Writer {
+    bucket: String,
+    blob: String,
+    file: Option<File>,
+    size: u64,
+    md5: md5::Md5,
+    sha1: Option<sha1::Sha1>,
+    sha256: Option<sha2::Sha256>,
+    sha384: Option<sha2::Sha384>,
+    sha512: Option<sha2::Sha512>,
+}
+
+/// Starts a body for bucket `name`; `algorithm` is an extra checksum to compute (`sha1`,
+/// `sha256`, `sha384`, `sha512`) or empty.
+#[op2]
+#[smi]
+pub async fn op_dorun_r2_writer(
+    state: Rc<RefCell<OpState>>,
+    #[string] bucket: String,
+    #[string] algorithm: String,
+) -> Result<u32, R2Error> {
+    let blob = random_hex();
+    let file = {
+        let blob = blob.clone();
+        with(&state, &bucket, move |b| Ok(b.create_blob(&blob)?)).await?
+    };
+    let writer = Writer {
+        bucket,
+        blob,
+        file: Some(file),
+        size: 0,
+        md5: md5::Md5::new(),
+        sha1: (algorithm == "sha1").then(sha1::Sha1::new),
+        sha256: (algorithm == "sha256").then(sha2::Sha256::new),
+        sha384: (algorithm == "sha384").then(sha2::Sha384::new),
+        sha512: (algorithm == "sha512").then(sha2::Sha512::new),
+    };
+    let mut state = state.borrow_mut();
+    let store = state.borrow_mut::<R2Store>();
+    let id = store.id();
+    store.writers.insert(id, writer);
+    Ok(id)
+}
+
+fn take_writer(state: &Rc<RefCell<OpState>>, id: u32) -> Result<Writer, R2Error> {
+    state
+        .borrow_mut()
+        .borrow_mut::<R2Store>()
+        .writers
+        .remove(&id)
+        .ok_or_else(|| message("the body being written is gone"))
+}
+
+/// Appends a chunk to a body.
+#[op2]
+pub async fn op_dorun_r2_write(
+    state: Rc<RefCell<OpState>>,
+    #[smi] id: u32,
+    #[buffer] chunk: JsBuffer,
+) -> Result<(), R2Error> {
+    let mut writer = take_writer(&state, id)?;
+    let writer = tokio::task::spawn_blocking(move || -> Result<Writer, R2Error> {
+        if let Some(file) = writer.file.as_mut() {
+            file.write_all(&chunk)
+                .map_err(|e| R2Error::from(StorageError::from(e)))?;
+        }
+        writer.size += chunk.len() as u64;
+        writer.md5.update(&chunk);
+        if let Some(h) = writer.sha1.as_mut() {
+            h.update(&chunk);
+        }
+        if let Some(h) = writer.sha256.as_mut() {
+            h.update(&chunk);
+        }
+        if let Some(h) = writer.sha384.as_mut() {
+            h.update(&chunk);
+        }
+        if let Some(h) = writer.sha512.as_mut() {
+            h.update(&chunk);
+        }
+        Ok(writer)
+    })
+    .await
+    .map_err(|_| message("We encountered an internal error. Please try again."))??;
+    state
+        .borrow_mut()
+        .borrow_mut::<R2Store>()
+        .writers
+        .insert(id, writer);
+    Ok(())
+}
+
+/// Drops a body that will not be committed.
+#[op2(fast)]
+pub fn op_dorun_r2_discard(state: &mut OpState, #[smi] id: u32) {
+    let store = state.borrow_mut::<R2Store>();
+    if let Some(writer) = store.writers.remove(&id) {
+        let dir = bucket_dir(&store.data_dir, &writer.bucket);
+        let _ = std::fs::remove_file(dir.join("blobs").join(&writer.blob));
+    }
+    store.readers.remove(&id);
+}
+
+/// What a finished body is: its size and digests (hex).
+struct Finished {
+    size: u64,
+    md5: Vec<u8>,
+    checksums: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Closes and syncs a body; its size and digests.
+fn finish(bucket: &R2Bucket, mut writer: Writer) -> Result<Finished, R2Error> {
+    if let Some(mut file) = writer.file.take() {
+        bucket.sync_blob(&mut file)?;
+    }
+    let md5 = writer.md5.finalize().to_vec();
+    let mut checksums = serde_json::Map::new();
+    checksums.insert("md5".into(), hex(&md5).into());
+    if let Some(h) = writer.sha1.take() {
+        checksums.insert("sha1".into(), hex(&h.finalize()).into());
+    }
+    if let Some(h) = writer.sha256.take() {
+        checksums.insert("sha256".into(), hex(&h.finalize()).into());
+    }
+    if let Some(h) = writer.sha384.take() {
+        checksums.insert("sha384".into(), hex(&h.finalize()).into());
+    }
+    if let Some(h) = writer.sha512.take() {
+        checksums.insert("sha512".into(), hex(&h.finalize()).into());
+    }
+    Ok(Finished {
+        size: writer.size,
+        md5,
+        checksums,
+    })
+}
+
+/// What `put` stores besides the body.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PutOptions {
+    key: String,
+    /// JSON text.
+    http_metadata: String,
+    /// JSON text.
+    custom_metadata: String,
+    /// The checksum the caller gave (`"md5"`, hex), checked against the body.
+    expected: Option<(String, String)>,
+}
+
+/// Commits a written body as object `key`; an error (nothing stored) if the expected
+/// checksum does not match.
+#[op2]
+#[serde]
+pub async fn op_dorun_r2_commit(
+    state: Rc<RefCell<OpState>>,
+    #[smi] id: u32,
+    #[serde] options: PutOptions,
+) -> Result<ObjectOut, R2Error> {
+    let writer = take_writer(&state, id)?;
+    let name = writer.bucket.clone();
+    with(&state, &name, move |bucket| {
+        let blob = writer.blob.clone();
+        let finished = match finish(bucket, writer) {
+            Ok(finished) => finished,
+            Err(error) => {
+                let _ = std::fs::remove_file(bucket.blob_path(&blob));
+                return Err(error);
+            }
+        };
+        if let Some((algorithm, given)) = &options.expected {
+            let actual = finished.checksums.get(algorithm).and_then(|v| v.as_str()).unwrap_or("");
+            if !actual.eq_ignore_ascii_case(given) {
+                let _ = std::fs::remove_file(bucket.blob_path(&blob));
+                let name = algorithm.to_uppercase().replace("SHA", "SHA-");
+                return Err(message(format!(
+                    "The {name} checksum you specified did not match what we received.\nYou provided a {name} checksum with value: {given}\nActual {name} was: {actual}|10037"
+                )));
+            }
+        }
+        let meta = R2ObjectMeta {
+            key: options.key,
+            version: random_hex(),
+            size: finished.size,
+            etag: hex(&finished.md5),
+            uploaded: now_ms(),
+            http_metadata: options.http_metadata,
+            custom_metadata: options.custom_metadata,
+            checksums: serde_json::Value::Object(finished.checksums).to_string(),
+            blob,
+        };
+        bucket.put(&meta)?;
+        Ok(ObjectOut::from(meta))
+    })
+    .await
+}
+
+// --- reading a body -------------------------------------------------------------------------
+
+struct Reader {
+    file: Option<File>,
+    remaining: u64,
+}
+
+/// Opens the body of `key` (if it is still the object `version`) at `offset` for `length`
+/// bytes; a reader id, or null if the object changed or is gone.
+#[op2]
+pub async fn op_dorun_r2_open(
+    state: Rc<RefCell<OpState>>,
+    #[string] bucket: String,
+    #[string] key: String,
+    #[string] version: String,
+    #[number] offset: u64,
+    #[number] length: u64,
+) -> Result<Option<u32>, R2Error> {
+    let file = with(&state, &bucket, move |b| {
+        let Some(meta) = b.head(&key)? else {
+            return Ok(None);
+        };
+        if meta.version != version {
+            return Ok(None);
+        }
+        let mut file = File::open(b.blob_path(&meta.blob)).map_err(StorageError::from)?;
+        file.seek(SeekFrom::Start(offset))
+            .map_err(StorageError::from)?;
+        Ok(Some(file))
+    })
+    .await?;
+    let Some(file) = file else {
+        return Ok(None);
+    };
+    let mut state = state.borrow_mut();
+    let store = state.borrow_mut::<R2Store>();
+    let id = store.id();
+    store.readers.insert(
+        id,
+        Reader {
+            file: Some(file),
+            remaining: length,
+        },
+    );
+    Ok(Some(id))
+}
+
+/// The next chunk of a body; empty at its end (the reader is then gone).
+#[op2]
+#[serde]
+pub async fn op_dorun_r2_read(
+    state: Rc<RefCell<OpState>>,
+    #[smi] id: u32,
+) -> Result<ToJsBuffer, R2Error> {
+    let reader = state
+        .borrow_mut()
+        .borrow_mut::<R2Store>()
+        .readers
+        .remove(&id);
+    let Some(mut reader) = reader else {
+        return Ok(Vec::new().into());
+    };
+    let (reader, chunk) =
+        tokio::task::spawn_blocking(move || -> Result<(Reader, Vec<u8>), R2Error> {
+            let want = (READ_CHUNK as u64).min(reader.remaining) as usize;
+            let mut chunk = vec![0; want];
+            let mut filled = 0;
+            if let Some(file) = reader.file.as_mut() {
+                while filled < want {
+                    let n = file
+                        .read(&mut chunk[filled..])
+                        .map_err(StorageError::from)?;
+                    if n == 0 {
+                        break;
+                    }
+                    filled += n;
+                }
+            }
+            chunk.truncate(filled);
+            reader.remaining -= filled as u64;
+            Ok((reader, chunk))
+        })
+        .await
+        .map_err(|_| message("We encountered an internal error. Please try again."))??;
+    if !chunk.is_empty() {
+        state
+            .borrow_mut()
+            .borrow_mut::<R2Store>()
+            .readers
+            .insert(id, reader);
+    }
+    Ok(chunk.into())
+}
+
+// --- delete and list -----------------------------------------------------------------------
+
+#[op2]
+pub async fn op_dorun_r2_delete(
+    state: Rc<RefCell<OpState>>,
+    #[string] bucket: String,
+    #[serde] keys: Vec<String>,
+) -> Result<(), R2Error> {
+    with(&state, &bucket, move |b| {
+        for key in keys {
+            b.delete(&key)?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+#[derive(serde::Deserialize)]
+pub struct ListOptions {
+    prefix: String,
+    after: Option<String>,
+    limit: u32,
+    delimiter: Option<String>,
+}
+
+#[derive(serde::Serialize)]
+pub struct ListOut {
+    objects: Vec<ObjectOut>,
+    prefixes: Vec<String>,
+    next: Option<String>,
+}
+
+#[op2]
+#[serde]
+pub async fn op_dorun_r2_list(
+    state: Rc<RefCell<OpState>>,
+    #[string] bucket: String,
+    #[serde] options: ListOptions,
+) -> Result<ListOut, R2Error> {
+    with(&state, &bucket, move |b| {
+        let page = b.list(
+            &options.prefix,
+            options.after.as_deref(),
+            options.limit as usize,
+            options.delimiter.as_deref(),
+        )?;
+        Ok(ListOut {
+            objects: page.objects.into_iter().map(ObjectOut::from).collect(),
+            prefixes: page.prefixes,
+            next: page.next,
+        })
+    })
+    .await
+}
+
+// --- multipart uploads ---------------------------------------------------------------------
+
+#[op2]
+#[string]
+pub async fn op_dorun_r2_create_upload(
+    state: Rc<RefCell<OpState>>,
+    #[string] bucket: String,
+    #[string] key: String,
+    #[string] http_metadata: String,
+    #[string] custom_metadata: String,
+) -> Result<String, R2Error> {
+    with(&state, &bucket, move |b| {
+        let upload_id = random_hex();
+        b.create_upload(
+            &upload_id,
+            &R2Upload {
+                key,
+                http_metadata,
+                custom_metadata,
+            },
+        )?;
+        Ok(upload_id)
+    })
+    .await
+}
+
+/// Commits a written body as part `number` of an upload; the part's etag.
+#[op2]
+#[string]
+pub async fn op_dorun_r2_commit_part(
+    state: Rc<RefCell<OpState>>,
+    #[smi] id: u32,
+    #[string] key: String,
+    #[string] upload_id: String,
+    #[smi] number: u32,
+) -> Result<String, R2Error> {
+    let writer = take_writer(&state, id)?;
+    let name = writer.bucket.clone();
+    with(&state, &name, move |bucket| {
+        let blob = writer.blob.clone();
+        if bucket.upload(&upload_id, &key)?.is_none() {
+            let _ = std::fs::remove_file(bucket.blob_path(&blob));
+            return Err(message(
+                "The specified multipart upload does not exist.|10024",
+            ));
+        }
+        let finished = finish(bucket, writer)?;
+        let etag = random_hex();
+        bucket.put_part(
+            &upload_id,
+            &R2Part {
+                number,
+                etag: etag.clone(),
+                size: finished.size,
+                md5: finished.md5,
+                blob,
+            },
+        )?;
+        Ok(etag)
+    })
+    .await
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompletePart {
+    part_number: u32,
+    etag: String,
+}
+
+/// Joins the named parts into object `key`. Every part but the last must have the same
+/// size (at least 5 MiB), the last no more than that.
+#[op2]
+#[serde]
+pub async fn op_dorun_r2_complete(
+    state: Rc<RefCell<OpState>>,
+    #[string] bucket: String,
+    #[string] key: String,
+    #[string] upload_id: String,
+    #[serde] wanted: Vec<CompletePart>,
+) -> Result<ObjectOut, R2Error> {
+    const MIN_PART: u64 = 5 << 20;
+    with(&state, &bucket, move |b| {
+        let Some(upload) = b.upload(&upload_id, &key)? else {
+            return Err(message(match b.upload_known(&upload_id)? {
+                Some(_) => "The specified multipart upload does not exist.|10024",
+                None => "We encountered an internal error. Please try again.|10001",
+            }));
+        };
+        let parts = b.parts(&upload_id)?;
+        let mut chosen: Vec<&R2Part> = Vec::with_capacity(wanted.len());
+        for want in &wanted {
+            if chosen.iter().any(|p| p.number == want.part_number) {
+                return Err(message("We encountered an internal error. Please try again.|10001"));
+            }
+            match parts.iter().find(|p| p.number == want.part_number && p.etag == want.etag) {
+                Some(part) => chosen.push(part),
+                None => {
+                    return Err(message(
+                        "One or more of the specified parts could not be found.|10025",
+                    ))
+                }
+            }
+        }
+        // Sizes are checked in the order the parts were given; the body is joined in part
+        // number order.
+        if let Some((last, rest)) = chosen.split_last() {
+            if let Some(first) = rest.first() {
+                if first.size < MIN_PART {
+                    return Err(message(
+                        "Your proposed upload is smaller than the minimum allowed object size.|10011",
+                    ));
+                }
+                if rest.iter().any(|p| p.size != first.size) || last.size > first.size {
+                    return Err(message("There was a problem with the multipart upload.|10048"));
+                }
+            }
+        }
+        chosen.sort_by_key(|p| p.number);
+        // One body made of the parts, in order.
+        let blob = random_hex();
+        let mut file = b.create_blob(&blob)?;
+        let mut size = 0u64;
+        let mut md5s = Vec::with_capacity(chosen.len() * 16);
+        for part in &chosen {
+            let mut source = File::open(b.blob_path(&part.blob)).map_err(StorageError::from)?;
+            size += std::io::copy(&mut source, &mut file).map_err(StorageError::from)?;
+            md5s.extend_from_slice(&part.md5);
+        }
+        b.sync_blob(&mut file)?;
+        let etag = format!("{}-{}", hex(&md5::Md5::digest(&md5s)), chosen.len());
+        let meta = R2ObjectMeta {
+            key: key.clone(),
+            version: random_hex(),
+            size,
+            etag,
+            uploaded: now_ms(),
+            http_metadata: upload.http_metadata,
+            custom_metadata: upload.custom_metadata,
+            checksums: "{}".into(),
+            blob,
+        };
+        b.put(&meta)?;
+        b.finish_upload(&upload_id, 1, &[])?;
+        Ok(ObjectOut::from(meta))
+    })
+    .await
+}
+
+#[op2]
+pub async fn op_dorun_r2_abort(
+    state: Rc<RefCell<OpState>>,
+    #[string] bucket: String,
+    #[string] key: String,
+    #[string] upload_id: String,
+) -> Result<(), R2Error> {
+    with(&state, &bucket, move |b| {
+        if b.upload(&upload_id, &key)?.is_none() && b.upload_known(&upload_id)?.is_none() {
+            return Err(message(
+                "We encountered an internal error. Please try again.|10001",
+            ));
+        }
+        b.finish_upload(&upload_id, 2, &[])?;
+        Ok(())
+    })
+    .await
+}
