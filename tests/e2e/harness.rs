@@ -18,7 +18,8 @@ use hyper_util::rt::TokioExecutor;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ClientBody = BoxBody<Bytes, BoxError>;
 
-/// Seconds after which a test server exits on its own.
+/// Seconds after which a test server exits on its own (unless the test passes its own
+/// `--exit-after`).
 const SERVER_LIFETIME_SECS: &str = "120";
 
 pub fn dorun_binary() -> PathBuf {
@@ -149,7 +150,11 @@ impl Server {
             .arg("serve")
             .arg(config)
             .args(["--port", "0", "--ip", "127.0.0.1"])
-            .args(["--exit-after", SERVER_LIFETIME_SECS])
+            .args(if args.contains(&"--exit-after") {
+                &[][..]
+            } else {
+                &["--exit-after", SERVER_LIFETIME_SECS][..]
+            })
             .args(args)
             .args(if args.contains(&"--threads") {
                 &[][..]
