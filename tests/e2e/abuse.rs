@@ -38,9 +38,13 @@ enum Abuse {
     SqlTooBig,
     /// A connection whose header never ends (closed by the header timeout).
     SlowHeader,
+    /// A SQL result past the 64 MiB limit (an error, or the CPU limit first).
+    SqlResultTooLarge,
+    /// A connection that never sends anything (closed by the header timeout).
+    Silent,
 }
 
-const ALL: [Abuse; 8] = [
+const ALL: [Abuse; 10] = [
     Abuse::Spin,
     Abuse::SqlForever,
     Abuse::TimerSpin,
@@ -49,6 +53,8 @@ const ALL: [Abuse; 8] = [
     Abuse::Wasm,
     Abuse::SqlTooBig,
     Abuse::SlowHeader,
+    Abuse::SqlResultTooLarge,
+    Abuse::Silent,
 ];
 
 /// What one abuse did: whether it reset an isolate.
@@ -74,7 +80,13 @@ impl Abuse {
                 "/obj/o{}/sql?q=SELECT%20length(randomblob(50000000))",
                 step % 7
             ),
-            Abuse::SlowHeader => return slow_header(server).await,
+            Abuse::SqlResultTooLarge => format!(
+                "/obj/o{}/sql?q={}",
+                step % 7,
+                "WITH%20RECURSIVE%20c(x)%20AS%20(SELECT%201%20UNION%20ALL%20SELECT%20x%2B1%20FROM%20c%20LIMIT%2040)%20SELECT%20randomblob(1900000)%20FROM%20c"
+            ),
+            Abuse::SlowHeader => return never_ends(server, true).await,
+            Abuse::Silent => return never_ends(server, false).await,
         };
         let reply = bounded(server, &path).await;
         let text = reply.text();
@@ -83,7 +95,13 @@ impl Abuse {
         if !alone && (cpu || memory) {
             return Outcome::Reset;
         }
-        if !alone && reply.status == 500 && matches!(self, Abuse::SqlForever | Abuse::SqlTooBig) {
+        if !alone
+            && reply.status == 500
+            && matches!(
+                self,
+                Abuse::SqlForever | Abuse::SqlTooBig | Abuse::SqlResultTooLarge
+            )
+        {
             // The object's thread was reset by the other client's abuse while the Worker
             // (on another thread) waited for it: its stub call threw, uncaught.
             return Outcome::Refused;
@@ -129,7 +147,21 @@ impl Abuse {
                 );
                 Outcome::Refused
             }
-            Abuse::SlowHeader => unreachable!(),
+            Abuse::SqlResultTooLarge => {
+                // 76 MB of random blobs: refused as too large, unless filling them passed
+                // the CPU limit first (then the thread was reset).
+                if cpu {
+                    Outcome::Reset
+                } else {
+                    assert!(
+                        text.contains("too large"),
+                        "step {step} {self:?}: {text}\n{}",
+                        tail(&server.logs())
+                    );
+                    Outcome::Refused
+                }
+            }
+            Abuse::SlowHeader | Abuse::Silent => unreachable!(),
         }
     }
 }
@@ -161,14 +193,17 @@ async fn bounded(server: &Server, path: &str) -> crate::harness::Reply {
     }
 }
 
-/// A header that never ends: the server must close the connection (header timeout 1 s).
-async fn slow_header(server: &Server) -> Outcome {
+/// A header that never ends, or nothing at all: the server must close the connection
+/// (header timeout 1 s).
+async fn never_ends(server: &Server, started: bool) -> Outcome {
     let address = server.base.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    stream
-        .write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\nX-Slow: ")
-        .await
-        .unwrap();
+    if started {
+        stream
+            .write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+    }
     let mut buffer = [0u8; 256];
     let closed = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
@@ -179,7 +214,10 @@ async fn slow_header(server: &Server) -> Outcome {
         }
     })
     .await;
-    assert!(closed.is_ok(), "a header that never ends was not cut off");
+    assert!(
+        closed.is_ok(),
+        "a connection that never sends a request was not cut off"
+    );
     Outcome::Refused
 }
 

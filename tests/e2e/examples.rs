@@ -276,10 +276,10 @@ async fn dots_example_serves_its_page_and_rooms_share_dots() {
 }
 
 /// examples/guestbook: migrations applied from the command line, D1 entries, the KV cache,
-/// the Durable Object's limit; the admin listener shows the KV namespace and the D1 tables,
-/// and a reset clears the data but keeps the schema.
+/// an R2 avatar, the Durable Object's limit; the admin listener shows the KV namespace and
+/// the D1 tables, and a reset clears the data but keeps the schema.
 #[tokio::test]
-async fn guestbook_example_uses_d1_kv_and_an_object() {
+async fn guestbook_example_uses_d1_kv_r2_and_an_object() {
     let config = example("guestbook").join("wrangler.toml");
     let data = scratch_dir("guestbook");
     let (ok, _, stderr) = crate::harness::run_dorun(
@@ -375,11 +375,40 @@ async fn guestbook_example_uses_d1_kv_and_an_object() {
     assert_eq!(status, 200);
     assert!(String::from_utf8_lossy(&value).contains("grace"));
 
-    // A reset between tests: objects, KV keys and D1 rows go; the tables stay.
+    // An avatar in R2, streamed in and out with its content type; If-None-Match works.
+    let png: Vec<u8> = (0..50_000u32).map(|i| (i % 256) as u8).collect();
+    let put = server
+        .request(
+            http::Method::PUT,
+            "/avatar/ada",
+            &[("content-type", "image/png")],
+            png.clone().into(),
+        )
+        .await;
+    assert_eq!(put.status, 201, "{}", put.text());
+    let got = server.get("/avatar/ada").await;
+    assert_eq!(got.body.to_vec(), png);
+    assert_eq!(got.headers["content-type"], "image/png");
+    let etag = got.headers["etag"].to_str().unwrap().to_string();
+    let again = server
+        .request(
+            http::Method::GET,
+            "/avatar/ada",
+            &[("if-none-match", &etag)],
+            Default::default(),
+        )
+        .await;
+    assert_eq!(again.status, 304);
+
+    // A reset between tests: objects, KV keys, R2 objects and D1 rows go; the tables stay.
     let reset = admin.ok("POST", "/api/reset", None).await;
     assert_eq!(
-        (reset["kvKeys"].clone(), reset["d1Rows"].clone()),
-        (json!(1), json!(4)),
+        (
+            reset["kvKeys"].clone(),
+            reset["d1Rows"].clone(),
+            reset["r2Objects"].clone()
+        ),
+        (json!(1), json!(4), json!(1)),
         "{reset}"
     );
     let listed = server.get("/entries").await.json();
@@ -389,4 +418,5 @@ async fn guestbook_example_uses_d1_kv_and_an_object() {
         201,
         "the limiter was reset"
     );
+    assert_eq!(server.get("/avatar/ada").await.status, 404);
 }

@@ -5,13 +5,14 @@
 //! stops at the Worker's CPU limit (as wall time on that thread).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use deno_core::{op2, OpState};
+
+use crate::binding_files;
 use dorun_storage::{
     d1_message as message, D1Database, D1Result, Durability, SqlValue, StorageError,
 };
@@ -27,17 +28,11 @@ pub struct D1Binding {
     pub name: String,
 }
 
-/// The file of database `name` under `data_dir`; any character outside `[A-Za-z0-9_-]`
-/// is percent-encoded, so that no name can reach outside `d1/`.
+/// The file of database `name` under `data_dir` (its name as a file name).
 pub fn database_file(data_dir: &Path, name: &str) -> PathBuf {
-    let mut file = String::with_capacity(name.len());
-    for byte in name.bytes() {
-        match byte {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => file.push(byte as char),
-            _ => file.push_str(&format!("%{byte:02X}")),
-        }
-    }
-    data_dir.join(D1_DIR).join(format!("{file}.sqlite"))
+    data_dir
+        .join(D1_DIR)
+        .join(format!("{}.sqlite", binding_files::file_name(name)))
 }
 
 /// What the D1 ops of an isolate need.
@@ -59,41 +54,20 @@ pub enum D1Error {
     Task,
 }
 
-/// Database files open in this process, by path.
-fn open_databases() -> &'static Mutex<HashMap<PathBuf, Arc<Mutex<D1Database>>>> {
-    static OPEN: OnceLock<Mutex<HashMap<PathBuf, Arc<Mutex<D1Database>>>>> = OnceLock::new();
-    OPEN.get_or_init(Default::default)
-}
+/// Database files open in this process.
+static OPEN: binding_files::Registry<D1Database> = binding_files::Registry::new();
 
 /// Opens (once per process) the database at `path`.
 pub fn database(
     path: &Path,
     durability: Durability,
 ) -> Result<Arc<Mutex<D1Database>>, StorageError> {
-    let mut open = open_databases()
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some(database) = open.get(path) {
-        return Ok(database.clone());
-    }
-    let database = Arc::new(Mutex::new(D1Database::open(path, durability)?));
-    open.insert(path.to_path_buf(), database.clone());
-    Ok(database)
+    OPEN.get_or_open(path, |path| D1Database::open(path, durability))
 }
 
 /// The database files under `data_dir`.
 pub fn database_files(data_dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(data_dir.join(D1_DIR))
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|e| e == "sqlite"))
-                .collect()
-        })
-        .unwrap_or_default();
-    files.sort();
-    files
+    binding_files::entries(&data_dir.join(D1_DIR), binding_files::is_sqlite)
 }
 
 /// Deletes every row of every database under `data_dir` but the migrations' records (the
@@ -278,22 +252,4 @@ pub async fn op_dorun_d1_exec(
         })
     })
     .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn database_files_stay_inside_the_d1_directory() {
-        let data = Path::new("/data");
-        assert_eq!(
-            database_file(data, "prod-db"),
-            Path::new("/data/d1/prod-db.sqlite")
-        );
-        assert_eq!(
-            database_file(data, "../x"),
-            Path::new("/data/d1/%2E%2E%2Fx.sqlite")
-        );
-    }
 }

@@ -8,12 +8,13 @@
 //! checked in JS before an op is called; the ops only store, find and list.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use deno_core::{op2, JsBuffer, OpState, ToJsBuffer};
+
+use crate::binding_files;
 use dorun_storage::{Durability, KvDatabase, KvEntry, StorageError};
 
 /// The directory of KV namespace files inside the data directory.
@@ -27,17 +28,11 @@ pub struct KvBinding {
     pub id: String,
 }
 
-/// The file of namespace `id` under `data_dir`: the id as it is when it is a plain name,
-/// else percent-encoded, so that no id can reach outside `kv/`.
+/// The file of namespace `id` under `data_dir` (its id as a file name).
 pub fn namespace_file(data_dir: &Path, id: &str) -> PathBuf {
-    let mut name = String::with_capacity(id.len());
-    for byte in id.bytes() {
-        match byte {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => name.push(byte as char),
-            _ => name.push_str(&format!("%{byte:02X}")),
-        }
-    }
-    data_dir.join(KV_DIR).join(format!("{name}.sqlite"))
+    data_dir
+        .join(KV_DIR)
+        .join(format!("{}.sqlite", binding_files::file_name(id)))
 }
 
 /// What the KV ops of an isolate need: where the files are and how durable a write is.
@@ -59,41 +54,20 @@ pub enum KvError {
     Task(&'static str),
 }
 
-/// Namespace files open in this process, by path.
-fn open_databases() -> &'static Mutex<HashMap<PathBuf, Arc<Mutex<KvDatabase>>>> {
-    static OPEN: OnceLock<Mutex<HashMap<PathBuf, Arc<Mutex<KvDatabase>>>>> = OnceLock::new();
-    OPEN.get_or_init(Default::default)
-}
+/// Namespace files open in this process.
+static OPEN: binding_files::Registry<KvDatabase> = binding_files::Registry::new();
 
 /// Opens (once per process) the namespace file at `path`.
 pub fn database(
     path: &Path,
     durability: Durability,
 ) -> Result<Arc<Mutex<KvDatabase>>, StorageError> {
-    let mut open = open_databases()
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some(database) = open.get(path) {
-        return Ok(database.clone());
-    }
-    let database = Arc::new(Mutex::new(KvDatabase::open(path, durability)?));
-    open.insert(path.to_path_buf(), database.clone());
-    Ok(database)
+    OPEN.get_or_open(path, |path| KvDatabase::open(path, durability))
 }
 
-/// The namespace files under `data_dir`, by file.
+/// The namespace files under `data_dir`.
 pub fn namespace_files(data_dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(data_dir.join(KV_DIR))
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|e| e == "sqlite"))
-                .collect()
-        })
-        .unwrap_or_default();
-    files.sort();
-    files
+    binding_files::entries(&data_dir.join(KV_DIR), binding_files::is_sqlite)
 }
 
 /// Deletes every key of every namespace under `data_dir` (the admin's reset); how many.
@@ -258,30 +232,4 @@ pub async fn op_dorun_kvns_list(
             .collect(),
         more,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn namespace_files_stay_inside_the_kv_directory() {
-        let data = Path::new("/data");
-        assert_eq!(
-            namespace_file(data, "0f2ac74b498b48028cb68387c421e279"),
-            Path::new("/data/kv/0f2ac74b498b48028cb68387c421e279.sqlite")
-        );
-        assert_eq!(
-            namespace_file(data, "MY_KV"),
-            Path::new("/data/kv/MY_KV.sqlite")
-        );
-        assert_eq!(
-            namespace_file(data, "../etc/x"),
-            Path::new("/data/kv/%2E%2E%2Fetc%2Fx.sqlite")
-        );
-        assert_eq!(
-            namespace_file(data, "a b.c"),
-            Path::new("/data/kv/a%20b%2Ec.sqlite")
-        );
-    }
 }

@@ -12,7 +12,7 @@
 //!   scheduler and the per-namespace index), [`storage`] (each object's SQLite file and the
 //!   connection cache), [`sockets`] (WebSockets held outside JS), [`assets_binding`]
 //!   (`env.ASSETS`, answered by `dorun-assets`), [`cache`] (the Cache API, `caches`),
-//!   [`kv_binding`] (`kv_namespaces`: Workers KV, one SQLite file per namespace),
+//!   [`binding_files`] (what KV, D1 and R2 share about their files), [`kv_binding`] (`kv_namespaces`: Workers KV, one SQLite file per namespace),
 //!   [`d1_binding`] (`d1_databases`: one plain SQLite file per database), [`r2_binding`]
 //!   (`r2_buckets`: body files and a SQLite index per bucket).
 //! - [`spec`], [`loader`] (+ `transpile`, `commonjs`, `scope`), [`supervisor`]: the Worker as the
@@ -26,6 +26,7 @@
 pub mod admin;
 pub mod alarms;
 pub mod assets_binding;
+pub mod binding_files;
 pub mod body;
 pub mod cache;
 pub mod clock;

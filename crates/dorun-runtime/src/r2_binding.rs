@@ -13,11 +13,13 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use deno_core::{op2, JsBuffer, OpState, ToJsBuffer};
 use dorun_storage::{Durability, R2Bucket, R2ObjectMeta, R2Part, R2Upload, StorageError};
 use md5::Digest;
+
+use crate::binding_files;
 
 /// The directory of R2 buckets inside the data directory.
 pub const R2_DIR: &str = "r2";
@@ -32,31 +34,14 @@ pub struct R2Binding {
     pub bucket: String,
 }
 
-/// The directory of bucket `name` under `data_dir` (percent-encoded past `[A-Za-z0-9_-]`).
+/// The directory of bucket `name` under `data_dir` (its name as a file name).
 pub fn bucket_dir(data_dir: &Path, name: &str) -> PathBuf {
-    let mut dir = String::with_capacity(name.len());
-    for byte in name.bytes() {
-        match byte {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => dir.push(byte as char),
-            _ => dir.push_str(&format!("%{byte:02X}")),
-        }
-    }
-    data_dir.join(R2_DIR).join(dir)
+    data_dir.join(R2_DIR).join(binding_files::file_name(name))
 }
 
 /// The bucket directories under `data_dir`.
 pub fn bucket_dirs(data_dir: &Path) -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(data_dir.join(R2_DIR))
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.is_dir())
-                .collect()
-        })
-        .unwrap_or_default();
-    dirs.sort();
-    dirs
+    binding_files::entries(&data_dir.join(R2_DIR), Path::is_dir)
 }
 
 /// What the R2 ops of an isolate need, and its open bodies.
@@ -105,21 +90,12 @@ fn message(text: impl Into<String>) -> R2Error {
     R2Error::Message(text.into())
 }
 
-/// Buckets open in this process, by directory.
-fn open_buckets() -> &'static Mutex<HashMap<PathBuf, Arc<Mutex<R2Bucket>>>> {
-    static OPEN: OnceLock<Mutex<HashMap<PathBuf, Arc<Mutex<R2Bucket>>>>> = OnceLock::new();
-    OPEN.get_or_init(Default::default)
-}
+/// Buckets open in this process.
+static OPEN: binding_files::Registry<R2Bucket> = binding_files::Registry::new();
 
 /// Opens (once per process) the bucket at `dir`.
 pub fn bucket(dir: &Path, durability: Durability) -> Result<Arc<Mutex<R2Bucket>>, StorageError> {
-    let mut open = open_buckets().lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(bucket) = open.get(dir) {
-        return Ok(bucket.clone());
-    }
-    let bucket = Arc::new(Mutex::new(R2Bucket::open(dir, durability)?));
-    open.insert(dir.to_path_buf(), bucket.clone());
-    Ok(bucket)
+    OPEN.get_or_open(dir, |dir| R2Bucket::open(dir, durability))
 }
 
 /// Deletes every object of every bucket under `data_dir` (the admin's reset); how many.

@@ -81,12 +81,7 @@ impl R2Bucket {
         let conn = Connection::open(dir.join("index.sqlite"))?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        let synchronous = match durability {
-            Durability::Full => "FULL",
-            Durability::Normal => "NORMAL",
-            Durability::Off => "OFF",
-        };
-        conn.pragma_update(None, "synchronous", synchronous)?;
+        conn.pragma_update(None, "synchronous", durability.synchronous())?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS objects (
                 key TEXT PRIMARY KEY,

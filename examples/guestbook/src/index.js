@@ -1,5 +1,6 @@
-// A guestbook: D1 holds the entries, KV caches the list, a Durable Object per visitor
-// limits how often they sign (its SQL storage keeps their recent signatures).
+// A guestbook: D1 holds the entries, KV caches the list, R2 keeps each visitor's avatar,
+// and a Durable Object per visitor limits how often they sign (its SQL storage keeps their
+// recent signatures).
 import { DurableObject } from "cloudflare:workers";
 
 const CACHE_KEY = "entries:latest";
@@ -38,6 +39,23 @@ export default {
     if (url.pathname === "/entries" && request.method === "GET") {
       return Response.json(await latest(env));
     }
+    const avatar = url.pathname.match(/^\/avatar\/([^/]+)$/);
+    if (avatar !== null && request.method === "PUT") {
+      // The image streams from the request into the bucket, with its content type.
+      const object = await env.AVATARS.put(avatar[1], request.body, {
+        httpMetadata: { contentType: request.headers.get("content-type") ?? "image/png" },
+      });
+      return Response.json({ size: object.size, etag: object.etag }, { status: 201 });
+    }
+    if (avatar !== null && request.method === "GET") {
+      const object = await env.AVATARS.get(avatar[1], { onlyIf: request.headers });
+      if (object === null) return new Response("no avatar", { status: 404 });
+      const headers = new Headers({ etag: object.httpEtag });
+      object.writeHttpMetadata(headers);
+      return "body" in object
+        ? new Response(object.body, { headers })
+        : new Response(null, { status: 304, headers });
+    }
     if (url.pathname === "/sign" && request.method === "POST") {
       const { name, message } = await request.json();
       if (typeof name !== "string" || typeof message !== "string" || name === "") {
@@ -57,6 +75,9 @@ export default {
         return Response.json({ error: error.message }, { status: 422 });
       }
     }
-    return new Response("POST /sign {name, message} · GET /entries\n", { status: 404 });
+    return new Response(
+      "POST /sign {name, message} · GET /entries · PUT/GET /avatar/<name>\n",
+      { status: 404 },
+    );
   },
 };

@@ -837,42 +837,17 @@ impl Reader {
         objects: &[DurableObjectBinding],
         vars: &Map<String, Value>,
     ) -> Vec<dorun_runtime::kv_binding::KvBinding> {
-        let mut bindings: Vec<dorun_runtime::kv_binding::KvBinding> = Vec::new();
-        let Some(items) = table.get("kv_namespaces") else {
-            return bindings;
-        };
-        let Some(items) = items.as_array() else {
-            self.problems
-                .push("key 'kv_namespaces' must be an array".into());
-            return bindings;
-        };
-        for (index, item) in items.iter().enumerate() {
-            let at = format!("kv_namespaces[{index}]");
-            let Some(entry) = item.as_object() else {
-                self.problems.push(format!("{at} must be a table / object"));
-                continue;
-            };
-            for key in entry.keys() {
-                if ![
-                    "binding",
-                    "id",
-                    "preview_id",
-                    "remote",
-                    "experimental_remote",
-                ]
-                .contains(&key.as_str())
-                {
-                    self.warnings
-                        .push(format!("unknown key '{at}.{key}' is ignored"));
-                }
-            }
-            let Some(binding) = entry.get("binding").and_then(Value::as_str) else {
-                self.problems
-                    .push(format!("{at} needs a string key 'binding'"));
-                continue;
-            };
+        let mut bindings = Vec::new();
+        let known = [
+            "binding",
+            "id",
+            "preview_id",
+            "remote",
+            "experimental_remote",
+        ];
+        for (at, binding, entry) in self.binding_entries(table, "kv_namespaces", &known) {
             let id = match entry.get("id") {
-                None => binding.to_string(),
+                None => binding.clone(),
                 Some(Value::String(id)) if !id.is_empty() => id.clone(),
                 Some(_) => {
                     self.problems
@@ -880,30 +855,65 @@ impl Reader {
                     continue;
                 }
             };
-            if let Some(preview) = entry.get("preview_id") {
-                if !preview.is_string() {
-                    self.problems
-                        .push(format!("{at}.preview_id must be a string"));
+            if entry.get("preview_id").is_some_and(|p| !p.is_string()) {
+                self.problems
+                    .push(format!("{at}.preview_id must be a string"));
+            }
+            if objects.iter().any(|o| o.name == binding) || vars.contains_key(&binding) {
+                self.problems
+                    .push(format!("{at}.binding '{binding}' is bound twice"));
+            }
+            bindings.push(dorun_runtime::kv_binding::KvBinding { binding, id });
+        }
+        bindings
+    }
+
+    /// The entries of a binding list (`<key> = [{ binding, ... }]`): each with its place in
+    /// the config and its `binding`, which must be a JavaScript identifier used once in the
+    /// list. Keys outside `known` are warned about.
+    fn binding_entries<'a>(
+        &mut self,
+        table: &'a Map<String, Value>,
+        key: &str,
+        known: &[&str],
+    ) -> Vec<(String, String, &'a Map<String, Value>)> {
+        let mut entries: Vec<(String, String, &'a Map<String, Value>)> = Vec::new();
+        let Some(items) = table.get(key) else {
+            return entries;
+        };
+        let Some(items) = items.as_array() else {
+            self.problems.push(format!("key '{key}' must be an array"));
+            return entries;
+        };
+        for (index, item) in items.iter().enumerate() {
+            let at = format!("{key}[{index}]");
+            let Some(entry) = item.as_object() else {
+                self.problems.push(format!("{at} must be a table / object"));
+                continue;
+            };
+            for name in entry.keys() {
+                if !known.contains(&name.as_str()) {
+                    self.warnings
+                        .push(format!("unknown key '{at}.{name}' is ignored"));
                 }
             }
+            let Some(binding) = entry.get("binding").and_then(Value::as_str) else {
+                self.problems
+                    .push(format!("{at} needs a string key 'binding'"));
+                continue;
+            };
             if !is_js_identifier(binding) {
                 self.problems.push(format!(
                     "{at}.binding '{binding}' is not a valid JavaScript identifier"
                 ));
             }
-            if bindings.iter().any(|b| b.binding == binding)
-                || objects.iter().any(|o| o.name == binding)
-                || vars.contains_key(binding)
-            {
+            if entries.iter().any(|(_, b, _)| b == binding) {
                 self.problems
                     .push(format!("{at}.binding '{binding}' is bound twice"));
             }
-            bindings.push(dorun_runtime::kv_binding::KvBinding {
-                binding: binding.to_string(),
-                id,
-            });
+            entries.push((at, binding.to_string(), entry));
         }
-        bindings
+        entries
     }
 
     /// `r2_buckets = [{ binding, bucket_name, preview_bucket_name, jurisdiction }]`; locally
@@ -912,16 +922,8 @@ impl Reader {
         &mut self,
         table: &Map<String, Value>,
     ) -> Vec<dorun_runtime::r2_binding::R2Binding> {
-        let mut buckets: Vec<dorun_runtime::r2_binding::R2Binding> = Vec::new();
-        let Some(items) = table.get("r2_buckets") else {
-            return buckets;
-        };
-        let Some(items) = items.as_array() else {
-            self.problems
-                .push("key 'r2_buckets' must be an array".into());
-            return buckets;
-        };
-        const KEYS: [&str; 6] = [
+        let mut buckets = Vec::new();
+        let known = [
             "binding",
             "bucket_name",
             "preview_bucket_name",
@@ -929,25 +931,9 @@ impl Reader {
             "remote",
             "experimental_remote",
         ];
-        for (index, item) in items.iter().enumerate() {
-            let at = format!("r2_buckets[{index}]");
-            let Some(entry) = item.as_object() else {
-                self.problems.push(format!("{at} must be a table / object"));
-                continue;
-            };
-            for key in entry.keys() {
-                if !KEYS.contains(&key.as_str()) {
-                    self.warnings
-                        .push(format!("unknown key '{at}.{key}' is ignored"));
-                }
-            }
-            let Some(binding) = entry.get("binding").and_then(Value::as_str) else {
-                self.problems
-                    .push(format!("{at} needs a string key 'binding'"));
-                continue;
-            };
+        for (at, binding, entry) in self.binding_entries(table, "r2_buckets", &known) {
             let bucket = match entry.get("bucket_name") {
-                None => binding.to_string(),
+                None => binding.clone(),
                 Some(Value::String(name)) if !name.is_empty() => name.clone(),
                 Some(_) => {
                     self.problems
@@ -955,19 +941,7 @@ impl Reader {
                     continue;
                 }
             };
-            if !is_js_identifier(binding) {
-                self.problems.push(format!(
-                    "{at}.binding '{binding}' is not a valid JavaScript identifier"
-                ));
-            }
-            if buckets.iter().any(|b| b.binding == binding) {
-                self.problems
-                    .push(format!("{at}.binding '{binding}' is bound twice"));
-            }
-            buckets.push(dorun_runtime::r2_binding::R2Binding {
-                binding: binding.to_string(),
-                bucket,
-            });
+            buckets.push(dorun_runtime::r2_binding::R2Binding { binding, bucket });
         }
         buckets
     }
@@ -979,16 +953,8 @@ impl Reader {
         table: &Map<String, Value>,
         base_dir: &Path,
     ) -> Vec<D1DatabaseConfig> {
-        let mut databases: Vec<D1DatabaseConfig> = Vec::new();
-        let Some(items) = table.get("d1_databases") else {
-            return databases;
-        };
-        let Some(items) = items.as_array() else {
-            self.problems
-                .push("key 'd1_databases' must be an array".into());
-            return databases;
-        };
-        const KEYS: [&str; 9] = [
+        let mut databases = Vec::new();
+        let known = [
             "binding",
             "database_name",
             "database_id",
@@ -999,23 +965,7 @@ impl Reader {
             "remote",
             "experimental_remote",
         ];
-        for (index, item) in items.iter().enumerate() {
-            let at = format!("d1_databases[{index}]");
-            let Some(entry) = item.as_object() else {
-                self.problems.push(format!("{at} must be a table / object"));
-                continue;
-            };
-            for key in entry.keys() {
-                if !KEYS.contains(&key.as_str()) {
-                    self.warnings
-                        .push(format!("unknown key '{at}.{key}' is ignored"));
-                }
-            }
-            let Some(binding) = entry.get("binding").and_then(Value::as_str) else {
-                self.problems
-                    .push(format!("{at} needs a string key 'binding'"));
-                continue;
-            };
+        for (at, binding, entry) in self.binding_entries(table, "d1_databases", &known) {
             let mut text = |key: &str| match entry.get(key) {
                 None => None,
                 Some(Value::String(value)) if !value.is_empty() => Some(value.clone()),
@@ -1027,21 +977,12 @@ impl Reader {
             };
             let name = text("database_name")
                 .or_else(|| text("database_id"))
-                .unwrap_or_else(|| binding.to_string());
+                .unwrap_or_else(|| binding.clone());
             let migrations_dir =
                 base_dir.join(text("migrations_dir").unwrap_or("migrations".into()));
             let migrations_table = text("migrations_table").unwrap_or("d1_migrations".into());
-            if !is_js_identifier(binding) {
-                self.problems.push(format!(
-                    "{at}.binding '{binding}' is not a valid JavaScript identifier"
-                ));
-            }
-            if databases.iter().any(|d| d.binding == binding) {
-                self.problems
-                    .push(format!("{at}.binding '{binding}' is bound twice"));
-            }
             databases.push(D1DatabaseConfig {
-                binding: binding.to_string(),
+                binding,
                 name,
                 migrations_dir,
                 migrations_table,
