@@ -400,6 +400,20 @@ async fn guestbook_example_uses_d1_kv_r2_and_an_object() {
         .await;
     assert_eq!(again.status, 304);
 
+    // Every binding's operations are in the metrics.
+    let (status, metrics) = admin.raw("GET", "/metrics", None).await;
+    assert_eq!(status, 200);
+    let metrics = String::from_utf8_lossy(&metrics);
+    for needle in [
+        r#"dorun_binding_operations_total{kind="d1",op="batch",outcome="ok"}"#,
+        r#"dorun_binding_operations_total{kind="kv",op="get",outcome="ok"}"#,
+        r#"dorun_binding_operations_total{kind="r2",op="put",outcome="ok"}"#,
+        r#"dorun_binding_bytes_total{kind="r2",direction="in"}"#,
+        "dorun_binding_operation_seconds",
+    ] {
+        assert!(metrics.contains(needle), "{needle} not in\n{metrics}");
+    }
+
     // A reset between tests: objects, KV keys, R2 objects and D1 rows go; the tables stay.
     let reset = admin.ok("POST", "/api/reset", None).await;
     assert_eq!(

@@ -42,6 +42,24 @@ pub fn is_sqlite(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "sqlite")
 }
 
+/// Records one operation of a binding (`kind`: `kv`, `d1`, `r2`) in the metrics:
+/// `dorun_binding_operations_total{kind, op, outcome}` and
+/// `dorun_binding_operation_seconds{kind, op}`.
+pub fn record(kind: &'static str, op: &'static str, started: std::time::Instant, ok: bool) {
+    let outcome = if ok { "ok" } else { "error" };
+    metrics::counter!("dorun_binding_operations_total", "kind" => kind, "op" => op, "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!("dorun_binding_operation_seconds", "kind" => kind, "op" => op)
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// Records bytes a binding moved: `dorun_binding_bytes_total{kind, direction}` (`in`:
+/// written by the Worker, `out`: read by it).
+pub fn record_bytes(kind: &'static str, direction: &'static str, bytes: usize) {
+    metrics::counter!("dorun_binding_bytes_total", "kind" => kind, "direction" => direction)
+        .increment(bytes as u64);
+}
+
 /// The files (or directories) a binding kind has open in this process, by path.
 pub struct Registry<T> {
     open: OnceLock<Mutex<HashMap<PathBuf, Arc<Mutex<T>>>>>,

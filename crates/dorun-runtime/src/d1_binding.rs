@@ -86,6 +86,7 @@ pub fn reset_all(data_dir: &Path, durability: Durability) -> Result<u64, Storage
 async fn with<T: Send + 'static>(
     state: &Rc<RefCell<OpState>>,
     name: &str,
+    op: &'static str,
     f: impl FnOnce(&mut D1Database, Duration) -> Result<T, StorageError> + Send + 'static,
 ) -> Result<T, D1Error> {
     let (path, durability, limit) = {
@@ -97,7 +98,8 @@ async fn with<T: Send + 'static>(
             store.limit,
         )
     };
-    tokio::task::spawn_blocking(move || {
+    let started = std::time::Instant::now();
+    let result = tokio::task::spawn_blocking(move || {
         let database = database(&path, durability).map_err(|e| D1Error::Sql(message(&e)))?;
         let mut database = database
             .lock()
@@ -105,7 +107,9 @@ async fn with<T: Send + 'static>(
         f(&mut database, limit).map_err(|e| D1Error::Sql(message(&e)))
     })
     .await
-    .map_err(|_| D1Error::Task)?
+    .map_err(|_| D1Error::Task)?;
+    binding_files::record("d1", op, started, result.is_ok());
+    result
 }
 
 /// A value bound to a statement, as the JS side sends it.
@@ -215,7 +219,7 @@ pub async fn op_dorun_d1_batch(
         .into_iter()
         .map(|s| (s.sql, s.params.into_iter().map(D1Param::value).collect()))
         .collect();
-    with(&state, &name, move |db, limit| {
+    with(&state, &name, "batch", move |db, limit| {
         let started = Instant::now();
         let results = db.batch(&statements, limit)?;
         let duration = started.elapsed().as_secs_f64() * 1000.0;
@@ -243,7 +247,7 @@ pub async fn op_dorun_d1_exec(
     #[string] name: String,
     #[string] sql: String,
 ) -> Result<D1ExecAnswer, D1Error> {
-    with(&state, &name, move |db, limit| {
+    with(&state, &name, "exec", move |db, limit| {
         let started = Instant::now();
         let count = db.exec(&sql, limit)?;
         Ok(D1ExecAnswer {

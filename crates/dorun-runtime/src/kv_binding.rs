@@ -94,7 +94,8 @@ async fn with<T: Send + 'static>(
         (namespace_file(&store.data_dir, id), store.durability)
     };
     let file = path.clone();
-    tokio::task::spawn_blocking(move || {
+    let started = std::time::Instant::now();
+    let result = tokio::task::spawn_blocking(move || {
         let database = database(&path, durability)?;
         let database = database
             .lock()
@@ -106,7 +107,15 @@ async fn with<T: Send + 'static>(
     .map_err(|source| {
         tracing::error!(file = %file.display(), "KV {operation}: {source}");
         KvError::Storage { operation, source }
-    })
+    });
+    let op = match operation {
+        "GET" => "get",
+        "PUT" => "put",
+        "DELETE" => "delete",
+        _ => "list",
+    };
+    binding_files::record("kv", op, started, result.is_ok());
+    result
 }
 
 /// Seconds since the epoch.
@@ -136,6 +145,8 @@ pub async fn op_dorun_kvns_get(
             .collect::<Result<Vec<_>, _>>()
     })
     .await?;
+    let bytes: usize = found.iter().flatten().map(|e| e.value.len()).sum();
+    binding_files::record_bytes("kv", "out", bytes);
     Ok(found
         .into_iter()
         .map(|entry| {
@@ -165,6 +176,7 @@ pub async fn op_dorun_kvns_put(
     #[buffer] value: JsBuffer,
     #[serde] options: KvPutOptions,
 ) -> Result<(), KvError> {
+    binding_files::record_bytes("kv", "in", value.len());
     let entry = KvEntry {
         value: value.to_vec(),
         metadata: options.metadata,

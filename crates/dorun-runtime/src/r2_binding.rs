@@ -122,16 +122,20 @@ fn locate(state: &Rc<RefCell<OpState>>, name: &str) -> (PathBuf, Durability) {
 async fn with<T: Send + 'static>(
     state: &Rc<RefCell<OpState>>,
     name: &str,
+    op: &'static str,
     f: impl FnOnce(&R2Bucket) -> Result<T, R2Error> + Send + 'static,
 ) -> Result<T, R2Error> {
     let (dir, durability) = locate(state, name);
-    tokio::task::spawn_blocking(move || {
+    let started = std::time::Instant::now();
+    let result = tokio::task::spawn_blocking(move || {
         let bucket = bucket(&dir, durability)?;
         let bucket = bucket.lock().unwrap_or_else(|p| p.into_inner());
         f(&bucket)
     })
     .await
-    .map_err(|_| message("We encountered an internal error. Please try again."))?
+    .map_err(|_| message("We encountered an internal error. Please try again."))?;
+    binding_files::record("r2", op, started, result.is_ok());
+    result
 }
 
 fn random_hex() -> String {
@@ -183,7 +187,7 @@ pub async fn op_dorun_r2_head(
     #[string] bucket: String,
     #[string] key: String,
 ) -> Result<Option<ObjectOut>, R2Error> {
-    with(&state, &bucket, move |b| {
+    with(&state, &bucket, "head", move |b| {
         Ok(b.head(&key)?.map(ObjectOut::from))
     })
     .await
@@ -216,7 +220,7 @@ pub async fn op_dorun_r2_writer(
     let blob = random_hex();
     let file = {
         let blob = blob.clone();
-        with(&state, &bucket, move |b| Ok(b.create_blob(&blob)?)).await?
+        with(&state, &bucket, "put", move |b| Ok(b.create_blob(&blob)?)).await?
     };
     let writer = Writer {
         bucket,
@@ -253,6 +257,7 @@ pub async fn op_dorun_r2_write(
     #[buffer] chunk: JsBuffer,
 ) -> Result<(), R2Error> {
     let mut writer = take_writer(&state, id)?;
+    binding_files::record_bytes("r2", "in", chunk.len());
     let writer = tokio::task::spawn_blocking(move || -> Result<Writer, R2Error> {
         if let Some(file) = writer.file.as_mut() {
             file.write_all(&chunk)
@@ -353,7 +358,7 @@ pub async fn op_dorun_r2_commit(
 ) -> Result<ObjectOut, R2Error> {
     let writer = take_writer(&state, id)?;
     let name = writer.bucket.clone();
-    with(&state, &name, move |bucket| {
+    with(&state, &name, "put", move |bucket| {
         let blob = writer.blob.clone();
         let finished = match finish(bucket, writer) {
             Ok(finished) => finished,
@@ -407,7 +412,7 @@ pub async fn op_dorun_r2_open(
     #[number] offset: u64,
     #[number] length: u64,
 ) -> Result<Option<u32>, R2Error> {
-    let file = with(&state, &bucket, move |b| {
+    let file = with(&state, &bucket, "get", move |b| {
         let Some(meta) = b.head(&key)? else {
             return Ok(None);
         };
@@ -473,6 +478,7 @@ pub async fn op_dorun_r2_read(
         })
         .await
         .map_err(|_| message("We encountered an internal error. Please try again."))??;
+    binding_files::record_bytes("r2", "out", chunk.len());
     if !chunk.is_empty() {
         state
             .borrow_mut()
@@ -491,7 +497,7 @@ pub async fn op_dorun_r2_delete(
     #[string] bucket: String,
     #[serde] keys: Vec<String>,
 ) -> Result<(), R2Error> {
-    with(&state, &bucket, move |b| {
+    with(&state, &bucket, "delete", move |b| {
         for key in keys {
             b.delete(&key)?;
         }
@@ -522,7 +528,7 @@ pub async fn op_dorun_r2_list(
     #[string] bucket: String,
     #[serde] options: ListOptions,
 ) -> Result<ListOut, R2Error> {
-    with(&state, &bucket, move |b| {
+    with(&state, &bucket, "list", move |b| {
         let page = b.list(
             &options.prefix,
             options.after.as_deref(),
@@ -549,7 +555,7 @@ pub async fn op_dorun_r2_create_upload(
     #[string] http_metadata: String,
     #[string] custom_metadata: String,
 ) -> Result<String, R2Error> {
-    with(&state, &bucket, move |b| {
+    with(&state, &bucket, "createMultipartUpload", move |b| {
         let upload_id = random_hex();
         b.create_upload(
             &upload_id,
@@ -576,7 +582,7 @@ pub async fn op_dorun_r2_commit_part(
 ) -> Result<String, R2Error> {
     let writer = take_writer(&state, id)?;
     let name = writer.bucket.clone();
-    with(&state, &name, move |bucket| {
+    with(&state, &name, "uploadPart", move |bucket| {
         let blob = writer.blob.clone();
         if bucket.upload(&upload_id, &key)?.is_none() {
             let _ = std::fs::remove_file(bucket.blob_path(&blob));
@@ -620,7 +626,7 @@ pub async fn op_dorun_r2_complete(
     #[serde] wanted: Vec<CompletePart>,
 ) -> Result<ObjectOut, R2Error> {
     const MIN_PART: u64 = 5 << 20;
-    with(&state, &bucket, move |b| {
+    with(&state, &bucket, "completeMultipartUpload", move |b| {
         let Some(upload) = b.upload(&upload_id, &key)? else {
             return Err(message(match b.upload_known(&upload_id)? {
                 Some(_) => "The specified multipart upload does not exist.|10024",
@@ -694,7 +700,7 @@ pub async fn op_dorun_r2_abort(
     #[string] key: String,
     #[string] upload_id: String,
 ) -> Result<(), R2Error> {
-    with(&state, &bucket, move |b| {
+    with(&state, &bucket, "abortMultipartUpload", move |b| {
         if b.upload(&upload_id, &key)?.is_none() && b.upload_known(&upload_id)?.is_none() {
             return Err(message(
                 "We encountered an internal error. Please try again.|10001",
