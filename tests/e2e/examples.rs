@@ -400,6 +400,19 @@ async fn guestbook_example_uses_d1_kv_r2_and_an_object() {
         .await;
     assert_eq!(again.status, 304);
 
+    // The admin listener lists the bucket, downloads the avatar, and could delete it.
+    let buckets = admin.ok("GET", "/api/r2", None).await;
+    assert_eq!(buckets[0]["name"], "guestbook-avatars", "{buckets}");
+    assert_eq!(buckets[0]["objects"], 1);
+    let objects = admin
+        .ok("GET", "/api/r2/guestbook-avatars/objects", None)
+        .await;
+    assert_eq!(objects["objects"][0]["key"], "ada", "{objects}");
+    let (status, body) = admin
+        .raw("GET", "/api/r2/guestbook-avatars/objects/ada", None)
+        .await;
+    assert_eq!((status, body.to_vec()), (200, png.clone()));
+
     // Every binding's operations are in the metrics.
     let (status, metrics) = admin.raw("GET", "/metrics", None).await;
     assert_eq!(status, 200);

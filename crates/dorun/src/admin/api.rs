@@ -17,6 +17,8 @@
 //! | `GET`/`PUT`/`DELETE /api/kv/{id}/values/{key}` | one value (the body, raw) |
 //! | `GET /api/d1` | D1 databases: name, tables and their rows |
 //! | `POST /api/d1/{name}/sql` `{"query": "..."}` | SQL on a database, in one transaction |
+//! | `GET /api/r2`, `GET /api/r2/{bucket}/objects?prefix=` | R2 buckets; a bucket's objects |
+//! | `GET`/`DELETE /api/r2/{bucket}/objects/{key}` | download or delete one object |
 //! | `POST /api/reset` | every object, alarm and socket gone; KV keys and D1 rows too |
 
 use std::collections::HashMap;
@@ -68,6 +70,7 @@ pub async fn route(admin: &Admin, parts: &http::request::Parts, body: Bytes) -> 
             super::bindings::kv_route(admin, method, rest, parts, body).await
         }
         ["api", "d1", rest @ ..] => super::bindings::d1_route(admin, method, rest, body).await,
+        ["api", "r2", rest @ ..] => super::bindings::r2_route(admin, method, rest, parts).await,
         ["api", "objects", ns, id, rest @ ..] => {
             let Some(ns) = namespace(admin, ns) else {
                 return unknown_namespace(ns);

@@ -170,6 +170,103 @@ pub async fn kv_route(
     }
 }
 
+pub async fn r2_route(
+    admin: &Admin,
+    method: &http::Method,
+    rest: &[&str],
+    parts: &http::request::Parts,
+) -> AdminResponse {
+    let (data_dir, durability) = (admin.data_dir.clone(), durability(admin));
+    let get = method == http::Method::GET;
+    match rest {
+        [] if get => {
+            let answer = blocking(move || {
+                let mut list = Vec::new();
+                for dir in r2_binding::bucket_dirs(&data_dir) {
+                    let bucket = r2_binding::bucket(&dir, durability).map_err(|e| e.to_string())?;
+                    let keys = bucket
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .keys()
+                        .map_err(|e| e.to_string())?;
+                    let name = percent_decode(
+                        dir.file_name().and_then(|n| n.to_str()).unwrap_or_default(),
+                    );
+                    list.push(json!({"name": name, "dir": dir, "objects": keys.len()}));
+                }
+                Ok(Value::Array(list))
+            })
+            .await;
+            reply(answer)
+        }
+        [name, "objects"] if get => {
+            let dir = r2_binding::bucket_dir(&data_dir, name);
+            if !dir.is_dir() {
+                return error(404, format!("no R2 bucket '{name}'"));
+            }
+            let prefix = query(parts, "prefix").unwrap_or_default();
+            let answer = blocking(move || {
+                let bucket = r2_binding::bucket(&dir, durability).map_err(|e| e.to_string())?;
+                let page = bucket
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .list(&prefix, None, 10_000, None)
+                    .map_err(|e| e.to_string())?;
+                let objects: Vec<Value> = page
+                    .objects
+                    .into_iter()
+                    .map(|o| json!({"key": o.key, "size": o.size, "etag": o.etag, "uploaded": o.uploaded}))
+                    .collect();
+                Ok(json!({"objects": objects, "complete": page.next.is_none()}))
+            })
+            .await;
+            reply(answer)
+        }
+        [name, "objects", key @ ..]
+            if !key.is_empty() && (get || method == http::Method::DELETE) =>
+        {
+            let dir = r2_binding::bucket_dir(&data_dir, name);
+            if !dir.is_dir() {
+                return error(404, format!("no R2 bucket '{name}'"));
+            }
+            let key = percent_decode(&key.join("/"));
+            let delete = !get;
+            let answer = blocking(move || {
+                let bucket = r2_binding::bucket(&dir, durability).map_err(|e| e.to_string())?;
+                let bucket = bucket.lock().unwrap_or_else(|p| p.into_inner());
+                if delete {
+                    bucket.delete(&key).map_err(|e| e.to_string())?;
+                    return Ok(Some(Vec::new()));
+                }
+                match bucket.head(&key).map_err(|e| e.to_string())? {
+                    None => Ok(None),
+                    Some(object) => std::fs::read(bucket.blob_path(&object.blob))
+                        .map(Some)
+                        .map_err(|e| e.to_string()),
+                }
+            })
+            .await;
+            match answer {
+                Ok(Some(body)) => respond(200, "application/octet-stream", body.into()),
+                Ok(None) => error(404, "no such object"),
+                Err(message) => error(500, message),
+            }
+        }
+        _ => error(
+            404,
+            format!("no admin route {method} /api/r2/{}", rest.join("/")),
+        ),
+    }
+}
+
+fn query(parts: &http::request::Parts, name: &str) -> Option<String> {
+    parts.uri.query().and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    })
+}
+
 pub async fn d1_route(
     admin: &Admin,
     method: &http::Method,
