@@ -17,12 +17,10 @@ use rusqlite::hooks::AuthContext;
 use rusqlite::limits::Limit;
 use rusqlite::{params_from_iter, Connection};
 
-use crate::sandbox::{
-    split_statements, value_size, SqlGuard, SqlRole, INTERRUPT_CHECK_STEPS, RESULT_TOO_LARGE,
-};
+use crate::sandbox::{split_statements, SqlGuard, SqlRole, INTERRUPT_CHECK_STEPS};
 use crate::{
-    from_value_ref, to_sql_value, Durability, Result, SqlValue, StorageError, MAX_BOUND_PARAMETERS,
-    MAX_COLUMNS, MAX_COMPOUND_SELECT, MAX_RESULT_BYTES, MAX_SQL_BYTES,
+    collect_rows, to_sql_value, Durability, Result, SqlValue, StorageError, MAX_BOUND_PARAMETERS,
+    MAX_COLUMNS, MAX_COMPOUND_SELECT, MAX_SQL_BYTES,
 };
 
 /// D1's largest string or blob (and row), in bytes.
@@ -271,8 +269,7 @@ impl D1Database {
                 "statement too long: SQLITE_TOOBIG".into(),
             ));
         }
-        let statements = split_statements(conn, sql)?;
-        if statements.iter().all(|s| is_only_comments(s)) {
+        if is_only_comments(sql) {
             return Err(StorageError::Refused(NO_STATEMENT.into()));
         }
         // User statements are cached apart from the runtime's (each is authorized once,
@@ -288,25 +285,10 @@ impl D1Database {
         let readonly = statement.readonly();
         let schema_before = if readonly { 0 } else { self.schema_version()? };
         let columns: Vec<String> = statement.column_names().map(|c| c.to_string()).collect();
-        let mut rows_out = Vec::new();
-        let mut result_bytes = 0usize;
-        {
-            let mut rows = statement
-                .query(params_from_iter(bindings.iter().map(to_sql_value)))
-                .map_err(|e| guard.error(e))?;
-            while let Some(row) = rows.next().map_err(|e| guard.error(e))? {
-                let mut values = Vec::with_capacity(columns.len());
-                for index in 0..columns.len() {
-                    let value = from_value_ref(row.get_ref(index)?);
-                    result_bytes += value_size(&value);
-                    values.push(value);
-                }
-                if result_bytes > MAX_RESULT_BYTES {
-                    return Err(StorageError::Refused(RESULT_TOO_LARGE.into()));
-                }
-                rows_out.push(values);
-            }
-        }
+        let rows = statement
+            .query(params_from_iter(bindings.iter().map(to_sql_value)))
+            .map_err(|e| guard.error(e))?;
+        let rows_out = collect_rows(rows, columns.len(), |e| guard.error(e))?;
         drop(statement);
         let written = conn.total_changes().saturating_sub(changes_before);
         let changed_schema = !readonly && self.schema_version()? != schema_before;

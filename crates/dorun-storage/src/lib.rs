@@ -486,23 +486,8 @@ impl ObjectDatabase {
             begin(conn)?;
         }
         let columns: Vec<String> = statement.column_names().map(|c| c.to_string()).collect();
-        let mut rows_out = Vec::new();
-        let mut result_bytes = 0usize;
-        {
-            let mut rows = statement.query(params_from_iter(bindings.iter().map(to_sql_value)))?;
-            while let Some(row) = rows.next()? {
-                let mut values = Vec::with_capacity(columns.len());
-                for index in 0..columns.len() {
-                    let value = from_value_ref(row.get_ref(index)?);
-                    result_bytes += value_size(&value);
-                    values.push(value);
-                }
-                if result_bytes > MAX_RESULT_BYTES {
-                    return Err(StorageError::Refused(RESULT_TOO_LARGE.into()));
-                }
-                rows_out.push(values);
-            }
-        }
+        let rows = statement.query(params_from_iter(bindings.iter().map(to_sql_value)))?;
+        let rows_out = collect_rows(rows, columns.len(), StorageError::from)?;
         drop(statement);
         let rows_written = conn.total_changes().saturating_sub(changes_before);
         Ok(SqlResult {
@@ -665,6 +650,30 @@ fn prefix_upper_bound(prefix: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// Every row of `rows` as values (user SQL's results: refused past [`MAX_RESULT_BYTES`]);
+/// `error` turns SQLite's errors into the caller's.
+pub(crate) fn collect_rows(
+    mut rows: rusqlite::Rows<'_>,
+    columns: usize,
+    error: impl Fn(rusqlite::Error) -> StorageError,
+) -> Result<Vec<Vec<SqlValue>>> {
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    while let Some(row) = rows.next().map_err(&error)? {
+        let mut values = Vec::with_capacity(columns);
+        for index in 0..columns {
+            let value = from_value_ref(row.get_ref(index)?);
+            bytes += value_size(&value);
+            values.push(value);
+        }
+        if bytes > MAX_RESULT_BYTES {
+            return Err(StorageError::Refused(RESULT_TOO_LARGE.into()));
+        }
+        out.push(values);
+    }
+    Ok(out)
 }
 
 pub(crate) fn to_sql_value(value: &SqlValue) -> Value {
