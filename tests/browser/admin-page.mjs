@@ -3,13 +3,17 @@
 // and its deletion, evict and reset with their confirmations. Takes a screenshot of each
 // view. Run by tests/e2e/admin_page.rs:
 //
-//   node tests/browser/admin-page.mjs <admin URL> <screenshot dir> <object with KV> <object with alarm>
+// The KV namespace, D1 database and R2 bucket views: a value shown, put and deleted, a
+// table's rows through the SQL box, an object downloaded and deleted; the Worker reads
+// back what the page changed.
+//
+//   node tests/browser/admin-page.mjs <admin URL> <screenshot dir> <object with KV> <object with alarm> <public URL>
 import assert from "node:assert/strict";
 import { chromium } from "playwright-core";
 import { createServer } from "node:http";
 import { chromiumPath } from "./browser.mjs";
 
-const [admin, shots, kvObject, alarmObject] = process.argv.slice(2);
+const [admin, shots, kvObject, alarmObject, worker] = process.argv.slice(2);
 const ns = "admin-Store";
 
 const browser = await chromium.launch({
@@ -63,6 +67,54 @@ try {
   await page.locator("#sql-query").fill("SELECT * FROM no_such_table");
   await page.locator("#sql-run").click();
   await page.locator("#sql-result .error", { hasText: "no_such_table" }).waitFor();
+
+  // KV: the namespace's keys, a value, a put from the page, a delete.
+  await page.goto(`${admin}/`);
+  await page.locator("tr.link", { hasText: "admin-cache" }).click();
+  await page.waitForURL(/#\/kv\/admin-cache$/);
+  await page.locator("tbody tr", { hasText: "config/theme" }).waitFor();
+  const greeting = page.locator("tbody tr", { hasText: "greeting" });
+  assert.match(await greeting.innerText(), /"lang":"en"/);
+  await greeting.click();
+  await page.locator("#kv-value", { hasText: "hello from KV" }).waitFor();
+  await page.locator("#kv-key").fill("added/by page");
+  await page.locator("#kv-put-value").fill("typed in the page");
+  await page.locator("#kv-put").click();
+  await page.locator("tbody tr", { hasText: "added/by page" }).waitFor();
+  page.once("dialog", (dialog) => dialog.accept());
+  await page.locator("tbody tr", { hasText: "config/theme" }).locator("button.kv-delete").click();
+  await page.locator("tbody tr", { hasText: "config/theme" }).waitFor({ state: "detached" });
+  await shot("kv-namespace");
+
+  // D1: the tables with their row counts; a click on one queries it.
+  await page.goto(`${admin}/`);
+  const dbRow = page.locator("tr.link", { hasText: "admin-db" });
+  assert.match(await dbRow.innerText(), /posts \(2\)/);
+  await dbRow.click();
+  await page.locator("tbody tr.link", { hasText: "posts" }).click();
+  await page.locator("#sql-result td", { hasText: "second post" }).waitFor();
+  await page.locator("#sql-query").fill("INSERT INTO posts (title) VALUES ('from the page'); SELECT count(*) AS n FROM posts");
+  await page.locator("#sql-run").click();
+  await page.locator("#sql-result td", { hasText: "3" }).waitFor();
+  await shot("d1");
+
+  // R2: the objects, one downloaded, one deleted.
+  await page.goto(`${admin}/`);
+  await page.locator("tr.link", { hasText: "admin-files" }).click();
+  const readme = page.locator("tbody tr", { hasText: "docs/readme.txt" });
+  await readme.waitFor();
+  const [download] = await Promise.all([page.waitForEvent("download"), readme.locator("button.r2-download").click()]);
+  const { readFile } = await import("node:fs/promises");
+  assert.equal(await readFile(await download.path(), "utf8"), "an R2 object");
+  page.once("dialog", (dialog) => dialog.accept());
+  await page.locator("tbody tr", { hasText: "logo.bin" }).locator("button.r2-delete").click();
+  await page.locator("tbody tr", { hasText: "logo.bin" }).waitFor({ state: "detached" });
+  await shot("r2");
+  const seen = await (await fetch(`${worker}/bindings/read`)).json();
+  assert.deepEqual(seen, {
+    greeting: "hello from KV", theme: null, added: "typed in the page",
+    posts: ["first post", "second post", "from the page"], readme: "an R2 object", files: ["docs/readme.txt"],
+  });
 
   await page.goto(`${admin}/#/ns/${ns}/${alarmObject}/alarm`);
   await page.locator("#alarm", { hasText: "Alarm at" }).waitFor();
@@ -133,6 +185,10 @@ try {
   await page.locator("#reset-result", { hasText: "Reset: 3 objects" }).waitFor();
   assert.match(await page.locator("tr.link", { hasText: ns }).innerText(), /Store\s+STORE\s+0/);
   await shot("reset");
+  const afterReset = await (await fetch(`${worker}/bindings/read`)).json();
+  assert.deepEqual(afterReset, {
+    greeting: null, theme: null, added: null, posts: [], readme: null, files: [],
+  });
 
   assert.deepEqual(errors, []);
   console.log(JSON.stringify({ ok: true, steps, browser: browser.version() }));

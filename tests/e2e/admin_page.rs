@@ -1,7 +1,8 @@
 //! The admin web page in a real headless browser driven by playwright-core: the system's
 //! /usr/bin/chromium when present, else the Chromium the npm package @sparticuz/chromium
 //! carries (tests/browser/browser.mjs; `DORUN_BROWSER=npm` picks it even when the system
-//! has one). Each view, the SQL box, alarm deletion, evict and reset with their
+//! has one). Each view (KV namespaces, D1 databases and R2 buckets too), the SQL boxes,
+//! a KV put and delete, an R2 download and delete, alarm deletion, evict and reset with their
 //! confirmations, and a page of another origin that tries to reset everything
 //! (tests/browser/admin-page.mjs). Screenshots go to a scratch directory, or to docs/ with
 //! `DORUN_SCREENSHOTS=docs`.
@@ -45,6 +46,8 @@ async fn the_admin_page_browses_queries_and_resets_in_a_real_browser() {
         .unwrap()
         .to_string();
     server.get_json_ok("/o/carol/sql?body=hello", &[]).await;
+    let seeded = server.get("/bindings/seed").await;
+    assert_eq!((seeded.status, seeded.text()), (200, "seeded".to_string()));
     let shots = match std::env::var("DORUN_SCREENSHOTS") {
         Ok(dir) => root.join(dir),
         Err(_) => scratch_dir("admin-page-shots"),
@@ -52,7 +55,7 @@ async fn the_admin_page_browses_queries_and_resets_in_a_real_browser() {
     std::fs::create_dir_all(&shots).unwrap();
     let mut child = Command::new("node")
         .arg(tests.join("admin-page.mjs"))
-        .args([&admin, shots.to_str().unwrap(), &alice, &bob])
+        .args([&admin, shots.to_str().unwrap(), &alice, &bob, &server.base])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -74,7 +77,17 @@ async fn the_admin_page_browses_queries_and_resets_in_a_real_browser() {
         String::from_utf8_lossy(&output.stderr),
         server.logs()
     );
-    for view in ["namespaces", "objects", "kv", "sql", "alarm", "reset"] {
+    for view in [
+        "namespaces",
+        "objects",
+        "kv",
+        "sql",
+        "kv-namespace",
+        "d1",
+        "r2",
+        "alarm",
+        "reset",
+    ] {
         let png = shots.join(format!("admin-{view}.png"));
         let bytes = std::fs::read(&png).unwrap_or_default();
         assert!(

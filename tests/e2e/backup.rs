@@ -1,6 +1,6 @@
 //! `dorun export` / `dorun import`: a consistent copy taken while the server runs, restored
 //! exactly (KV, SQL tables, the alarm), through a running server's admin listener or into a
-//! stopped server's data directory.
+//! stopped server's data directory; KV namespaces, D1 databases and R2 buckets with them.
 
 use serde_json::{json, Value};
 
@@ -46,7 +46,17 @@ async fn fill(server: &Server) -> (String, String) {
         .as_str()
         .unwrap()
         .to_string();
+    assert_eq!(server.get("/bindings/seed").await.status, 200);
     (p1, p2)
+}
+
+/// What the Worker reads from its KV namespace, D1 database and R2 bucket after /bindings/seed.
+fn seeded() -> Value {
+    json!({
+        "greeting": "hello from KV", "theme": {"dark": true}, "added": null,
+        "posts": ["first post", "second post"],
+        "readme": "an R2 object", "files": ["docs/readme.txt", "logo.bin"],
+    })
 }
 
 fn dorun_ok(args: &[&str]) -> String {
@@ -84,16 +94,22 @@ async fn export_while_serving_wipe_and_import_through_the_admin_listener_restore
     assert!(!ok, "an export of a locked data directory must fail");
     assert!(stderr.contains("dorun export --admin URL"), "{stderr}");
 
-    // Through the admin listener: each object copied on its own thread.
+    // Through the admin listener: each object copied on its own thread; the KV, D1 and R2
+    // files, which the server does not hold exclusively, from the data directory.
     let stdout = dorun_ok(&[
         "export",
         "--admin",
         &admin.base,
+        "--data-dir",
+        data.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
         "--json",
     ]);
-    assert!(stdout.contains("exported 2 objects"), "{stdout}");
+    assert!(
+        stdout.contains("exported 2 objects") && stdout.contains("and 3 KV namespaces"),
+        "{stdout}"
+    );
     let (ok, _, stderr) = run_dorun(
         &[
             "export",
@@ -121,10 +137,27 @@ async fn export_while_serving_wipe_and_import_through_the_admin_listener_restore
     admin.ok("POST", "/api/reset", None).await;
     let gone = server.get_json_ok("/o/p1/get?key=profile", &[]).await;
     assert_eq!(gone["value"], Value::Null);
+    let emptied = server.get_json_ok("/bindings/read", &[]).await;
+    assert_eq!(
+        (&emptied["posts"], &emptied["files"]),
+        (&json!([]), &json!([]))
+    );
     admin.ok("POST", "/api/reset", None).await;
 
-    let stdout = dorun_ok(&["import", out.to_str().unwrap(), "--admin", &admin.base]);
-    assert!(stdout.contains("imported 2 objects"), "{stdout}");
+    let stdout = dorun_ok(&[
+        "import",
+        out.to_str().unwrap(),
+        "--admin",
+        &admin.base,
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(
+        stdout.contains("imported 2 objects and 3 KV namespaces"),
+        "{stdout}"
+    );
+    // The running server sees the restored KV, D1 and R2 data at once.
+    assert_eq!(server.get_json_ok("/bindings/read", &[]).await, seeded());
     assert_eq!(contents(&admin, &p1).await, before);
     let listed = admin
         .ok("GET", &format!("/api/objects/{NS}/{p1}"), None)
@@ -185,6 +218,60 @@ async fn one_object_imported_into_a_stopped_servers_data_dir_comes_back_with_its
         "the alarm is scheduled at startup"
     );
     assert_eq!(contents(&admin, &p1).await, before);
+}
+
+#[tokio::test]
+async fn a_whole_data_directory_moves_to_a_fresh_one_with_its_kv_d1_and_r2_data() {
+    let data = scratch_dir("backup-bindings");
+    let out = scratch_dir("backup-bindings-out");
+    let p1 = {
+        let server = start(&data);
+        let (p1, _) = fill(&server).await;
+        assert_eq!(server.get_json_ok("/bindings/read", &[]).await, seeded());
+        p1
+    };
+    let stdout = dorun_ok(&[
+        "export",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        stdout.contains("exported 2 objects") && stdout.contains("and 3 KV namespaces"),
+        "{stdout}"
+    );
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(out.join("dorun-export.json")).unwrap()).unwrap();
+    let kinds: Vec<&str> = manifest["bindings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["kv", "d1", "r2"], "{manifest}");
+    // Plain files a person can open: the bucket's two bodies sit beside its index.
+    let blobs = std::fs::read_dir(out.join("r2/admin-files/blobs"))
+        .unwrap()
+        .count();
+    assert_eq!(blobs, 2);
+
+    let fresh = scratch_dir("backup-bindings-fresh");
+    let stdout = dorun_ok(&[
+        "import",
+        out.to_str().unwrap(),
+        "--data-dir",
+        fresh.to_str().unwrap(),
+    ]);
+    assert!(
+        stdout.contains("imported 2 objects and 3 KV namespaces"),
+        "{stdout}"
+    );
+    let server = start(&fresh);
+    assert_eq!(server.get_json_ok("/bindings/read", &[]).await, seeded());
+    let value = server.get_json_ok("/o/p1/get?key=profile", &[]).await;
+    assert_eq!(value["value"], json!({"n": 5}));
+    let _ = p1;
 }
 
 #[test]

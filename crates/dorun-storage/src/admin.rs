@@ -112,15 +112,28 @@ fn copy_all(backup: &rusqlite::backup::Backup) -> Result<()> {
 
 /// Writes the snapshot in `source` into the live database at `target` (replacing its
 /// content) through SQLite's backup API, so connections to `target` see the new content.
+/// `target` is an object's file: opened as its own connection opens it (exclusive).
 pub fn restore(source: &Path, target: &Path) -> Result<()> {
+    restore_into(source, target, true)
+}
+
+/// As `restore`, for a file other processes may hold open at the same time (a KV
+/// namespace, a D1 database, an R2 bucket's index): waits its turn for their locks.
+pub fn restore_shared(source: &Path, target: &Path) -> Result<()> {
+    restore_into(source, target, false)
+}
+
+fn restore_into(source: &Path, target: &Path, exclusive: bool) -> Result<()> {
     let from = Connection::open_with_flags(source, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     if let Some(dir) = target.parent() {
         std::fs::create_dir_all(dir)?;
     }
     let mut to = Connection::open(target)?;
     to.busy_timeout(std::time::Duration::from_secs(5))?;
-    // As the object's own connection opens it (no -shm file).
-    to.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
+    if exclusive {
+        // As the object's own connection opens it (no -shm file).
+        to.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
+    }
     to.pragma_update(None, "journal_mode", "WAL")?;
     {
         let backup = rusqlite::backup::Backup::new(&from, &mut to)?;

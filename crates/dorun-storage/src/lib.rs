@@ -33,7 +33,7 @@ mod flush;
 mod kv_namespace;
 mod r2;
 mod sandbox;
-pub use admin::{backup, restore};
+pub use admin::{backup, restore, restore_shared};
 pub use cache::{CacheDatabase, CachedResponse};
 pub use close::Closer;
 pub use d1::{d1_message, D1Database, D1Result};

@@ -92,7 +92,7 @@ impl AdminTarget {
         if method != "GET" && method != "HEAD" {
             // The admin listener takes a state change only with a header no web page can
             // send on its own (admin/guard.rs).
-            let content_type = if path.ends_with("/import") {
+            let content_type = if path.ends_with("/import") || path.starts_with("/api/kv/") {
                 "application/octet-stream"
             } else {
                 "application/json"

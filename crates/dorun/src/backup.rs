@@ -7,6 +7,14 @@
 //!
 //! An export directory holds `<namespace>/<object id>.sqlite` (and `.json` with `--json`)
 //! plus `dorun-export.json`, the list of what it holds.
+//!
+//! KV namespaces, D1 databases and R2 buckets come along, under `kv/`, `d1/` and
+//! `r2/<bucket>/` as in the data directory, unless `--namespace` narrows the selection to
+//! objects. Their files are not held exclusively by a server, so with or without one they
+//! are copied through the data directory: SQLite's online backup for each database (an R2
+//! bucket's index), then the body files the copied index refers to (bodies are written
+//! once and renamed into place, never changed). An import replaces each binding it
+//! carries, whole; bindings it does not carry stay as they are.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -253,20 +261,161 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
         progress.tick(done + 1);
     }
     let count = manifest.len();
+    let bindings = if args.selection.namespace.is_some() {
+        Vec::new()
+    } else {
+        match (args.selection.data_dir(), &admin) {
+            (Ok(dir), _) if dir.is_dir() => export_bindings(&dir, &args.out)?,
+            (Ok(_), None) => Vec::new(),
+            (Err(error), None) => return Err(error),
+            (_, Some(_)) => {
+                eprintln!(
+                    "KV, D1 and R2 data not exported: pass --data-dir (or --config) to \
+                     reach the server's data directory"
+                );
+                Vec::new()
+            }
+        }
+    };
+    let binding_count = bindings.len();
     let manifest = json!({
         "format": "dorun-export/1",
         "source": source,
         "objects": manifest,
+        "bindings": bindings,
     });
     std::fs::write(
         args.out.join("dorun-export.json"),
         serde_json::to_vec_pretty(&manifest)?,
     )?;
     println!(
-        "exported {count} objects ({bytes} bytes) from {source} to {}",
+        "exported {count} objects ({bytes} bytes) and {binding_count} KV namespaces, D1 \
+         databases and R2 buckets from {source} to {}",
         args.out.display()
     );
     Ok(())
+}
+
+fn file_stem(path: &Path) -> String {
+    path.file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Copies every KV namespace, D1 database and R2 bucket of `data_dir` into `out`.
+fn export_bindings(data_dir: &Path, out: &Path) -> anyhow::Result<Vec<Value>> {
+    use dorun_runtime::{d1_binding, kv_binding, r2_binding};
+    let fail = |path: &Path, e: dorun_storage::StorageError| anyhow!("{}: {e}", path.display());
+    let mut list = Vec::new();
+    for (kind, dir, files) in [
+        (
+            "kv",
+            kv_binding::KV_DIR,
+            kv_binding::namespace_files(data_dir),
+        ),
+        (
+            "d1",
+            d1_binding::D1_DIR,
+            d1_binding::database_files(data_dir),
+        ),
+    ] {
+        for file in files {
+            let target = out.join(dir).join(file_name(&file));
+            dorun_storage::backup(&file, &target).map_err(|e| fail(&file, e))?;
+            let bytes = std::fs::metadata(&target).map(|m| m.len()).unwrap_or(0);
+            list.push(json!({"kind": kind, "file": file_stem(&file), "bytes": bytes}));
+        }
+    }
+    for bucket in r2_binding::bucket_dirs(data_dir) {
+        let name = file_name(&bucket);
+        let target = out.join(r2_binding::R2_DIR).join(&name);
+        let index = target.join("index.sqlite");
+        let source = bucket.join("index.sqlite");
+        if !source.is_file() {
+            continue;
+        }
+        dorun_storage::backup(&source, &index).map_err(|e| fail(&source, e))?;
+        std::fs::create_dir_all(target.join("blobs"))?;
+        let mut bytes = 0;
+        for blob in referenced_blobs(&index)? {
+            let from = bucket.join("blobs").join(&blob);
+            match std::fs::copy(&from, target.join("blobs").join(&blob)) {
+                Ok(n) => bytes += n,
+                // Deleted since the index was copied: its object is gone from the bucket.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    eprintln!("{}: deleted during the export, skipped", from.display())
+                }
+                Err(e) => return Err(anyhow!("{}: {e}", from.display())),
+            }
+        }
+        list.push(json!({"kind": "r2", "file": name, "bytes": bytes}));
+    }
+    Ok(list)
+}
+
+/// The body files an R2 index (a copy of `index.sqlite`) refers to.
+fn referenced_blobs(index: &Path) -> anyhow::Result<Vec<String>> {
+    let conn =
+        rusqlite::Connection::open_with_flags(index, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let mut statement = conn.prepare("SELECT blob FROM objects UNION SELECT blob FROM parts")?;
+    let blobs = statement
+        .query_map([], |row| row.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(blobs
+        .into_iter()
+        // Only plain file names: the copy never reaches outside blobs/.
+        .filter(|b| !b.is_empty() && !b.contains(['/', '\\']) && b != "." && b != "..")
+        .collect())
+}
+
+/// Restores the KV namespaces, D1 databases and R2 buckets an export holds into
+/// `data_dir`; how many.
+fn import_bindings(from: &Path, data_dir: &Path) -> anyhow::Result<usize> {
+    use dorun_runtime::{d1_binding, kv_binding, r2_binding};
+    let fail = |path: &Path, e: dorun_storage::StorageError| anyhow!("{}: {e}", path.display());
+    let mut count = 0;
+    for dir in [kv_binding::KV_DIR, d1_binding::D1_DIR] {
+        let files = dorun_runtime::binding_files::entries(
+            &from.join(dir),
+            dorun_runtime::binding_files::is_sqlite,
+        );
+        for file in files {
+            let target = data_dir.join(dir).join(file_name(&file));
+            dorun_storage::restore_shared(&file, &target).map_err(|e| fail(&target, e))?;
+            count += 1;
+        }
+    }
+    for bucket in
+        dorun_runtime::binding_files::entries(&from.join(r2_binding::R2_DIR), Path::is_dir)
+    {
+        let index = bucket.join("index.sqlite");
+        if !index.is_file() {
+            continue;
+        }
+        let target = data_dir.join(r2_binding::R2_DIR).join(file_name(&bucket));
+        std::fs::create_dir_all(target.join("blobs"))?;
+        // Bodies first, synced, then the index that refers to them: a crash in between
+        // leaves only unreferenced files, which the bucket removes when it next opens.
+        for blob in referenced_blobs(&index)? {
+            let to = target.join("blobs").join(&blob);
+            std::fs::copy(bucket.join("blobs").join(&blob), &to)
+                .with_context(|| format!("{}", to.display()))?;
+            std::fs::File::open(&to)?.sync_all()?;
+        }
+        std::fs::File::open(target.join("blobs"))?.sync_all()?;
+        let live = target.join("index.sqlite");
+        dorun_storage::restore_shared(&index, &live).map_err(|e| fail(&live, e))?;
+        count += 1;
+    }
+    Ok(count)
 }
 
 /// Writes a running server's copy of one object to `target`; false if it has no storage.
@@ -374,7 +523,31 @@ pub fn import(args: ImportArgs) -> anyhow::Result<()> {
         (None, Some(dir)) => dir.display().to_string(),
         (None, None) => String::new(),
     };
-    println!("imported {} objects into {into}", objects.len());
+    let carries_bindings = [
+        dorun_runtime::kv_binding::KV_DIR,
+        dorun_runtime::d1_binding::D1_DIR,
+        dorun_runtime::r2_binding::R2_DIR,
+    ]
+    .iter()
+    .any(|dir| args.from.join(dir).is_dir());
+    let bindings = if args.selection.namespace.is_some() || !carries_bindings {
+        0
+    } else {
+        match args.selection.data_dir() {
+            Ok(dir) => import_bindings(&args.from, &dir)?,
+            Err(_) => {
+                eprintln!(
+                    "KV, D1 and R2 data not imported: pass --data-dir (or --config) to \
+                     reach the server's data directory"
+                );
+                0
+            }
+        }
+    };
+    println!(
+        "imported {} objects and {bindings} KV namespaces, D1 databases and R2 buckets into {into}",
+        objects.len()
+    );
     Ok(())
 }
 

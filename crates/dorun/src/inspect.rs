@@ -1,5 +1,6 @@
 //! `dorun inspect`: the admin listener's API as tables in a terminal (namespaces, objects,
-//! KV entries, SQL results, alarms), or its JSON with `--json`.
+//! KV entries, SQL results, alarms; KV namespaces, D1 databases and R2 buckets), or its JSON
+//! with `--json`.
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
@@ -48,10 +49,112 @@ pub enum Inspect {
     },
     /// Scheduled alarms (of one namespace, or all).
     Alarms { namespace: Option<String> },
+    /// The KV namespaces, D1 databases and R2 buckets that hold data.
+    Bindings,
+    /// The keys of a KV namespace (its `id`, or its binding's name when it has no id).
+    KvKeys {
+        namespace: String,
+        #[arg(long)]
+        prefix: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
+    /// Print a KV value to standard output, as stored.
+    KvGet { namespace: String, key: String },
+    /// Store a KV value (from the argument, or from standard input with `-`).
+    KvPut {
+        namespace: String,
+        key: String,
+        value: String,
+    },
+    /// Delete a KV key.
+    KvDelete { namespace: String, key: String },
+    /// Run SQL on a D1 database (statements separated by `;`; the last one's rows are shown);
+    /// without a query, its tables and their row counts.
+    D1 {
+        database: String,
+        query: Option<String>,
+    },
+    /// The objects of an R2 bucket.
+    R2 {
+        bucket: String,
+        #[arg(long)]
+        prefix: Option<String>,
+    },
+    /// Write an R2 object to standard output (or to --out FILE).
+    R2Get {
+        bucket: String,
+        key: String,
+        #[arg(long, short = 'o')]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Delete an R2 object.
+    R2Delete { bucket: String, key: String },
+}
+
+/// A path segment or key, percent-encoded for a URL path (slashes in keys kept).
+fn segment(text: &str) -> String {
+    text.split('/')
+        .map(|part| url::form_urlencoded::byte_serialize(part.as_bytes()).collect::<String>())
+        .map(|part| part.replace('+', "%20"))
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The subcommands that move bytes rather than print a table.
+fn raw(admin: &AdminTarget, what: &Inspect) -> anyhow::Result<bool> {
+    use std::io::{Read, Write};
+    let done = match what {
+        Inspect::KvGet { namespace, key } => {
+            let path = format!("/api/kv/{}/values/{}", segment(namespace), segment(key));
+            std::io::stdout().write_all(&admin.call("GET", &path, Default::default())?)?;
+            true
+        }
+        Inspect::KvPut {
+            namespace,
+            key,
+            value,
+        } => {
+            let value = if value == "-" {
+                let mut bytes = Vec::new();
+                std::io::stdin().read_to_end(&mut bytes)?;
+                bytes
+            } else {
+                value.clone().into_bytes()
+            };
+            let path = format!("/api/kv/{}/values/{}", segment(namespace), segment(key));
+            admin.call("PUT", &path, value.into())?;
+            true
+        }
+        Inspect::KvDelete { namespace, key } => {
+            let path = format!("/api/kv/{}/values/{}", segment(namespace), segment(key));
+            admin.call("DELETE", &path, Default::default())?;
+            true
+        }
+        Inspect::R2Get { bucket, key, out } => {
+            let path = format!("/api/r2/{}/objects/{}", segment(bucket), segment(key));
+            let body = admin.call("GET", &path, Default::default())?;
+            match out {
+                Some(file) => std::fs::write(file, &body)?,
+                None => std::io::stdout().write_all(&body)?,
+            }
+            true
+        }
+        Inspect::R2Delete { bucket, key } => {
+            let path = format!("/api/r2/{}/objects/{}", segment(bucket), segment(key));
+            admin.call("DELETE", &path, Default::default())?;
+            true
+        }
+        _ => false,
+    };
+    Ok(done)
 }
 
 pub fn run(args: InspectArgs) -> anyhow::Result<()> {
     let admin = AdminTarget::new(&args.admin, args.admin_token.clone());
+    if raw(&admin, &args.what)? {
+        return Ok(());
+    }
     let (value, table) = match &args.what {
         Inspect::List { namespace: None } => {
             let value = admin.json("GET", "/api/namespaces", Default::default())?;
@@ -102,6 +205,109 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
             (value, table)
         }
         Inspect::Alarms { namespace } => alarms(&admin, namespace.as_deref())?,
+        Inspect::Bindings => bindings(&admin)?,
+        Inspect::KvKeys {
+            namespace,
+            prefix,
+            limit,
+        } => {
+            let mut path = format!("/api/kv/{}/keys?limit={limit}", segment(namespace));
+            if let Some(prefix) = prefix {
+                let prefix: String =
+                    url::form_urlencoded::byte_serialize(prefix.as_bytes()).collect();
+                path.push_str(&format!("&prefix={prefix}"));
+            }
+            let value = admin.json("GET", &path, Default::default())?;
+            let rows = value["keys"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|k| {
+                    vec![
+                        cell(&k["name"]),
+                        k["expiration"]
+                            .as_i64()
+                            .map(|at| when(at * 1000))
+                            .unwrap_or_default(),
+                        if k["metadata"].is_null() {
+                            String::new()
+                        } else {
+                            cell(&Value::String(k["metadata"].to_string()))
+                        },
+                    ]
+                })
+                .collect();
+            let mut table = render(&["KEY", "EXPIRES", "METADATA"], rows);
+            if value["complete"] == false {
+                table.push_str("(more keys: raise --limit)\n");
+            }
+            (value, table)
+        }
+        Inspect::D1 {
+            database,
+            query: None,
+        } => {
+            let list = admin.json("GET", "/api/d1", Default::default())?;
+            let Some(found) = list
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|d| d["name"] == database.as_str())
+            else {
+                bail!("no D1 database '{database}' holds data (see `dorun inspect bindings`)");
+            };
+            let rows = found["tables"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| vec![cell(&t["name"]), t["rows"].to_string()])
+                .collect();
+            let table = render(&["TABLE", "ROWS"], rows);
+            (found.clone(), table)
+        }
+        Inspect::D1 {
+            database,
+            query: Some(query),
+        } => {
+            let body = serde_json::json!({ "query": query }).to_string();
+            let mut value = admin.json(
+                "POST",
+                &format!("/api/d1/{}/sql", segment(database)),
+                body.into(),
+            )?;
+            value["rowsWritten"] = value["changes"].clone();
+            let table = sql_table(&value);
+            (value, table)
+        }
+        Inspect::R2 { bucket, prefix } => {
+            let mut path = format!("/api/r2/{}/objects", segment(bucket));
+            if let Some(prefix) = prefix {
+                let prefix: String =
+                    url::form_urlencoded::byte_serialize(prefix.as_bytes()).collect();
+                path.push_str(&format!("?prefix={prefix}"));
+            }
+            let value = admin.json("GET", &path, Default::default())?;
+            let rows = value["objects"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|o| {
+                    vec![
+                        cell(&o["key"]),
+                        bytes(&o["size"]),
+                        cell(&o["etag"]),
+                        o["uploaded"].as_i64().map(when).unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            let table = render(&["KEY", "SIZE", "ETAG", "UPLOADED"], rows);
+            (value, table)
+        }
+        Inspect::KvGet { .. }
+        | Inspect::KvPut { .. }
+        | Inspect::KvDelete { .. }
+        | Inspect::R2Get { .. }
+        | Inspect::R2Delete { .. } => unreachable!("handled by raw()"),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&value)?);
@@ -156,6 +362,38 @@ fn alarms(admin: &AdminTarget, namespace: Option<&str>) -> anyhow::Result<(Value
     }
     let table = render(&["NAMESPACE", "OBJECT", "ALARM", "RETRIES"], rows);
     Ok((Value::Array(all), table))
+}
+
+/// KV namespaces, D1 databases and R2 buckets in one table.
+fn bindings(admin: &AdminTarget) -> anyhow::Result<(Value, String)> {
+    let kv = admin.json("GET", "/api/kv", Default::default())?;
+    let d1 = admin.json("GET", "/api/d1", Default::default())?;
+    let r2 = admin.json("GET", "/api/r2", Default::default())?;
+    let list = |value: &Value| value.as_array().cloned().unwrap_or_default();
+    let mut rows = Vec::new();
+    for n in list(&kv) {
+        rows.push(vec![
+            "kv".into(),
+            cell(&n["id"]),
+            format!("{} keys", n["keys"]),
+        ]);
+    }
+    for db in list(&d1) {
+        let tables: Vec<String> = list(&db["tables"])
+            .iter()
+            .map(|t| format!("{} ({})", t["name"].as_str().unwrap_or_default(), t["rows"]))
+            .collect();
+        rows.push(vec!["d1".into(), cell(&db["name"]), tables.join(", ")]);
+    }
+    for b in list(&r2) {
+        rows.push(vec![
+            "r2".into(),
+            cell(&b["name"]),
+            format!("{} objects", b["objects"]),
+        ]);
+    }
+    let table = render(&["KIND", "NAME", "HOLDS"], rows);
+    Ok((serde_json::json!({"kv": kv, "d1": d1, "r2": r2}), table))
 }
 
 fn now_ms() -> i64 {
