@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
-use deno_core::{op2, JsBuffer, OpState, ToJsBuffer};
+use deno_core::{op2, AsyncRefCell, AsyncResult, BufView, JsBuffer, OpState, RcRef, Resource};
+use deno_error::JsErrorBox;
 use dorun_storage::{Durability, R2Bucket, R2ObjectMeta, R2Part, R2Upload, StorageError};
 use md5::Digest;
 
@@ -50,7 +51,6 @@ pub struct R2Store {
     pub durability: Durability,
     next: u32,
     writers: HashMap<u32, Writer>,
-    readers: HashMap<u32, Reader>,
 }
 
 impl R2Store {
@@ -60,7 +60,6 @@ impl R2Store {
             durability,
             next: 0,
             writers: HashMap::new(),
-            readers: HashMap::new(),
         }
     }
 
@@ -256,9 +255,20 @@ pub async fn op_dorun_r2_write(
     #[smi] id: u32,
     #[buffer] chunk: JsBuffer,
 ) -> Result<(), R2Error> {
-    let mut writer = take_writer(&state, id)?;
+    let writer = take_writer(&state, id)?;
+    let writer = append(writer, chunk.to_vec()).await?;
+    state
+        .borrow_mut()
+        .borrow_mut::<R2Store>()
+        .writers
+        .insert(id, writer);
+    Ok(())
+}
+
+/// Writes `chunk` to the body's file (on a blocking thread) and hashes it.
+async fn append(mut writer: Writer, chunk: Vec<u8>) -> Result<Writer, R2Error> {
     binding_files::record_bytes("r2", "in", chunk.len());
-    let writer = tokio::task::spawn_blocking(move || -> Result<Writer, R2Error> {
+    tokio::task::spawn_blocking(move || -> Result<Writer, R2Error> {
         if let Some(file) = writer.file.as_mut() {
             file.write_all(&chunk)
                 .map_err(|e| R2Error::from(StorageError::from(e)))?;
@@ -280,13 +290,49 @@ pub async fn op_dorun_r2_write(
         Ok(writer)
     })
     .await
-    .map_err(|_| message("We encountered an internal error. Please try again."))??;
-    state
+    .map_err(|_| message("We encountered an internal error. Please try again."))?
+}
+
+/// Appends everything resource `rid` yields (a request body handed over untouched) to a
+/// body, chunk by chunk, without the chunks passing through JS.
+#[op2]
+pub async fn op_dorun_r2_write_resource(
+    state: Rc<RefCell<OpState>>,
+    #[smi] id: u32,
+    #[smi] rid: u32,
+) -> Result<(), R2Error> {
+    let resource = state
         .borrow_mut()
-        .borrow_mut::<R2Store>()
-        .writers
-        .insert(id, writer);
-    Ok(())
+        .resource_table
+        .take_any(rid)
+        .map_err(|e| message(e.to_string()))?;
+    let mut slot = Some(take_writer(&state, id)?);
+    let outcome = loop {
+        let chunk = match resource.clone().read(READ_CHUNK).await {
+            Ok(chunk) => chunk,
+            Err(error) => break Err(message(error.to_string())),
+        };
+        if chunk.is_empty() {
+            break Ok(());
+        }
+        let Some(writer) = slot.take() else {
+            break Err(message("the body being written is gone"));
+        };
+        match append(writer, chunk.to_vec()).await {
+            Ok(writer) => slot = Some(writer),
+            Err(error) => break Err(error),
+        }
+    };
+    resource.close();
+    // Back in its place, so the caller's discard (after an error) removes its file.
+    if let Some(writer) = slot {
+        state
+            .borrow_mut()
+            .borrow_mut::<R2Store>()
+            .writers
+            .insert(id, writer);
+    }
+    outcome
 }
 
 /// Drops a body that will not be committed.
@@ -297,7 +343,6 @@ pub fn op_dorun_r2_discard(state: &mut OpState, #[smi] id: u32) {
         let dir = bucket_dir(&store.data_dir, &writer.bucket);
         let _ = std::fs::remove_file(dir.join("blobs").join(&writer.blob));
     }
-    store.readers.remove(&id);
 }
 
 /// What a finished body is: its size and digests (hex).
@@ -401,8 +446,60 @@ struct Reader {
     remaining: u64,
 }
 
+/// An object's body (or a range of it) read from its file as it is consumed. A resource:
+/// JS reads it with `readableStreamForRid`, and a Response whose body is this stream,
+/// untouched, hands the resource itself to the front door, which then reads the file
+/// without a chunk ever entering V8.
+pub struct R2BodyResource {
+    reader: AsyncRefCell<Option<Reader>>,
+}
+
+impl Resource for R2BodyResource {
+    fn name(&self) -> std::borrow::Cow<'_, str> {
+        "dorunR2Body".into()
+    }
+
+    fn read(self: Rc<Self>, limit: usize) -> AsyncResult<BufView> {
+        Box::pin(async move {
+            let mut slot = RcRef::map(&self, |r| &r.reader).borrow_mut().await;
+            let Some(mut reader) = slot.take() else {
+                return Ok(BufView::empty());
+            };
+            let limit = limit.clamp(1, READ_CHUNK);
+            let (reader, chunk) =
+                tokio::task::spawn_blocking(move || -> std::io::Result<(Reader, Vec<u8>)> {
+                    let want = (limit as u64).min(reader.remaining) as usize;
+                    let mut chunk = vec![0; want];
+                    let mut filled = 0;
+                    if let Some(file) = reader.file.as_mut() {
+                        while filled < want {
+                            let n = file.read(&mut chunk[filled..])?;
+                            if n == 0 {
+                                break;
+                            }
+                            filled += n;
+                        }
+                    }
+                    chunk.truncate(filled);
+                    reader.remaining -= filled as u64;
+                    Ok((reader, chunk))
+                })
+                .await
+                .map_err(|_| {
+                    JsErrorBox::generic("We encountered an internal error. Please try again.")
+                })?
+                .map_err(|e| JsErrorBox::generic(format!("R2 body: {e}")))?;
+            binding_files::record_bytes("r2", "out", chunk.len());
+            if !chunk.is_empty() {
+                *slot = Some(reader);
+            }
+            Ok(BufView::from(chunk))
+        })
+    }
+}
+
 /// Opens the body of `key` (if it is still the object `version`) at `offset` for `length`
-/// bytes; a reader id, or null if the object changed or is gone.
+/// bytes; the rid of an [`R2BodyResource`], or null if the object changed or is gone.
 #[op2]
 pub async fn op_dorun_r2_open(
     state: Rc<RefCell<OpState>>,
@@ -428,65 +525,13 @@ pub async fn op_dorun_r2_open(
     let Some(file) = file else {
         return Ok(None);
     };
-    let mut state = state.borrow_mut();
-    let store = state.borrow_mut::<R2Store>();
-    let id = store.id();
-    store.readers.insert(
-        id,
-        Reader {
+    let resource = R2BodyResource {
+        reader: AsyncRefCell::new(Some(Reader {
             file: Some(file),
             remaining: length,
-        },
-    );
-    Ok(Some(id))
-}
-
-/// The next chunk of a body; empty at its end (the reader is then gone).
-#[op2]
-#[serde]
-pub async fn op_dorun_r2_read(
-    state: Rc<RefCell<OpState>>,
-    #[smi] id: u32,
-) -> Result<ToJsBuffer, R2Error> {
-    let reader = state
-        .borrow_mut()
-        .borrow_mut::<R2Store>()
-        .readers
-        .remove(&id);
-    let Some(mut reader) = reader else {
-        return Ok(Vec::new().into());
+        })),
     };
-    let (reader, chunk) =
-        tokio::task::spawn_blocking(move || -> Result<(Reader, Vec<u8>), R2Error> {
-            let want = (READ_CHUNK as u64).min(reader.remaining) as usize;
-            let mut chunk = vec![0; want];
-            let mut filled = 0;
-            if let Some(file) = reader.file.as_mut() {
-                while filled < want {
-                    let n = file
-                        .read(&mut chunk[filled..])
-                        .map_err(StorageError::from)?;
-                    if n == 0 {
-                        break;
-                    }
-                    filled += n;
-                }
-            }
-            chunk.truncate(filled);
-            reader.remaining -= filled as u64;
-            Ok((reader, chunk))
-        })
-        .await
-        .map_err(|_| message("We encountered an internal error. Please try again."))??;
-    binding_files::record_bytes("r2", "out", chunk.len());
-    if !chunk.is_empty() {
-        state
-            .borrow_mut()
-            .borrow_mut::<R2Store>()
-            .readers
-            .insert(id, reader);
-    }
-    Ok(chunk.into())
+    Ok(Some(state.borrow_mut().resource_table.add(resource)))
 }
 
 // --- delete and list -----------------------------------------------------------------------

@@ -80,7 +80,14 @@ export function sendResponse(id, response) {
   if (streams.isReadableStreamLocked(source) || streams.isReadableStreamDisturbed(source)) {
     throw new TypeError("The response body has already been used.");
   }
-  const rid = streams.resourceForReadableStream(source);
+  // A stream backed by a resource of ours (an R2 object's body, a request body) is handed
+  // over as it is: the front door reads the resource, and no chunk passes through JS.
+  const backing = streams.getReadableStreamResourceBacking(source);
+  const rid = backing ? backing.rid : streams.resourceForReadableStream(source);
+  if (backing) {
+    // The stream is used up: reading or cancelling it later fails as for a consumed body.
+    streams.readableStreamDisturb(source);
+  }
   PromisePrototypeThen(op_dorun_respond_stream(id, status, headers, rid), undefined, (error) => {
     console.error("Error while streaming the response body:", error);
   });

@@ -35,10 +35,10 @@ const {
   op_dorun_r2_head,
   op_dorun_r2_writer,
   op_dorun_r2_write,
+  op_dorun_r2_write_resource,
   op_dorun_r2_discard,
   op_dorun_r2_commit,
   op_dorun_r2_open,
-  op_dorun_r2_read,
   op_dorun_r2_delete,
   op_dorun_r2_list,
   op_dorun_r2_create_upload,
@@ -48,6 +48,7 @@ const {
 } = core.ops;
 
 const { ArrayBuffer, Blob, Date, Error, Headers, ReadableStream, Response } = globalThis;
+const streams = core.loadExtScript("ext:deno_web/06_streams.js");
 
 const kCreate = Symbol("R2");
 const encoder = new TextEncoder();
@@ -286,23 +287,13 @@ for (const Class of [HeadResult, GetResult]) {
   }
 }
 
-/** A body read from its file in chunks, as it is consumed. */
-function bodyStream(reader) {
-  return new ReadableStream({
-    type: "bytes",
-    async pull(controller) {
-      const chunk = await op_dorun_r2_read(reader);
-      if (chunk.byteLength === 0) {
-        controller.close();
-        controller.byobRequest?.respond(0);
-      } else {
-        controller.enqueue(chunk);
-      }
-    },
-    cancel() {
-      op_dorun_r2_discard(reader);
-    },
-  });
+/**
+ * A body read from its file in chunks, as it is consumed: a stream backed by the body's
+ * resource, so a Response that returns it untouched is sent from the file by the front
+ * door without the chunks passing through JS.
+ */
+function bodyStream(rid) {
+  return streams.readableStreamForRid(rid);
 }
 
 // --- conditions and ranges -----------------------------------------------------------------
@@ -474,8 +465,13 @@ function chunksOf(value) {
 async function writeBody(bucket, chunks, algorithm) {
   const writer = await op_dorun_r2_writer(bucket, algorithm);
   try {
+    const backing = ArrayIsArray(chunks) ? undefined : streams.getReadableStreamResourceBacking(chunks);
     if (ArrayIsArray(chunks)) {
       for (const chunk of chunks) await writeChunk(writer, chunk);
+    } else if (backing && !streams.isReadableStreamLocked(chunks) && !streams.isReadableStreamDisturbed(chunks)) {
+      // A request body (or another R2 body) handed over untouched: read in Rust.
+      streams.readableStreamDisturb(chunks);
+      await op_dorun_r2_write_resource(writer, backing.rid);
     } else {
       const reader = chunks.getReader();
       for (;;) {
