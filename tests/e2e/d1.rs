@@ -4,6 +4,18 @@
 
 /// Steps where dorun differs on purpose, and why (the README says so too).
 const DELIBERATE: &[(&str, &str)] = &[
+    // The SQLite rusqlite bundles is the amalgamation, whose parser has no UPDATE/DELETE
+    // ... ORDER BY ... LIMIT (that needs SQLite built from its canonical sources).
+    (
+        "limit.delete-returning",
+        "DELETE ... LIMIT is a syntax error in dorun's SQLite",
+    ),
+    ("limit.update", "UPDATE ... LIMIT is a syntax error"),
+    (
+        "limit.update-order",
+        "UPDATE ... ORDER BY ... LIMIT is a syntax error",
+    ),
+    ("limit.after", "the three statements above changed nothing"),
     (
         "prepare.no-arg",
         "prepare() runs the SQL \"undefined\"; Miniflare fails to parse its own request",

@@ -92,6 +92,38 @@ impl<T> Registry<T> {
     }
 }
 
+/// The write groups ([`dorun_storage::Group`]) of the files a binding kind has open, by path:
+/// writes to one file from many requests share its commits.
+pub struct Groups<T, R> {
+    open: OnceLock<Mutex<GroupMap<T, R>>>,
+}
+
+type GroupMap<T, R> = HashMap<PathBuf, Arc<dorun_storage::Group<T, R>>>;
+
+impl<T: dorun_storage::Transactional, R> Default for Groups<T, R> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: dorun_storage::Transactional, R> Groups<T, R> {
+    pub const fn new() -> Self {
+        Self {
+            open: OnceLock::new(),
+        }
+    }
+
+    /// The group of `path`.
+    pub fn get(&self, path: &Path) -> Arc<dorun_storage::Group<T, R>> {
+        let mut map = self
+            .open
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        map.entry(path.to_path_buf()).or_default().clone()
+    }
+}
+
 impl<T> Default for Registry<T> {
     fn default() -> Self {
         Self::new()

@@ -89,6 +89,41 @@ async fn with<T: Send + 'static>(
     op: &'static str,
     f: impl FnOnce(&mut D1Database, Duration) -> Result<T, StorageError> + Send + 'static,
 ) -> Result<T, D1Error> {
+    on_file(state, name, op, move |_, database, limit| {
+        f(
+            &mut database
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            limit,
+        )
+    })
+    .await
+}
+
+/// Statements from many requests sharing commits, by database file.
+static WRITES: binding_files::Groups<D1Database, Vec<D1Answer>> = binding_files::Groups::new();
+
+/// Runs the batch `f` on database `name`, committed together with the batches other
+/// requests run on it meanwhile (one fsync for all; each batch in its own savepoint).
+async fn grouped(
+    state: &Rc<RefCell<OpState>>,
+    name: &str,
+    op: &'static str,
+    f: impl FnOnce(&mut D1Database, Duration) -> Result<Vec<D1Answer>, StorageError> + Send + 'static,
+) -> Result<Vec<D1Answer>, D1Error> {
+    on_file(state, name, op, move |path, database, limit| {
+        WRITES.get(path).write(database, move |db| f(db, limit))
+    })
+    .await
+}
+
+/// Runs `f` with database `name`'s file and handle, on a blocking thread.
+async fn on_file<T: Send + 'static>(
+    state: &Rc<RefCell<OpState>>,
+    name: &str,
+    op: &'static str,
+    f: impl FnOnce(&Path, &Mutex<D1Database>, Duration) -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, D1Error> {
     let (path, durability, limit) = {
         let state = state.borrow();
         let store = state.borrow::<D1Store>();
@@ -101,10 +136,7 @@ async fn with<T: Send + 'static>(
     let started = std::time::Instant::now();
     let result = tokio::task::spawn_blocking(move || {
         let database = database(&path, durability).map_err(|e| D1Error::Sql(message(&e)))?;
-        let mut database = database
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        f(&mut database, limit).map_err(|e| D1Error::Sql(message(&e)))
+        f(&path, &database, limit).map_err(|e| D1Error::Sql(message(&e)))
     })
     .await
     .map_err(|_| D1Error::Task)?;
@@ -219,7 +251,7 @@ pub async fn op_dorun_d1_batch(
         .into_iter()
         .map(|s| (s.sql, s.params.into_iter().map(D1Param::value).collect()))
         .collect();
-    with(&state, &name, "batch", move |db, limit| {
+    grouped(&state, &name, "batch", move |db, limit| {
         let started = Instant::now();
         let results = db.batch(&statements, limit)?;
         let duration = started.elapsed().as_secs_f64() * 1000.0;

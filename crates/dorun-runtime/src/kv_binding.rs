@@ -88,6 +88,38 @@ async fn with<T: Send + 'static>(
     operation: &'static str,
     f: impl FnOnce(&KvDatabase) -> Result<T, StorageError> + Send + 'static,
 ) -> Result<T, KvError> {
+    on_file(state, id, operation, move |_, database| {
+        f(&database
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()))
+    })
+    .await
+}
+
+/// Writes sharing commits, by namespace file.
+static WRITES: binding_files::Groups<KvDatabase, ()> = binding_files::Groups::new();
+
+/// Runs the write `f` on namespace `id`'s database, committed together with the writes
+/// other requests make to it meanwhile (one fsync for all).
+async fn write(
+    state: &Rc<RefCell<OpState>>,
+    id: &str,
+    operation: &'static str,
+    f: impl FnOnce(&KvDatabase) -> Result<(), StorageError> + Send + 'static,
+) -> Result<(), KvError> {
+    on_file(state, id, operation, move |path, database| {
+        WRITES.get(path).write(database, move |db| f(db))
+    })
+    .await
+}
+
+/// Runs `f` with namespace `id`'s file and database, on a blocking thread.
+async fn on_file<T: Send + 'static>(
+    state: &Rc<RefCell<OpState>>,
+    id: &str,
+    operation: &'static str,
+    f: impl FnOnce(&Path, &Mutex<KvDatabase>) -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, KvError> {
     let (path, durability) = {
         let state = state.borrow();
         let store = state.borrow::<KvStore>();
@@ -97,10 +129,7 @@ async fn with<T: Send + 'static>(
     let started = std::time::Instant::now();
     let result = tokio::task::spawn_blocking(move || {
         let database = database(&path, durability)?;
-        let database = database
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        f(&database)
+        f(&path, &database)
     })
     .await
     .map_err(|_| KvError::Task(operation))?
@@ -182,7 +211,7 @@ pub async fn op_dorun_kvns_put(
         metadata: options.metadata,
         expiration: options.expiration.map(|at| at.floor() as i64),
     };
-    with(&state, &id, "PUT", move |db| db.put(&key, &entry)).await
+    write(&state, &id, "PUT", move |db| db.put(&key, &entry)).await
 }
 
 #[op2]
@@ -191,7 +220,7 @@ pub async fn op_dorun_kvns_delete(
     #[string] id: String,
     #[string] key: String,
 ) -> Result<(), KvError> {
-    with(&state, &id, "DELETE", move |db| db.delete(&key)).await
+    write(&state, &id, "DELETE", move |db| db.delete(&key)).await
 }
 
 /// One page of `list`: the keys and the last key's name when more follow (the JS side

@@ -353,9 +353,12 @@ struct Finished {
 }
 
 /// Closes and syncs a body; its size and digests.
-fn finish(bucket: &R2Bucket, mut writer: Writer) -> Result<Finished, R2Error> {
+fn finish(
+    sync: impl FnOnce(&mut File) -> Result<(), StorageError>,
+    mut writer: Writer,
+) -> Result<Finished, R2Error> {
     if let Some(mut file) = writer.file.take() {
-        bucket.sync_blob(&mut file)?;
+        sync(&mut file)?;
     }
     let md5 = writer.md5.finalize().to_vec();
     let mut checksums = serde_json::Map::new();
@@ -402,20 +405,23 @@ pub async fn op_dorun_r2_commit(
     #[serde] options: PutOptions,
 ) -> Result<ObjectOut, R2Error> {
     let writer = take_writer(&state, id)?;
-    let name = writer.bucket.clone();
-    with(&state, &name, "put", move |bucket| {
+    let (dir, durability) = locate(&state, &writer.bucket);
+    let started = std::time::Instant::now();
+    let result = tokio::task::spawn_blocking(move || -> Result<ObjectOut, R2Error> {
         let blob = writer.blob.clone();
-        let finished = match finish(bucket, writer) {
-            Ok(finished) => finished,
-            Err(error) => {
-                let _ = std::fs::remove_file(bucket.blob_path(&blob));
-                return Err(error);
-            }
+        let drop_blob = |name: &str| {
+            let _ = std::fs::remove_file(dir.join("blobs").join(name));
         };
+        // The body is synced outside the bucket's lock, so concurrent puts sync in parallel.
+        let finished = finish(
+            |file| R2Bucket::sync_body(&dir, durability, file),
+            writer,
+        )
+        .inspect_err(|_| drop_blob(&blob))?;
         if let Some((algorithm, given)) = &options.expected {
             let actual = finished.checksums.get(algorithm).and_then(|v| v.as_str()).unwrap_or("");
             if !actual.eq_ignore_ascii_case(given) {
-                let _ = std::fs::remove_file(bucket.blob_path(&blob));
+                drop_blob(&blob);
                 let name = algorithm.to_uppercase().replace("SHA", "SHA-");
                 return Err(message(format!(
                     "The {name} checksum you specified did not match what we received.\nYou provided a {name} checksum with value: {given}\nActual {name} was: {actual}|10037"
@@ -431,13 +437,37 @@ pub async fn op_dorun_r2_commit(
             http_metadata: options.http_metadata,
             custom_metadata: options.custom_metadata,
             checksums: serde_json::Value::Object(finished.checksums).to_string(),
-            blob,
+            blob: blob.clone(),
         };
-        bucket.put(&meta)?;
-        Ok(ObjectOut::from(meta))
+        let out = ObjectOut::from(meta.clone());
+        // Indexed together with the puts other requests make meanwhile: one commit for all.
+        let indexed = bucket(&dir, durability).and_then(|handle| {
+            INDEX_WRITES
+                .get(&dir)
+                .write(&handle, move |b| b.put_indexed(&meta))
+        });
+        match indexed {
+            Ok(replaced) => {
+                // The replaced body goes once the index no longer refers to it, durably.
+                if let Some(old) = replaced {
+                    drop_blob(&old);
+                }
+                Ok(out)
+            }
+            Err(error) => {
+                drop_blob(&blob);
+                Err(error.into())
+            }
+        }
     })
     .await
+    .map_err(|_| message("We encountered an internal error. Please try again."))?;
+    binding_files::record("r2", "put", started, result.is_ok());
+    result
 }
+
+/// Index writes of puts sharing commits, by bucket.
+static INDEX_WRITES: binding_files::Groups<R2Bucket, Option<String>> = binding_files::Groups::new();
 
 // --- reading a body -------------------------------------------------------------------------
 
@@ -635,7 +665,7 @@ pub async fn op_dorun_r2_commit_part(
                 "The specified multipart upload does not exist.|10024",
             ));
         }
-        let finished = finish(bucket, writer)?;
+        let finished = finish(|file| bucket.sync_blob(file), writer)?;
         let etag = random_hex();
         bucket.put_part(
             &upload_id,

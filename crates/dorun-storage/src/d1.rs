@@ -72,6 +72,16 @@ pub struct D1Database {
     position: u64,
 }
 
+impl crate::Transactional for D1Database {
+    fn control(&self, sql: &str) -> rusqlite::Result<()> {
+        self.runtime(|conn| conn.execute_batch(sql))
+    }
+
+    fn in_transaction(&self) -> bool {
+        !self.conn.is_autocommit()
+    }
+}
+
 impl D1Database {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path, durability: Durability) -> Result<Self> {
@@ -176,19 +186,30 @@ impl D1Database {
             return Err(StorageError::Refused(NO_STATEMENTS.into()));
         }
         self.arm(limit);
-        self.runtime(|conn| conn.execute_batch("BEGIN IMMEDIATE"))?;
+        // Alone, a transaction of its own; inside a group commit (see group.rs), a savepoint
+        // of the group's transaction.
+        let (begin, commit, rollback) = if self.conn.is_autocommit() {
+            ("BEGIN IMMEDIATE", "COMMIT", "ROLLBACK")
+        } else {
+            (
+                "SAVEPOINT dorun_batch",
+                "RELEASE dorun_batch",
+                "ROLLBACK TO dorun_batch; RELEASE dorun_batch",
+            )
+        };
+        self.runtime(|conn| conn.execute_batch(begin))?;
         let mut results = Vec::with_capacity(statements.len());
         for (sql, bindings) in statements {
             match self.run(sql, bindings) {
                 Ok(result) => results.push(result),
                 Err(error) => {
-                    let _ = self.runtime(|conn| conn.execute_batch("ROLLBACK"));
+                    let _ = self.runtime(|conn| conn.execute_batch(rollback));
                     return Err(error);
                 }
             }
         }
-        if let Err(error) = self.runtime(|conn| conn.execute_batch("COMMIT")) {
-            let _ = self.runtime(|conn| conn.execute_batch("ROLLBACK"));
+        if let Err(error) = self.runtime(|conn| conn.execute_batch(commit)) {
+            let _ = self.runtime(|conn| conn.execute_batch(rollback));
             return Err(error.into());
         }
         let written: u64 = results.iter().map(|r| r.rows_written).sum();
@@ -275,6 +296,18 @@ impl D1Database {
         // User statements are cached apart from the runtime's (each is authorized once,
         // when prepared, under the role it was prepared for).
         let tagged = format!("{sql}\n/* dorun:user */");
+        // Several statements (a `;` with more after it, outside strings and comments as
+        // SQLite's tokenizer tells) run one by one: a later one may use what an earlier
+        // one creates, so they cannot all be prepared first.
+        if has_inner_semicolon(sql) {
+            let statements: Vec<String> = split_statements(conn, sql)?
+                .into_iter()
+                .filter(|statement| !is_only_comments(statement))
+                .collect();
+            if statements.len() > 1 {
+                return self.run_several(&statements, bindings);
+            }
+        }
         let mut statement = conn.prepare_cached(&tagged).map_err(|e| guard.error(e))?;
         if statement.parameter_count() != bindings.len() {
             return Err(StorageError::Refused(
@@ -306,6 +339,29 @@ impl D1Database {
             rows_written: written,
             changed_schema,
         })
+    }
+
+    /// Several statements in one `prepare()`, as D1 takes them: run in order (inside the
+    /// caller's transaction: all or nothing), the bindings going to the last; the last one's
+    /// rows, with the changes and rows all of them read and wrote.
+    fn run_several(&self, statements: &[String], bindings: &[SqlValue]) -> Result<D1Result> {
+        let Some((last, before)) = statements.split_last() else {
+            return Err(StorageError::Refused(NO_STATEMENT.into()));
+        };
+        let (mut read, mut written, mut changes, mut schema) = (0, 0, 0, false);
+        for statement in before {
+            let result = self.run(statement, &[])?;
+            read += result.rows_read;
+            written += result.rows_written;
+            changes += result.changes;
+            schema |= result.changed_schema;
+        }
+        let mut result = self.run(last, bindings)?;
+        result.rows_read += read;
+        result.rows_written += written;
+        result.changes += changes;
+        result.changed_schema |= schema;
+        Ok(result)
     }
 
     /// The user's tables with their row counts (the admin's view).
@@ -383,6 +439,19 @@ impl D1Database {
         self.guard.enter(role);
         Ok(size? as u64)
     }
+}
+
+/// Whether `sql` has a `;` with something other than whitespace, `;` and comments after it
+/// (a cheap scan; strings are not told apart, so a yes is checked with SQLite's tokenizer).
+fn has_inner_semicolon(sql: &str) -> bool {
+    let mut rest = sql;
+    while let Some(at) = rest.find(';') {
+        rest = &rest[at + 1..];
+        if !is_only_comments(rest) {
+            return true;
+        }
+    }
+    false
 }
 
 /// Whether `statement` holds nothing but comments, whitespace and semicolons.

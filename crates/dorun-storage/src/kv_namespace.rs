@@ -39,6 +39,16 @@ pub struct KvDatabase {
     conn: Connection,
 }
 
+impl crate::Transactional for KvDatabase {
+    fn control(&self, sql: &str) -> rusqlite::Result<()> {
+        self.conn.execute_batch(sql)
+    }
+
+    fn in_transaction(&self) -> bool {
+        !self.conn.is_autocommit()
+    }
+}
+
 impl KvDatabase {
     /// Opens (creating if needed) the namespace file at `path`. With `Durability::Full` a
     /// write returns once it is on disk.

@@ -30,6 +30,7 @@ mod cache;
 mod close;
 mod d1;
 mod flush;
+mod group;
 mod kv_namespace;
 mod r2;
 mod sandbox;
@@ -38,6 +39,7 @@ pub use cache::{CacheDatabase, CachedResponse};
 pub use close::Closer;
 pub use d1::{d1_message, D1Database, D1Result};
 pub use flush::{wal_path, FlushDone, FlushRequest, Flusher};
+pub use group::{Group, Transactional};
 pub use kv_namespace::{KvDatabase, KvEntry, KvListedKey};
 pub use r2::{R2Bucket, R2ObjectMeta, R2Page, R2Part, R2Upload};
 use sandbox::{

@@ -74,6 +74,16 @@ pub struct R2Bucket {
     durability: Durability,
 }
 
+impl crate::Transactional for R2Bucket {
+    fn control(&self, sql: &str) -> rusqlite::Result<()> {
+        self.conn.execute_batch(sql)
+    }
+
+    fn in_transaction(&self) -> bool {
+        !self.conn.is_autocommit()
+    }
+}
+
 impl R2Bucket {
     /// Opens (creating if needed) the bucket at `dir`.
     pub fn open(dir: &Path, durability: Durability) -> Result<Self> {
@@ -151,10 +161,16 @@ impl R2Bucket {
     /// Makes a written body durable (with `Durability::Full`): its data, then its directory
     /// entry.
     pub fn sync_blob(&self, file: &mut File) -> Result<()> {
+        Self::sync_body(&self.dir, self.durability, file)
+    }
+
+    /// [`sync_blob`](Self::sync_blob) for the bucket at `dir`, without its lock: bodies of
+    /// concurrent puts are synced in parallel.
+    pub fn sync_body(dir: &Path, durability: Durability, file: &mut File) -> Result<()> {
         file.flush()?;
-        if self.durability == Durability::Full {
+        if durability == Durability::Full {
             file.sync_data()?;
-            File::open(self.dir.join("blobs"))?.sync_all()?;
+            File::open(dir.join("blobs"))?.sync_all()?;
         }
         Ok(())
     }
@@ -173,6 +189,15 @@ impl R2Bucket {
     /// Indexes `object` (its body already durable), replacing any object of that key, whose
     /// body file is deleted.
     pub fn put(&self, object: &R2ObjectMeta) -> Result<()> {
+        if let Some(old) = self.put_indexed(object)? {
+            let _ = std::fs::remove_file(self.blob_path(&old));
+        }
+        Ok(())
+    }
+
+    /// Indexes `object` as [`put`](Self::put) does, inside the caller's transaction; the body
+    /// file it replaced, for the caller to delete once that transaction is committed.
+    pub fn put_indexed(&self, object: &R2ObjectMeta) -> Result<Option<String>> {
         let old = self.head(&object.key)?;
         self.conn
             .prepare_cached(
@@ -191,12 +216,7 @@ impl R2Bucket {
                 object.checksums,
                 object.blob
             ])?;
-        if let Some(old) = old {
-            if old.blob != object.blob {
-                let _ = std::fs::remove_file(self.blob_path(&old.blob));
-            }
-        }
-        Ok(())
+        Ok(old.map(|old| old.blob).filter(|blob| *blob != object.blob))
     }
 
     /// Deletes `key` (nothing if it is missing).

@@ -21,6 +21,15 @@ const { op_dorun_respond, op_dorun_respond_stream, op_dorun_respond_failure } = 
 
 const streams = core.loadExtScript("ext:deno_web/06_streams.js");
 
+/** The stream helpers other glue modules use (R2 bodies are resource-backed streams). */
+export const {
+  getReadableStreamResourceBacking,
+  isReadableStreamDisturbed,
+  isReadableStreamLocked,
+  readableStreamDisturb,
+  readableStreamForRid,
+} = streams;
+
 /** How many Worker fetches deep the request with this head came (0 from a client). */
 export function fetchDepthOf(head) {
   return head.fetchDepth;

@@ -5,6 +5,13 @@
 // Miniflare's R2 server): a refused call rejects with `Error: <op>: <text> (<code>)`.
 
 import { core, primordials } from "ext:core/mod.js";
+import {
+  getReadableStreamResourceBacking,
+  isReadableStreamDisturbed,
+  isReadableStreamLocked,
+  readableStreamDisturb,
+  readableStreamForRid,
+} from "ext:dorun/05_http.js";
 
 const {
   ArrayBufferIsView,
@@ -48,7 +55,6 @@ const {
 } = core.ops;
 
 const { ArrayBuffer, Blob, Date, Error, Headers, ReadableStream, Response } = globalThis;
-const streams = core.loadExtScript("ext:deno_web/06_streams.js");
 
 const kCreate = Symbol("R2");
 const encoder = new TextEncoder();
@@ -293,7 +299,7 @@ for (const Class of [HeadResult, GetResult]) {
  * door without the chunks passing through JS.
  */
 function bodyStream(rid) {
-  return streams.readableStreamForRid(rid);
+  return readableStreamForRid(rid);
 }
 
 // --- conditions and ranges -----------------------------------------------------------------
@@ -465,12 +471,12 @@ function chunksOf(value) {
 async function writeBody(bucket, chunks, algorithm) {
   const writer = await op_dorun_r2_writer(bucket, algorithm);
   try {
-    const backing = ArrayIsArray(chunks) ? undefined : streams.getReadableStreamResourceBacking(chunks);
+    const backing = ArrayIsArray(chunks) ? undefined : getReadableStreamResourceBacking(chunks);
     if (ArrayIsArray(chunks)) {
       for (const chunk of chunks) await writeChunk(writer, chunk);
-    } else if (backing && !streams.isReadableStreamLocked(chunks) && !streams.isReadableStreamDisturbed(chunks)) {
+    } else if (backing && !isReadableStreamLocked(chunks) && !isReadableStreamDisturbed(chunks)) {
       // A request body (or another R2 body) handed over untouched: read in Rust.
-      streams.readableStreamDisturb(chunks);
+      readableStreamDisturb(chunks);
       await op_dorun_r2_write_resource(writer, backing.rid);
     } else {
       const reader = chunks.getReader();
