@@ -569,7 +569,9 @@ pub async fn op_dorun_respond_stream(
         return Ok(());
     }
     loop {
-        let chunk = match resource.clone().read(64 * 1024).await {
+        // Up to 1 MiB a read: a file-backed body (R2) comes in few large chunks; a stream
+        // JS writes gives what it has.
+        let chunk = match resource.clone().read(1 << 20).await {
             Ok(chunk) => chunk,
             Err(error) => {
                 let _ = tx.send(Err(error.to_string().into())).await;

@@ -17,8 +17,8 @@ use crate::router::Router;
 use crate::sockets::{ParkedSockets, SocketRegistry};
 use crate::storage::{connection_capacity, idle_connection_capacity, OpenDatabases};
 use crate::{
-    admin, assets_binding, cache, d1_binding, events, kv_binding, namespaces, r2_binding, rpc,
-    sockets, storage,
+    admin, assets_binding, cache, d1_binding, events, kv_binding, local_bindings, namespaces,
+    r2_binding, rpc, sockets, storage,
 };
 
 /// What an isolate's ops share besides [`IsolateContext`]; each piece goes into the op
@@ -115,6 +115,7 @@ deno_core::extension!(
         assets_binding::op_dorun_assets_fetch,
         // KV namespaces (kv_binding.rs)
         kv_binding::op_dorun_kvns_get,
+        local_bindings::op_dorun_ratelimit,
         kv_binding::op_dorun_kvns_put,
         kv_binding::op_dorun_kvns_delete,
         kv_binding::op_dorun_kvns_list,
@@ -168,6 +169,7 @@ deno_core::extension!(
         "14_kv.js",
         "15_d1.js",
         "16_r2.js",
+        "17_local_bindings.js",
         "99_worker.js",
     ],
     options = {

@@ -327,6 +327,8 @@ fn runtime_config_json(spec: &WorkerSpec) -> String {
             .iter()
             .map(|kv| serde_json::json!({"binding": kv.binding, "id": kv.id}))
             .collect::<Vec<_>>(),
+        "localBindings": spec.local_bindings,
+        "versionMetadata": crate::local_bindings::version_metadata(),
         "cf": spec.cf,
         "errorPages": spec.error_pages,
         "idleTimeoutMs": spec.object_idle_timeout.as_millis() as u64,

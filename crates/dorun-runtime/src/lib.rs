@@ -41,6 +41,7 @@ pub mod failure;
 pub mod isolate;
 pub mod kv_binding;
 pub mod loader;
+pub mod local_bindings;
 pub mod mailbox;
 pub mod memory;
 pub mod namespaces;

@@ -27,6 +27,8 @@ pub const R2_DIR: &str = "r2";
 
 /// How much one read of a body returns at most.
 const READ_CHUNK: usize = 64 << 10;
+/// The most one read of a body resource returns (the front door asks for this much).
+const NATIVE_CHUNK: usize = 1 << 20;
 
 /// One `r2_buckets` entry: the name in `env` and the bucket it reaches.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -495,7 +497,8 @@ impl Resource for R2BodyResource {
             let Some(mut reader) = slot.take() else {
                 return Ok(BufView::empty());
             };
-            let limit = limit.clamp(1, READ_CHUNK);
+            // JS reads ask for 64 KiB; the front door, sending a body untouched, for more.
+            let limit = limit.clamp(1, NATIVE_CHUNK);
             let (reader, chunk) =
                 tokio::task::spawn_blocking(move || -> std::io::Result<(Reader, Vec<u8>)> {
                     let want = (limit as u64).min(reader.remaining) as usize;

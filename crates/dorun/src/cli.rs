@@ -226,6 +226,13 @@ pub struct ServeArgs {
     /// Stop by itself after this many seconds (for tests and scripted runs).
     #[arg(long, value_name = "SECONDS", hide = true)]
     pub exit_after: Option<u64>,
+    /// Do not fire cron triggers on schedule (they still run through /__scheduled).
+    #[arg(long)]
+    pub no_crons: bool,
+    /// Do not answer the dev endpoints /__scheduled and /cdn-cgi/handler/scheduled, which
+    /// run scheduled() on demand as `wrangler dev --test-scheduled` does (production).
+    #[arg(long)]
+    pub no_dev_endpoints: bool,
 }
 
 /// Sets up tracing on stderr.
@@ -448,7 +455,27 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             name: config.name.clone(),
             trusted_proxies: TrustedProxies::new(args.trust_proxy.clone()),
             limits,
+            dev_endpoints: !args.no_dev_endpoints,
         };
+        let triggers = crate::crons::triggers(&workers);
+        if !triggers.is_empty() {
+            if args.no_crons {
+                tracing::info!(
+                    triggers = triggers.len(),
+                    "--no-crons: cron triggers fire only through /__scheduled"
+                );
+            } else {
+                for (_, trigger) in &triggers {
+                    tracing::info!(
+                        worker = %trigger.worker,
+                        cron = %trigger.pattern,
+                        next = %trigger.next().map(|t| t.to_rfc3339()).unwrap_or_default(),
+                        "cron trigger"
+                    );
+                }
+                tokio::spawn(crate::crons::run(triggers));
+            }
+        }
         server::run(listener, pool.clone(), shutdown, server_options).await;
         // Open WebSockets get a Close frame (1001) instead of a dropped connection.
         let Some(sockets) = sockets else {

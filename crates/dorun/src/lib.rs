@@ -18,6 +18,7 @@
 //! - [`client_ip`]: `CF-Connecting-IP` from the TCP peer or, behind `--trust-proxy`, the
 //!   forwarding headers.
 //! - [`cli`]: the `dorun` command line (`serve`, `check`): arguments, logging, signals.
+//! - [`crons`]: cron triggers: `scheduled()` at each pattern's minutes, and on demand.
 //! - [`server`]: the HTTP front door (hyper): accepts connections, gives each request its
 //!   absolute URL and `CF-Connecting-IP`, hands it to the Worker pool, logs one line per
 //!   request, and drains in-flight requests on shutdown; [`connections`]: its connection
@@ -35,6 +36,7 @@ pub mod cli;
 pub mod client_ip;
 pub mod config;
 pub mod connections;
+pub mod crons;
 pub mod d1;
 pub mod devtools;
 pub mod ephemeral;

@@ -314,6 +314,8 @@ mod tests {
             rules: Vec::new(),
             durable_objects: Vec::new(),
             kv_namespaces: Vec::new(),
+            local_bindings: Vec::new(),
+            crons: Vec::new(),
             d1_databases: Vec::new(),
             r2_buckets: Vec::new(),
             migrations,

@@ -34,6 +34,9 @@ pub struct ServerOptions {
     pub trusted_proxies: TrustedProxies,
     /// The connection budget and the deadlines of idle connections.
     pub limits: ConnectionLimits,
+    /// `/__scheduled` and `/cdn-cgi/handler/scheduled` run `scheduled()` on demand (off
+    /// with `--no-dev-endpoints`).
+    pub dev_endpoints: bool,
 }
 
 impl Default for ServerOptions {
@@ -48,6 +51,7 @@ impl Default for ServerOptions {
                 Duration::from_secs(10),
                 Duration::from_secs(60),
             ),
+            dev_endpoints: true,
         }
     }
 }
@@ -153,6 +157,12 @@ async fn handle(
             response.status().as_u16()
         );
     };
+    if let (true, Some(pool)) = (options.dev_endpoints, pool) {
+        if let Some(response) = crate::crons::dev_endpoint(pool, request.uri()).await {
+            log(&response);
+            return response;
+        }
+    }
     if let Some(assets) = &options.assets {
         let route = assets.route(
             request.method(),

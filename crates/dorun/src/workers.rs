@@ -511,6 +511,7 @@ fn worker_spec(
         error_pages: options.error_pages,
         cache_ttl: options.cache_ttl,
         kv_namespaces: config.kv_namespaces.clone(),
+        local_bindings: config.local_bindings.clone(),
         r2_buckets: config.r2_buckets.clone(),
         d1_databases: config
             .d1_databases

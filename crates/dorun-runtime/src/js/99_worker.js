@@ -39,6 +39,7 @@ import { createAssetsBinding } from "ext:dorun/11_assets.js";
 import { createKvNamespace } from "ext:dorun/14_kv.js";
 import { createD1Database } from "ext:dorun/15_d1.js";
 import { createR2Bucket } from "ext:dorun/16_r2.js";
+import { createLocalBinding } from "ext:dorun/17_local_bindings.js";
 import "ext:dorun/12_cache.js";
 import { handleAdminEvent } from "ext:dorun/13_admin.js";
 
@@ -47,6 +48,7 @@ const {
   Error,
   ObjectPrototypeIsPrototypeOf,
   Promise,
+  PromiseAll,
   PromiseAllSettled,
   PromisePrototypeThen,
   PromiseRace,
@@ -94,6 +96,7 @@ if (config.assetsBinding) env[config.assetsBinding] = createAssetsBinding();
 for (const { binding, id } of config.kvNamespaces) env[binding] = createKvNamespace(id);
 for (const { binding, name } of config.d1Databases) env[binding] = createD1Database(name);
 for (const { binding, bucket } of config.r2Buckets) env[binding] = createR2Bucket(bucket);
+for (const item of config.localBindings) env[item.binding] = createLocalBinding(item);
 globalThis.DurableObjectNamespace = DurableObjectNamespace;
 globalThis.WebSocket = WebSocket;
 globalThis.WebSocketPair = WebSocketPair;
@@ -141,6 +144,70 @@ async function handleHttp(handler, incoming) {
     console.error(error);
     if (wantsErrorPage(incoming.request)) respondErrorPage(incoming.id, error);
     else respondFailure(incoming.id);
+  }
+}
+
+// --- cron triggers: scheduled() ----------------------------------------------------------------
+
+/**
+ * The scheduled event an internal request stands for (crons.rs sends it with the process's
+ * secret token), or null for any other request.
+ */
+function scheduledEventOf(head) {
+  let token = null;
+  let cron = "";
+  let scheduledTime = null;
+  for (const { 0: name, 1: value } of head.headers) {
+    if (name === "x-dorun-scheduled") token = value;
+    else if (name === "x-dorun-cron") cron = value;
+    else if (name === "x-dorun-scheduled-time") scheduledTime = Number(value);
+  }
+  if (token === null || token !== config.fetchDepthToken) return null;
+  return { cron, scheduledTime: scheduledTime ?? Date.now() };
+}
+
+function scheduledHandlerFor(worker) {
+  const exported = worker.default;
+  if (
+    typeof exported === "function" &&
+    ObjectPrototypeIsPrototypeOf(WorkerEntrypoint.prototype, exported.prototype)
+  ) {
+    if (typeof exported.prototype.scheduled !== "function") return null;
+    return (controller, ctx) => new exported(ctx, env).scheduled(controller);
+  }
+  if (exported !== null && typeof exported === "object" && typeof exported.scheduled === "function") {
+    return (controller, ctx) => exported.scheduled(controller, env, ctx);
+  }
+  return null;
+}
+
+class ScheduledController {
+  constructor(cron, scheduledTime) {
+    this.cron = cron;
+    this.scheduledTime = scheduledTime;
+    this.type = "scheduled";
+  }
+  noRetry() {}
+}
+
+/** Runs scheduled(); answers once it and the work it handed to ctx.waitUntil() are done. */
+async function handleScheduled(handler, incoming, event) {
+  try {
+    if (handler === null) throw new Error("Handler does not export a scheduled() function");
+    const pending = [];
+    const ctx = new ExecutionContext();
+    ctx.waitUntil = (promise) => {
+      ArrayPrototypePush(pending, promise);
+      waitUntil(promise);
+    };
+    const controller = new ScheduledController(event.cron, event.scheduledTime);
+    await runInvocation(null, 0, () => handler(controller, ctx));
+    await PromiseAll(pending);
+    sendResponse(incoming.id, new Response("ok"));
+  } catch (error) {
+    console.error(error);
+    const text = `${error?.stack ?? error}`;
+    sendResponse(incoming.id, new Response(text, { status: 500 }));
   }
 }
 
@@ -193,7 +260,8 @@ function fillCtxExports(worker) {
 async function serve(worker) {
   fillCtxExports(worker);
   const handler = fetchHandlerFor(worker);
-  if (handler === null) console.warn(NO_FETCH_HANDLER);
+  const scheduled = scheduledHandlerFor(worker);
+  if (handler === null && scheduled === null) console.warn(NO_FETCH_HANDLER);
   const eviction = setInterval(
     () => evictIdle(),
     Math.max(10, Math.min(1000, config.idleTimeoutMs / 4)),
@@ -202,9 +270,12 @@ async function serve(worker) {
     const incoming = await op_dorun_next_event();
     if (incoming === null) break;
     switch (incoming.kind) {
-      case "http":
-        handleHttp(handler, incoming);
+      case "http": {
+        const event = scheduledEventOf(incoming.request);
+        if (event === null) handleHttp(handler, incoming);
+        else handleScheduled(scheduled, incoming, event);
         break;
+      }
       case "objectFetch":
       case "objectRpc":
       case "objectAlarm":

@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 
 mod assets;
 mod exports;
+mod local_bindings;
 
 pub use exports::{ClassExport, ExportState};
 
@@ -71,30 +72,13 @@ const DEPLOY_ONLY_KEYS: &[&str] = &[
 /// Binding kinds Cloudflare offers that dorun does not serve.
 const UNSUPPORTED_BINDING_KEYS: &[&str] = &[
     "queues",
-    "ai",
-    "vectorize",
-    "hyperdrive",
-    "analytics_engine_datasets",
-    "browser",
     "services",
-    "dispatch_namespaces",
-    "mtls_certificates",
-    "send_email",
     "workflows",
-    "images",
-    "pipelines",
-    "secrets_store_secrets",
-    "ratelimits",
-    "unsafe",
-    "version_metadata",
     "wasm_modules",
     "text_blobs",
     "data_blobs",
     "containers",
-    "vpc_services",
-    "worker_loaders",
     "unsafe_hello_world",
-    "triggers",
 ];
 
 /// How `load` treats binding kinds dorun does not support.
@@ -167,6 +151,11 @@ pub struct WorkerConfig {
     pub r2_buckets: Vec<dorun_runtime::r2_binding::R2Binding>,
     /// `kv_namespaces`: Workers KV bindings.
     pub kv_namespaces: Vec<dorun_runtime::kv_binding::KvBinding>,
+    /// `version_metadata`, rate limits and the Cloudflare-only bindings, each as the JSON
+    /// object the isolate builds it from (config/local_bindings.rs).
+    pub local_bindings: Vec<Value>,
+    /// `triggers.crons`: cron patterns that fire `scheduled()` (checked: each parses).
+    pub crons: Vec<String>,
     pub migrations: Vec<Migration>,
     /// The top-level `exports` block (declared Durable Object classes).
     pub exports: Vec<ClassExport>,
@@ -474,6 +463,8 @@ impl Reader {
         let kv_namespaces = self.read_kv_namespaces(&effective, &durable_objects, &vars);
         let d1_databases = self.read_d1_databases(&effective, &base_dir);
         let r2_buckets = self.read_r2_buckets(&effective);
+        let local_bindings = self.read_local_bindings(&effective);
+        let crons = self.read_crons(&effective);
         for r2 in &r2_buckets {
             if durable_objects.iter().any(|o| o.name == r2.binding)
                 || kv_namespaces.iter().any(|kv| kv.binding == r2.binding)
@@ -541,6 +532,8 @@ impl Reader {
             kv_namespaces,
             d1_databases,
             r2_buckets,
+            local_bindings,
+            crons,
             migrations,
             exports,
             cpu_limit_ms,
@@ -586,10 +579,17 @@ impl Reader {
             "limits",
             "assets",
             "build",
+            "version_metadata",
+            "ratelimits",
+            "unsafe",
+            "triggers",
         ];
         for key in table.keys() {
             let key = key.as_str();
-            if SUPPORTED.contains(&key) || DEPLOY_ONLY_KEYS.contains(&key) {
+            if SUPPORTED.contains(&key)
+                || DEPLOY_ONLY_KEYS.contains(&key)
+                || local_bindings::CLOUD_ONLY.iter().any(|(k, _)| *k == key)
+            {
                 continue;
             }
             if top_level && (key == "env" || key == "migrations" || key == "exports") {
@@ -608,11 +608,7 @@ impl Reader {
                 if binds_nothing(&table[key]) {
                     continue;
                 }
-                let what = if key == "triggers" {
-                    "dorun does not run cron triggers (scheduled handlers)"
-                } else {
-                    "dorun does not support this binding kind (only durable_objects)"
-                };
+                let what = "dorun does not serve this binding kind yet";
                 let message = format!("key '{prefix}{key}': {what}");
                 match self.unsupported_bindings {
                     UnsupportedBindings::Error => self.problems.push(format!(

@@ -175,16 +175,23 @@ fn empty_binding_lists_bind_nothing() {
     );
     let config = load(&path, &LoadOptions::default()).unwrap();
     assert!(config.warnings.is_empty(), "{:?}", config.warnings);
-    // A cron that would never fire still stops the start, naming what is missing.
+    // Crons are read and checked.
     let path = write(
         &dir,
         "wrangler.toml",
         "main = \"index.js\"\n[triggers]\ncrons = [\"*/5 * * * *\"]\n[queues]\nproducers = []\n",
     );
+    let config = load(&path, &LoadOptions::default()).unwrap();
+    assert_eq!(config.crons, ["*/5 * * * *"]);
+    let path = write(
+        &dir,
+        "wrangler.toml",
+        "main = \"index.js\"\n[triggers]\ncrons = [\"every day\"]\n",
+    );
     let error = load(&path, &LoadOptions::default()).unwrap_err();
     assert_eq!(error.problems.len(), 1, "{error}");
     assert!(
-        error.problems[0].contains("'triggers': dorun does not run cron triggers"),
+        error.problems[0].contains("triggers.crons[0] 'every day' is not a cron pattern"),
         "{error}"
     );
 }

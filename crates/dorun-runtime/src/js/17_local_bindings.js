@@ -1,0 +1,87 @@
+// The bindings dorun serves without a store of their own (config/local_bindings.rs):
+// `version_metadata`, rate limits, Hyperdrive's connection details from
+// `localConnectionString`, and the bindings that exist only on Cloudflare, whose first use
+// throws an Error that names the binding.
+
+import { core, primordials } from "ext:core/mod.js";
+import { config } from "ext:dorun/00_runtime.js";
+
+const { Error, ObjectFreeze, Proxy, Symbol, TypeError } = primordials;
+const { op_dorun_ratelimit } = core.ops;
+
+
+function notAvailable(item) {
+  return new Error(
+    `env.${item.binding} (${item.what}, \`${item.key}\` in the config) is not available locally: ` +
+      `it exists only on Cloudflare, and dorun cannot serve it. Guard its use, or give the Worker ` +
+      `another binding to test with.`,
+  );
+}
+
+/**
+ * A binding that exists only on Cloudflare: any method call (or calling it) throws. Reads that
+ * feature checks, printing and awaiting do stay quiet.
+ */
+function cloudOnly(item) {
+  const quiet = new Set(["then", "toJSON", "constructor", "asymmetricMatch", "nodeType", "$$typeof"]);
+  const fail = () => {
+    throw notAvailable(item);
+  };
+  return new Proxy(fail, {
+    get(target, name) {
+      if (typeof name === "symbol") {
+        if (name === Symbol.toStringTag) return `${item.what} (not available locally)`;
+        return undefined;
+      }
+      if (quiet.has(name)) return undefined;
+      return fail;
+    },
+    apply: fail,
+    construct: fail,
+    set: () => true,
+  });
+}
+
+class RateLimit {
+  #namespace;
+  #limit;
+  #period;
+
+  constructor(item) {
+    this.#namespace = item.namespace;
+    this.#limit = item.limit;
+    this.#period = item.period;
+  }
+
+  /** `{ key }`: whether this call is within the limit of its window. */
+  async limit(options) {
+    if (typeof options !== "object" || options === null || typeof options.key !== "string") {
+      throw new TypeError("limit() expects an object with a string `key`");
+    }
+    return { success: op_dorun_ratelimit(this.#namespace, options.key, this.#limit, this.#period) };
+  }
+}
+
+export function createLocalBinding(item) {
+  switch (item.kind) {
+    case "version_metadata":
+      return ObjectFreeze({
+        id: config.versionMetadata.id,
+        tag: config.versionMetadata.tag,
+        timestamp: new Date(config.versionMetadata.timestampMs).toISOString(),
+      });
+    case "ratelimit":
+      return new RateLimit(item);
+    case "hyperdrive":
+      return ObjectFreeze({
+        connectionString: item.connectionString,
+        host: item.host,
+        port: item.port,
+        user: item.user,
+        password: item.password,
+        database: item.database,
+      });
+    default:
+      return cloudOnly(item);
+  }
+}

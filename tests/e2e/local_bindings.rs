@@ -1,0 +1,105 @@
+//! Bindings served without a store of their own and bindings that exist only on Cloudflare
+//! (tests/fixtures/local-bindings): the Worker starts with a warning per Cloudflare-only
+//! binding, whose first use throws an Error naming it; `version_metadata`, rate limits
+//! (`ratelimits` and the `unsafe.bindings` form) and Hyperdrive's `localConnectionString`
+//! work.
+
+use serde_json::json;
+
+use crate::harness::{fixture, Server};
+
+#[tokio::test]
+async fn cloud_only_bindings_start_and_fail_clearly_on_first_use() {
+    let server = Server::start(&fixture("local-bindings").join("wrangler.toml"), &[]);
+    let logs = server.logs();
+    for (key, binding) in [
+        ("ai", "AI"),
+        ("vectorize[0]", "VECTORS"),
+        ("browser", "BROWSER"),
+        ("analytics_engine_datasets[0]", "EVENTS"),
+        ("send_email[0]", "MAILER"),
+    ] {
+        assert!(
+            logs.contains(&format!("{key}: env.{binding} ("))
+                && logs.contains("exists only on Cloudflare"),
+            "no startup warning for {binding}:\n{logs}"
+        );
+    }
+    let kinds = server.get_json_ok("/kinds", &[]).await;
+    assert_eq!(
+        kinds,
+        json!({"AI": "function", "BROWSER": "function", "VECTORS": "function", "EVENTS": "function",
+               "MAILER": "function", "VERSION": "object", "LIMITER": "object", "PG": "object"})
+    );
+    for (route, binding, what) in [
+        ("/ai", "AI", "Workers AI, `ai`"),
+        ("/vectorize", "VECTORS", "Vectorize, `vectorize`"),
+        (
+            "/events",
+            "EVENTS",
+            "Workers Analytics Engine, `analytics_engine_datasets`",
+        ),
+        ("/browser", "BROWSER", "Browser Rendering, `browser`"),
+        ("/email", "MAILER", "Email sending, `send_email`"),
+    ] {
+        let answer = server.get_json_ok(route, &[]).await;
+        let error = answer["error"].as_str().unwrap_or_default();
+        assert!(
+            error.starts_with(&format!(
+                "Error: env.{binding} ({what} in the config) is not available locally"
+            )),
+            "{route}: {answer}"
+        );
+    }
+    let quiet = server.get_json_ok("/awaited", &[]).await;
+    assert_eq!(quiet["awaited"], "function", "{quiet}");
+}
+
+#[tokio::test]
+async fn version_metadata_rate_limits_and_hyperdrive_work_locally() {
+    let server = Server::start(&fixture("local-bindings").join("wrangler.toml"), &[]);
+    let version = server.get_json_ok("/version", &[]).await;
+    assert_eq!(version["id"].as_str().unwrap().len(), 36, "{version}");
+    assert_eq!(version["tag"], "");
+    assert!(version["timestamp"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(
+        server.get_json_ok("/version", &[]).await,
+        version,
+        "one version per start"
+    );
+
+    // 3 calls a minute per key, in fixed windows: the fourth call of a key is refused
+    // (checked strictly unless the calls straddled a window's end).
+    let window = |period: u64| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            / period
+    };
+    let started = window(60);
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        answers.push(server.get_json_ok("/limit?key=alice", &[]).await["success"] == true);
+    }
+    if window(60) == started {
+        assert_eq!(answers, [true, true, true, false]);
+    }
+    assert_eq!(
+        server.get_json_ok("/limit?key=bob", &[]).await["success"],
+        true
+    );
+    // The unsafe form: 1 per 10 s.
+    let started = window(10);
+    let first = server.get_json_ok("/old-limit", &[]).await["success"] == true;
+    let second = server.get_json_ok("/old-limit", &[]).await["success"] == true;
+    if window(10) == started {
+        assert_eq!((first, second), (true, false));
+    }
+
+    assert_eq!(
+        server.get_json_ok("/pg", &[]).await,
+        json!({"connectionString": "postgres://app:secret@127.0.0.1:5433/appdb", "host": "127.0.0.1",
+               "port": 5433, "user": "app", "password": "secret", "database": "appdb"})
+    );
+}
