@@ -64,6 +64,24 @@ async fn values_persist_in_a_file_per_namespace_and_are_shared_by_id() {
         "{}",
         server.logs()
     );
+    // The other worker binds the same D1 database and R2 bucket by name: it sees the
+    // app's writes.
+    assert_eq!(
+        server.get("/d1put?key=k1&value=from-d1").await.text(),
+        "stored"
+    );
+    assert_eq!(
+        server.get("/r2put?key=k2&value=from-r2").await.text(),
+        "stored"
+    );
+    assert_eq!(
+        server.get("/other-worker?from=d1&key=k1").await.text(),
+        "from-d1"
+    );
+    assert_eq!(
+        server.get("/other-worker?from=r2&key=k2").await.text(),
+        "from-r2"
+    );
     let listed = server.get("/list?prefix=count:").await.json();
     assert_eq!(
         listed,

@@ -36,6 +36,7 @@ mod objects;
 mod portable;
 mod r2;
 mod reference;
+mod services;
 mod streaming;
 mod watch;
 mod web_apis;

@@ -546,11 +546,20 @@ pub async fn op_dorun_respond_stream(
     #[scoped] headers: Vec<(ByteString, ByteString)>,
     #[smi] rid: ResourceId,
 ) -> Result<(), JsErrorBox> {
-    let resource = state
+    // An R2 object's body is read into buffers handed on as they are (no copy).
+    let r2 = state
         .borrow_mut()
         .resource_table
-        .take_any(rid)
-        .map_err(JsErrorBox::from_err)?;
+        .take::<crate::r2_binding::R2BodyResource>(rid)
+        .ok();
+    let resource = match &r2 {
+        Some(r2) => r2.clone() as Rc<dyn deno_core::Resource>,
+        None => state
+            .borrow_mut()
+            .resource_table
+            .take_any(rid)
+            .map_err(JsErrorBox::from_err)?,
+    };
     let (tx, body) = ResponseBody::channel();
     let response = match response_head(status, headers, body) {
         Ok(response) => response,
@@ -571,7 +580,15 @@ pub async fn op_dorun_respond_stream(
     loop {
         // Up to 1 MiB a read: a file-backed body (R2) comes in few large chunks; a stream
         // JS writes gives what it has.
-        let chunk = match resource.clone().read(1 << 20).await {
+        let chunk = match &r2 {
+            Some(r2) => r2.clone().read_vec(1 << 20).await.map(Bytes::from),
+            None => resource
+                .clone()
+                .read(1 << 20)
+                .await
+                .map(|chunk| Bytes::copy_from_slice(&chunk)),
+        };
+        let chunk = match chunk {
             Ok(chunk) => chunk,
             Err(error) => {
                 let _ = tx.send(Err(error.to_string().into())).await;
@@ -581,7 +598,7 @@ pub async fn op_dorun_respond_stream(
         if chunk.is_empty() {
             break;
         }
-        if tx.send(Ok(Bytes::copy_from_slice(&chunk))).await.is_err() {
+        if tx.send(Ok(chunk)).await.is_err() {
             break;
         }
     }

@@ -116,6 +116,7 @@ deno_core::extension!(
         // KV namespaces (kv_binding.rs)
         kv_binding::op_dorun_kvns_get,
         local_bindings::op_dorun_ratelimit,
+        rpc::op_dorun_service_fetch,
         kv_binding::op_dorun_kvns_put,
         kv_binding::op_dorun_kvns_delete,
         kv_binding::op_dorun_kvns_list,
@@ -197,6 +198,7 @@ deno_core::extension!(
             services.objects.data_dir.clone(),
             services.objects.durability,
         ));
+        state.put(rpc::ServiceLinks(services.graph.spec().services.clone()));
         state.put(kv_binding::KvStore {
             data_dir: services.objects.data_dir.clone(),
             durability: services.objects.durability,

@@ -328,6 +328,11 @@ fn runtime_config_json(spec: &WorkerSpec) -> String {
             .map(|kv| serde_json::json!({"binding": kv.binding, "id": kv.id}))
             .collect::<Vec<_>>(),
         "localBindings": spec.local_bindings,
+        "services": spec
+            .services
+            .iter()
+            .map(|s| serde_json::json!({"binding": s.binding, "service": s.service, "entrypoint": s.entrypoint}))
+            .collect::<Vec<_>>(),
         "versionMetadata": crate::local_bindings::version_metadata(),
         "cf": spec.cf,
         "errorPages": spec.error_pages,

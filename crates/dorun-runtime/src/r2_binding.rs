@@ -486,48 +486,53 @@ pub struct R2BodyResource {
     reader: AsyncRefCell<Option<Reader>>,
 }
 
+impl R2BodyResource {
+    /// The next chunk, at most `limit` bytes (and 1 MiB); empty at the end.
+    pub async fn read_vec(self: Rc<Self>, limit: usize) -> Result<Vec<u8>, JsErrorBox> {
+        let mut slot = RcRef::map(&self, |r| &r.reader).borrow_mut().await;
+        let Some(mut reader) = slot.take() else {
+            return Ok(Vec::new());
+        };
+        // JS reads ask for 64 KiB; the front door, sending a body untouched, for more.
+        let limit = limit.clamp(1, NATIVE_CHUNK);
+        let (reader, chunk) =
+            tokio::task::spawn_blocking(move || -> std::io::Result<(Reader, Vec<u8>)> {
+                let want = (limit as u64).min(reader.remaining) as usize;
+                let mut chunk = vec![0; want];
+                let mut filled = 0;
+                if let Some(file) = reader.file.as_mut() {
+                    while filled < want {
+                        let n = file.read(&mut chunk[filled..])?;
+                        if n == 0 {
+                            break;
+                        }
+                        filled += n;
+                    }
+                }
+                chunk.truncate(filled);
+                reader.remaining -= filled as u64;
+                Ok((reader, chunk))
+            })
+            .await
+            .map_err(|_| {
+                JsErrorBox::generic("We encountered an internal error. Please try again.")
+            })?
+            .map_err(|e| JsErrorBox::generic(format!("R2 body: {e}")))?;
+        binding_files::record_bytes("r2", "out", chunk.len());
+        if !chunk.is_empty() {
+            *slot = Some(reader);
+        }
+        Ok(chunk)
+    }
+}
+
 impl Resource for R2BodyResource {
     fn name(&self) -> std::borrow::Cow<'_, str> {
         "dorunR2Body".into()
     }
 
     fn read(self: Rc<Self>, limit: usize) -> AsyncResult<BufView> {
-        Box::pin(async move {
-            let mut slot = RcRef::map(&self, |r| &r.reader).borrow_mut().await;
-            let Some(mut reader) = slot.take() else {
-                return Ok(BufView::empty());
-            };
-            // JS reads ask for 64 KiB; the front door, sending a body untouched, for more.
-            let limit = limit.clamp(1, NATIVE_CHUNK);
-            let (reader, chunk) =
-                tokio::task::spawn_blocking(move || -> std::io::Result<(Reader, Vec<u8>)> {
-                    let want = (limit as u64).min(reader.remaining) as usize;
-                    let mut chunk = vec![0; want];
-                    let mut filled = 0;
-                    if let Some(file) = reader.file.as_mut() {
-                        while filled < want {
-                            let n = file.read(&mut chunk[filled..])?;
-                            if n == 0 {
-                                break;
-                            }
-                            filled += n;
-                        }
-                    }
-                    chunk.truncate(filled);
-                    reader.remaining -= filled as u64;
-                    Ok((reader, chunk))
-                })
-                .await
-                .map_err(|_| {
-                    JsErrorBox::generic("We encountered an internal error. Please try again.")
-                })?
-                .map_err(|e| JsErrorBox::generic(format!("R2 body: {e}")))?;
-            binding_files::record_bytes("r2", "out", chunk.len());
-            if !chunk.is_empty() {
-                *slot = Some(reader);
-            }
-            Ok(BufView::from(chunk))
-        })
+        Box::pin(async move { self.read_vec(limit).await.map(BufView::from) })
     }
 }
 

@@ -177,6 +177,94 @@ pub async fn op_dorun_object_fetch(
     call_reply(&state, reply, true, CallError::ObjectReset)
 }
 
+// --- service bindings ------------------------------------------------------------------------
+
+/// A service binding (`services = [{ binding, service }]`): the worker it reaches, whose
+/// isolate threads' mailboxes are set once its pool has started (never, if that worker is
+/// not served by this process).
+#[derive(Debug)]
+pub struct ServiceLink {
+    pub binding: String,
+    pub service: String,
+    pub entrypoint: Option<String>,
+    pub mailboxes: OnceLock<crate::mailbox::Mailboxes>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl ServiceLink {
+    pub fn new(binding: String, service: String, entrypoint: Option<String>) -> Self {
+        Self {
+            binding,
+            service,
+            entrypoint,
+            mailboxes: OnceLock::new(),
+            next: Default::default(),
+        }
+    }
+}
+
+/// The service bindings of this isolate's worker, by index (`env` order).
+pub struct ServiceLinks(pub Vec<Arc<ServiceLink>>);
+
+/// `env.<binding>.fetch()`: hands the request to the bound worker's fetch handler, on its
+/// isolate threads in turn, as the front door would.
+#[op2]
+pub async fn op_dorun_service_fetch(
+    state: Rc<RefCell<OpState>>,
+    #[smi] index: u32,
+    #[scoped] method: ByteString,
+    #[string] url: String,
+    #[scoped] headers: Vec<(ByteString, ByteString)>,
+    #[smi] body_rid: Option<ResourceId>,
+    #[string] cf: Option<String>,
+) -> Result<CallReply, CallError> {
+    let link = state
+        .borrow()
+        .borrow::<ServiceLinks>()
+        .0
+        .get(index as usize)
+        .cloned()
+        .ok_or_else(|| CallError::BadRequest("no such service binding".into()))?;
+    let Some(mailboxes) = link.mailboxes.get().cloned() else {
+        return Err(CallError::BadRequest(format!(
+            "env.{}: the service binding's worker \"{}\" is not served by this dorun serve; \
+             add its wrangler config to the command (dorun serve a.toml b.toml)",
+            link.binding, link.service
+        )));
+    };
+    let method =
+        http::Method::from_bytes(&method).map_err(|e| CallError::BadRequest(e.to_string()))?;
+    let mut builder = http::Request::builder().method(method).uri(url.as_str());
+    for (name, value) in &headers {
+        builder = builder.header(&name[..], &value[..]);
+    }
+    let body: RequestBody = match body_rid {
+        None => http_body_util::Empty::new()
+            .map_err(|never| match never {})
+            .boxed(),
+        Some(rid) => body_from_resource(&mut state.borrow_mut(), rid)?,
+    };
+    let mut request = builder
+        .body(body)
+        .map_err(|e| CallError::BadRequest(e.to_string()))?;
+    if let Some(cf) = cf {
+        request.extensions_mut().insert(RequestCf(cf));
+    }
+    let threads = mailboxes.len().max(1);
+    let thread = link.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % threads;
+    let (reply, response) = oneshot::channel();
+    mailboxes
+        .get(thread)
+        .ok_or(RouteError::NoSuchThread)?
+        .send(Event::Http {
+            request: Box::new(request),
+            reply,
+        })
+        .map_err(|_| RouteError::ShuttingDown)?;
+    let reply = response.await.map_err(|_| CallError::TargetReset)?;
+    call_reply(&state, reply, true, CallError::TargetReset)
+}
+
 // --- stubs of functions and RpcTargets -----------------------------------------------------
 
 /// This isolate's thread, which owns the functions and `RpcTarget`s it exports.

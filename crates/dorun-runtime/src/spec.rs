@@ -64,6 +64,8 @@ pub struct WorkerSpec {
     pub d1_databases: Vec<crate::d1_binding::D1Binding>,
     /// `kv_namespaces`: `env.<binding>` reaches KV namespace `id`.
     pub kv_namespaces: Vec<crate::kv_binding::KvBinding>,
+    /// `services`: service bindings to workers of this process (linked once they start).
+    pub services: Vec<Arc<crate::rpc::ServiceLink>>,
     /// `version_metadata`, rate limits and Cloudflare-only bindings (`js/17_local_bindings.js`).
     pub local_bindings: Vec<serde_json::Value>,
     /// How long the Cache API keeps a response that has no explicit lifetime.

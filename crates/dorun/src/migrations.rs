@@ -316,6 +316,7 @@ mod tests {
             kv_namespaces: Vec::new(),
             local_bindings: Vec::new(),
             crons: Vec::new(),
+            services: Vec::new(),
             d1_databases: Vec::new(),
             r2_buckets: Vec::new(),
             migrations,

@@ -447,11 +447,13 @@ fn start_pools(
     // One registry: a socket accepted by one worker's class reaches its client through the
     // first worker's front door.
     let sockets = Arc::new(dorun_runtime::sockets::SocketRegistry::default());
+    let mut service_links = Vec::new();
     for ((config, objects), assets) in configs.iter().zip(objects).zip(assets) {
         let Some(spec) = worker_spec(config, options, objects, assets.clone()) else {
             pools.push(None);
             continue;
         };
+        service_links.push(spec.services.clone());
         match WorkerPool::start(spec, threads, sockets.clone()) {
             Ok(pool) => pools.push(Some(Arc::new(pool))),
             Err(error) => {
@@ -468,6 +470,24 @@ fn start_pools(
     for (foreign, owner) in links {
         if let Some(pool) = &pools[owner] {
             let _ = foreign.mailboxes.set(pool.mailboxes());
+        }
+    }
+    // Service bindings reach the worker they name, if this process serves it.
+    for link in service_links.iter().flatten() {
+        let target = configs
+            .iter()
+            .position(|c| c.name == link.service)
+            .and_then(|i| pools[i].as_ref());
+        match target {
+            Some(pool) => {
+                let _ = link.mailboxes.set(pool.mailboxes());
+            }
+            None => tracing::warn!(
+                "service binding env.{} names worker \"{}\", which this dorun serve does not \
+                 serve: its first use throws (add that worker's config to the command)",
+                link.binding,
+                link.service
+            ),
         }
     }
     Ok(pools)
@@ -512,6 +532,17 @@ fn worker_spec(
         cache_ttl: options.cache_ttl,
         kv_namespaces: config.kv_namespaces.clone(),
         local_bindings: config.local_bindings.clone(),
+        services: config
+            .services
+            .iter()
+            .map(|(binding, service, entrypoint)| {
+                Arc::new(dorun_runtime::rpc::ServiceLink::new(
+                    binding.clone(),
+                    service.clone(),
+                    entrypoint.clone(),
+                ))
+            })
+            .collect(),
         r2_buckets: config.r2_buckets.clone(),
         d1_databases: config
             .d1_databases

@@ -55,9 +55,14 @@ export function makeRequest(head) {
   return request;
 }
 
-/** A request from the front door: with `request.cf` as Cloudflare's edge fills it in. */
+/**
+ * A request from the front door: with `request.cf` as Cloudflare's edge fills it in (or,
+ * through a service binding, the calling request's).
+ */
 export function makeIncomingRequest(head) {
   const request = makeRequest(head);
+  // Through a service binding, the caller's request.cf comes along as it was.
+  if (head.cf !== null) return request;
   let acceptEncoding = "";
   for (const [name, value] of head.headers) {
     if (name === "accept-encoding") acceptEncoding = value;

@@ -34,6 +34,7 @@ const {
   ObjectPrototype,
   ObjectPrototypeIsPrototypeOf,
   PromisePrototypeThen,
+  PromiseReject,
   Proxy,
   RangeError,
   SafeMap,
@@ -49,6 +50,7 @@ const {
 const {
   op_dorun_object_rpc,
   op_dorun_object_fetch,
+  op_dorun_service_fetch,
   op_dorun_reply_value,
   op_dorun_reply_error,
   op_dorun_thread_index,
@@ -178,6 +180,68 @@ async function stubFetch(namespace, hex, name, input, init) {
   }
   const body = head.bodyRid === null ? null : streams.readableStreamForRid(head.bodyRid);
   return new Response(body, { status: head.status, headers: head.headers });
+}
+
+// --- service bindings ------------------------------------------------------------------------
+
+/** `env.<binding>.fetch()` of a service binding: the bound worker's fetch handler answers. */
+async function serviceFetch(index, input, init) {
+  const request = new Request(input, init);
+  const cf = init?.cf ?? (ObjectPrototypeIsPrototypeOf(RequestPrototype, input) ? input.cf : undefined);
+  const inner = toInnerRequest(request);
+  const bodyRid = request.body === null ? null : streams.resourceForReadableStream(request.body);
+  // As many Worker fetches deep as the caller's (a binding to itself cannot loop forever).
+  const invocation = currentInvocation();
+  if (invocation !== null) {
+    ArrayPrototypePush(inner.headerList, [config.fetchDepthHeader, fetchDepthValue(invocation.depth)]);
+  }
+  const gate = pendingOutputGate();
+  if (gate !== null) await gate;
+  const head = await op_dorun_service_fetch(
+    index,
+    request.method,
+    request.url,
+    inner.headerList,
+    bodyRid,
+    cf === undefined || cf === null ? null : JSONStringify(cf),
+  );
+  if (head.kind === "error") throw deserializeError(head.payload);
+  if (head.webSocket !== null) {
+    return new Response(null, {
+      status: 101,
+      headers: head.headers,
+      webSocket: WebSocketInternals.remote(head.webSocket),
+    });
+  }
+  const body = head.bodyRid === null ? null : streams.readableStreamForRid(head.bodyRid);
+  return new Response(body, { status: head.status, headers: head.headers });
+}
+
+/**
+ * `env.<binding>` of a `services` entry: `fetch()` reaches the bound worker's default
+ * export. JS RPC through a service binding is not served yet: calling a method says so.
+ */
+export function createServiceBinding(index, item) {
+  return new Proxy({}, {
+    get(_target, property) {
+      if (typeof property === "symbol" || property === "then") return undefined;
+      if (property === "fetch") {
+        if (item.entrypoint !== null && item.entrypoint !== "default") {
+          return () =>
+            PromiseReject(new TypeError(
+              `env.${item.binding}: fetch() to the named entrypoint "${item.entrypoint}" of ` +
+                `"${item.service}" is not served by dorun yet (only the default export)`,
+            ));
+        }
+        return (input, init) => serviceFetch(index, input, init);
+      }
+      return () =>
+        PromiseReject(new TypeError(
+          `env.${item.binding}.${String(property)}(): JS RPC through a service binding is not ` +
+            `served by dorun yet; use fetch()`,
+        ));
+    },
+  });
 }
 
 /** Serializes call arguments, then waits for the caller's output gate (if any). */

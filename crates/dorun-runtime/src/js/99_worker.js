@@ -33,7 +33,12 @@ import {
   sendResponse,
   wantsErrorPage,
 } from "ext:dorun/05_http.js";
-import { handleExportCall, releaseExport, retainExport } from "ext:dorun/06_rpc.js";
+import {
+  createServiceBinding,
+  handleExportCall,
+  releaseExport,
+  retainExport,
+} from "ext:dorun/06_rpc.js";
 import { evictIdle, handleObjectEvent, live } from "ext:dorun/10_objects.js";
 import { createAssetsBinding } from "ext:dorun/11_assets.js";
 import { createKvNamespace } from "ext:dorun/14_kv.js";
@@ -97,6 +102,9 @@ for (const { binding, id } of config.kvNamespaces) env[binding] = createKvNamesp
 for (const { binding, name } of config.d1Databases) env[binding] = createD1Database(name);
 for (const { binding, bucket } of config.r2Buckets) env[binding] = createR2Bucket(bucket);
 for (const item of config.localBindings) env[item.binding] = createLocalBinding(item);
+for (let index = 0; index < config.services.length; index++) {
+  env[config.services[index].binding] = createServiceBinding(index, config.services[index]);
+}
 globalThis.DurableObjectNamespace = DurableObjectNamespace;
 globalThis.WebSocket = WebSocket;
 globalThis.WebSocketPair = WebSocketPair;

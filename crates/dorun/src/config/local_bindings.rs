@@ -238,4 +238,34 @@ impl Reader {
         }
         crons
     }
+
+    /// `services = [{ binding, service, entrypoint }]`: (binding, service, entrypoint).
+    pub(super) fn read_services(
+        &mut self,
+        table: &Map<String, Value>,
+    ) -> Vec<(String, String, Option<String>)> {
+        let known = [
+            "binding",
+            "service",
+            "entrypoint",
+            "environment",
+            "props",
+            "remote",
+            "experimental_remote",
+        ];
+        let mut out = Vec::new();
+        for (at, binding, entry) in self.binding_entries(table, "services", &known) {
+            let Some(service) = entry.get("service").and_then(Value::as_str) else {
+                self.problems
+                    .push(format!("{at} needs a string key 'service'"));
+                continue;
+            };
+            let entrypoint = entry
+                .get("entrypoint")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            out.push((binding, service.to_string(), entrypoint));
+        }
+        out
+    }
 }

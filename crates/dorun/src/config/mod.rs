@@ -72,7 +72,6 @@ const DEPLOY_ONLY_KEYS: &[&str] = &[
 /// Binding kinds Cloudflare offers that dorun does not serve.
 const UNSUPPORTED_BINDING_KEYS: &[&str] = &[
     "queues",
-    "services",
     "workflows",
     "wasm_modules",
     "text_blobs",
@@ -154,6 +153,8 @@ pub struct WorkerConfig {
     /// `version_metadata`, rate limits and the Cloudflare-only bindings, each as the JSON
     /// object the isolate builds it from (config/local_bindings.rs).
     pub local_bindings: Vec<Value>,
+    /// `services`: service bindings (binding, service, entrypoint).
+    pub services: Vec<(String, String, Option<String>)>,
     /// `triggers.crons`: cron patterns that fire `scheduled()` (checked: each parses).
     pub crons: Vec<String>,
     pub migrations: Vec<Migration>,
@@ -465,6 +466,7 @@ impl Reader {
         let r2_buckets = self.read_r2_buckets(&effective);
         let local_bindings = self.read_local_bindings(&effective);
         let crons = self.read_crons(&effective);
+        let services = self.read_services(&effective);
         for r2 in &r2_buckets {
             if durable_objects.iter().any(|o| o.name == r2.binding)
                 || kv_namespaces.iter().any(|kv| kv.binding == r2.binding)
@@ -533,6 +535,7 @@ impl Reader {
             d1_databases,
             r2_buckets,
             local_bindings,
+            services,
             crons,
             migrations,
             exports,
@@ -583,6 +586,7 @@ impl Reader {
             "ratelimits",
             "unsafe",
             "triggers",
+            "services",
         ];
         for key in table.keys() {
             let key = key.as_str();

@@ -1,0 +1,65 @@
+//! Service bindings (`services`) between workers of one `dorun serve` (tests/fixtures/
+//! services): `fetch()` reaches the bound worker's default export with the request as
+//! sent (method, URL, headers, body) and its response comes back whole; a binding to a
+//! worker this process does not serve warns at startup and fails clearly on first use;
+//! JS RPC through a service binding says it is not served yet.
+
+use crate::harness::{fixture, Server};
+
+fn start() -> Server {
+    let back = fixture("services").join("back/wrangler.toml");
+    Server::start(
+        &fixture("services").join("front/wrangler.toml"),
+        &["--ephemeral", back.to_str().unwrap()],
+    )
+}
+
+#[tokio::test]
+async fn fetch_reaches_the_bound_workers_default_export() {
+    let server = start();
+    let reply = server.post("/echo", "hello back").await;
+    assert_eq!(reply.status, 201, "{}\n{}", reply.text(), server.logs());
+    assert_eq!(reply.headers["x-back"], "yes");
+    assert_eq!(
+        reply.json(),
+        serde_json::json!({"worker": "svc-back", "method": "POST", "url": "/echo?x=1",
+                           "from": "front", "body": "hello back"})
+    );
+    // The incoming request passed on as it is.
+    let forwarded = server.get("/forward?y=2").await;
+    assert_eq!(
+        forwarded.status,
+        201,
+        "{}\n{}",
+        forwarded.text(),
+        server.logs()
+    );
+    assert_eq!(forwarded.json()["url"], "/forward?y=2");
+    assert_eq!(forwarded.json()["method"], "GET");
+}
+
+#[tokio::test]
+async fn a_binding_to_a_worker_not_served_warns_and_fails_on_first_use() {
+    let server = start();
+    let gone = server.get("/gone").await;
+    let logs = server.logs();
+    assert!(
+        logs.contains("service binding env.GONE names worker \"svc-elsewhere\""),
+        "{logs}"
+    );
+    assert_eq!(gone.status, 502);
+    assert!(
+        gone.text()
+            .contains("the service binding's worker \"svc-elsewhere\" is not served"),
+        "{}",
+        gone.text()
+    );
+    let rpc = server.get("/rpc").await;
+    assert_eq!(rpc.status, 501);
+    assert!(
+        rpc.text()
+            .contains("JS RPC through a service binding is not served by dorun yet"),
+        "{}",
+        rpc.text()
+    );
+}
