@@ -331,6 +331,26 @@ async fn assets_only_worker_with_404_page_and_drop_trailing_slash() {
     assert_eq!(post.status, 405);
 }
 
+/// With `run_worker_first` routes, a path outside them that no asset matches gets the SPA
+/// shell even without `Sec-Fetch-Mode: navigate`; the routes still reach the Worker.
+#[tokio::test]
+async fn run_worker_first_routes_leave_everything_else_to_the_spa_fallback() {
+    let dir = scratch_dir("assets-spa-routes");
+    let spa = fixture("assets-spa");
+    std::fs::create_dir_all(dir.join("dist")).unwrap();
+    std::fs::copy(spa.join("dist/index.html"), dir.join("dist/index.html")).unwrap();
+    std::fs::copy(spa.join("worker.js"), dir.join("worker.js")).unwrap();
+    std::fs::write(
+        dir.join("wrangler.toml"),
+        "main = \"worker.js\"\ncompatibility_date = \"2025-06-01\"\n[assets]\ndirectory = \"dist\"\nnot_found_handling = \"single-page-application\"\nrun_worker_first = [\"/api/*\"]\n",
+    )
+    .unwrap();
+    let server = Server::start(&dir.join("wrangler.toml"), &[]);
+    let route = server.get("/app/route").await;
+    assert_eq!((route.status, route.text().as_str()), (200, "spa shell"));
+    assert_eq!(server.get("/api/users").await.text(), "worker /api/users");
+}
+
 #[tokio::test]
 async fn single_page_application_fallback_for_navigations() {
     let server = Server::start(&fixture("assets-spa").join("wrangler.toml"), &[]);

@@ -1,5 +1,6 @@
 //! Bindings served without a store of their own and bindings that exist only on Cloudflare
-//! (tests/fixtures/local-bindings): the Worker starts with a warning per Cloudflare-only
+//! (tests/fixtures/local-bindings): Analytics Engine takes data points and drops them; the
+//! Worker starts with a warning per Cloudflare-only
 //! binding, whose first use throws an Error naming it; `version_metadata`, rate limits
 //! (`ratelimits` and the `unsafe.bindings` form) and Hyperdrive's `localConnectionString`
 //! work.
@@ -16,7 +17,6 @@ async fn cloud_only_bindings_start_and_fail_clearly_on_first_use() {
         ("ai", "AI"),
         ("vectorize[0]", "VECTORS"),
         ("browser", "BROWSER"),
-        ("analytics_engine_datasets[0]", "EVENTS"),
         ("send_email[0]", "MAILER"),
     ] {
         assert!(
@@ -28,17 +28,12 @@ async fn cloud_only_bindings_start_and_fail_clearly_on_first_use() {
     let kinds = server.get_json_ok("/kinds", &[]).await;
     assert_eq!(
         kinds,
-        json!({"AI": "function", "BROWSER": "function", "VECTORS": "function", "EVENTS": "function",
+        json!({"AI": "function", "BROWSER": "function", "VECTORS": "function", "EVENTS": "object",
                "MAILER": "function", "VERSION": "object", "LIMITER": "object", "PG": "object"})
     );
     for (route, binding, what) in [
         ("/ai", "AI", "Workers AI, `ai`"),
         ("/vectorize", "VECTORS", "Vectorize, `vectorize`"),
-        (
-            "/events",
-            "EVENTS",
-            "Workers Analytics Engine, `analytics_engine_datasets`",
-        ),
         ("/browser", "BROWSER", "Browser Rendering, `browser`"),
         ("/email", "MAILER", "Email sending, `send_email`"),
     ] {
@@ -53,6 +48,13 @@ async fn cloud_only_bindings_start_and_fail_clearly_on_first_use() {
     }
     let quiet = server.get_json_ok("/awaited", &[]).await;
     assert_eq!(quiet["awaited"], "function", "{quiet}");
+    assert_eq!(
+        quiet["printed"], "[Workers AI: not available locally]",
+        "{quiet}"
+    );
+    // Analytics Engine takes data points and drops them, as wrangler dev does.
+    let events = server.get_json_ok("/events", &[]).await;
+    assert_eq!(events, json!({}), "{events}");
 }
 
 #[tokio::test]

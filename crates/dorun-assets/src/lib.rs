@@ -235,7 +235,11 @@ impl Assets {
             && headers
                 .get("sec-fetch-mode")
                 .is_some_and(|v| v.as_bytes() == b"navigate");
-        let not_found = if navigate {
+        // With `run_worker_first` routes, the routes say what the Worker gets: anything else
+        // is the assets' whole, `not_found_handling` included, navigation or not (as
+        // Cloudflare's asset worker does with static routing).
+        let static_routing = matches!(self.config.run_worker_first, RunWorkerFirst::Routes(_));
+        let not_found = if navigate || static_routing {
             self.config.not_found_handling
         } else {
             NotFoundHandling::None

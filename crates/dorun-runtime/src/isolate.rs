@@ -109,6 +109,8 @@ pub fn isolate_thread(
                     Failure::HeapLimit
                 }
             };
+            // The old isolate's memory goes back to the system, not only to malloc.
+            crate::memory::release_freed_memory();
             // Calls still waiting behind an object's input gate never reached its code: the
             // new isolate gets them again, in their order. The rest fail.
             let mut pending: Vec<_> = in_flight.borrow_mut().drain().collect();

@@ -21,6 +21,17 @@ static OVER_LIMIT: AtomicBool = AtomicBool::new(false);
 const LARGE_ALLOCATION: usize = 64 << 10;
 
 /// Whether the process is over its memory limit now.
+/// Gives memory the allocator holds free back to the system. After an isolate reset (often
+/// caused by a huge allocation) glibc keeps the freed pages in its arenas, and the process
+/// would stay at its high-water mark; `malloc_trim` releases them.
+pub fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own arenas; any thread may call it.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 pub fn over_memory_limit() -> bool {
     OVER_LIMIT.load(Ordering::Relaxed)
 }

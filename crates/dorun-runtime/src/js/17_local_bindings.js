@@ -34,6 +34,8 @@ function cloudOnly(item) {
         return undefined;
       }
       if (quiet.has(name)) return undefined;
+      // Printing it is not a use.
+      if (name === "toString") return () => `[${item.what}: not available locally]`;
       return fail;
     },
     apply: fail,
@@ -72,6 +74,15 @@ export function createLocalBinding(item) {
       });
     case "ratelimit":
       return new RateLimit(item);
+    case "analytics_engine":
+      // As `wrangler dev` simulates it: data points are accepted and go nowhere.
+      return ObjectFreeze({
+        writeDataPoint(point) {
+          if (point !== undefined && (typeof point !== "object" || point === null)) {
+            throw new TypeError("writeDataPoint() expects an object");
+          }
+        },
+      });
     case "hyperdrive":
       return ObjectFreeze({
         connectionString: item.connectionString,

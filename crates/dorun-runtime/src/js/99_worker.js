@@ -201,7 +201,12 @@ class ScheduledController {
 /** Runs scheduled(); answers once it and the work it handed to ctx.waitUntil() are done. */
 async function handleScheduled(handler, incoming, event) {
   try {
-    if (handler === null) throw new Error("Handler does not export a scheduled() function");
+    // Without a scheduled() export there is nothing to run (wrangler dev answers alike).
+    if (handler === null) {
+      console.warn("scheduled event: the Worker does not export a scheduled() handler");
+      sendResponse(incoming.id, new Response("ok"));
+      return;
+    }
     const pending = [];
     const ctx = new ExecutionContext();
     ctx.waitUntil = (promise) => {

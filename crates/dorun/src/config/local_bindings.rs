@@ -1,6 +1,7 @@
 //! The binding kinds besides Durable Objects, KV, D1 and R2 that dorun serves without a
 //! store of their own: `version_metadata`, rate limits (`ratelimits` and the
-//! `unsafe.bindings` `ratelimit` form), and the bindings that exist only on Cloudflare (AI,
+//! `unsafe.bindings` `ratelimit` form), Analytics Engine datasets (writes accepted and
+//! dropped, as `wrangler dev` does), and the bindings that exist only on Cloudflare (AI,
 //! Vectorize, Browser Rendering, ...). A Cloudflare-only binding does not stop startup: the
 //! Worker starts with a warning, `env.<binding>` is there, and its first use throws an Error
 //! naming it, as a Worker under `wrangler dev` without remote bindings sees.
@@ -18,7 +19,6 @@ pub(super) const CLOUD_ONLY: &[(&str, &str)] = &[
     ("vectorize", "Vectorize"),
     ("browser", "Browser Rendering"),
     ("images", "Cloudflare Images"),
-    ("analytics_engine_datasets", "Workers Analytics Engine"),
     ("hyperdrive", "Hyperdrive"),
     ("mtls_certificates", "an mTLS certificate"),
     ("dispatch_namespaces", "Workers for Platforms dispatch"),
@@ -72,6 +72,13 @@ impl Reader {
                      and its first use throws"
                 ));
                 out.push(item);
+            }
+        }
+        // Analytics Engine: data points are accepted locally and go nowhere, as in
+        // `wrangler dev`.
+        if let Some(value) = table.get("analytics_engine_datasets") {
+            for (_, binding, _) in self.binding_names("analytics_engine_datasets", value) {
+                out.push(json!({"binding": binding, "kind": "analytics_engine"}));
             }
         }
         if let Some(value) = table.get("version_metadata") {

@@ -587,6 +587,7 @@ impl Reader {
             "unsafe",
             "triggers",
             "services",
+            "analytics_engine_datasets",
         ];
         for key in table.keys() {
             let key = key.as_str();
