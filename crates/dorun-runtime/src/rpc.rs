@@ -133,24 +133,19 @@ pub async fn op_dorun_object_rpc(
     call_reply(&state, reply, false, CallError::ObjectReset)
 }
 
-/// `stub.fetch()`: sends a request to an object.
-#[op2]
-#[allow(clippy::too_many_arguments)]
-pub async fn op_dorun_object_fetch(
-    state: Rc<RefCell<OpState>>,
-    #[smi] namespace: u32,
-    #[string] object_id: String,
-    #[string] object_name: Option<String>,
-    #[scoped] method: ByteString,
-    #[string] url: String,
-    #[scoped] headers: Vec<(ByteString, ByteString)>,
-    #[smi] body_rid: Option<ResourceId>,
-    #[string] cf: Option<String>,
-) -> Result<CallReply, CallError> {
+/// The request a `fetch()` from JS sends on (to an object or through a service binding).
+fn outgoing_request(
+    state: &Rc<RefCell<OpState>>,
+    method: &ByteString,
+    url: &str,
+    headers: &[(ByteString, ByteString)],
+    body_rid: Option<ResourceId>,
+    cf: Option<String>,
+) -> Result<http::Request<RequestBody>, CallError> {
     let method =
-        http::Method::from_bytes(&method).map_err(|e| CallError::BadRequest(e.to_string()))?;
-    let mut builder = http::Request::builder().method(method).uri(url.as_str());
-    for (name, value) in &headers {
+        http::Method::from_bytes(method).map_err(|e| CallError::BadRequest(e.to_string()))?;
+    let mut builder = http::Request::builder().method(method).uri(url);
+    for (name, value) in headers {
         builder = builder.header(&name[..], &value[..]);
     }
     let body: RequestBody = match body_rid {
@@ -165,6 +160,24 @@ pub async fn op_dorun_object_fetch(
     if let Some(cf) = cf {
         request.extensions_mut().insert(RequestCf(cf));
     }
+    Ok(request)
+}
+
+/// `stub.fetch()`: sends a request to an object.
+#[op2]
+#[allow(clippy::too_many_arguments)]
+pub async fn op_dorun_object_fetch(
+    state: Rc<RefCell<OpState>>,
+    #[smi] namespace: u32,
+    #[string] object_id: String,
+    #[string] object_name: Option<String>,
+    #[scoped] method: ByteString,
+    #[string] url: String,
+    #[scoped] headers: Vec<(ByteString, ByteString)>,
+    #[smi] body_rid: Option<ResourceId>,
+    #[string] cf: Option<String>,
+) -> Result<CallReply, CallError> {
+    let request = outgoing_request(&state, &method, &url, &headers, body_rid, cf)?;
     let (reply, response) = oneshot::channel();
     router(&state).to_object(ObjectEvent {
         namespace,
@@ -232,24 +245,7 @@ pub async fn op_dorun_service_fetch(
             link.binding, link.service
         )));
     };
-    let method =
-        http::Method::from_bytes(&method).map_err(|e| CallError::BadRequest(e.to_string()))?;
-    let mut builder = http::Request::builder().method(method).uri(url.as_str());
-    for (name, value) in &headers {
-        builder = builder.header(&name[..], &value[..]);
-    }
-    let body: RequestBody = match body_rid {
-        None => http_body_util::Empty::new()
-            .map_err(|never| match never {})
-            .boxed(),
-        Some(rid) => body_from_resource(&mut state.borrow_mut(), rid)?,
-    };
-    let mut request = builder
-        .body(body)
-        .map_err(|e| CallError::BadRequest(e.to_string()))?;
-    if let Some(cf) = cf {
-        request.extensions_mut().insert(RequestCf(cf));
-    }
+    let request = outgoing_request(&state, &method, &url, &headers, body_rid, cf)?;
     let threads = mailboxes.len().max(1);
     let thread = link.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % threads;
     let (reply, response) = oneshot::channel();

@@ -457,7 +457,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             limits,
             dev_endpoints: !args.no_dev_endpoints,
         };
-        let triggers = crate::crons::triggers(&workers);
+        let triggers = crate::crons::triggers(
+            workers
+                .configs
+                .iter()
+                .zip(&workers.pools)
+                .map(|(config, pool)| (config.name.as_str(), config.crons.as_slice(), pool)),
+        );
         if !triggers.is_empty() {
             if args.no_crons {
                 tracing::info!(

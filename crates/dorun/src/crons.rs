@@ -107,18 +107,21 @@ impl Trigger {
     }
 }
 
-/// The triggers of the workers of one `dorun serve` that have a script.
-pub fn triggers(workers: &crate::workers::Workers) -> Vec<(Arc<WorkerPool>, Arc<Trigger>)> {
+/// The triggers of the workers of one `dorun serve` that have a script, from each worker's
+/// (name, `triggers.crons`, pool).
+pub fn triggers<'a>(
+    workers: impl IntoIterator<Item = (&'a str, &'a [String], &'a Option<Arc<WorkerPool>>)>,
+) -> Vec<(Arc<WorkerPool>, Arc<Trigger>)> {
     let mut out = Vec::new();
-    for (config, pool) in workers.configs.iter().zip(&workers.pools) {
+    for (worker, crons, pool) in workers {
         let Some(pool) = pool else { continue };
-        for pattern in &config.crons {
+        for pattern in crons {
             // Checked when the config was read.
             let Ok(cron) = parse(pattern) else { continue };
             out.push((
                 pool.clone(),
                 Arc::new(Trigger {
-                    worker: config.name.clone(),
+                    worker: worker.to_string(),
                     pattern: pattern.clone(),
                     cron,
                     last: Mutex::new(None),

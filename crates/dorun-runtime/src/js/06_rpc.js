@@ -136,16 +136,20 @@ function replyValue(reply, objectId = undefined) {
   return unmarshal(deserialize(reply.payload));
 }
 
-async function stubFetch(namespace, hex, name, input, init) {
+/**
+ * Sends `fetch(input, init)` on through `send(method, url, headers, bodyRid, cf)` (an op)
+ * and makes a Response of its answer: an object's `stub.fetch()` and a service binding's.
+ */
+async function forwardFetch(input, init, send, objectId = undefined) {
   const request = new Request(input, init);
-  // The object sees the same request.cf (from init, or the Request passed on).
+  // The callee sees the same request.cf (from init, or the Request passed on).
   const cf = init?.cf ?? (ObjectPrototypeIsPrototypeOf(RequestPrototype, input) ? input.cf : undefined);
   const inner = toInnerRequest(request);
   let bodyRid = null;
   if (request.body !== null) {
     bodyRid = streams.resourceForReadableStream(request.body);
   }
-  // The object's request is as many Worker fetches deep as the caller's.
+  // The callee's request is as many Worker fetches deep as the caller's.
   const invocation = currentInvocation();
   if (invocation !== null) {
     ArrayPrototypePush(inner.headerList, [
@@ -155,22 +159,14 @@ async function stubFetch(namespace, hex, name, input, init) {
   }
   const gate = pendingOutputGate();
   if (gate !== null) await gate;
-  let head;
-  try {
-    head = await op_dorun_object_fetch(
-      namespace,
-      hex,
-      name ?? null,
-      request.method,
-      request.url,
-      inner.headerList,
-      bodyRid,
-      cf === undefined || cf === null ? null : JSONStringify(cf),
-    );
-  } catch (error) {
-    throw disconnected(error, hex);
-  }
-  if (head.kind === "error") throw deserializeError(head.payload, hex);
+  const head = await send(
+    request.method,
+    request.url,
+    inner.headerList,
+    bodyRid,
+    cf === undefined || cf === null ? null : JSONStringify(cf),
+  );
+  if (head.kind === "error") throw deserializeError(head.payload, objectId);
   if (head.webSocket !== null) {
     return new Response(null, {
       status: 101,
@@ -182,39 +178,22 @@ async function stubFetch(namespace, hex, name, input, init) {
   return new Response(body, { status: head.status, headers: head.headers });
 }
 
+function stubFetch(namespace, hex, name, input, init) {
+  const send = async (...args) => {
+    try {
+      return await op_dorun_object_fetch(namespace, hex, name ?? null, ...args);
+    } catch (error) {
+      throw disconnected(error, hex);
+    }
+  };
+  return forwardFetch(input, init, send, hex);
+}
+
 // --- service bindings ------------------------------------------------------------------------
 
 /** `env.<binding>.fetch()` of a service binding: the bound worker's fetch handler answers. */
-async function serviceFetch(index, input, init) {
-  const request = new Request(input, init);
-  const cf = init?.cf ?? (ObjectPrototypeIsPrototypeOf(RequestPrototype, input) ? input.cf : undefined);
-  const inner = toInnerRequest(request);
-  const bodyRid = request.body === null ? null : streams.resourceForReadableStream(request.body);
-  // As many Worker fetches deep as the caller's (a binding to itself cannot loop forever).
-  const invocation = currentInvocation();
-  if (invocation !== null) {
-    ArrayPrototypePush(inner.headerList, [config.fetchDepthHeader, fetchDepthValue(invocation.depth)]);
-  }
-  const gate = pendingOutputGate();
-  if (gate !== null) await gate;
-  const head = await op_dorun_service_fetch(
-    index,
-    request.method,
-    request.url,
-    inner.headerList,
-    bodyRid,
-    cf === undefined || cf === null ? null : JSONStringify(cf),
-  );
-  if (head.kind === "error") throw deserializeError(head.payload);
-  if (head.webSocket !== null) {
-    return new Response(null, {
-      status: 101,
-      headers: head.headers,
-      webSocket: WebSocketInternals.remote(head.webSocket),
-    });
-  }
-  const body = head.bodyRid === null ? null : streams.readableStreamForRid(head.bodyRid);
-  return new Response(body, { status: head.status, headers: head.headers });
+function serviceFetch(index, input, init) {
+  return forwardFetch(input, init, (...args) => op_dorun_service_fetch(index, ...args));
 }
 
 /**
