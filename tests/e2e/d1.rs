@@ -169,44 +169,22 @@ async fn migrations_queries_batches_restart_and_export() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_loses_no_acknowledged_insert() {
-    use std::sync::{Arc, Mutex};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     let data = crate::harness::scratch_dir("d1-kill9");
     d1(&data, &["migrations", "apply", "DB"]);
     let mut server = start(&data);
-    let base = server.base.clone();
-    let acknowledged: Arc<Mutex<Vec<String>>> = Arc::default();
-    let stop_at = Instant::now() + Duration::from_millis(1500);
-    let mut writers = Vec::new();
-    for writer in 0..8 {
-        let base = base.clone();
-        let acknowledged = acknowledged.clone();
-        writers.push(tokio::spawn(async move {
-            let http =
-                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                    .build_http::<http_body_util::Empty<bytes::Bytes>>();
-            for n in 0u64.. {
-                let body = format!("w{writer}-{n}");
-                let url = format!("{base}/add?body={body}");
-                let Ok(Ok(response)) =
-                    tokio::time::timeout(Duration::from_secs(5), http.get(url.parse().unwrap()))
-                        .await
-                else {
-                    return;
-                };
-                if response.status() != 200 {
-                    return;
-                }
-                acknowledged.lock().unwrap().push(body);
-            }
-        }));
-    }
-    tokio::time::sleep(stop_at - Instant::now()).await;
-    tokio::task::block_in_place(|| server.kill9());
-    for writer in writers {
-        let _ = writer.await;
-    }
-    let acknowledged = acknowledged.lock().unwrap().clone();
+    let acknowledged = crate::harness::write_until_kill9(
+        &mut server,
+        8,
+        Duration::from_millis(1500),
+        |base, w, n| crate::harness::get_request(format!("{base}/add?body=w{w}-{}", n - 1)),
+    )
+    .await;
+    let acknowledged: Vec<String> = acknowledged
+        .iter()
+        .enumerate()
+        .flat_map(|(w, ns)| ns.iter().map(move |n| format!("w{w}-{}", n - 1)))
+        .collect();
     assert!(
         acknowledged.len() >= 8,
         "only {} inserts acknowledged",

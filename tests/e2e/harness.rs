@@ -387,6 +387,60 @@ impl Drop for Server {
     }
 }
 
+/// The kill -9 campaigns' load: `writers` loops send the requests `request(base, writer, n)`
+/// builds (n = 1, 2, ...) one after another for `duration`, then the server is killed with
+/// SIGKILL while requests are in flight. Returns, per writer, the `n` of every request that
+/// was answered 200 before the kill (a loop stops at its first failure).
+pub async fn write_until_kill9(
+    server: &mut Server,
+    writers: usize,
+    duration: Duration,
+    request: impl Fn(&str, usize, u64) -> http::Request<Full<Bytes>> + Send + Sync + 'static,
+) -> Vec<Vec<u64>> {
+    let request = Arc::new(request);
+    let acknowledged: Arc<Mutex<Vec<Vec<u64>>>> = Arc::new(Mutex::new(vec![Vec::new(); writers]));
+    let stop_at = Instant::now() + duration;
+    let mut tasks = Vec::new();
+    for writer in 0..writers {
+        let base = server.base.clone();
+        let request = request.clone();
+        let acknowledged = acknowledged.clone();
+        tasks.push(tokio::spawn(async move {
+            let http = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+            for n in 1u64.. {
+                let sent = http.request(request(&base, writer, n));
+                let Ok(Ok(response)) = tokio::time::timeout(Duration::from_secs(5), sent).await
+                else {
+                    return;
+                };
+                if response.status() != 200 {
+                    return;
+                }
+                acknowledged.lock().unwrap()[writer].push(n);
+            }
+        }));
+    }
+    tokio::time::sleep(stop_at.saturating_duration_since(Instant::now())).await;
+    tokio::task::block_in_place(|| server.kill9());
+    for task in tasks {
+        let _ = task.await;
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(
+        acknowledged.iter().all(|a| !a.is_empty()),
+        "every writer was acknowledged before the kill: {:?}",
+        acknowledged.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    acknowledged
+}
+
+/// A GET of `url` for [`write_until_kill9`].
+pub fn get_request(url: String) -> http::Request<Full<Bytes>> {
+    http::Request::get(url)
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
 /// Runs `dorun <args>` to completion (bounded to 60 s) and returns (success, stdout, stderr).
 pub fn run_dorun(args: &[&str], cwd: Option<&Path>) -> (bool, String, String) {
     let mut command = Command::new(dorun_binary());

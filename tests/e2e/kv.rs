@@ -3,9 +3,7 @@
 //! shared by a Worker, its objects and another worker binding the same id, files a person
 //! can open, and `--ephemeral`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 
@@ -118,43 +116,18 @@ async fn values_persist_in_a_file_per_namespace_and_are_shared_by_id() {
 async fn kill_9_loses_no_acknowledged_put() {
     let data = scratch_dir("kv-kill9");
     let mut server = start(&data);
-    let base = server.base.clone();
-    let acknowledged: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
-    let stop_at = Instant::now() + Duration::from_millis(1500);
-    let mut writers = Vec::new();
-    for writer in 0..8 {
-        let base = base.clone();
-        let acknowledged = acknowledged.clone();
-        writers.push(tokio::spawn(async move {
-            let http =
-                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                    .build_http::<http_body_util::Empty<bytes::Bytes>>();
-            for n in 1u64.. {
-                let url = format!("{base}/put?key=w{writer}&value={n}");
-                let Ok(Ok(response)) =
-                    tokio::time::timeout(Duration::from_secs(5), http.get(url.parse().unwrap()))
-                        .await
-                else {
-                    return;
-                };
-                if response.status() != 200 {
-                    return;
-                }
-                acknowledged.lock().unwrap().insert(format!("w{writer}"), n);
-            }
-        }));
-    }
-    tokio::time::sleep(stop_at - Instant::now()).await;
-    tokio::task::block_in_place(|| server.kill9());
-    for writer in writers {
-        let _ = writer.await;
-    }
-    let acknowledged = acknowledged.lock().unwrap().clone();
-    assert_eq!(
-        acknowledged.len(),
+    let acknowledged = crate::harness::write_until_kill9(
+        &mut server,
         8,
-        "every writer was acknowledged: {acknowledged:?}"
-    );
+        Duration::from_millis(1500),
+        |base, w, n| crate::harness::get_request(format!("{base}/put?key=w{w}&value={n}")),
+    )
+    .await;
+    let acknowledged: Vec<(String, u64)> = acknowledged
+        .iter()
+        .enumerate()
+        .map(|(w, ns)| (format!("w{w}"), *ns.last().unwrap()))
+        .collect();
     let server = start(&data);
     for (key, value) in acknowledged {
         let stored: u64 = server

@@ -34,6 +34,7 @@ mod multi;
 mod node_compat;
 mod objects;
 mod portable;
+mod queues;
 mod r2;
 mod reference;
 mod services;

@@ -183,49 +183,27 @@ fn kill9_body(n: u32) -> Vec<u8> {
 /// body matches its ETag and is one put's body, never half of one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_loses_no_acknowledged_put_and_leaves_no_half_object() {
-    use std::collections::HashMap;
-    use std::sync::{Arc, Mutex};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     let data = crate::harness::scratch_dir("r2-kill9");
     let mut server = start(&data);
-    let base = server.base.clone();
-    let acknowledged: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
-    let stop_at = Instant::now() + Duration::from_millis(1500);
-    let mut writers = Vec::new();
-    for writer in 0..8 {
-        let base = base.clone();
-        let acknowledged = acknowledged.clone();
-        writers.push(tokio::spawn(async move {
-            let http =
-                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                    .build_http::<http_body_util::Full<bytes::Bytes>>();
-            for n in 1u32.. {
-                let request = http::Request::put(format!("{base}/w{writer}"))
-                    .body(http_body_util::Full::new(bytes::Bytes::from(kill9_body(n))))
-                    .unwrap();
-                let Ok(Ok(response)) =
-                    tokio::time::timeout(Duration::from_secs(5), http.request(request)).await
-                else {
-                    return;
-                };
-                if response.status() != 200 {
-                    return;
-                }
-                acknowledged.lock().unwrap().insert(format!("w{writer}"), n);
-            }
-        }));
-    }
-    tokio::time::sleep(stop_at - Instant::now()).await;
-    tokio::task::block_in_place(|| server.kill9());
-    for writer in writers {
-        let _ = writer.await;
-    }
-    let acknowledged = acknowledged.lock().unwrap().clone();
-    assert_eq!(
-        acknowledged.len(),
+    let acknowledged = crate::harness::write_until_kill9(
+        &mut server,
         8,
-        "every writer was acknowledged: {acknowledged:?}"
-    );
+        Duration::from_millis(1500),
+        |base, w, n| {
+            http::Request::put(format!("{base}/w{w}"))
+                .body(http_body_util::Full::new(bytes::Bytes::from(kill9_body(
+                    n as u32,
+                ))))
+                .unwrap()
+        },
+    )
+    .await;
+    let acknowledged: Vec<(String, u32)> = acknowledged
+        .iter()
+        .enumerate()
+        .map(|(w, ns)| (format!("w{w}"), *ns.last().unwrap() as u32))
+        .collect();
     let server = start(&data);
     for (key, n) in acknowledged {
         let got = server.get(&format!("/{key}")).await;

@@ -18,7 +18,7 @@ use crate::sockets::{ParkedSockets, SocketRegistry};
 use crate::storage::{connection_capacity, idle_connection_capacity, OpenDatabases};
 use crate::{
     admin, assets_binding, cache, d1_binding, events, kv_binding, local_bindings, namespaces,
-    r2_binding, rpc, sockets, storage,
+    queue_binding, r2_binding, rpc, sockets, storage,
 };
 
 /// What an isolate's ops share besides [`IsolateContext`]; each piece goes into the op
@@ -120,6 +120,8 @@ deno_core::extension!(
         kv_binding::op_dorun_kvns_put,
         kv_binding::op_dorun_kvns_delete,
         kv_binding::op_dorun_kvns_list,
+        // Queues (queue_binding.rs)
+        queue_binding::op_dorun_queue_send,
         // D1 databases (d1_binding.rs)
         d1_binding::op_dorun_d1_batch,
         d1_binding::op_dorun_d1_exec,
@@ -171,6 +173,7 @@ deno_core::extension!(
         "15_d1.js",
         "16_r2.js",
         "17_local_bindings.js",
+        "18_queues.js",
         "99_worker.js",
     ],
     options = {
@@ -199,6 +202,10 @@ deno_core::extension!(
             services.objects.durability,
         ));
         state.put(rpc::ServiceLinks(services.graph.spec().services.clone()));
+        state.put(queue_binding::QueueStore {
+            data_dir: services.objects.data_dir.clone(),
+            durability: services.objects.durability,
+        });
         state.put(kv_binding::KvStore {
             data_dir: services.objects.data_dir.clone(),
             durability: services.objects.durability,

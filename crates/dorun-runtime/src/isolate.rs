@@ -330,6 +330,11 @@ fn runtime_config_json(spec: &WorkerSpec) -> String {
             .map(|kv| serde_json::json!({"binding": kv.binding, "id": kv.id}))
             .collect::<Vec<_>>(),
         "localBindings": spec.local_bindings,
+        "queueProducers": spec
+            .queue_producers
+            .iter()
+            .map(|q| serde_json::json!({"binding": q.binding, "queue": q.queue, "deliveryDelay": q.delivery_delay}))
+            .collect::<Vec<_>>(),
         "services": spec
             .services
             .iter()

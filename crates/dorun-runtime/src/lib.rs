@@ -47,6 +47,7 @@ pub mod memory;
 pub mod namespaces;
 pub mod node_compat;
 pub mod pool;
+pub mod queue_binding;
 pub mod r2_binding;
 pub mod router;
 pub mod rpc;

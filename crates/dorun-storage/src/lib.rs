@@ -32,6 +32,7 @@ mod d1;
 mod flush;
 mod group;
 mod kv_namespace;
+mod queue;
 mod r2;
 mod sandbox;
 pub use admin::{backup, restore, restore_shared};
@@ -41,6 +42,7 @@ pub use d1::{d1_message, D1Database, D1Result};
 pub use flush::{wal_path, FlushDone, FlushRequest, Flusher};
 pub use group::{Group, Transactional};
 pub use kv_namespace::{KvDatabase, KvEntry, KvListedKey};
+pub use queue::{NewMessage, QueueCounts, QueueDatabase, QueuedMessage, Settlement};
 pub use r2::{R2Bucket, R2ObjectMeta, R2Page, R2Part, R2Upload};
 use sandbox::{
     split_statements, value_size, SqlGuard, SqlRole, INTERRUPT_CHECK_STEPS, RESULT_TOO_LARGE,

@@ -482,6 +482,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 tokio::spawn(crate::crons::run(triggers));
             }
         }
+        let pairs: Vec<_> = workers.configs.iter().zip(&workers.pools).collect();
+        let consumers = crate::queues::consumers(&pairs).map_err(|e| anyhow!(e))?;
+        for consumer in &consumers {
+            tracing::info!(
+                worker = %consumer.worker,
+                queue = %consumer.settings.queue,
+                "queue consumer"
+            );
+            tokio::spawn(crate::queues::run(consumer.clone()));
+        }
         server::run(listener, pool.clone(), shutdown, server_options).await;
         // Open WebSockets get a Close frame (1001) instead of a dropped connection.
         let Some(sockets) = sockets else {

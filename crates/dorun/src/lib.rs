@@ -19,6 +19,7 @@
 //!   forwarding headers.
 //! - [`cli`]: the `dorun` command line (`serve`, `check`): arguments, logging, signals.
 //! - [`crons`]: cron triggers: `scheduled()` at each pattern's minutes, and on demand.
+//! - [`queues`]: queue consumers: stored messages to `queue()` in batches, and settled.
 //! - [`server`]: the HTTP front door (hyper): accepts connections, gives each request its
 //!   absolute URL and `CF-Connecting-IP`, hands it to the Worker pool, logs one line per
 //!   request, and drains in-flight requests on shutdown; [`connections`]: its connection
@@ -42,6 +43,7 @@ pub mod devtools;
 pub mod ephemeral;
 pub mod inspect;
 pub mod migrations;
+pub mod queues;
 pub mod server;
 pub mod watch;
 pub mod websocket;

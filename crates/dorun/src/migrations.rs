@@ -317,6 +317,8 @@ mod tests {
             local_bindings: Vec::new(),
             crons: Vec::new(),
             services: Vec::new(),
+            queue_producers: Vec::new(),
+            queue_consumers: Vec::new(),
             d1_databases: Vec::new(),
             r2_buckets: Vec::new(),
             migrations,

@@ -532,6 +532,7 @@ fn worker_spec(
         cache_ttl: options.cache_ttl,
         kv_namespaces: config.kv_namespaces.clone(),
         local_bindings: config.local_bindings.clone(),
+        queue_producers: config.queue_producers.clone(),
         services: config
             .services
             .iter()

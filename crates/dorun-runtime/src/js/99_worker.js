@@ -45,6 +45,7 @@ import { createKvNamespace } from "ext:dorun/14_kv.js";
 import { createD1Database } from "ext:dorun/15_d1.js";
 import { createR2Bucket } from "ext:dorun/16_r2.js";
 import { createLocalBinding } from "ext:dorun/17_local_bindings.js";
+import { createQueue, decodeBatch, outcomeOf } from "ext:dorun/18_queues.js";
 import "ext:dorun/12_cache.js";
 import { handleAdminEvent } from "ext:dorun/13_admin.js";
 
@@ -102,6 +103,9 @@ for (const { binding, id } of config.kvNamespaces) env[binding] = createKvNamesp
 for (const { binding, name } of config.d1Databases) env[binding] = createD1Database(name);
 for (const { binding, bucket } of config.r2Buckets) env[binding] = createR2Bucket(bucket);
 for (const item of config.localBindings) env[item.binding] = createLocalBinding(item);
+for (const { binding, queue, deliveryDelay } of config.queueProducers) {
+  env[binding] = createQueue(queue, deliveryDelay);
+}
 for (let index = 0; index < config.services.length; index++) {
   env[config.services[index].binding] = createServiceBinding(index, config.services[index]);
 }
@@ -158,20 +162,28 @@ async function handleHttp(handler, incoming) {
 // --- cron triggers: scheduled() ----------------------------------------------------------------
 
 /**
- * The scheduled event an internal request stands for (crons.rs sends it with the process's
- * secret token), or null for any other request.
+ * The event an internal request stands for (crons.rs and queues.rs send them with the
+ * process's secret token): `{kind: "scheduled", cron, scheduledTime}` or `{kind: "queue"}`;
+ * null for any other request.
  */
-function scheduledEventOf(head) {
+function internalEventOf(head) {
   let token = null;
+  let kind = null;
   let cron = "";
   let scheduledTime = null;
   for (const { 0: name, 1: value } of head.headers) {
-    if (name === "x-dorun-scheduled") token = value;
-    else if (name === "x-dorun-cron") cron = value;
+    if (name === "x-dorun-scheduled") {
+      token = value;
+      kind = "scheduled";
+    } else if (name === "x-dorun-queue") {
+      token = value;
+      kind = "queue";
+    } else if (name === "x-dorun-cron") cron = value;
     else if (name === "x-dorun-scheduled-time") scheduledTime = Number(value);
   }
   if (token === null || token !== config.fetchDepthToken) return null;
-  return { cron, scheduledTime: scheduledTime ?? Date.now() };
+  if (kind === "queue") return { kind };
+  return { kind, cron, scheduledTime: scheduledTime ?? Date.now() };
 }
 
 function scheduledHandlerFor(worker) {
@@ -224,6 +236,58 @@ async function handleScheduled(handler, incoming, event) {
   }
 }
 
+// --- queue consumers: queue() ------------------------------------------------------------------
+
+function queueHandlerFor(worker) {
+  const exported = worker.default;
+  if (
+    typeof exported === "function" &&
+    ObjectPrototypeIsPrototypeOf(WorkerEntrypoint.prototype, exported.prototype)
+  ) {
+    if (typeof exported.prototype.queue !== "function") return null;
+    return (batch, ctx) => new exported(ctx, env).queue(batch);
+  }
+  if (exported !== null && typeof exported === "object" && typeof exported.queue === "function") {
+    return (batch, ctx) => exported.queue(batch, env, ctx);
+  }
+  return null;
+}
+
+/**
+ * Runs queue() on the batch the request carries; answers (always 200) with what became of
+ * each message once the handler and its waitUntil work are done (queues.rs settles them).
+ */
+async function handleQueue(handler, incoming) {
+  let decoded;
+  try {
+    decoded = decodeBatch(await makeIncomingRequest(incoming.request).arrayBuffer());
+  } catch (error) {
+    sendResponse(incoming.id, new Response(`cannot read the batch: ${error}`, { status: 500 }));
+    return;
+  }
+  let failure;
+  try {
+    if (handler === null) throw new Error("Handler does not export a queue() function.");
+    const pending = [];
+    const ctx = new ExecutionContext();
+    ctx.waitUntil = (promise) => {
+      ArrayPrototypePush(pending, promise);
+      waitUntil(promise);
+    };
+    await runInvocation(null, 0, () => handler(decoded.batch, ctx));
+    await PromiseAll(pending);
+  } catch (error) {
+    console.error(error);
+    failure = error;
+  }
+  sendResponse(
+    incoming.id,
+    new Response(outcomeOf(decoded.result, failure), {
+      headers: { "content-type": "application/json" },
+    }),
+  );
+}
+
 // --- ctx.exports --------------------------------------------------------------------------------
 
 /**
@@ -274,6 +338,7 @@ async function serve(worker) {
   fillCtxExports(worker);
   const handler = fetchHandlerFor(worker);
   const scheduled = scheduledHandlerFor(worker);
+  const queue = queueHandlerFor(worker);
   if (handler === null && scheduled === null) console.warn(NO_FETCH_HANDLER);
   const eviction = setInterval(
     () => evictIdle(),
@@ -284,8 +349,9 @@ async function serve(worker) {
     if (incoming === null) break;
     switch (incoming.kind) {
       case "http": {
-        const event = scheduledEventOf(incoming.request);
+        const event = internalEventOf(incoming.request);
         if (event === null) handleHttp(handler, incoming);
+        else if (event.kind === "queue") handleQueue(queue, incoming);
         else handleScheduled(scheduled, incoming, event);
         break;
       }

@@ -16,6 +16,8 @@ use serde_json::{Map, Value};
 mod assets;
 mod exports;
 mod local_bindings;
+mod queues;
+pub use queues::{QueueConsumer, QueueProducer};
 
 pub use exports::{ClassExport, ExportState};
 
@@ -71,7 +73,6 @@ const DEPLOY_ONLY_KEYS: &[&str] = &[
 
 /// Binding kinds Cloudflare offers that dorun does not serve.
 const UNSUPPORTED_BINDING_KEYS: &[&str] = &[
-    "queues",
     "workflows",
     "wasm_modules",
     "text_blobs",
@@ -155,6 +156,10 @@ pub struct WorkerConfig {
     pub local_bindings: Vec<Value>,
     /// `services`: service bindings (binding, service, entrypoint).
     pub services: Vec<(String, String, Option<String>)>,
+    /// `queues.producers`: `env.<binding>` sends to a queue.
+    pub queue_producers: Vec<QueueProducer>,
+    /// `queues.consumers`: the queues whose messages this worker's `queue()` receives.
+    pub queue_consumers: Vec<QueueConsumer>,
     /// `triggers.crons`: cron patterns that fire `scheduled()` (checked: each parses).
     pub crons: Vec<String>,
     pub migrations: Vec<Migration>,
@@ -467,6 +472,22 @@ impl Reader {
         let local_bindings = self.read_local_bindings(&effective);
         let crons = self.read_crons(&effective);
         let services = self.read_services(&effective);
+        let (queue_producers, queue_consumers) = self.read_queues(&effective);
+        for producer in &queue_producers {
+            if durable_objects.iter().any(|o| o.name == producer.binding)
+                || kv_namespaces
+                    .iter()
+                    .any(|kv| kv.binding == producer.binding)
+                || d1_databases.iter().any(|d1| d1.binding == producer.binding)
+                || r2_buckets.iter().any(|r2| r2.binding == producer.binding)
+                || vars.contains_key(&producer.binding)
+            {
+                self.problems.push(format!(
+                    "queues.producers: binding '{}' is bound twice",
+                    producer.binding
+                ));
+            }
+        }
         for r2 in &r2_buckets {
             if durable_objects.iter().any(|o| o.name == r2.binding)
                 || kv_namespaces.iter().any(|kv| kv.binding == r2.binding)
@@ -536,6 +557,8 @@ impl Reader {
             r2_buckets,
             local_bindings,
             services,
+            queue_producers,
+            queue_consumers,
             crons,
             migrations,
             exports,
@@ -587,6 +610,7 @@ impl Reader {
             "unsafe",
             "triggers",
             "services",
+            "queues",
             "analytics_engine_datasets",
         ];
         for key in table.keys() {

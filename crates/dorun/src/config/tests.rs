@@ -48,18 +48,72 @@ fn unsupported_binding_is_an_error_naming_the_key_unless_allowed() {
     let path = write(
         &dir,
         "wrangler.json",
-        r#"{ "main": "index.js", "queues": {"producers": [{"binding": "JOBS", "queue": "x"}]} }"#,
+        r#"{ "main": "index.js", "workflows": [{"binding": "JOBS", "name": "x", "class_name": "X"}] }"#,
     );
     let error = load(&path, &LoadOptions::default()).unwrap_err();
     let text = error.to_string();
-    assert!(text.contains("queues"), "{text}");
+    assert!(text.contains("workflows"), "{text}");
     assert!(text.contains("wrangler.json"), "{text}");
     let options = LoadOptions {
         unsupported_bindings: UnsupportedBindings::Warn,
         ..Default::default()
     };
     let config = load(&path, &options).unwrap();
-    assert!(config.warnings.iter().any(|w| w.contains("queues")));
+    assert!(config.warnings.iter().any(|w| w.contains("workflows")));
+}
+
+#[test]
+fn queues_take_wranglers_defaults_and_cloudflares_limits() {
+    let dir = temp_dir("queues-config");
+    write(&dir, "index.js", "export default {}");
+    let path = write(
+        &dir,
+        "wrangler.toml",
+        "main = \"index.js\"\n\
+         [[queues.producers]]\nbinding = \"JOBS\"\nqueue = \"jobs\"\ndelivery_delay = 5\n\
+         [[queues.consumers]]\nqueue = \"jobs\"\n\
+         [[queues.consumers]]\nqueue = \"other\"\nmax_batch_size = 100\nmax_batch_timeout = 0.5\n\
+         max_retries = 0\ndead_letter_queue = \"dead\"\nmax_concurrency = 3\nretry_delay = 9\n",
+    );
+    let config = load(&path, &LoadOptions::default()).unwrap();
+    assert_eq!(config.queue_producers.len(), 1);
+    assert_eq!(config.queue_producers[0].delivery_delay, Some(5));
+    let jobs = &config.queue_consumers[0];
+    assert_eq!(
+        (
+            jobs.max_batch_size,
+            jobs.max_batch_timeout,
+            jobs.max_retries
+        ),
+        (5, std::time::Duration::from_secs(1), 2)
+    );
+    let other = &config.queue_consumers[1];
+    assert_eq!(
+        other.max_batch_timeout,
+        std::time::Duration::from_millis(500)
+    );
+    assert_eq!(other.dead_letter_queue.as_deref(), Some("dead"));
+    assert_eq!((other.max_concurrency, other.retry_delay), (Some(3), 9));
+
+    let path = write(
+        &dir,
+        "wrangler.toml",
+        "main = \"index.js\"\n\
+         [[queues.consumers]]\nqueue = \"a\"\nmax_batch_size = 101\n\
+         [[queues.consumers]]\nqueue = \"a\"\n\
+         [[queues.consumers]]\nqueue = \"b\"\nmax_batch_timeout = 61\ndead_letter_queue = \"b\"\n",
+    );
+    let text = load(&path, &LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    for part in [
+        "queues.consumers[0].max_batch_size",
+        "queue 'a' has a consumer already",
+        "queues.consumers[2].max_batch_timeout",
+        "queues.consumers[2].dead_letter_queue",
+    ] {
+        assert!(text.contains(part), "{part}: {text}");
+    }
 }
 
 #[test]
@@ -149,7 +203,7 @@ fn all_problems_are_reported_together() {
     let path = write(
         &dir,
         "wrangler.toml",
-        "main = \"missing.js\"\ncompatibility_date = \"soon\"\n[[queues.producers]]\nbinding = \"Q\"\nqueue = \"q\"\n",
+        "main = \"missing.js\"\ncompatibility_date = \"soon\"\n[[workflows]]\nbinding = \"Q\"\nname = \"q\"\nclass_name = \"Q\"\n",
     );
     let error = load(&path, &LoadOptions::default()).unwrap_err();
     assert_eq!(error.problems.len(), 3, "{error}");

@@ -1,0 +1,180 @@
+//! Queues: `env.<binding>` of a `queues.producers` entry is a `Queue` (`js/18_queues.js`)
+//! whose `send` / `sendBatch` land here. Each queue has one SQLite file,
+//! `<data-dir>/queues/<queue>.sqlite` (`dorun_storage::QueueDatabase`), opened once per
+//! process and shared by every worker that sends to or consumes from it. A send is answered
+//! once its messages are committed (under `--durability full`, on disk); then the queue's
+//! consumer (the `dorun` crate's `queues.rs`) is woken.
+//!
+//! The API's rules (content types, sizes, delays, Cloudflare's messages) are checked in JS
+//! before the op is called; the op only stores.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use deno_core::{op2, JsBuffer, OpState};
+
+use crate::binding_files;
+use dorun_storage::{Durability, NewMessage, QueueDatabase, StorageError};
+
+/// The directory of queue files inside the data directory.
+pub const QUEUES_DIR: &str = "queues";
+
+/// One `queues.producers` entry: the name in `env` and the queue it sends to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueProducer {
+    pub binding: String,
+    pub queue: String,
+    /// `delivery_delay`: seconds a message waits before delivery unless `send` says.
+    pub delivery_delay: Option<u32>,
+}
+
+/// The file of queue `name` under `data_dir`.
+pub fn queue_file(data_dir: &Path, name: &str) -> PathBuf {
+    data_dir
+        .join(QUEUES_DIR)
+        .join(format!("{}.sqlite", binding_files::file_name(name)))
+}
+
+/// The queue files under `data_dir`.
+pub fn queue_files(data_dir: &Path) -> Vec<PathBuf> {
+    binding_files::entries(&data_dir.join(QUEUES_DIR), binding_files::is_sqlite)
+}
+
+/// One queue's file as this process has it open: the database, its write group, and the
+/// signal its consumer waits on.
+pub struct QueueHandle {
+    pub path: PathBuf,
+    pub database: Mutex<QueueDatabase>,
+    writes: dorun_storage::Group<QueueDatabase, ()>,
+    /// Notified after every commit that adds messages.
+    pub arrived: tokio::sync::Notify,
+}
+
+impl QueueHandle {
+    /// Stores `messages` (all or none), committed with the other writes to this queue
+    /// meanwhile, then wakes the consumer. Blocks: call it on a blocking thread.
+    pub fn enqueue(&self, messages: Vec<NewMessage>) -> Result<(), StorageError> {
+        self.writes
+            .write(&self.database, move |db| db.enqueue(&messages))?;
+        self.arrived.notify_one();
+        Ok(())
+    }
+
+    /// Runs `f` on the database as one write of the group. Blocks.
+    pub fn write(
+        &self,
+        f: impl FnOnce(&QueueDatabase) -> Result<(), StorageError> + Send + 'static,
+    ) -> Result<(), StorageError> {
+        self.writes.write(&self.database, move |db| f(db))
+    }
+
+    /// Runs `f` on the database (a read, or a write of its own). Blocks.
+    pub fn with<T>(&self, f: impl FnOnce(&QueueDatabase) -> T) -> T {
+        f(&self.database.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+static OPEN: OnceLock<Mutex<HashMap<PathBuf, Arc<QueueHandle>>>> = OnceLock::new();
+
+/// Opens (once per process) queue `name` under `data_dir`.
+pub fn open(
+    data_dir: &Path,
+    name: &str,
+    durability: Durability,
+) -> Result<Arc<QueueHandle>, StorageError> {
+    let path = queue_file(data_dir, name);
+    let mut map = OPEN
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(handle) = map.get(&path) {
+        return Ok(handle.clone());
+    }
+    let handle = Arc::new(QueueHandle {
+        database: Mutex::new(QueueDatabase::open(&path, durability)?),
+        path: path.clone(),
+        writes: Default::default(),
+        arrived: tokio::sync::Notify::new(),
+    });
+    map.insert(path, handle.clone());
+    Ok(handle)
+}
+
+/// What the queue ops of an isolate need: where the files are and how durable a write is.
+pub struct QueueStore {
+    pub data_dir: PathBuf,
+    pub durability: Durability,
+}
+
+#[derive(Debug, thiserror::Error, deno_error::JsError)]
+pub enum QueueError {
+    #[class(generic)]
+    #[error("Queue {operation} failed: {source}")]
+    Storage {
+        operation: &'static str,
+        source: StorageError,
+    },
+    #[class(generic)]
+    #[error("Queue {0} failed: internal error")]
+    Task(&'static str),
+}
+
+/// One message as `send` / `sendBatch` hand it over (checked and serialised by JS).
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutgoingMessage {
+    id: String,
+    body: JsBuffer,
+    content_type: String,
+    /// Seconds before it may be delivered.
+    delay_seconds: u32,
+}
+
+/// Stores `messages` on queue `queue`; resolves once they are committed.
+#[op2]
+pub async fn op_dorun_queue_send(
+    state: Rc<RefCell<OpState>>,
+    #[string] queue: String,
+    #[serde] messages: Vec<OutgoingMessage>,
+    #[string] operation: String,
+) -> Result<(), QueueError> {
+    let operation = if operation == "sendBatch" {
+        "sendBatch"
+    } else {
+        "send"
+    };
+    let (data_dir, durability) = {
+        let state = state.borrow();
+        let store = state.borrow::<QueueStore>();
+        (store.data_dir.clone(), store.durability)
+    };
+    let now = crate::clock::now_ms();
+    let bytes: usize = messages.iter().map(|m| m.body.len()).sum();
+    let messages: Vec<NewMessage> = messages
+        .into_iter()
+        .map(|m| NewMessage {
+            id: m.id,
+            body: m.body.to_vec(),
+            content_type: m.content_type,
+            timestamp: now,
+            visible_at: now + i64::from(m.delay_seconds) * 1000,
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let result =
+        tokio::task::spawn_blocking(move || open(&data_dir, &queue, durability)?.enqueue(messages))
+            .await
+            .map_err(|_| QueueError::Task(operation))?
+            .map_err(|source| {
+                tracing::error!("Queue {operation}: {source}");
+                QueueError::Storage { operation, source }
+            });
+    binding_files::record("queue", "send", started, result.is_ok());
+    if result.is_ok() {
+        binding_files::record_bytes("queue", "in", bytes);
+    }
+    result
+}
