@@ -80,7 +80,14 @@ async fn without_dev_endpoints_the_paths_reach_the_worker() {
 /// The every-minute trigger fires at the start of the next minute (waits up to ~70 s).
 #[tokio::test]
 async fn a_cron_fires_on_schedule_at_its_minute() {
-    let server = Server::start(&app(), &["--ephemeral", "--exit-after", "150"]);
+    let server = Server::start(
+        &app(),
+        &["--ephemeral", "--exit-after", "150", "--admin-port", "0"],
+    );
+    let admin = crate::admin::AdminClient::of(&server, None);
+    let before = admin.ok("GET", "/api/crons", None).await;
+    assert_eq!(before[0]["cron"], "* * * * *", "{before}");
+    assert_eq!(before[0]["last"], serde_json::Value::Null);
     let deadline = Instant::now() + Duration::from_secs(75);
     let runs = loop {
         let runs = server.get_json_ok("/runs", &[]).await;
@@ -106,6 +113,17 @@ async fn a_cron_fires_on_schedule_at_its_minute() {
         server.logs().contains("scheduled() ran"),
         "{}",
         server.logs()
+    );
+    // The admin listener (and `dorun inspect crons`) shows the run and the next one.
+    let after = admin.ok("GET", "/api/crons", None).await;
+    assert_eq!(after[0]["last"]["scheduled"], scheduled, "{after}");
+    assert_eq!(after[0]["last"]["outcome"], "ok");
+    let next = chrono::DateTime::parse_from_rfc3339(after[0]["next"].as_str().unwrap()).unwrap();
+    assert!(next.timestamp_millis() > scheduled, "{after}");
+    let (ok, out, err) = run_dorun(&["inspect", "--admin", &admin.base, "crons"], None);
+    assert!(
+        ok && out.contains("* * * * *") && out.contains("ok"),
+        "{out}{err}"
     );
 }
 

@@ -333,3 +333,113 @@ async fn a_batch_in_flight_at_kill_9_is_delivered_again() {
     assert_eq!(again[1]["id"], first[0]["id"]);
     assert_eq!(again[1]["body"], "hang:1");
 }
+
+#[tokio::test]
+async fn the_admin_listener_and_inspect_show_peek_and_purge_queues() {
+    let data = scratch_dir("queues-admin");
+    let server = Server::start(
+        &app(),
+        &["--data-dir", data.to_str().unwrap(), "--admin-port", "0"],
+    );
+    let admin = crate::admin::AdminClient::of(&server, None);
+    for n in 1..=3 {
+        let sent = server
+            .get(&format!(
+                "/send?queue=jobs&type=text&body=held{n}&delay=600"
+            ))
+            .await;
+        assert_eq!(sent.text(), "sent");
+    }
+    // One message through the flaky queue to its dead-letter queue.
+    assert_eq!(
+        server
+            .get("/send?queue=flaky&type=text&body=retry:x")
+            .await
+            .text(),
+        "sent"
+    );
+    received(&server, "flaky-dead", Duration::from_secs(10), |l| {
+        !l.is_empty()
+    })
+    .await;
+
+    let queues = admin.ok("GET", "/api/queues", None).await;
+    let find = |name: &str| {
+        queues
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {queues}"))
+            .clone()
+    };
+    let jobs = find("jobs");
+    assert_eq!(
+        (jobs["depth"].as_i64(), jobs["ready"].as_i64()),
+        (Some(3), Some(0)),
+        "{jobs}"
+    );
+    assert_eq!(jobs["delayed"], 3);
+    assert_eq!(jobs["consumer"]["worker"], "queues");
+    assert_eq!(jobs["consumer"]["maxBatchSize"], 4);
+    let flaky = find("flaky");
+    assert_eq!(
+        (flaky["retried"].as_i64(), flaky["deadLettered"].as_i64()),
+        (Some(2), Some(1)),
+        "{flaky}"
+    );
+    assert_eq!(flaky["consumer"]["last"]["deadLettered"], 1, "{flaky}");
+
+    let peeked = admin
+        .ok("GET", "/api/queues/jobs/messages?limit=2", None)
+        .await;
+    let peeked = peeked.as_array().unwrap();
+    assert_eq!(peeked.len(), 2);
+    assert_eq!(peeked[0]["body"], "held1");
+    assert_eq!(peeked[0]["contentType"], "text");
+
+    let mut all = vec!["inspect", "--admin", &admin.base, "queues"];
+    let (ok, out, err) = crate::harness::run_dorun(&all, None);
+    assert!(ok, "{err}");
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("jobs "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(
+        row.split_whitespace().collect::<Vec<_>>()[..3],
+        ["jobs", "3", "0"],
+        "{out}"
+    );
+    all.truncate(3);
+    all.extend(["queue", "jobs"]);
+    let (ok, out, err) = crate::harness::run_dorun(&all, None);
+    assert!(ok && out.contains("held3"), "{out}{err}");
+    all.truncate(3);
+    all.extend(["queue-purge", "jobs"]);
+    let (ok, out, err) = crate::harness::run_dorun(&all, None);
+    assert!(ok && out.contains("purged 3 messages"), "{out}{err}");
+    let jobs = admin.ok("GET", "/api/queues", None).await;
+    assert!(jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|q| q["name"] == "jobs" && q["depth"] == 0));
+
+    // A reset purges queued messages too.
+    server
+        .get("/send?queue=jobs&type=text&body=again&delay=600")
+        .await;
+    let reset = admin.ok("POST", "/api/reset", None).await;
+    assert_eq!(reset["queueMessages"], 1, "{reset}");
+
+    let metrics = admin.raw("GET", "/metrics", None).await.1;
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains("dorun_queue_depth{queue=\"jobs\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("dorun_queue_messages_total{queue=\"flaky\",outcome=\"dead_lettered\"} 1"),
+        "{metrics}"
+    );
+}

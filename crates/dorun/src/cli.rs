@@ -431,7 +431,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // A machine-readable line for scripts and tests.
         println!("dorun: listening on http://{bound}");
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let admin = start_admin(&args, &workers, &data_dir, stopped).await?;
+        let triggers = crate::crons::triggers(
+            workers
+                .configs
+                .iter()
+                .zip(&workers.pools)
+                .map(|(config, pool)| (config.name.as_str(), config.crons.as_slice(), pool)),
+        );
+        let pairs: Vec<_> = workers.configs.iter().zip(&workers.pools).collect();
+        let consumers = crate::queues::consumers(&pairs).map_err(|e| anyhow!(e))?;
+        let operated = (
+            triggers.iter().map(|(_, t)| t.clone()).collect(),
+            consumers.clone(),
+        );
+        let admin = start_admin(&args, &workers, &data_dir, stopped, operated).await?;
         if let Some(address) = args.inspect {
             crate::devtools::start(address).await?;
         }
@@ -457,13 +470,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             limits,
             dev_endpoints: !args.no_dev_endpoints,
         };
-        let triggers = crate::crons::triggers(
-            workers
-                .configs
-                .iter()
-                .zip(&workers.pools)
-                .map(|(config, pool)| (config.name.as_str(), config.crons.as_slice(), pool)),
-        );
         if !triggers.is_empty() {
             if args.no_crons {
                 tracing::info!(
@@ -482,8 +488,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 tokio::spawn(crate::crons::run(triggers));
             }
         }
-        let pairs: Vec<_> = workers.configs.iter().zip(&workers.pools).collect();
-        let consumers = crate::queues::consumers(&pairs).map_err(|e| anyhow!(e))?;
         for consumer in &consumers {
             tracing::info!(
                 worker = %consumer.worker,
@@ -520,6 +524,10 @@ async fn start_admin(
     workers: &Workers,
     data_dir: &std::path::Path,
     mut stopped: tokio::sync::watch::Receiver<bool>,
+    (triggers, consumers): (
+        Vec<std::sync::Arc<crate::crons::Trigger>>,
+        Vec<std::sync::Arc<crate::queues::Consumer>>,
+    ),
 ) -> anyhow::Result<Option<std::sync::Arc<crate::admin::Admin>>> {
     let Some(port) = args.admin_port else {
         return Ok(None);
@@ -551,6 +559,8 @@ async fn start_admin(
         sockets,
         ready: std::sync::atomic::AtomicBool::new(true),
         trust: crate::admin::guard::Trust::new(&args.admin_allow_host),
+        triggers,
+        consumers,
     });
     // What an earlier run's reset left to delete.
     let trash = data_dir.join(".trash");

@@ -1,5 +1,6 @@
 //! `dorun inspect`: the admin listener's API as tables in a terminal (namespaces, objects,
-//! KV entries, SQL results, alarms; KV namespaces, D1 databases and R2 buckets), or its JSON
+//! KV entries, SQL results, alarms; KV namespaces, D1 databases, R2 buckets, queues and
+//! cron triggers), or its JSON
 //! with `--json`.
 
 use anyhow::bail;
@@ -90,6 +91,18 @@ pub enum Inspect {
     },
     /// Delete an R2 object.
     R2Delete { bucket: String, key: String },
+    /// Queues: messages stored, ready, in flight, and how they ended.
+    Queues,
+    /// The oldest messages of a queue (text and JSON bodies shown).
+    Queue {
+        name: String,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Delete every message stored in a queue.
+    QueuePurge { name: String },
+    /// Cron triggers: next run and last run.
+    Crons,
 }
 
 /// A path segment or key, percent-encoded for a URL path (slashes in keys kept).
@@ -301,6 +314,97 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
                 })
                 .collect();
             let table = render(&["KEY", "SIZE", "ETAG", "UPLOADED"], rows);
+            (value, table)
+        }
+        Inspect::Queues => {
+            let value = admin.json("GET", "/api/queues", Default::default())?;
+            let rows = value
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|q| {
+                    let consumer = &q["consumer"];
+                    vec![
+                        cell(&q["name"]),
+                        q["depth"].to_string(),
+                        q["ready"].to_string(),
+                        consumer["inFlight"]
+                            .as_u64()
+                            .map(|n| n.to_string())
+                            .unwrap_or_default(),
+                        q["acked"].to_string(),
+                        q["retried"].to_string(),
+                        q["deadLettered"].to_string(),
+                        q["dropped"].to_string(),
+                        consumer["worker"].as_str().unwrap_or("(none)").to_string(),
+                    ]
+                })
+                .collect();
+            let table = render(
+                &[
+                    "QUEUE",
+                    "STORED",
+                    "READY",
+                    "IN FLIGHT",
+                    "ACKED",
+                    "RETRIED",
+                    "DEAD-LETTERED",
+                    "DROPPED",
+                    "CONSUMER",
+                ],
+                rows,
+            );
+            (value, table)
+        }
+        Inspect::Queue { name, limit } => {
+            let path = format!("/api/queues/{}/messages?limit={limit}", segment(name));
+            let value = admin.json("GET", &path, Default::default())?;
+            let rows = value
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|m| {
+                    vec![
+                        cell(&m["id"]),
+                        m["timestamp"].as_i64().map(when).unwrap_or_default(),
+                        m["attempts"].to_string(),
+                        cell(&m["contentType"]),
+                        bytes(&m["bytes"]),
+                        if m["body"].is_null() {
+                            String::new()
+                        } else {
+                            cell(&m["body"])
+                        },
+                    ]
+                })
+                .collect();
+            let table = render(&["ID", "SENT", "FAILED", "TYPE", "SIZE", "BODY"], rows);
+            (value, table)
+        }
+        Inspect::QueuePurge { name } => {
+            let path = format!("/api/queues/{}/purge", segment(name));
+            let value = admin.json("POST", &path, Default::default())?;
+            let table = format!("purged {} messages from {name}\n", value["purged"]);
+            (value, table)
+        }
+        Inspect::Crons => {
+            let value = admin.json("GET", "/api/crons", Default::default())?;
+            let rows = value
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| {
+                    let last = &t["last"];
+                    vec![
+                        cell(&t["worker"]),
+                        cell(&t["cron"]),
+                        t["next"].as_str().unwrap_or_default().to_string(),
+                        last["scheduled"].as_i64().map(when).unwrap_or_default(),
+                        last["outcome"].as_str().unwrap_or_default().to_string(),
+                    ]
+                })
+                .collect();
+            let table = render(&["WORKER", "CRON", "NEXT", "LAST RUN", "OUTCOME"], rows);
             (value, table)
         }
         Inspect::KvGet { .. }

@@ -31,6 +31,7 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 /// How the last batch of a consumer ended (the admin listener shows it).
 #[derive(Clone, Debug, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct LastBatch {
     /// When it was handed over (ms since the epoch).
     pub at: i64,

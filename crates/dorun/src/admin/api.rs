@@ -19,7 +19,9 @@
 //! | `POST /api/d1/{name}/sql` `{"query": "..."}` | SQL on a database, in one transaction |
 //! | `GET /api/r2`, `GET /api/r2/{bucket}/objects?prefix=` | R2 buckets; a bucket's objects |
 //! | `GET`/`DELETE /api/r2/{bucket}/objects/{key}` | download or delete one object |
-//! | `POST /api/reset` | every object, alarm and socket gone; KV keys and D1 rows too |
+//! | `GET /api/queues`, `GET /api/queues/{name}/messages`, `POST /api/queues/{name}/purge` | queues (`arrivals.rs`) |
+//! | `GET /api/crons` | cron triggers: next run, last run |
+//! | `POST /api/reset` | every object, alarm and socket gone; KV keys, D1 rows, R2 objects and queued messages too |
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -35,7 +37,7 @@ fn error(status: u16, message: impl std::fmt::Display) -> AdminResponse {
     json(status, &json!({ "error": message.to_string() }))
 }
 
-fn query_params(parts: &http::request::Parts) -> HashMap<String, String> {
+pub(super) fn query_params(parts: &http::request::Parts) -> HashMap<String, String> {
     parts
         .uri
         .query()
@@ -71,6 +73,10 @@ pub async fn route(admin: &Admin, parts: &http::request::Parts, body: Bytes) -> 
         }
         ["api", "d1", rest @ ..] => super::bindings::d1_route(admin, method, rest, body).await,
         ["api", "r2", rest @ ..] => super::bindings::r2_route(admin, method, rest, parts).await,
+        ["api", "queues", rest @ ..] => {
+            super::arrivals::queue_route(admin, method, rest, parts).await
+        }
+        ["api", "crons"] if get => json(200, &super::arrivals::crons_json(admin)),
         ["api", "objects", ns, id, rest @ ..] => {
             let Some(ns) = namespace(admin, ns) else {
                 return unknown_namespace(ns);
@@ -278,7 +284,7 @@ pub async fn reset(admin: &Admin) -> AdminResponse {
         );
     }
     super::metrics::record_reset();
-    let (kv_keys, d1_rows, r2_objects) = match super::bindings::reset(admin).await {
+    let (kv_keys, d1_rows, r2_objects, queue_messages) = match super::bindings::reset(admin).await {
         Ok(counts) => counts,
         Err(message) => return error(500, message),
     };
@@ -294,6 +300,7 @@ pub async fn reset(admin: &Admin) -> AdminResponse {
             "kvKeys": kv_keys,
             "d1Rows": d1_rows,
             "r2Objects": r2_objects,
+            "queueMessages": queue_messages,
             "heldMs": round(held_ms),
             "ms": round(started.elapsed().as_secs_f64() * 1000.0),
         }),

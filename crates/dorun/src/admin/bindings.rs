@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use dorun_runtime::{d1_binding, kv_binding, r2_binding};
+use dorun_runtime::{d1_binding, kv_binding, queue_binding, r2_binding};
 use dorun_storage::{d1_message, Durability, KvEntry, StorageError};
 use serde_json::{json, Value};
 
@@ -27,7 +27,7 @@ fn durability(admin: &Admin) -> Durability {
 }
 
 /// A file's stem: the namespace id or database name it was made from (percent-decoded).
-fn stem(file: &Path) -> String {
+pub(super) fn stem(file: &Path) -> String {
     percent_decode(
         file.file_stem()
             .and_then(|s| s.to_str())
@@ -43,14 +43,21 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| format!("internal error: {e}"))?
 }
 
-/// Clears every KV key, every D1 row and every R2 object; (keys, rows, objects) deleted.
-pub async fn reset(admin: &Admin) -> Result<(u64, u64, u64), String> {
+/// Clears every KV key, every D1 row, every R2 object and every queued message; (keys,
+/// rows, objects, messages) deleted.
+pub async fn reset(admin: &Admin) -> Result<(u64, u64, u64, u64), String> {
     let (data_dir, durability) = (admin.data_dir.clone(), durability(admin));
     blocking(move || {
         let keys = kv_binding::reset_all(&data_dir, durability).map_err(|e| e.to_string())?;
         let rows = d1_binding::reset_all(&data_dir, durability).map_err(|e| d1_message(&e))?;
         let objects = r2_binding::reset_all(&data_dir, durability).map_err(|e| e.to_string())?;
-        Ok((keys, rows, objects))
+        let mut messages = 0;
+        for file in queue_binding::queue_files(&data_dir) {
+            let handle = queue_binding::open(&data_dir, &stem(&file), durability)
+                .map_err(|e| e.to_string())?;
+            messages += handle.with(|db| db.purge()).map_err(|e| e.to_string())?;
+        }
+        Ok((keys, rows, objects, messages))
     })
     .await
 }
@@ -345,7 +352,7 @@ fn reply(answer: Result<Value, String>) -> AdminResponse {
     }
 }
 
-fn percent_decode(text: &str) -> String {
+pub(super) fn percent_decode(text: &str) -> String {
     url::form_urlencoded::parse(format!("x={}", text.replace('+', "%2B")).as_bytes())
         .next()
         .map(|(_, v)| v.into_owned())

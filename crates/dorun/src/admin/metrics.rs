@@ -97,6 +97,24 @@ fn describe() {
     );
     describe_gauge!("dorun_websockets_open", "Open WebSockets");
     describe_gauge!("dorun_alarms_scheduled", "Alarms scheduled");
+    describe_gauge!("dorun_queue_depth", "Messages stored in a queue");
+    describe_gauge!(
+        "dorun_queue_ready",
+        "Messages of a queue whose delay has passed"
+    );
+    describe_gauge!(
+        "dorun_queue_in_flight",
+        "Messages of a queue being delivered"
+    );
+    describe_counter!(
+        "dorun_queue_messages_total",
+        "Delivered messages by outcome (acked, retried, dead_lettered, dropped)"
+    );
+    describe_histogram!(
+        "dorun_queue_batch_seconds",
+        Unit::Seconds,
+        "Time a queue() batch took, settling included"
+    );
     describe_gauge!(
         "dorun_isolate_queue_depth",
         "Worker requests handed to an isolate thread and not yet answered"
@@ -175,6 +193,7 @@ pub async fn render(admin: &Admin) -> AdminResponse {
         return text(503, "metrics are not enabled\n");
     };
     sample(admin).await;
+    super::arrivals::sample(admin).await;
     respond(
         200,
         "text/plain; version=0.0.4; charset=utf-8",

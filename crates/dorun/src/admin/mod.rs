@@ -10,6 +10,7 @@
 //! Nothing here is ever served by the front door: the two listeners share no routes.
 
 pub mod api;
+pub mod arrivals;
 pub mod bindings;
 pub mod catalog;
 pub mod guard;
@@ -44,6 +45,9 @@ pub struct Admin {
     pub ready: AtomicBool,
     /// Which hosts and origins may drive the listener (`guard.rs`).
     pub trust: guard::Trust,
+    /// Cron triggers and queue consumers, for their views.
+    pub triggers: Vec<Arc<crate::crons::Trigger>>,
+    pub consumers: Vec<Arc<crate::queues::Consumer>>,
 }
 
 /// The largest request body the admin listener reads (an imported object file).
