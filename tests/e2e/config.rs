@@ -121,7 +121,7 @@ fn unsupported_bindings_stop_startup_naming_key_and_file() {
     let config = fixture("errors/bad-config").join("wrangler.toml");
     let (ok, _, stderr) = run_dorun(&["serve", config.to_str().unwrap(), "--port", "0"], None);
     assert!(!ok, "serve must refuse: {stderr}");
-    assert!(stderr.contains("queues"), "{stderr}");
+    assert!(stderr.contains("wasm_modules"), "{stderr}");
     assert!(
         stderr.contains("'workflows'"),
         "every problem is reported: {stderr}"

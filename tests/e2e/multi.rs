@@ -44,10 +44,10 @@ async fn script_name_bindings_reach_another_workers_class() {
             .unwrap();
         assert_eq!(reply.into_text().unwrap().as_str(), "lobby in rooms: hi");
     }
-    // Callbacks cannot cross workers yet: a clear error, not a call to the wrong isolate.
+    // A function passed to the other worker's class is called back in this worker.
     assert_eq!(
         server.get("/callback/lobby").await.json(),
-        json!("TypeError: dorun cannot pass functions, RpcTargets or Durable Object stubs between different workers yet (from worker 'app' to 'rooms').")
+        json!("called back")
     );
     // IDs derive from the owning worker's key (`rooms-Room`), so they match that worker's own.
     let id = server.get("/id/lobby").await.json();

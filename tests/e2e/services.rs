@@ -2,7 +2,9 @@
 //! services): `fetch()` reaches the bound worker's default export with the request as
 //! sent (method, URL, headers, body) and its response comes back whole; a binding to a
 //! worker this process does not serve warns at startup and fails clearly on first use;
-//! JS RPC through a service binding says it is not served yet.
+//! JS RPC reaches the default export, a named entrypoint (with `ctx.props`) and an object
+//! export, with functions, `RpcTarget`s and Durable Object stubs passed between the two
+//! workers both ways.
 
 use crate::harness::{fixture, Server};
 
@@ -54,12 +56,34 @@ async fn a_binding_to_a_worker_not_served_warns_and_fails_on_first_use() {
         "{}",
         gone.text()
     );
+}
+
+#[tokio::test]
+async fn js_rpc_reaches_entrypoints_and_passes_stubs_between_workers() {
+    let server = start();
     let rpc = server.get("/rpc").await;
-    assert_eq!(rpc.status, 501);
+    assert_eq!(rpc.status, 200, "{}\n{}", rpc.text(), server.logs());
+    let got = rpc.json();
+    let expected = serde_json::json!({
+        "add": {"value": 3},
+        "version": {"value": 7},
+        "pipelined": {"value": 2},
+        "callback": {"value": "back got front doubled 42"},
+        "storeFromBack": {"value": [1, 3]},
+        "stubToBack": {"value": "front's Local greets back"},
+        "fail": {"error": "RangeError: back failed on purpose"},
+        "missing": {"error": "TypeError: The RPC receiver does not implement the method \"nothing\"."},
+        "defaultProps": {"value": {}},
+        "admin": {"value": {"props": {"role": "admin", "level": 3}, "hasEnv": true}},
+        "adminFetch": "admin PUT /who admin",
+        "plain": {"value": "hello front (object, function)"},
+    });
+    for (key, want) in expected.as_object().unwrap() {
+        assert_eq!(&got[key], want, "{key}: {got}");
+    }
+    let gone = got["gone"]["error"].as_str().unwrap_or_default();
     assert!(
-        rpc.text()
-            .contains("JS RPC through a service binding is not served by dorun yet"),
-        "{}",
-        rpc.text()
+        gone.contains("the service binding's worker \"svc-elsewhere\" is not served"),
+        "{got}"
     );
 }

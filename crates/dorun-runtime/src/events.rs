@@ -198,6 +198,7 @@ pub enum IncomingEvent {
     ObjectSocket(ObjectSocketEvent),
     LocalSocket(LocalSocketEvent),
     ExportCall(ExportCallEvent),
+    EntrypointCall(EntrypointCallEvent),
     ExportRelease(ExportEvent),
     ExportRetain(ExportEvent),
     Admin(AdminEvent),
@@ -211,6 +212,7 @@ tagged_to_v8!(IncomingEvent, "kind", {
     ObjectSocket => "objectSocket",
     LocalSocket => "localSocket",
     ExportCall => "exportCall",
+    EntrypointCall => "entrypointCall",
     ExportRelease => "exportRelease",
     ExportRetain => "exportRetain",
     Admin => "admin",
@@ -273,6 +275,17 @@ pub struct ExportCallEvent {
     id: u32,
     export: u32,
     method: Option<String>,
+    get: bool,
+    args: Uint8Array,
+}
+
+/// A JS RPC call through a service binding (`entrypointCall`).
+#[derive(ToV8)]
+pub struct EntrypointCallEvent {
+    id: u32,
+    entrypoint: Option<String>,
+    props: Option<String>,
+    method: String,
     get: bool,
     args: Uint8Array,
 }
@@ -463,6 +476,24 @@ pub async fn op_dorun_next_event(state: Rc<RefCell<OpState>>) -> Option<Incoming
             IncomingEvent::ExportCall(ExportCallEvent {
                 id,
                 export,
+                method,
+                get,
+                args: args.into(),
+            })
+        }
+        Event::Entrypoint {
+            entrypoint,
+            props,
+            method,
+            get,
+            args,
+            reply,
+        } => {
+            expect_reply(reply);
+            IncomingEvent::EntrypointCall(EntrypointCallEvent {
+                id,
+                entrypoint,
+                props,
                 method,
                 get,
                 args: args.into(),

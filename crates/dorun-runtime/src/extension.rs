@@ -117,6 +117,7 @@ deno_core::extension!(
         kv_binding::op_dorun_kvns_get,
         local_bindings::op_dorun_ratelimit,
         rpc::op_dorun_service_fetch,
+        rpc::op_dorun_service_call,
         kv_binding::op_dorun_kvns_put,
         kv_binding::op_dorun_kvns_delete,
         kv_binding::op_dorun_kvns_list,

@@ -338,7 +338,7 @@ fn runtime_config_json(spec: &WorkerSpec) -> String {
         "services": spec
             .services
             .iter()
-            .map(|s| serde_json::json!({"binding": s.binding, "service": s.service, "entrypoint": s.entrypoint}))
+            .map(|s| serde_json::json!({"binding": s.binding, "service": s.service, "entrypoint": s.entrypoint, "props": s.props}))
             .collect::<Vec<_>>(),
         "versionMetadata": crate::local_bindings::version_metadata(),
         "cf": spec.cf,

@@ -36,6 +36,17 @@ pub enum Event {
         args: Vec<u8>,
         reply: oneshot::Sender<Reply>,
     },
+    /// A JS RPC call through a service binding: `method` of a new instance of the worker's
+    /// `entrypoint` class (the default export when `None`), whose `ctx.props` are `props`
+    /// (JSON text).
+    Entrypoint {
+        entrypoint: Option<String>,
+        props: Option<String>,
+        method: String,
+        get: bool,
+        args: Vec<u8>,
+        reply: oneshot::Sender<Reply>,
+    },
     /// The last stub of an export is gone: forget it.
     Release { export: u32 },
     /// A stub of an export was passed on: one more holder.

@@ -86,6 +86,7 @@ impl WorkerPool {
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..threads).map(|_| mpsc::unbounded_channel()).unzip();
         let router = Arc::new(Router::new(Arc::new(senders), spec.objects.clone()));
+        crate::router::register(&spec.name, &router);
         let mut handles = Vec::with_capacity(threads);
         let mut watches = Vec::with_capacity(threads);
         let mut readies = Vec::with_capacity(threads);

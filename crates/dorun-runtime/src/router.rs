@@ -31,6 +31,32 @@ pub struct Router {
 }
 
 /// The thread an object lives on, among `threads`.
+/// The router of every worker this process serves, by name: calls through stubs that came
+/// from another worker (functions, `RpcTarget`s, Durable Object stubs) go back through it.
+static WORKERS: std::sync::OnceLock<
+    std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<Router>>>,
+> = std::sync::OnceLock::new();
+
+/// Makes `router` the one of worker `name` (a restarted worker replaces its old one).
+pub fn register(name: &str, router: &Arc<Router>) {
+    WORKERS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(name.to_string(), Arc::downgrade(router));
+}
+
+/// The router of worker `name`, if it runs.
+pub fn of_worker(name: &str) -> Result<Arc<Router>, RouteError> {
+    WORKERS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(name)
+        .and_then(std::sync::Weak::upgrade)
+        .ok_or_else(|| RouteError::WorkerNotRunning(name.to_string()))
+}
+
 pub fn thread_for(object_id: &str, threads: usize) -> usize {
     let prefix = u32::from_str_radix(object_id.get(..8).unwrap_or("0"), 16).unwrap_or(0);
     prefix as usize % threads.max(1)

@@ -106,10 +106,29 @@ fn router(state: &Rc<RefCell<OpState>>) -> Arc<Router> {
     state.borrow().borrow::<Arc<Router>>().clone()
 }
 
+/// The router of worker `worker` (this isolate's own when `None` or its own name): a stub
+/// that came from another worker calls back through that worker's threads.
+fn router_of(
+    state: &Rc<RefCell<OpState>>,
+    worker: Option<&str>,
+) -> Result<Arc<Router>, RouteError> {
+    let own = state
+        .borrow()
+        .borrow::<IsolateContext>()
+        .worker_name
+        .clone();
+    match worker {
+        Some(worker) if *worker != *own => crate::router::of_worker(worker),
+        _ => Ok(router(state)),
+    }
+}
+
 /// Calls an RPC method (or reads a property, `get`) on an object.
 #[op2]
+#[allow(clippy::too_many_arguments)]
 pub async fn op_dorun_object_rpc(
     state: Rc<RefCell<OpState>>,
+    #[string] worker: Option<String>,
     #[smi] namespace: u32,
     #[string] object_id: String,
     #[string] object_name: Option<String>,
@@ -118,7 +137,7 @@ pub async fn op_dorun_object_rpc(
     #[buffer] args: JsBuffer,
 ) -> Result<CallReply, CallError> {
     let (reply, response) = oneshot::channel();
-    router(&state).to_object(ObjectEvent {
+    router_of(&state, worker.as_deref())?.to_object(ObjectEvent {
         namespace,
         object_id,
         object_name,
@@ -131,6 +150,15 @@ pub async fn op_dorun_object_rpc(
     })?;
     let reply = response.await.map_err(|_| CallError::ObjectReset)?;
     call_reply(&state, reply, false, CallError::ObjectReset)
+}
+
+/// Which object a `stub.fetch()` is for: `worker` is set for a stub from another worker.
+#[derive(serde::Deserialize)]
+pub struct ObjectTarget {
+    worker: Option<String>,
+    namespace: u32,
+    id: String,
+    name: Option<String>,
 }
 
 /// The request a `fetch()` from JS sends on (to an object or through a service binding).
@@ -165,12 +193,9 @@ fn outgoing_request(
 
 /// `stub.fetch()`: sends a request to an object.
 #[op2]
-#[allow(clippy::too_many_arguments)]
 pub async fn op_dorun_object_fetch(
     state: Rc<RefCell<OpState>>,
-    #[smi] namespace: u32,
-    #[string] object_id: String,
-    #[string] object_name: Option<String>,
+    #[serde] target: ObjectTarget,
     #[scoped] method: ByteString,
     #[string] url: String,
     #[scoped] headers: Vec<(ByteString, ByteString)>,
@@ -179,10 +204,10 @@ pub async fn op_dorun_object_fetch(
 ) -> Result<CallReply, CallError> {
     let request = outgoing_request(&state, &method, &url, &headers, body_rid, cf)?;
     let (reply, response) = oneshot::channel();
-    router(&state).to_object(ObjectEvent {
-        namespace,
-        object_id,
-        object_name,
+    router_of(&state, target.worker.as_deref())?.to_object(ObjectEvent {
+        namespace: target.namespace,
+        object_id: target.id,
+        object_name: target.name,
         call: ObjectCall::Fetch(request),
         reply,
     })?;
@@ -200,16 +225,24 @@ pub struct ServiceLink {
     pub binding: String,
     pub service: String,
     pub entrypoint: Option<String>,
+    /// `props` (JSON text): the callee's `ctx.props`.
+    pub props: Option<String>,
     pub mailboxes: OnceLock<crate::mailbox::Mailboxes>,
     next: std::sync::atomic::AtomicUsize,
 }
 
 impl ServiceLink {
-    pub fn new(binding: String, service: String, entrypoint: Option<String>) -> Self {
+    pub fn new(
+        binding: String,
+        service: String,
+        entrypoint: Option<String>,
+        props: Option<String>,
+    ) -> Self {
         Self {
             binding,
             service,
             entrypoint,
+            props,
             mailboxes: OnceLock::new(),
             next: Default::default(),
         }
@@ -238,27 +271,65 @@ pub async fn op_dorun_service_fetch(
         .get(index as usize)
         .cloned()
         .ok_or_else(|| CallError::BadRequest("no such service binding".into()))?;
-    let Some(mailboxes) = link.mailboxes.get().cloned() else {
-        return Err(CallError::BadRequest(format!(
-            "env.{}: the service binding's worker \"{}\" is not served by this dorun serve; \
-             add its wrangler config to the command (dorun serve a.toml b.toml)",
-            link.binding, link.service
-        )));
-    };
     let request = outgoing_request(&state, &method, &url, &headers, body_rid, cf)?;
-    let threads = mailboxes.len().max(1);
-    let thread = link.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % threads;
     let (reply, response) = oneshot::channel();
-    mailboxes
-        .get(thread)
-        .ok_or(RouteError::NoSuchThread)?
-        .send(Event::Http {
-            request: Box::new(request),
-            reply,
-        })
-        .map_err(|_| RouteError::ShuttingDown)?;
+    link.send(Event::Http {
+        request: Box::new(request),
+        reply,
+    })?;
     let reply = response.await.map_err(|_| CallError::TargetReset)?;
     call_reply(&state, reply, true, CallError::TargetReset)
+}
+
+impl ServiceLink {
+    /// Hands `event` to the bound worker's isolate threads, in turn.
+    fn send(&self, event: Event) -> Result<(), CallError> {
+        let Some(mailboxes) = self.mailboxes.get() else {
+            return Err(CallError::BadRequest(format!(
+                "env.{}: the service binding's worker \"{}\" is not served by this dorun serve; \
+                 add its wrangler config to the command (dorun serve a.toml b.toml)",
+                self.binding, self.service
+            )));
+        };
+        let threads = mailboxes.len().max(1);
+        let thread = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % threads;
+        mailboxes
+            .get(thread)
+            .ok_or(RouteError::NoSuchThread)?
+            .send(event)
+            .map_err(|_| RouteError::ShuttingDown)?;
+        Ok(())
+    }
+}
+
+/// `env.<binding>.method(...)`: JS RPC to the bound worker's entrypoint (a fresh instance
+/// per call, with the binding's `props`).
+#[op2]
+pub async fn op_dorun_service_call(
+    state: Rc<RefCell<OpState>>,
+    #[smi] index: u32,
+    #[string] method: String,
+    get: bool,
+    #[buffer] args: JsBuffer,
+) -> Result<CallReply, CallError> {
+    let link = state
+        .borrow()
+        .borrow::<ServiceLinks>()
+        .0
+        .get(index as usize)
+        .cloned()
+        .ok_or_else(|| CallError::BadRequest("no such service binding".into()))?;
+    let (reply, response) = oneshot::channel();
+    link.send(Event::Entrypoint {
+        entrypoint: link.entrypoint.clone().filter(|e| e != "default"),
+        props: link.props.clone(),
+        method,
+        get,
+        args: args.to_vec(),
+        reply,
+    })?;
+    let reply = response.await.map_err(|_| CallError::TargetReset)?;
+    call_reply(&state, reply, false, CallError::TargetReset)
 }
 
 // --- stubs of functions and RpcTargets -----------------------------------------------------
@@ -275,6 +346,7 @@ pub fn op_dorun_thread_index(state: &mut OpState) -> u32 {
 #[op2]
 pub async fn op_dorun_export_call(
     state: Rc<RefCell<OpState>>,
+    #[string] worker: String,
     #[smi] thread: u32,
     #[smi] export: u32,
     #[string] method: Option<String>,
@@ -282,7 +354,7 @@ pub async fn op_dorun_export_call(
     #[buffer] args: JsBuffer,
 ) -> Result<CallReply, CallError> {
     let (reply, response) = oneshot::channel();
-    router(&state).to_thread(
+    router_of(&state, Some(&worker))?.to_thread(
         thread as usize,
         Event::Export {
             export,
@@ -298,16 +370,36 @@ pub async fn op_dorun_export_call(
 
 /// Tells the thread that exported `export` that no stub of it is left.
 #[op2(fast)]
-pub fn op_dorun_export_release(state: &mut OpState, #[smi] thread: u32, #[smi] export: u32) {
-    let router = state.borrow::<Arc<Router>>();
-    let _ = router.to_thread(thread as usize, Event::Release { export });
+pub fn op_dorun_export_release(
+    state: &mut OpState,
+    #[string] worker: &str,
+    #[smi] thread: u32,
+    #[smi] export: u32,
+) {
+    if let Some(router) = owner(state, worker) {
+        let _ = router.to_thread(thread as usize, Event::Release { export });
+    }
+}
+
+/// The router of `worker`, from a sync op.
+fn owner(state: &OpState, worker: &str) -> Option<Arc<Router>> {
+    if *state.borrow::<IsolateContext>().worker_name == *worker {
+        return Some(state.borrow::<Arc<Router>>().clone());
+    }
+    crate::router::of_worker(worker).ok()
 }
 
 /// A stub of `export` was forwarded to another isolate: its owner counts one more holder.
 #[op2(fast)]
-pub fn op_dorun_export_retain(state: &mut OpState, #[smi] thread: u32, #[smi] export: u32) {
-    let router = state.borrow::<Arc<Router>>();
-    let _ = router.to_thread(thread as usize, Event::Retain { export });
+pub fn op_dorun_export_retain(
+    state: &mut OpState,
+    #[string] worker: &str,
+    #[smi] thread: u32,
+    #[smi] export: u32,
+) {
+    if let Some(router) = owner(state, worker) {
+        let _ = router.to_thread(thread as usize, Event::Retain { export });
+    }
 }
 
 // --- ReadableStreams across RPC ----------------------------------------------------------

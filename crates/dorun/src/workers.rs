@@ -536,11 +536,12 @@ fn worker_spec(
         services: config
             .services
             .iter()
-            .map(|(binding, service, entrypoint)| {
+            .map(|s| {
                 Arc::new(dorun_runtime::rpc::ServiceLink::new(
-                    binding.clone(),
-                    service.clone(),
-                    entrypoint.clone(),
+                    s.binding.clone(),
+                    s.service.clone(),
+                    s.entrypoint.clone(),
+                    s.props.clone(),
                 ))
             })
             .collect(),

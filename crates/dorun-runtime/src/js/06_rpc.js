@@ -34,7 +34,7 @@ const {
   ObjectPrototype,
   ObjectPrototypeIsPrototypeOf,
   PromisePrototypeThen,
-  PromiseReject,
+  PromiseResolve,
   Proxy,
   RangeError,
   SafeMap,
@@ -51,6 +51,7 @@ const {
   op_dorun_object_rpc,
   op_dorun_object_fetch,
   op_dorun_service_fetch,
+  op_dorun_service_call,
   op_dorun_reply_value,
   op_dorun_reply_error,
   op_dorun_thread_index,
@@ -178,10 +179,11 @@ async function forwardFetch(input, init, send, objectId = undefined) {
   return new Response(body, { status: head.status, headers: head.headers });
 }
 
-function stubFetch(namespace, hex, name, input, init) {
+function stubFetch(worker, namespace, hex, name, input, init) {
   const send = async (...args) => {
     try {
-      return await op_dorun_object_fetch(namespace, hex, name ?? null, ...args);
+      const target = { worker, namespace, id: hex, name: name ?? null };
+      return await op_dorun_object_fetch(target, ...args);
     } catch (error) {
       throw disconnected(error, hex);
     }
@@ -196,29 +198,31 @@ function serviceFetch(index, input, init) {
   return forwardFetch(input, init, (...args) => op_dorun_service_fetch(index, ...args));
 }
 
+async function serviceCall(index, method, get, args) {
+  const bytes = await outgoingArgs(args);
+  return replyValue(await op_dorun_service_call(index, method, get, bytes));
+}
+
 /**
- * `env.<binding>` of a `services` entry: `fetch()` reaches the bound worker's default
- * export. JS RPC through a service binding is not served yet: calling a method says so.
+ * `env.<binding>` of a `services` entry: `fetch()` reaches the bound worker's fetch handler
+ * (as a request from the front door would, for the default export without props; else
+ * through its entrypoint class, with `ctx.props`), and any other member is JS RPC to the
+ * entrypoint: a fresh instance per call, pipelined like a Durable Object stub.
  */
 export function createServiceBinding(index, item) {
+  const named = (item.entrypoint !== null && item.entrypoint !== "default") || item.props !== null;
   return new Proxy({}, {
     get(_target, property) {
       if (typeof property === "symbol" || property === "then") return undefined;
       if (property === "fetch") {
-        if (item.entrypoint !== null && item.entrypoint !== "default") {
-          return () =>
-            PromiseReject(new TypeError(
-              `env.${item.binding}: fetch() to the named entrypoint "${item.entrypoint}" of ` +
-                `"${item.service}" is not served by dorun yet (only the default export)`,
-            ));
-        }
-        return (input, init) => serviceFetch(index, input, init);
+        if (!named) return (input, init) => serviceFetch(index, input, init);
+        return (input, init) =>
+          PromiseResolve().then(() => serviceCall(index, "fetch", false, [new Request(input, init)]));
       }
-      return () =>
-        PromiseReject(new TypeError(
-          `env.${item.binding}.${String(property)}(): JS RPC through a service binding is not ` +
-            `served by dorun yet; use fetch()`,
-        ));
+      return pipelined(
+        () => serviceCall(index, property, true, []),
+        (args) => serviceCall(index, property, false, args),
+      );
     },
   });
 }
@@ -236,11 +240,11 @@ async function outgoingArgs(args) {
   return bytes;
 }
 
-async function rpcCall(namespace, hex, name, method, get, args) {
+async function rpcCall(worker, namespace, hex, name, method, get, args) {
   const bytes = await outgoingArgs(args);
   let reply;
   try {
-    reply = await op_dorun_object_rpc(namespace, hex, name ?? null, method, get, bytes);
+    reply = await op_dorun_object_rpc(worker, namespace, hex, name ?? null, method, get, bytes);
   } catch (error) {
     throw disconnected(error, hex);
   }
@@ -251,10 +255,10 @@ async function rpcCall(namespace, hex, name, method, get, args) {
  * A member of a stub: calling it calls the method over RPC, awaiting it reads the
  * property; either way the result can be used before it arrives (pipelining).
  */
-function rpcProperty(namespace, hex, name, method) {
+function rpcProperty(worker, namespace, hex, name, method) {
   return pipelined(
-    () => rpcCall(namespace, hex, name, method, true, []),
-    (args) => rpcCall(namespace, hex, name, method, false, args),
+    () => rpcCall(worker, namespace, hex, name, method, true, []),
+    (args) => rpcCall(worker, namespace, hex, name, method, false, args),
   );
 }
 
@@ -369,29 +373,21 @@ function unmarshalFetchObject(plain) {
   });
 }
 const threadIndex = op_dorun_thread_index();
-/**
- * Thread indexes and namespace indexes mean something only inside one worker; a stub
- * that reaches another worker (script_name) is refused with a clear error.
- */
-function checkSameWorker(identity) {
-  const from = identity[3];
-  if (from !== workerName) {
-    throw new TypeError(
-      `dorun cannot pass functions, RpcTargets or Durable Object stubs between different workers yet (from worker '${from}' to '${workerName}').`,
-    );
-  }
-}
 /** id -> { value, refs, object } */
 const exportsById = new SafeMap();
 const exportIds = new SafeWeakMap();
 let nextExport = 0;
-/** A stub of an export -> [thread, export id, kind]. */
+/**
+ * A stub of an export -> [thread, export id, kind, worker]: thread indexes mean something
+ * only inside their worker, so calls through a stub from another worker go back through
+ * that worker's threads.
+ */
 const remoteIdentity = new SafeWeakMap();
-/** A Durable Object stub -> [namespace, hex, name]. */
+/** A Durable Object stub -> [namespace, hex, name, worker] (the namespace index is the worker's). */
 const objectStubIdentity = new SafeWeakMap();
-const releases = new FinalizationRegistry(([thread, id]) => {
-  if (thread === threadIndex) releaseExport(id);
-  else op_dorun_export_release(thread, id);
+const releases = new FinalizationRegistry(([thread, id, worker]) => {
+  if (thread === threadIndex && worker === workerName) releaseExport(id);
+  else op_dorun_export_release(worker, thread, id);
 });
 
 export function retainExport(id) {
@@ -431,11 +427,11 @@ export function marshal(value, seen = null) {
   const remote = WeakMapPrototypeGet(remoteIdentity, value);
   if (remote !== undefined) {
     // Forwarding a stub: its owner counts one more holder (sent before our own release).
-    if (remote[0] === threadIndex) {
+    if (remote[0] === threadIndex && remote[3] === workerName) {
       const entry = MapPrototypeGet(exportsById, remote[1]);
       if (entry !== undefined) entry.refs++;
     } else {
-      op_dorun_export_retain(remote[0], remote[1]);
+      op_dorun_export_retain(remote[3], remote[0], remote[1]);
     }
     return { [STUB_KEY]: remote };
   }
@@ -506,37 +502,33 @@ export function unmarshal(value, seen = null) {
   }
   if (isPlainObject(value)) {
     const keys = ObjectKeys(value);
-    if (keys.length === 1 && keys[0] === STUB_KEY) {
-      checkSameWorker(value[STUB_KEY]);
-      return remoteStub(value[STUB_KEY]);
-    }
+    if (keys.length === 1 && keys[0] === STUB_KEY) return remoteStub(value[STUB_KEY]);
     if (keys.length === 1 && keys[0] === STREAM_KEY) {
       return streams.readableStreamForRid(op_dorun_stream_import(value[STREAM_KEY]));
     }
     if (keys.length === 1 && keys[0] === FETCH_KEY) return unmarshalFetchObject(value[FETCH_KEY]);
     if (keys.length === 1 && keys[0] === OBJECT_STUB_KEY) {
-      checkSameWorker(value[OBJECT_STUB_KEY]);
-      const [namespace, hex, name] = value[OBJECT_STUB_KEY];
-      return makeStub(new DurableObjectId(namespace, hex, name ?? undefined));
+      const [namespace, hex, name, worker] = value[OBJECT_STUB_KEY];
+      return makeStub(new DurableObjectId(namespace, hex, name ?? undefined), worker);
     }
     for (const key of keys) value[key] = unmarshal(value[key], seen);
   }
   return value;
 }
 
-async function exportCall(thread, id, method, get, args) {
+async function exportCall(worker, thread, id, method, get, args) {
   const bytes = await outgoingArgs(args);
-  return replyValue(await op_dorun_export_call(thread, id, method, get, bytes));
+  return replyValue(await op_dorun_export_call(worker, thread, id, method, get, bytes));
 }
 
-/** A stub for a function or RpcTarget exported by isolate thread `thread`. */
+/** A stub for a function or RpcTarget exported by isolate thread `thread` of `worker`. */
 function remoteStub(identity) {
-  const [thread, id, kind] = identity;
+  const [thread, id, kind, worker] = identity;
   let stub;
   if (kind === "function") {
     // Not thenable: awaiting a function stub gives the stub.
     stub = (...args) => {
-      const result = exportCall(thread, id, null, false, args);
+      const result = exportCall(worker, thread, id, null, false, args);
       return pipelined(() => result);
     };
   } else {
@@ -545,14 +537,14 @@ function remoteStub(identity) {
         if (property === SymbolDispose) return () => {};
         if (typeof property === "symbol" || property === "then") return undefined;
         return pipelined(
-          () => exportCall(thread, id, property, true, []),
-          (args) => exportCall(thread, id, property, false, args),
+          () => exportCall(worker, thread, id, property, true, []),
+          (args) => exportCall(worker, thread, id, property, false, args),
         );
       },
     });
   }
   WeakMapPrototypeSet(remoteIdentity, stub, identity);
-  releases.register(stub, [thread, id]);
+  releases.register(stub, [thread, id, worker]);
   return stub;
 }
 
@@ -590,19 +582,21 @@ export async function handleExportCall(event) {
   }
 }
 
-export function makeStub(id) {
+/** A stub of the object `id`; of a namespace of worker `worker` when it came from there. */
+export function makeStub(id, worker = workerName) {
   const [namespace, hex, name] = idParts(id);
   const target = { id, name };
-  const fetch = (input, init) => stubFetch(namespace, hex, name, input, init);
+  const route = worker === workerName ? null : worker;
+  const fetch = (input, init) => stubFetch(route, namespace, hex, name, input, init);
   const stub = new Proxy(target, {
     get(target, property) {
       if (property === "id" || property === "name") return target[property];
       if (property === "fetch") return fetch;
       if (typeof property === "symbol" || property === "then") return undefined;
-      return rpcProperty(namespace, hex, name, property);
+      return rpcProperty(route, namespace, hex, name, property);
     },
   });
-  WeakMapPrototypeSet(objectStubIdentity, stub, [namespace, hex, name ?? null, workerName]);
+  WeakMapPrototypeSet(objectStubIdentity, stub, [namespace, hex, name ?? null, worker]);
   return stub;
 }
 setStubMaker(makeStub);

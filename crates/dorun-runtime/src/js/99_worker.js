@@ -35,9 +35,15 @@ import {
 } from "ext:dorun/05_http.js";
 import {
   createServiceBinding,
+  deserialize,
   handleExportCall,
+  lookupMember,
+  marshal,
   releaseExport,
   retainExport,
+  serialize,
+  serializeError,
+  unmarshal,
 } from "ext:dorun/06_rpc.js";
 import { evictIdle, handleObjectEvent, live } from "ext:dorun/10_objects.js";
 import { createAssetsBinding } from "ext:dorun/11_assets.js";
@@ -51,7 +57,9 @@ import { handleAdminEvent } from "ext:dorun/13_admin.js";
 
 const {
   ArrayPrototypePush,
+  ArrayPrototypeSlice,
   Error,
+  JSONParse,
   ObjectPrototypeIsPrototypeOf,
   Promise,
   PromiseAll,
@@ -59,14 +67,21 @@ const {
   PromisePrototypeThen,
   PromiseRace,
   PromiseResolve,
+  ObjectGetOwnPropertyDescriptor,
   ObjectKeys,
   Proxy,
   SymbolFor,
   TypeError,
 } = primordials;
 
-const { op_dorun_next_event, op_dorun_module_bytes, op_dorun_done, op_dorun_started } =
-  core.ops;
+const {
+  op_dorun_next_event,
+  op_dorun_module_bytes,
+  op_dorun_done,
+  op_dorun_started,
+  op_dorun_reply_value,
+  op_dorun_reply_error,
+} = core.ops;
 
 const { ResponsePrototype } = core.loadExtScript("ext:deno_fetch/23_response.js");
 
@@ -288,6 +303,75 @@ async function handleQueue(handler, incoming) {
   );
 }
 
+// --- JS RPC through service bindings ---------------------------------------------------------
+
+function isEntrypointClass(value) {
+  return typeof value === "function" &&
+    ObjectPrototypeIsPrototypeOf(WorkerEntrypoint.prototype, value.prototype);
+}
+
+/**
+ * Runs `event.method` of the export `event.entrypoint` (the default export when null): on a
+ * fresh instance of a WorkerEntrypoint class, whose `ctx.props` are the binding's props; on
+ * an object export, as `method(arg, env, ctx, ...rest)`, as workerd calls it.
+ */
+async function callEntrypoint(worker, event) {
+  const args = unmarshal(deserialize(event.args));
+  const ctx = new ExecutionContext();
+  if (event.props !== null) ctx.props = JSONParse(event.props);
+  const name = event.entrypoint ?? "default";
+  const exported = worker[name];
+  const method = event.method;
+  if (exported === undefined || exported === null) {
+    throw new TypeError(`Worker "${config.workerName}" has no export named "${name}".`);
+  }
+  let target;
+  let call;
+  if (isEntrypointClass(exported)) {
+    target = new exported(ctx, env);
+    call = (member) => member.apply(target, args);
+  } else if (typeof exported === "object") {
+    target = exported;
+    call = (member) => member.call(target, args[0], env, ctx, ...ArrayPrototypeSlice(args, 1));
+  } else {
+    throw new TypeError(
+      `The export "${name}" of worker "${config.workerName}" is not a WorkerEntrypoint class ` +
+        `or an object, so it cannot be called over RPC.`,
+    );
+  }
+  if (method === "constructor") {
+    throw new TypeError(`'${method}' is a reserved method and cannot be called over RPC.`);
+  }
+  // An object export's methods are its own properties; a class's are on its prototypes.
+  const descriptor = isEntrypointClass(exported)
+    ? lookupMember(target, method)
+    : (ObjectGetOwnPropertyDescriptor(target, method) ?? lookupMember(target, method));
+  if (descriptor === undefined) {
+    throw new TypeError(`The RPC receiver does not implement the method "${method}".`);
+  }
+  const member = descriptor.get !== undefined ? descriptor.get.call(target) : descriptor.value;
+  if (event.get) return await member;
+  if (typeof member !== "function") {
+    throw new TypeError(`"${method}" is not a method of the RPC receiver.`);
+  }
+  return await runInvocation(null, 0, () => call(member));
+}
+
+async function handleEntrypointCall(worker, event) {
+  try {
+    const result = await callEntrypoint(worker, event);
+    let bytes;
+    try {
+      bytes = serialize(marshal(result));
+    } catch (error) {
+      throw new TypeError(`Could not serialize the RPC result: ${error.message}`);
+    }
+    op_dorun_reply_value(event.id, bytes);
+  } catch (error) {
+    op_dorun_reply_error(event.id, serializeError(error));
+  }
+}
+
 // --- ctx.exports --------------------------------------------------------------------------------
 
 /**
@@ -366,6 +450,9 @@ async function serve(worker) {
         break;
       case "exportCall":
         handleExportCall(incoming);
+        break;
+      case "entrypointCall":
+        handleEntrypointCall(worker, incoming);
         break;
       case "exportRelease":
         releaseExport(incoming.export);

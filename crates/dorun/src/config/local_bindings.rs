@@ -246,11 +246,8 @@ impl Reader {
         crons
     }
 
-    /// `services = [{ binding, service, entrypoint }]`: (binding, service, entrypoint).
-    pub(super) fn read_services(
-        &mut self,
-        table: &Map<String, Value>,
-    ) -> Vec<(String, String, Option<String>)> {
+    /// `services = [{ binding, service, entrypoint, props }]`.
+    pub(super) fn read_services(&mut self, table: &Map<String, Value>) -> Vec<ServiceBinding> {
         let known = [
             "binding",
             "service",
@@ -267,11 +264,31 @@ impl Reader {
                     .push(format!("{at} needs a string key 'service'"));
                 continue;
             };
-            let entrypoint = entry
-                .get("entrypoint")
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            out.push((binding, service.to_string(), entrypoint));
+            let entrypoint = match entry.get("entrypoint") {
+                None => None,
+                Some(Value::String(name)) if is_js_identifier(name) => Some(name.clone()),
+                Some(_) => {
+                    self.problems.push(format!(
+                        "{at}.entrypoint must name an export (a JavaScript identifier)"
+                    ));
+                    None
+                }
+            };
+            let props = match entry.get("props") {
+                None => None,
+                Some(props @ Value::Object(_)) => Some(props.to_string()),
+                Some(_) => {
+                    self.problems
+                        .push(format!("{at}.props must be a table / object"));
+                    None
+                }
+            };
+            out.push(ServiceBinding {
+                binding,
+                service: service.to_string(),
+                entrypoint,
+                props,
+            });
         }
         out
     }

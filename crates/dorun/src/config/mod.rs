@@ -105,6 +105,17 @@ pub struct LoadOptions {
 
 pub use dorun_runtime::spec::{ModuleRule, ModuleRuleKind};
 
+/// One `services` entry: `env.<binding>` reaches worker `service`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceBinding {
+    pub binding: String,
+    pub service: String,
+    /// A named `WorkerEntrypoint` export (else the default export).
+    pub entrypoint: Option<String>,
+    /// `props` as JSON text: the callee's `ctx.props`.
+    pub props: Option<String>,
+}
+
 /// One `durable_objects.bindings` entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DurableObjectBinding {
@@ -154,8 +165,8 @@ pub struct WorkerConfig {
     /// `version_metadata`, rate limits and the Cloudflare-only bindings, each as the JSON
     /// object the isolate builds it from (config/local_bindings.rs).
     pub local_bindings: Vec<Value>,
-    /// `services`: service bindings (binding, service, entrypoint).
-    pub services: Vec<(String, String, Option<String>)>,
+    /// `services`: service bindings.
+    pub services: Vec<ServiceBinding>,
     /// `queues.producers`: `env.<binding>` sends to a queue.
     pub queue_producers: Vec<QueueProducer>,
     /// `queues.consumers`: the queues whose messages this worker's `queue()` receives.
