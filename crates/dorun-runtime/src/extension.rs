@@ -123,6 +123,7 @@ deno_core::extension!(
         kv_binding::op_dorun_kvns_list,
         // Queues (queue_binding.rs)
         queue_binding::op_dorun_queue_send,
+        queue_binding::op_dorun_queue_metrics,
         // D1 databases (d1_binding.rs)
         d1_binding::op_dorun_d1_batch,
         d1_binding::op_dorun_d1_exec,

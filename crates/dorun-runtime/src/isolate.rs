@@ -349,6 +349,7 @@ fn runtime_config_json(spec: &WorkerSpec) -> String {
         "fetchDepthToken": crate::events::fetch_depth_token(),
         "alarmMaxRetries": spec.alarm_retry.max_retries,
         "blockConcurrencyTimeoutMs": spec.block_concurrency_timeout.as_millis() as u64,
+        "queuesJsonMessages": spec.compat_flag("queues_json_messages", "no_queues_json_messages", "2024-03-18"),
         "deleteAllDeletesAlarm": spec.compat_flag("delete_all_deletes_alarm", "delete_all_preserves_alarm", "2026-02-24"),
         "socketLimits": {
             "maxTags": sockets::MAX_TAGS,

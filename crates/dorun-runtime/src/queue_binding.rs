@@ -51,16 +51,95 @@ pub struct QueueHandle {
     writes: dorun_storage::Group<QueueDatabase, ()>,
     /// Notified after every commit that adds messages.
     pub arrived: tokio::sync::Notify,
+    /// (messages stored, bytes of their bodies), kept up to date by this process (counted
+    /// from the file when it is opened).
+    backlog: Mutex<(i64, i64)>,
+    /// (messages, bytes) of them being delivered now.
+    claimed: Mutex<(i64, i64)>,
+}
+
+/// What `send()` and `metrics()` report of a queue (`backlogCount`, `backlogBytes`,
+/// `oldestMessageTimestamp`).
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Backlog {
+    pub backlog_count: i64,
+    pub backlog_bytes: i64,
+    pub oldest_message_timestamp: Option<i64>,
 }
 
 impl QueueHandle {
     /// Stores `messages` (all or none), committed with the other writes to this queue
     /// meanwhile, then wakes the consumer. Blocks: call it on a blocking thread.
     pub fn enqueue(&self, messages: Vec<NewMessage>) -> Result<(), StorageError> {
+        let added = (
+            messages.len() as i64,
+            messages.iter().map(|m| m.body.len() as i64).sum::<i64>(),
+        );
         self.writes
             .write(&self.database, move |db| db.enqueue(&messages))?;
+        self.adjust(added.0, added.1);
         self.arrived.notify_one();
         Ok(())
+    }
+
+    fn adjust(&self, count: i64, bytes: i64) {
+        let mut backlog = self.backlog.lock().unwrap_or_else(|p| p.into_inner());
+        backlog.0 = (backlog.0 + count).max(0);
+        backlog.1 = (backlog.1 + bytes).max(0);
+    }
+
+    /// `messages` are being delivered: no longer counted as backlog until settled.
+    pub fn claim(&self, messages: &[dorun_storage::QueuedMessage]) {
+        let mut claimed = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
+        claimed.0 += messages.len() as i64;
+        claimed.1 += messages.iter().map(|m| m.body.len() as i64).sum::<i64>();
+    }
+
+    /// What the queue holds now, besides the messages being delivered.
+    pub fn backlog(&self) -> Result<Backlog, StorageError> {
+        let (stored, stored_bytes) = *self.backlog.lock().unwrap_or_else(|p| p.into_inner());
+        let (claimed, claimed_bytes) = *self.claimed.lock().unwrap_or_else(|p| p.into_inner());
+        let (count, bytes) = (
+            (stored - claimed).max(0),
+            (stored_bytes - claimed_bytes).max(0),
+        );
+        let oldest = if count > 0 {
+            self.with(|db| db.first_timestamp())?
+        } else {
+            None
+        };
+        Ok(Backlog {
+            backlog_count: count,
+            backlog_bytes: bytes,
+            oldest_message_timestamp: oldest,
+        })
+    }
+
+    /// Applies how a batch of `claimed` (messages, bytes) ended; `freed` is what it removes
+    /// from the queue.
+    pub fn settle(
+        &self,
+        settlement: dorun_storage::Settlement,
+        claimed: (i64, i64),
+        freed: (i64, i64),
+    ) -> Result<(), StorageError> {
+        let result = self.write(move |db| db.settle(&settlement));
+        {
+            let mut held = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
+            held.0 = (held.0 - claimed.0).max(0);
+            held.1 = (held.1 - claimed.1).max(0);
+        }
+        result?;
+        self.adjust(-freed.0, -freed.1);
+        Ok(())
+    }
+
+    /// Deletes every stored message; how many.
+    pub fn purge(&self) -> Result<u64, StorageError> {
+        let purged = self.with(|db| db.purge())?;
+        *self.backlog.lock().unwrap_or_else(|p| p.into_inner()) = (0, 0);
+        Ok(purged)
     }
 
     /// Runs `f` on the database as one write of the group. Blocks.
@@ -93,11 +172,15 @@ pub fn open(
     if let Some(handle) = map.get(&path) {
         return Ok(handle.clone());
     }
+    let database = QueueDatabase::open(&path, durability)?;
+    let backlog = database.backlog()?;
     let handle = Arc::new(QueueHandle {
-        database: Mutex::new(QueueDatabase::open(&path, durability)?),
+        database: Mutex::new(database),
         path: path.clone(),
         writes: Default::default(),
         arrived: tokio::sync::Notify::new(),
+        backlog: Mutex::new(backlog),
+        claimed: Mutex::new((0, 0)),
     });
     map.insert(path, handle.clone());
     Ok(handle)
@@ -133,14 +216,16 @@ pub struct OutgoingMessage {
     delay_seconds: u32,
 }
 
-/// Stores `messages` on queue `queue`; resolves once they are committed.
+/// Stores `messages` on queue `queue`; resolves once they are committed, to what the
+/// queue held before them (as Miniflare's broker answers).
 #[op2]
+#[serde]
 pub async fn op_dorun_queue_send(
     state: Rc<RefCell<OpState>>,
     #[string] queue: String,
     #[serde] messages: Vec<OutgoingMessage>,
     #[string] operation: String,
-) -> Result<(), QueueError> {
+) -> Result<Backlog, QueueError> {
     let operation = if operation == "sendBatch" {
         "sendBatch"
     } else {
@@ -164,17 +249,42 @@ pub async fn op_dorun_queue_send(
         })
         .collect();
     let started = std::time::Instant::now();
-    let result =
-        tokio::task::spawn_blocking(move || open(&data_dir, &queue, durability)?.enqueue(messages))
-            .await
-            .map_err(|_| QueueError::Task(operation))?
-            .map_err(|source| {
-                tracing::error!("Queue {operation}: {source}");
-                QueueError::Storage { operation, source }
-            });
+    let result = tokio::task::spawn_blocking(move || {
+        let handle = open(&data_dir, &queue, durability)?;
+        let before = handle.backlog()?;
+        handle.enqueue(messages)?;
+        Ok(before)
+    })
+    .await
+    .map_err(|_| QueueError::Task(operation))?
+    .map_err(|source| {
+        tracing::error!("Queue {operation}: {source}");
+        QueueError::Storage { operation, source }
+    });
     binding_files::record("queue", "send", started, result.is_ok());
     if result.is_ok() {
         binding_files::record_bytes("queue", "in", bytes);
     }
     result
+}
+
+/// `env.<binding>.metrics()`: what queue `queue` holds.
+#[op2]
+#[serde]
+pub async fn op_dorun_queue_metrics(
+    state: Rc<RefCell<OpState>>,
+    #[string] queue: String,
+) -> Result<Backlog, QueueError> {
+    let (data_dir, durability) = {
+        let state = state.borrow();
+        let store = state.borrow::<QueueStore>();
+        (store.data_dir.clone(), store.durability)
+    };
+    tokio::task::spawn_blocking(move || open(&data_dir, &queue, durability)?.backlog())
+        .await
+        .map_err(|_| QueueError::Task("metrics"))?
+        .map_err(|source| QueueError::Storage {
+            operation: "metrics",
+            source,
+        })
 }

@@ -275,6 +275,24 @@ impl QueueDatabase {
         })
     }
 
+    /// (messages stored, bytes of their bodies), for a fresh count at open.
+    pub fn backlog(&self) -> Result<(i64, i64)> {
+        Ok(self.conn.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM messages",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?)
+    }
+
+    /// `timestamp` of the message that arrived first among those stored.
+    pub fn first_timestamp(&self) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT timestamp FROM messages ORDER BY seq LIMIT 1")?
+            .query_row([], |row| row.get(0))
+            .optional()?)
+    }
+
     /// The first `limit` stored messages, oldest first (the admin's peek).
     pub fn peek(&self, limit: usize) -> Result<Vec<QueuedMessage>> {
         self.ready(i64::MAX, limit, &|_| false, 0)

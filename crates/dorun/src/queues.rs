@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dorun_runtime::queue_binding::{self, QueueHandle};
+use dorun_runtime::queue_binding::{self, Backlog, QueueHandle};
 use dorun_runtime::WorkerPool;
 use dorun_storage::{NewMessage, QueuedMessage, Settlement};
 use http_body_util::BodyExt as _;
@@ -214,6 +214,7 @@ pub async fn run(consumer: Arc<Consumer>) {
             let mut in_flight = consumer.in_flight.lock().unwrap_or_else(|p| p.into_inner());
             in_flight.extend(batch.iter().map(|m| m.seq));
         }
+        consumer.handle.claim(&batch);
         let consumer = consumer.clone();
         tokio::spawn(async move {
             deliver(&consumer, batch).await;
@@ -243,7 +244,7 @@ struct Retry {
 }
 
 /// The request body of a batch: a little-endian u32 length, that much JSON, then the bodies.
-fn encode(queue: &str, batch: &[QueuedMessage]) -> Vec<u8> {
+fn encode(queue: &str, batch: &[QueuedMessage], backlog: Option<Backlog>) -> Vec<u8> {
     let messages: Vec<serde_json::Value> = batch
         .iter()
         .map(|m| {
@@ -256,7 +257,21 @@ fn encode(queue: &str, batch: &[QueuedMessage]) -> Vec<u8> {
             })
         })
         .collect();
-    let head = serde_json::json!({ "queue": queue, "messages": messages }).to_string();
+    // `batch.metadata.metrics`: what the queue holds besides this batch.
+    let (count, bytes) = backlog.map_or((0, 0), |b| {
+        let here: i64 = batch.iter().map(|m| m.body.len() as i64).sum();
+        (
+            (b.backlog_count - batch.len() as i64).max(0),
+            (b.backlog_bytes - here).max(0),
+        )
+    });
+    let metrics = serde_json::json!({ "backlogCount": count, "backlogBytes": bytes });
+    let head = serde_json::json!({
+        "queue": queue,
+        "metadata": { "metrics": metrics },
+        "messages": messages,
+    })
+    .to_string();
     let bodies: usize = batch.iter().map(|m| m.body.len()).sum();
     let mut out = Vec::with_capacity(4 + head.len() + bodies);
     out.extend_from_slice(&(head.len() as u32).to_le_bytes());
@@ -273,7 +288,8 @@ async fn call(consumer: &Consumer, batch: &[QueuedMessage]) -> Outcome {
         error: Some(error),
         ..Default::default()
     };
-    let body = encode(&consumer.settings.queue, batch);
+    let backlog = consumer.handle.backlog().ok();
+    let body = encode(&consumer.settings.queue, batch, backlog);
     let request = http::Request::builder()
         .method(http::Method::POST)
         .uri("http://dorun.internal/__queue")
@@ -329,11 +345,14 @@ async fn deliver(consumer: &Arc<Consumer>, batch: Vec<QueuedMessage>) {
     let mut settlement = Settlement::default();
     let mut dead = Vec::new();
     for message in &batch {
+        // The handler's first word on a message wins (JS ignores a later contrary one): an
+        // explicit retry() came before any ackAll(); an explicit ack() holds even if the
+        // handler throws, as Cloudflare documents.
         let explicit = outcome.retries.iter().find(|r| r.id == message.id);
-        let retry = if acks.contains(message.id.as_str()) || outcome.ack_all {
-            None
-        } else if let Some(retry) = explicit {
+        let retry = if let Some(retry) = explicit {
             Some(retry.delay_seconds)
+        } else if acks.contains(message.id.as_str()) || outcome.ack_all {
+            None
         } else if outcome.retry_all || !outcome.ok {
             Some(None)
         } else {
@@ -378,6 +397,14 @@ async fn deliver(consumer: &Arc<Consumer>, batch: Vec<QueuedMessage>) {
             settlement.dropped.push(message.seq);
         }
     }
+    let claimed = batch
+        .iter()
+        .fold((0i64, 0i64), |(n, b), m| (n + 1, b + m.body.len() as i64));
+    // Acked, dead-lettered and dropped messages leave the queue.
+    let freed = batch
+        .iter()
+        .filter(|m| !settlement.retried.iter().any(|(seq, _)| *seq == m.seq))
+        .fold((0i64, 0i64), |(n, b), m| (n + 1, b + m.body.len() as i64));
     let last = LastBatch {
         at: handed,
         messages: batch.len(),
@@ -416,7 +443,7 @@ async fn deliver(consumer: &Arc<Consumer>, batch: Vec<QueuedMessage>) {
                     dead_letter.enqueue(dead)?;
                 }
             }
-            consumer.handle.write(move |db| db.settle(&settlement))
+            consumer.handle.settle(settlement, claimed, freed)
         })
         .await
     };

@@ -6,6 +6,7 @@
 // workerd's queue API).
 
 import { core, primordials } from "ext:core/mod.js";
+import { config } from "ext:dorun/00_runtime.js";
 
 const {
   ArrayBufferIsView,
@@ -16,16 +17,20 @@ const {
   JSONParse,
   JSONStringify,
   MathMax,
+  Number,
+  NumberIsFinite,
   NumberIsInteger,
+  MathTrunc,
   ObjectFreeze,
   StringPrototypeToLowerCase,
+  SymbolIterator,
   TypeError,
   TypedArrayPrototypeGetByteLength,
   Uint8Array,
 } = primordials;
-const { op_dorun_queue_send } = core.ops;
+const { op_dorun_queue_send, op_dorun_queue_metrics } = core.ops;
 
-const { ArrayBuffer, TextDecoder, TextEncoder } = globalThis;
+const { ArrayBuffer, DOMException, TextDecoder, TextEncoder } = globalThis;
 const getRandomValues = globalThis.crypto.getRandomValues.bind(globalThis.crypto);
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -36,8 +41,12 @@ const MAX_BATCH_BYTES = (256 + 32) * 1000;
 const MAX_DELAY_SECONDS = 24 * 60 * 60;
 const CONTENT_TYPES = ["text", "bytes", "json", "v8"];
 
+/** The content type of a message sent without one: `json` from compatibility date
+ * 2024-03-18 (`queues_json_messages`), `v8` before. */
+const DEFAULT_CONTENT_TYPE = config.queuesJsonMessages ? "json" : "v8";
+
 function contentTypeOf(contentType) {
-  if (contentType === undefined) return "v8";
+  if (contentType === undefined) return DEFAULT_CONTENT_TYPE;
   const lower = StringPrototypeToLowerCase(`${contentType}`);
   if (CONTENT_TYPES.includes(lower)) return lower;
   throw new TypeError(`Unsupported queue message content type: ${contentType}`);
@@ -48,7 +57,7 @@ function bytesOf(view) {
 }
 
 /** The body as bytes of its content type. */
-function serialise(body, contentType) {
+function serialise(body, contentType, operation) {
   switch (contentType) {
     case "text":
       if (typeof body !== "string") {
@@ -64,22 +73,51 @@ function serialise(body, contentType) {
         );
       }
       return bytesOf(body);
-    case "json":
-      return encoder.encode(JSONStringify(body));
+    case "json": {
+      const text = JSONStringify(body);
+      // A function or a symbol has no JSON (wrangler dev fails the send as a 500).
+      if (text === undefined) throw new Error(`Queue ${operation} failed: Internal Server Error`);
+      return encoder.encode(text);
+    }
     default:
-      return core.serialize(body, { forStorage: true });
+      try {
+        return core.serialize(body, { forStorage: true });
+      } catch (error) {
+        // As workerd names a value structured clone cannot take.
+        throw new DOMException(error.message, "DataCloneError");
+      }
   }
+}
+
+/** `{backlogCount, backlogBytes, oldestMessageTimestamp}` with the timestamp as a Date. */
+function metricsOf(backlog) {
+  const metrics = { backlogCount: backlog.backlogCount, backlogBytes: backlog.backlogBytes };
+  if (backlog.oldestMessageTimestamp !== null) {
+    metrics.oldestMessageTimestamp = new Date(backlog.oldestMessageTimestamp);
+  }
+  return metrics;
+}
+
+/** `delaySeconds` as workerd takes it: a 32-bit integer (1.5 is 1, "2" is 2, NaN is 0). */
+function toInt32(value) {
+  const number = Number(value);
+  if (!NumberIsFinite(number)) return 0;
+  if (number > 2147483647 || number < -2147483648) {
+    throw new TypeError(
+      "Value out of range. Must be between -2147483648 and 2147483647 (inclusive).",
+    );
+  }
+  return MathTrunc(number);
 }
 
 function checkDelay(delaySeconds, operation) {
   if (delaySeconds === undefined) return undefined;
-  if (
-    typeof delaySeconds !== "number" || !NumberIsInteger(delaySeconds) || delaySeconds < 0 ||
-    delaySeconds > MAX_DELAY_SECONDS
-  ) {
-    throw new Error(`Queue ${operation} failed: Bad Request`);
+  const delay = toInt32(delaySeconds);
+  if (delay < 0 || delay > MAX_DELAY_SECONDS) {
+    // What wrangler dev answers (its broker's own message cannot reach the status line).
+    throw new Error(`Queue ${operation} failed: Internal Server Error`);
   }
-  return delaySeconds;
+  return delay;
 }
 
 function messageId() {
@@ -99,32 +137,58 @@ class WorkerQueue {
   }
 
   async send(body, options) {
+    if (arguments.length === 0) {
+      throw new TypeError(
+        "Failed to execute 'send' on 'WorkerQueue': parameter 1 is not of type 'JsValue'.",
+      );
+    }
     if (body === undefined) throw new TypeError("Message body cannot be undefined");
     const contentType = contentTypeOf(options?.contentType);
-    const bytes = serialise(body, contentType);
+    const bytes = serialise(body, contentType, "send");
     const delay = checkDelay(options?.delaySeconds, "send");
-    if (TypedArrayPrototypeGetByteLength(bytes) > MAX_MESSAGE_BYTES) {
-      throw new Error("Queue send failed: Payload Too Large");
+    const length = TypedArrayPrototypeGetByteLength(bytes);
+    if (length > MAX_MESSAGE_BYTES) {
+      throw new Error(
+        `Queue send failed: message length of ${length} bytes exceeds limit of ${MAX_MESSAGE_BYTES}`,
+      );
     }
-    await op_dorun_queue_send(this.#queue, [{
+    // workerd takes the bytes of a `bytes` body over: the sender's buffer is detached.
+    if (contentType === "bytes" && !(body.buffer instanceof SharedArrayBuffer)) {
+      body.buffer.transfer();
+    }
+    const backlog = await op_dorun_queue_send(this.#queue, [{
       id: messageId(),
       body: bytes,
       contentType,
       delaySeconds: delay ?? this.#deliveryDelay,
     }], "send");
+    return { metadata: { metrics: metricsOf(backlog) } };
+  }
+
+  async metrics() {
+    return metricsOf(await op_dorun_queue_metrics(this.#queue));
   }
 
   async sendBatch(messages, options) {
+    const notSequence = () =>
+      new TypeError(
+        "Failed to execute 'sendBatch' on 'WorkerQueue': parameter 1 is not of type 'Sequence'.",
+      );
+    if (messages === null || typeof messages !== "object") throw notSequence();
+    if (typeof messages[SymbolIterator] !== "function") throw notSequence();
     const list = [...messages];
     if (list.length === 0) throw new TypeError("sendBatch() requires at least one message");
     const out = [];
     let total = 0;
     let largest = 0;
     for (const message of list) {
-      const body = message?.body;
+      if (message === null || typeof message !== "object") {
+        throw new TypeError("Incorrect type: the provided value is not of type 'MessageSendRequest'.");
+      }
+      const body = message.body;
       if (body === undefined) throw new TypeError("Message body cannot be undefined");
       const contentType = contentTypeOf(message.contentType);
-      const bytes = serialise(body, contentType);
+      const bytes = serialise(body, contentType, "sendBatch");
       const length = TypedArrayPrototypeGetByteLength(bytes);
       total += length;
       largest = MathMax(largest, length);
@@ -136,11 +200,22 @@ class WorkerQueue {
       });
     }
     const delay = checkDelay(options?.delaySeconds, "sendBatch") ?? this.#deliveryDelay;
-    if (out.length > MAX_BATCH_MESSAGES || largest > MAX_MESSAGE_BYTES || total > MAX_BATCH_BYTES) {
-      throw new Error("Queue sendBatch failed: Payload Too Large");
+    const failed = (why) => new Error(`Queue sendBatch failed: ${why}`);
+    if (out.length > MAX_BATCH_MESSAGES) {
+      throw failed(`batch message count of ${out.length} exceeds limit of ${MAX_BATCH_MESSAGES}`);
+    }
+    if (largest > MAX_MESSAGE_BYTES) {
+      throw failed(
+        `message in batch has length ${largest} bytes which exceeds single message size limit of ${MAX_MESSAGE_BYTES}`,
+      );
+    }
+    if (total > MAX_BATCH_BYTES) {
+      // The limit is 288,000 bytes (room for metadata); the message names the documented 256,000.
+      throw failed(`batch size of ${total} bytes exceeds limit of 256000`);
     }
     for (const message of out) message.delaySeconds ??= delay;
-    await op_dorun_queue_send(this.#queue, out, "sendBatch");
+    const backlog = await op_dorun_queue_send(this.#queue, out, "sendBatch");
+    return { metadata: { metrics: metricsOf(backlog) } };
   }
 }
 
@@ -159,22 +234,22 @@ class QueueResult {
   retries = new Map();
 }
 
+/** A retry's `delaySeconds`: an integer as workerd converts it, a negative one taken as 0
+ * (wrangler dev checks no further). */
 function retryDelayOf(options) {
   const delay = options?.delaySeconds;
   if (delay === undefined) return undefined;
-  if (typeof delay !== "number" || !NumberIsInteger(delay) || delay < 0 || delay > MAX_DELAY_SECONDS) {
-    throw new TypeError(`delaySeconds must be an integer from 0 to ${MAX_DELAY_SECONDS}`);
-  }
-  return delay;
+  return MathMax(0, toInt32(delay));
 }
 
 class Message {
   #result;
   constructor(fields, body, result) {
-    this.id = fields.id;
-    this.timestamp = new Date(fields.timestamp);
-    this.body = body;
+    // workerd's order of own keys.
     this.attempts = fields.attempts;
+    this.body = body;
+    this.timestamp = new Date(fields.timestamp);
+    this.id = fields.id;
     this.#result = result;
   }
 
@@ -195,9 +270,9 @@ class Message {
 class MessageBatch {
   #result;
   constructor(queue, messages, metadata, result) {
+    this.metadata = metadata;
     this.queue = queue;
     this.messages = ObjectFreeze(messages);
-    this.metadata = metadata;
     this.#result = result;
   }
 

@@ -144,7 +144,7 @@ pub async fn queue_route(
             let purge = *op == "purge";
             let answer = tokio::task::spawn_blocking(move || {
                 if purge {
-                    let purged = handle.with(|db| db.purge())?;
+                    let purged = handle.purge()?;
                     Ok(json!({ "purged": purged }))
                 } else {
                     let messages = handle.with(|db| db.peek(limit))?;

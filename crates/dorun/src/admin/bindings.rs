@@ -55,7 +55,7 @@ pub async fn reset(admin: &Admin) -> Result<(u64, u64, u64, u64), String> {
         for file in queue_binding::queue_files(&data_dir) {
             let handle = queue_binding::open(&data_dir, &stem(&file), durability)
                 .map_err(|e| e.to_string())?;
-            messages += handle.with(|db| db.purge()).map_err(|e| e.to_string())?;
+            messages += handle.purge().map_err(|e| e.to_string())?;
         }
         Ok((keys, rows, objects, messages))
     })
