@@ -42,3 +42,4 @@ mod streaming;
 mod watch;
 mod web_apis;
 mod websockets;
+mod workflows;

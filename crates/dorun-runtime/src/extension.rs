@@ -18,7 +18,7 @@ use crate::sockets::{ParkedSockets, SocketRegistry};
 use crate::storage::{connection_capacity, idle_connection_capacity, OpenDatabases};
 use crate::{
     admin, assets_binding, cache, d1_binding, events, kv_binding, local_bindings, namespaces,
-    queue_binding, r2_binding, rpc, sockets, storage,
+    queue_binding, r2_binding, rpc, sockets, storage, workflow_binding,
 };
 
 /// What an isolate's ops share besides [`IsolateContext`]; each piece goes into the op
@@ -124,6 +124,14 @@ deno_core::extension!(
         // Queues (queue_binding.rs)
         queue_binding::op_dorun_queue_send,
         queue_binding::op_dorun_queue_metrics,
+        // Workflows (workflow_binding.rs)
+        workflow_binding::op_dorun_workflow_create,
+        workflow_binding::op_dorun_workflow_get,
+        workflow_binding::op_dorun_workflow_transition,
+        workflow_binding::op_dorun_workflow_event,
+        workflow_binding::op_dorun_workflow_step,
+        workflow_binding::op_dorun_workflow_put_step,
+        workflow_binding::op_dorun_workflow_take_event,
         // D1 databases (d1_binding.rs)
         d1_binding::op_dorun_d1_batch,
         d1_binding::op_dorun_d1_exec,
@@ -176,6 +184,7 @@ deno_core::extension!(
         "16_r2.js",
         "17_local_bindings.js",
         "18_queues.js",
+        "19_workflows.js",
         "99_worker.js",
     ],
     options = {
@@ -204,6 +213,10 @@ deno_core::extension!(
             services.objects.durability,
         ));
         state.put(rpc::ServiceLinks(services.graph.spec().services.clone()));
+        state.put(workflow_binding::WorkflowStore {
+            data_dir: services.objects.data_dir.clone(),
+            durability: services.objects.durability,
+        });
         state.put(queue_binding::QueueStore {
             data_dir: services.objects.data_dir.clone(),
             durability: services.objects.durability,

@@ -330,6 +330,11 @@ fn runtime_config_json(spec: &WorkerSpec) -> String {
             .map(|kv| serde_json::json!({"binding": kv.binding, "id": kv.id}))
             .collect::<Vec<_>>(),
         "localBindings": spec.local_bindings,
+        "workflows": spec
+            .workflows
+            .iter()
+            .map(|w| serde_json::json!({"binding": w.binding, "name": w.name}))
+            .collect::<Vec<_>>(),
         "queueProducers": spec
             .queue_producers
             .iter()

@@ -57,6 +57,7 @@ pub mod spec;
 pub mod storage;
 pub mod supervisor;
 mod transpile;
+pub mod workflow_binding;
 
 pub use body::{RequestBody, ResponseBody};
 pub use failure::Failure;

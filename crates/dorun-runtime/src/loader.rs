@@ -210,6 +210,7 @@ impl ModuleGraph {
 
     fn resolve(&self, specifier: &str, referrer: &str) -> Result<Url, String> {
         if specifier == "cloudflare:workers"
+            || specifier == "cloudflare:workflows"
             || specifier == "cloudflare:email"
             || specifier == ENTRY_SPECIFIER
             || specifier == commonjs::RUNTIME_SPECIFIER
@@ -576,6 +577,12 @@ export const waitUntil = m.waitUntil;
 export const exports = m.exports;
 "#;
 
+/// The `cloudflare:workflows` module: `NonRetryableError`.
+const CLOUDFLARE_WORKFLOWS_SOURCE: &str = r#"
+const m = globalThis[Symbol.for("dorun.cloudflare:workflows")];
+export const NonRetryableError = m.NonRetryableError;
+"#;
+
 /// The `cloudflare:email` module: `EmailMessage`, what email handlers and `send_email`
 /// bindings exchange. dorun has no email routing; the class exists so code that imports it
 /// loads.
@@ -628,6 +635,9 @@ impl WorkerModuleLoader {
         match specifier.scheme() {
             "cloudflare" if specifier.as_str() == "cloudflare:workers" => {
                 Ok(javascript(CLOUDFLARE_WORKERS_SOURCE))
+            }
+            "cloudflare" if specifier.as_str() == "cloudflare:workflows" => {
+                Ok(javascript(CLOUDFLARE_WORKFLOWS_SOURCE))
             }
             "cloudflare" if specifier.as_str() == "cloudflare:email" => {
                 Ok(javascript(CLOUDFLARE_EMAIL_SOURCE))
@@ -692,7 +702,7 @@ impl WorkerModuleLoader {
                     .map_err(|e| JsErrorBox::generic(format!("{}{e}", at())))
             }
             _ => Err(JsErrorBox::generic(format!(
-                "{}cannot import \"{specifier}\": only local files, npm packages, node: built-ins, cloudflare:workers and cloudflare:email can be imported",
+                "{}cannot import \"{specifier}\": only local files, npm packages, node: built-ins, cloudflare:workers, cloudflare:workflows and cloudflare:email can be imported",
                 at()
             ))),
         }

@@ -64,6 +64,8 @@ pub struct WorkerSpec {
     pub d1_databases: Vec<crate::d1_binding::D1Binding>,
     /// `kv_namespaces`: `env.<binding>` reaches KV namespace `id`.
     pub kv_namespaces: Vec<crate::kv_binding::KvBinding>,
+    /// `workflows`: `env.<binding>` creates and drives instances of a workflow.
+    pub workflows: Vec<crate::workflow_binding::WorkflowBinding>,
     /// `queues.producers`: `env.<binding>` sends to a queue.
     pub queue_producers: Vec<crate::queue_binding::QueueProducer>,
     /// `services`: service bindings to workers of this process (linked once they start).

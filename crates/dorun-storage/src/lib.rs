@@ -35,6 +35,7 @@ mod kv_namespace;
 mod queue;
 mod r2;
 mod sandbox;
+mod workflow;
 pub use admin::{backup, restore, restore_shared};
 pub use cache::{CacheDatabase, CachedResponse};
 pub use close::Closer;
@@ -51,6 +52,7 @@ pub use sandbox::{
     MAX_BOUND_PARAMETERS, MAX_COLUMNS, MAX_COMPOUND_SELECT, MAX_RESULT_BYTES, MAX_SQL_BYTES,
     MAX_VALUE_BYTES,
 };
+pub use workflow::{WorkflowDatabase, WorkflowInstance, WorkflowStep};
 
 /// How hard a commit tries to be durable before anything it gates is released.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -440,6 +440,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
         let pairs: Vec<_> = workers.configs.iter().zip(&workers.pools).collect();
         let consumers = crate::queues::consumers(&pairs).map_err(|e| anyhow!(e))?;
+        let engines = crate::workflows::engines(&pairs).map_err(|e| anyhow!(e))?;
+        for engine in &engines {
+            tokio::spawn(crate::workflows::run(engine.clone()));
+        }
         let operated = (
             triggers.iter().map(|(_, t)| t.clone()).collect(),
             consumers.clone(),

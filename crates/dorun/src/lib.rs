@@ -20,6 +20,7 @@
 //! - [`cli`]: the `dorun` command line (`serve`, `check`): arguments, logging, signals.
 //! - [`crons`]: cron triggers: `scheduled()` at each pattern's minutes, and on demand.
 //! - [`queues`]: queue consumers: stored messages to `queue()` in batches, and settled.
+//! - [`workflows`]: the Workflows engine: instances run, and resumed after sleeps, events and restarts.
 //! - [`server`]: the HTTP front door (hyper): accepts connections, gives each request its
 //!   absolute URL and `CF-Connecting-IP`, hands it to the Worker pool, logs one line per
 //!   request, and drains in-flight requests on shutdown; [`connections`]: its connection
@@ -48,3 +49,4 @@ pub mod server;
 pub mod watch;
 pub mod websocket;
 pub mod workers;
+pub mod workflows;

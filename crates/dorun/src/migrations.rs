@@ -319,6 +319,7 @@ mod tests {
             services: Vec::new(),
             queue_producers: Vec::new(),
             queue_consumers: Vec::new(),
+            workflows: Vec::new(),
             d1_databases: Vec::new(),
             r2_buckets: Vec::new(),
             migrations,

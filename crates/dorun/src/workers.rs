@@ -533,6 +533,7 @@ fn worker_spec(
         kv_namespaces: config.kv_namespaces.clone(),
         local_bindings: config.local_bindings.clone(),
         queue_producers: config.queue_producers.clone(),
+        workflows: config.workflows.clone(),
         services: config
             .services
             .iter()

@@ -52,6 +52,7 @@ import { createD1Database } from "ext:dorun/15_d1.js";
 import { createR2Bucket } from "ext:dorun/16_r2.js";
 import { createLocalBinding } from "ext:dorun/17_local_bindings.js";
 import { createQueue, decodeBatch, outcomeOf } from "ext:dorun/18_queues.js";
+import { createWorkflow, runWorkflow, workflowsModule } from "ext:dorun/19_workflows.js";
 import "ext:dorun/12_cache.js";
 import { handleAdminEvent } from "ext:dorun/13_admin.js";
 
@@ -118,6 +119,8 @@ for (const { binding, id } of config.kvNamespaces) env[binding] = createKvNamesp
 for (const { binding, name } of config.d1Databases) env[binding] = createD1Database(name);
 for (const { binding, bucket } of config.r2Buckets) env[binding] = createR2Bucket(bucket);
 for (const item of config.localBindings) env[item.binding] = createLocalBinding(item);
+for (const { binding, name } of config.workflows) env[binding] = createWorkflow(name);
+globalThis[SymbolFor("dorun.cloudflare:workflows")] = workflowsModule;
 for (const { binding, queue, deliveryDelay } of config.queueProducers) {
   env[binding] = createQueue(queue, deliveryDelay);
 }
@@ -186,6 +189,9 @@ function internalEventOf(head) {
   let kind = null;
   let cron = "";
   let scheduledTime = null;
+  let workflow = null;
+  let className = null;
+  let instance = null;
   for (const { 0: name, 1: value } of head.headers) {
     if (name === "x-dorun-scheduled") {
       token = value;
@@ -193,11 +199,18 @@ function internalEventOf(head) {
     } else if (name === "x-dorun-queue") {
       token = value;
       kind = "queue";
-    } else if (name === "x-dorun-cron") cron = value;
+    } else if (name === "x-dorun-workflow") {
+      token = value;
+      kind = "workflow";
+    } else if (name === "x-dorun-workflow-name") workflow = value;
+    else if (name === "x-dorun-workflow-class") className = value;
+    else if (name === "x-dorun-workflow-instance") instance = value;
+    else if (name === "x-dorun-cron") cron = value;
     else if (name === "x-dorun-scheduled-time") scheduledTime = Number(value);
   }
   if (token === null || token !== config.fetchDepthToken) return null;
   if (kind === "queue") return { kind };
+  if (kind === "workflow") return { kind, workflow, className, instance };
   return { kind, cron, scheduledTime: scheduledTime ?? Date.now() };
 }
 
@@ -301,6 +314,25 @@ async function handleQueue(handler, incoming) {
       headers: { "content-type": "application/json" },
     }),
   );
+}
+
+// --- workflows: a run of an instance ---------------------------------------------------------
+
+/** Runs a Workflow instance (workflows.rs asks); answers with how the run ended. */
+async function handleWorkflow(worker, incoming, event) {
+  try {
+    const ended = await runWorkflow(
+      worker,
+      event.workflow,
+      event.className,
+      event.instance,
+      () => new ExecutionContext(),
+    );
+    sendResponse(incoming.id, new Response(ended));
+  } catch (error) {
+    console.error(error);
+    sendResponse(incoming.id, new Response(`${error?.stack ?? error}`, { status: 500 }));
+  }
 }
 
 // --- JS RPC through service bindings ---------------------------------------------------------
@@ -436,6 +468,7 @@ async function serve(worker) {
         const event = internalEventOf(incoming.request);
         if (event === null) handleHttp(handler, incoming);
         else if (event.kind === "queue") handleQueue(queue, incoming);
+        else if (event.kind === "workflow") handleWorkflow(worker, incoming, event);
         else handleScheduled(scheduled, incoming, event);
         break;
       }

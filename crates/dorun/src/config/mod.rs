@@ -73,7 +73,6 @@ const DEPLOY_ONLY_KEYS: &[&str] = &[
 
 /// Binding kinds Cloudflare offers that dorun does not serve.
 const UNSUPPORTED_BINDING_KEYS: &[&str] = &[
-    "workflows",
     "wasm_modules",
     "text_blobs",
     "data_blobs",
@@ -167,6 +166,8 @@ pub struct WorkerConfig {
     pub local_bindings: Vec<Value>,
     /// `services`: service bindings.
     pub services: Vec<ServiceBinding>,
+    /// `workflows`: `env.<binding>` drives instances of a workflow.
+    pub workflows: Vec<dorun_runtime::workflow_binding::WorkflowBinding>,
     /// `queues.producers`: `env.<binding>` sends to a queue.
     pub queue_producers: Vec<QueueProducer>,
     /// `queues.consumers`: the queues whose messages this worker's `queue()` receives.
@@ -484,6 +485,7 @@ impl Reader {
         let crons = self.read_crons(&effective);
         let services = self.read_services(&effective);
         let (queue_producers, queue_consumers) = self.read_queues(&effective);
+        let workflows = self.read_workflows(&effective);
         for producer in &queue_producers {
             if durable_objects.iter().any(|o| o.name == producer.binding)
                 || kv_namespaces
@@ -570,6 +572,7 @@ impl Reader {
             services,
             queue_producers,
             queue_consumers,
+            workflows,
             crons,
             migrations,
             exports,
@@ -622,6 +625,7 @@ impl Reader {
             "triggers",
             "services",
             "queues",
+            "workflows",
             "analytics_engine_datasets",
         ];
         for key in table.keys() {
@@ -902,6 +906,46 @@ impl Reader {
             bindings.push(dorun_runtime::kv_binding::KvBinding { binding, id });
         }
         bindings
+    }
+
+    /// `workflows = [{ binding, name, class_name, script_name }]`.
+    fn read_workflows(
+        &mut self,
+        table: &Map<String, Value>,
+    ) -> Vec<dorun_runtime::workflow_binding::WorkflowBinding> {
+        let mut out = Vec::new();
+        let known = [
+            "binding",
+            "name",
+            "class_name",
+            "script_name",
+            "remote",
+            "experimental_remote",
+            "limits",
+        ];
+        for (at, binding, entry) in self.binding_entries(table, "workflows", &known) {
+            let mut text = |key: &str, needed: bool| match entry.get(key) {
+                Some(Value::String(value)) if !value.is_empty() => Some(value.clone()),
+                None if !needed => None,
+                _ => {
+                    self.problems
+                        .push(format!("{at}.{key} must be a non-empty string"));
+                    None
+                }
+            };
+            let (Some(name), Some(class_name)) = (text("name", true), text("class_name", true))
+            else {
+                continue;
+            };
+            let script_name = text("script_name", false);
+            out.push(dorun_runtime::workflow_binding::WorkflowBinding {
+                binding,
+                name,
+                class_name,
+                script_name,
+            });
+        }
+        out
     }
 
     /// The entries of a binding list (`<key> = [{ binding, ... }]`): each with its place in

@@ -48,18 +48,18 @@ fn unsupported_binding_is_an_error_naming_the_key_unless_allowed() {
     let path = write(
         &dir,
         "wrangler.json",
-        r#"{ "main": "index.js", "workflows": [{"binding": "JOBS", "name": "x", "class_name": "X"}] }"#,
+        r#"{ "main": "index.js", "containers": [{"class_name": "X", "image": "./Dockerfile"}] }"#,
     );
     let error = load(&path, &LoadOptions::default()).unwrap_err();
     let text = error.to_string();
-    assert!(text.contains("workflows"), "{text}");
+    assert!(text.contains("containers"), "{text}");
     assert!(text.contains("wrangler.json"), "{text}");
     let options = LoadOptions {
         unsupported_bindings: UnsupportedBindings::Warn,
         ..Default::default()
     };
     let config = load(&path, &options).unwrap();
-    assert!(config.warnings.iter().any(|w| w.contains("workflows")));
+    assert!(config.warnings.iter().any(|w| w.contains("containers")));
 }
 
 #[test]
@@ -203,7 +203,7 @@ fn all_problems_are_reported_together() {
     let path = write(
         &dir,
         "wrangler.toml",
-        "main = \"missing.js\"\ncompatibility_date = \"soon\"\n[[workflows]]\nbinding = \"Q\"\nname = \"q\"\nclass_name = \"Q\"\n",
+        "main = \"missing.js\"\ncompatibility_date = \"soon\"\n[[containers]]\nclass_name = \"Q\"\nimage = \"./Dockerfile\"\n",
     );
     let error = load(&path, &LoadOptions::default()).unwrap_err();
     assert_eq!(error.problems.len(), 3, "{error}");

@@ -1,0 +1,259 @@
+//! Workflows (tests/fixtures/workflows): an instance runs its steps (retries with backoff,
+//! a sleep that resumes on time, an event it waits for) to its output; pause, resume,
+//! terminate and restart; a NonRetryableError ends it as errored; a run survives kill -9 in
+//! the middle of a sleep without running a finished step again.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::harness::{fixture, scratch_dir, Server};
+
+fn app() -> std::path::PathBuf {
+    fixture("workflows").join("wrangler.toml")
+}
+
+/// The instance's status once `done` accepts it (up to `within`).
+async fn status_when(
+    server: &Server,
+    id: &str,
+    within: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let status = server.get(&format!("/status?id={id}")).await.json();
+        if done(&status) || Instant::now() > deadline {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn log(server: &Server, id: &str) -> Vec<(String, i64)> {
+    server
+        .get(&format!("/log?id={id}"))
+        .await
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["what"].as_str().unwrap().to_string(),
+                e["at"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn whats(log: &[(String, i64)]) -> Vec<&str> {
+    log.iter().map(|(w, _)| w.as_str()).collect()
+}
+
+#[tokio::test]
+async fn an_instance_runs_its_steps_sleeps_retries_and_completes() {
+    let server = Server::start(&app(), &["--ephemeral"]);
+    let created = server.get("/create?id=first-run&n=21").await.json();
+    assert_eq!(created, json!({"id": "first-run"}));
+    let waiting = status_when(&server, "first-run", Duration::from_secs(5), |s| {
+        s["status"] == "waiting"
+    })
+    .await;
+    assert_eq!(
+        waiting,
+        json!({"status": "waiting", "output": null}),
+        "{}",
+        server.logs()
+    );
+    let done = status_when(&server, "first-run", Duration::from_secs(10), |s| {
+        s["status"] == "complete"
+    })
+    .await;
+    assert_eq!(
+        done,
+        json!({"status": "complete", "output": {"doubled": 42, "attempt": 3, "approval": null, "at": true}}),
+        "{}",
+        server.logs()
+    );
+    let log = log(&server, "first-run").await;
+    assert_eq!(
+        whats(&log),
+        ["first", "woke", "flaky 1", "flaky 2", "flaky 3"]
+    );
+    // step.sleep("1 second") resumed within 50 ms of its time.
+    let slept = log[1].1 - log[0].1;
+    assert!((1000..1050).contains(&slept), "slept {slept} ms");
+    // Retries 20 ms apart (constant backoff).
+    assert!(
+        log[3].1 - log[2].1 >= 20 && log[4].1 - log[3].1 >= 20,
+        "{log:?}"
+    );
+
+    // Ids are unique; an unknown one is not found; createBatch makes several.
+    let again = server.get("/create?id=first-run").await;
+    assert_eq!(again.status, 400);
+    assert!(
+        again.text().contains("instance.already_exists"),
+        "{}",
+        again.text()
+    );
+    let missing = server.get("/status?id=nobody").await;
+    assert_eq!(missing.json()["error"], "Error: instance.not_found");
+    let bad = server.get("/create?id=no%20spaces").await;
+    assert_eq!(
+        bad.json()["error"],
+        "Error: Workflow instance has invalid id"
+    );
+    let batch = server.get("/batch?id=many").await.json();
+    assert_eq!(batch, json!(["many-a", "many-b"]));
+    let b = status_when(&server, "many-b", Duration::from_secs(10), |s| {
+        s["status"] == "complete"
+    })
+    .await;
+    assert_eq!(b["output"]["doubled"], 4);
+}
+
+#[tokio::test]
+async fn wait_for_event_pause_resume_terminate_restart_and_errors() {
+    let server = Server::start(&app(), &["--ephemeral"]);
+    // waitForEvent: waits until the event is sent, then goes on with its payload.
+    server.get("/create?id=approve-me&wait=1&sleep=10+ms").await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !whats(&log(&server, "approve-me").await).contains(&"flaky 3")
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = status_when(&server, "approve-me", Duration::from_secs(5), |s| {
+        s["status"] == "waiting"
+    })
+    .await;
+    assert_eq!(status["status"], "waiting");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        server.get("/status?id=approve-me").await.json()["status"],
+        "waiting",
+        "it waits for the event"
+    );
+    assert_eq!(
+        server.get("/event?id=approve-me&by=ops").await.json(),
+        "sent"
+    );
+    let done = status_when(&server, "approve-me", Duration::from_secs(5), |s| {
+        s["status"] == "complete"
+    })
+    .await;
+    assert_eq!(
+        done["output"]["approval"],
+        json!({"by": "ops"}),
+        "{}",
+        server.logs()
+    );
+
+    // A NonRetryableError is not retried, and the instance ends as errored.
+    server.get("/create?id=doomed&fail=1&sleep=10+ms").await;
+    let errored = status_when(&server, "doomed", Duration::from_secs(5), |s| {
+        s["status"] == "errored"
+    })
+    .await;
+    assert_eq!(
+        errored,
+        json!({"status": "errored", "output": null, "error": {"name": "NonRetryableError", "message": "no way"}})
+    );
+    assert_eq!(
+        whats(&log(&server, "doomed").await)
+            .iter()
+            .filter(|w| **w == "fatal")
+            .count(),
+        1
+    );
+
+    // Paused in its sleep, it stays paused past the sleep's end; resumed, it completes.
+    server.get("/create?id=pausable&sleep=1+second").await;
+    status_when(&server, "pausable", Duration::from_secs(5), |s| {
+        s["status"] == "waiting"
+    })
+    .await;
+    assert_eq!(server.get("/pause?id=pausable").await.json(), "done");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        server.get("/status?id=pausable").await.json()["status"],
+        "paused"
+    );
+    assert_eq!(whats(&log(&server, "pausable").await), ["first"]);
+    server.get("/resume?id=pausable").await;
+    let done = status_when(&server, "pausable", Duration::from_secs(5), |s| {
+        s["status"] == "complete"
+    })
+    .await;
+    assert_eq!(done["output"]["doubled"], 4);
+    // "first" ran once: the resumed run replayed it.
+    assert_eq!(
+        whats(&log(&server, "pausable").await),
+        ["first", "woke", "flaky 1", "flaky 2", "flaky 3"]
+    );
+
+    // Terminated in its sleep, it never goes on.
+    server.get("/create?id=stopped&sleep=1+second").await;
+    status_when(&server, "stopped", Duration::from_secs(5), |s| {
+        s["status"] == "waiting"
+    })
+    .await;
+    server.get("/terminate?id=stopped").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        server.get("/status?id=stopped").await.json()["status"],
+        "terminated"
+    );
+    assert_eq!(whats(&log(&server, "stopped").await), ["first"]);
+
+    // Restarted, it runs from the start: its steps run again.
+    server.get("/restart?id=stopped").await;
+    status_when(&server, "stopped", Duration::from_secs(5), |s| {
+        s["status"] == "complete"
+    })
+    .await;
+    assert_eq!(
+        whats(&log(&server, "stopped").await),
+        ["first", "first", "woke", "flaky 1", "flaky 2", "flaky 3"]
+    );
+}
+
+#[tokio::test]
+async fn a_run_survives_kill_9_in_the_middle_of_a_sleep() {
+    let data = scratch_dir("workflows-kill9");
+    let args = ["--data-dir", data.to_str().unwrap()];
+    let mut server = Server::start(&app(), &args);
+    server.get("/create?id=sturdy&n=5&sleep=2+seconds").await;
+    let waiting = status_when(&server, "sturdy", Duration::from_secs(5), |s| {
+        s["status"] == "waiting"
+    })
+    .await;
+    assert_eq!(waiting["status"], "waiting");
+    server.kill9();
+    let server = Server::start(&app(), &args);
+    let done = status_when(&server, "sturdy", Duration::from_secs(10), |s| {
+        s["status"] == "complete"
+    })
+    .await;
+    assert_eq!(done["output"]["doubled"], 10, "{}", server.logs());
+    let log = log(&server, "sturdy").await;
+    // The finished step was not run again, and the sleep kept its end across the restart.
+    assert_eq!(
+        whats(&log),
+        ["first", "woke", "flaky 1", "flaky 2", "flaky 3"]
+    );
+    let slept = log[1].1 - log[0].1;
+    assert!((2000..3000).contains(&slept), "slept {slept} ms");
+    // The workflow's file is SQLite a person can open.
+    let db = rusqlite::Connection::open(data.join("workflows").join("flow.sqlite")).unwrap();
+    let steps: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM steps WHERE instance = 'sturdy'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(steps, 3, "first, nap, flaky");
+}
