@@ -257,3 +257,64 @@ async fn a_run_survives_kill_9_in_the_middle_of_a_sleep() {
         .unwrap();
     assert_eq!(steps, 3, "first, nap, flaky");
 }
+
+#[tokio::test]
+async fn the_admin_listener_and_inspect_show_instances_and_their_steps() {
+    let server = Server::start(&app(), &["--ephemeral", "--admin-port", "0"]);
+    let admin = crate::admin::AdminClient::of(&server, None);
+    server.get("/create?id=seen&sleep=10+ms").await;
+    server.get("/create?id=doomed&fail=1&sleep=10+ms").await;
+    status_when(&server, "seen", Duration::from_secs(5), |s| {
+        s["status"] == "complete"
+    })
+    .await;
+    status_when(&server, "doomed", Duration::from_secs(5), |s| {
+        s["status"] == "errored"
+    })
+    .await;
+    let list = admin.ok("GET", "/api/workflows", None).await;
+    assert_eq!(list[0]["name"], "flow", "{list}");
+    assert_eq!(list[0]["worker"], "workflows");
+    assert_eq!(list[0]["instances"], json!({"complete": 1, "errored": 1}));
+    let one = admin
+        .ok("GET", "/api/workflows/flow/instances/doomed", None)
+        .await;
+    assert_eq!(one["status"], "errored");
+    assert_eq!(one["error"]["name"], "NonRetryableError");
+    let keys: Vec<&str> = one["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        keys,
+        ["do:first#1", "sleep:nap#1", "do:flaky#1", "do:fatal#1"]
+    );
+    assert_eq!(one["steps"][2]["attempts"], 3);
+
+    let base = admin.base.clone();
+    let (ok, out, err) =
+        crate::harness::run_dorun(&["inspect", "--admin", &base, "workflows", "flow"], None);
+    assert!(
+        ok && out.contains("seen") && out.contains("NonRetryableError: no way"),
+        "{out}{err}"
+    );
+    let (ok, out, err) = crate::harness::run_dorun(
+        &["inspect", "--admin", &base, "workflows", "flow", "doomed"],
+        None,
+    );
+    assert!(
+        ok && out.contains("do:flaky#1") && out.contains("no way"),
+        "{out}{err}"
+    );
+    let metrics = String::from_utf8_lossy(&admin.raw("GET", "/metrics", None).await.1).into_owned();
+    assert!(
+        metrics.contains("dorun_workflow_instances{workflow=\"flow\",status=\"errored\"} 1"),
+        "{metrics}"
+    );
+    // A reset forgets the instances.
+    admin.ok("POST", "/api/reset", None).await;
+    let list = admin.ok("GET", "/api/workflows", None).await;
+    assert_eq!(list[0]["instances"], json!({}));
+}

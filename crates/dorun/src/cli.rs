@@ -447,6 +447,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let operated = (
             triggers.iter().map(|(_, t)| t.clone()).collect(),
             consumers.clone(),
+            engines.clone(),
         );
         let admin = start_admin(&args, &workers, &data_dir, stopped, operated).await?;
         if let Some(address) = args.inspect {
@@ -528,9 +529,10 @@ async fn start_admin(
     workers: &Workers,
     data_dir: &std::path::Path,
     mut stopped: tokio::sync::watch::Receiver<bool>,
-    (triggers, consumers): (
+    (triggers, consumers, engines): (
         Vec<std::sync::Arc<crate::crons::Trigger>>,
         Vec<std::sync::Arc<crate::queues::Consumer>>,
+        Vec<std::sync::Arc<crate::workflows::Engine>>,
     ),
 ) -> anyhow::Result<Option<std::sync::Arc<crate::admin::Admin>>> {
     let Some(port) = args.admin_port else {
@@ -565,6 +567,7 @@ async fn start_admin(
         trust: crate::admin::guard::Trust::new(&args.admin_allow_host),
         triggers,
         consumers,
+        engines,
     });
     // What an earlier run's reset left to delete.
     let trash = data_dir.join(".trash");

@@ -103,6 +103,12 @@ pub enum Inspect {
     QueuePurge { name: String },
     /// Cron triggers: next run and last run.
     Crons,
+    /// Workflows and their instances by status; with a name, its newest instances; with an
+    /// instance id too, that instance's steps.
+    Workflows {
+        name: Option<String>,
+        instance: Option<String>,
+    },
 }
 
 /// A path segment or key, percent-encoded for a URL path (slashes in keys kept).
@@ -405,6 +411,102 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
                 })
                 .collect();
             let table = render(&["WORKER", "CRON", "NEXT", "LAST RUN", "OUTCOME"], rows);
+            (value, table)
+        }
+        Inspect::Workflows {
+            name: None,
+            instance: _,
+        } => {
+            let value = admin.json("GET", "/api/workflows", Default::default())?;
+            let rows = value
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|w| {
+                    let counts = w["instances"]
+                        .as_object()
+                        .map(|m| {
+                            m.iter()
+                                .map(|(k, v)| format!("{k} {v}"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        })
+                        .unwrap_or_default();
+                    vec![
+                        cell(&w["name"]),
+                        w["worker"].as_str().unwrap_or("(not served)").to_string(),
+                        counts,
+                        w["runsInProgress"].to_string(),
+                    ]
+                })
+                .collect();
+            let table = render(&["WORKFLOW", "WORKER", "INSTANCES", "RUNNING NOW"], rows);
+            (value, table)
+        }
+        Inspect::Workflows {
+            name: Some(name),
+            instance: None,
+        } => {
+            let path = format!("/api/workflows/{}/instances", segment(name));
+            let value = admin.json("GET", &path, Default::default())?;
+            let rows = value
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|i| {
+                    vec![
+                        cell(&i["id"]),
+                        cell(&i["status"]),
+                        i["created"].as_i64().map(when).unwrap_or_default(),
+                        i["updated"].as_i64().map(when).unwrap_or_default(),
+                        if i["error"].is_null() {
+                            String::new()
+                        } else {
+                            format!(
+                                "{}: {}",
+                                cell(&i["error"]["name"]),
+                                cell(&i["error"]["message"])
+                            )
+                        },
+                    ]
+                })
+                .collect();
+            let table = render(&["INSTANCE", "STATUS", "CREATED", "UPDATED", "ERROR"], rows);
+            (value, table)
+        }
+        Inspect::Workflows {
+            name: Some(name),
+            instance: Some(instance),
+        } => {
+            let path = format!(
+                "/api/workflows/{}/instances/{}",
+                segment(name),
+                segment(instance)
+            );
+            let value = admin.json("GET", &path, Default::default())?;
+            let rows = value["steps"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| {
+                    vec![
+                        cell(&s["key"]),
+                        s["attempts"].to_string(),
+                        if s["done"] == true { "done" } else { "" }.to_string(),
+                        s["until"].as_i64().map(when).unwrap_or_default(),
+                        if s["error"].is_null() {
+                            String::new()
+                        } else {
+                            cell(&s["error"]["message"])
+                        },
+                    ]
+                })
+                .collect();
+            let mut table = format!("{} {}\n", cell(&value["id"]), cell(&value["status"]));
+            table.push_str(&render(
+                &["STEP", "ATTEMPTS", "DONE", "UNTIL", "ERROR"],
+                rows,
+            ));
             (value, table)
         }
         Inspect::KvGet { .. }

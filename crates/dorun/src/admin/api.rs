@@ -21,6 +21,7 @@
 //! | `GET`/`DELETE /api/r2/{bucket}/objects/{key}` | download or delete one object |
 //! | `GET /api/queues`, `GET /api/queues/{name}/messages`, `POST /api/queues/{name}/purge` | queues (`arrivals.rs`) |
 //! | `GET /api/crons` | cron triggers: next run, last run |
+//! | `GET /api/workflows`, `GET /api/workflows/{name}/instances[/{id}]` | workflows, instances, steps |
 //! | `POST /api/reset` | every object, alarm and socket gone; KV keys, D1 rows, R2 objects and queued messages too |
 
 use std::collections::HashMap;
@@ -77,6 +78,9 @@ pub async fn route(admin: &Admin, parts: &http::request::Parts, body: Bytes) -> 
             super::arrivals::queue_route(admin, method, rest, parts).await
         }
         ["api", "crons"] if get => json(200, &super::arrivals::crons_json(admin)),
+        ["api", "workflows", rest @ ..] => {
+            super::arrivals::workflow_route(admin, method, rest, parts).await
+        }
         ["api", "objects", ns, id, rest @ ..] => {
             let Some(ns) = namespace(admin, ns) else {
                 return unknown_namespace(ns);

@@ -1,6 +1,6 @@
 //! The admin API's view of the work that arrives without a request: queues (what each
-//! holds, its consumer's state, a peek at its messages, purge) and cron triggers (next run,
-//! last result). Queue files are read through the process-wide handles the Workers use.
+//! holds, its consumer's state, a peek at its messages, purge), cron triggers (next run,
+//! last result) and workflow instances (status, step history). Queue files are read through the process-wide handles the Workers use.
 //!
 //! | route | what |
 //! | --- | --- |
@@ -8,6 +8,9 @@
 //! | `GET /api/queues/{name}/messages?limit=` | its oldest messages (text and JSON bodies shown) |
 //! | `POST /api/queues/{name}/purge` | deletes every stored message |
 //! | `GET /api/crons` | each trigger: worker, pattern, next run, last run |
+//! | `GET /api/workflows` | each workflow: instances by status, runs in progress |
+//! | `GET /api/workflows/{name}/instances?limit=` | its newest instances |
+//! | `GET /api/workflows/{name}/instances/{id}` | one instance and its steps |
 
 use std::sync::Arc;
 
@@ -183,6 +186,167 @@ pub fn crons_json(admin: &Admin) -> Value {
     )
 }
 
+fn durability(admin: &Admin) -> dorun_storage::Durability {
+    admin
+        .pools
+        .first()
+        .map(|pool| pool.spec().objects.durability)
+        .unwrap_or_default()
+}
+
+/// The workflows with a file under the data directory, by name, with their handles.
+fn workflows(
+    admin: &Admin,
+) -> Vec<(
+    String,
+    Result<Arc<dorun_runtime::workflow_binding::WorkflowHandle>, String>,
+)> {
+    let durability = durability(admin);
+    dorun_runtime::workflow_binding::workflow_files(&admin.data_dir)
+        .into_iter()
+        .map(|file| {
+            let name = super::bindings::stem(&file);
+            let handle = dorun_runtime::workflow_binding::open(&admin.data_dir, &name, durability)
+                .map_err(|e| e.to_string());
+            (name, handle)
+        })
+        .collect()
+}
+
+fn error_json(error: &Option<String>) -> Value {
+    error
+        .as_deref()
+        .and_then(|e| serde_json::from_str(e).ok())
+        .unwrap_or(Value::Null)
+}
+
+fn instance_json(instance: &dorun_storage::WorkflowInstance) -> Value {
+    json!({
+        "id": instance.id,
+        "status": instance.status,
+        "created": instance.created,
+        "updated": instance.updated,
+        "wakeAt": instance.wake_at,
+        "error": error_json(&instance.error),
+    })
+}
+
+/// Every workflow's instances by status and its engine, as `GET /api/workflows` answers.
+pub async fn workflows_json(admin: &Admin) -> Result<Value, String> {
+    let mut list = Vec::new();
+    for (name, handle) in workflows(admin) {
+        let handle = handle?;
+        let counts = tokio::task::spawn_blocking(move || handle.with(|db| db.counts()))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let engine = admin.engines.iter().find(|e| e.name == name);
+        let by_status: serde_json::Map<String, Value> =
+            counts.into_iter().map(|(s, n)| (s, json!(n))).collect();
+        list.push(json!({
+            "name": name,
+            "instances": by_status,
+            "worker": engine.map(|e| e.worker.clone()),
+            "className": engine.map(|e| e.class_name.clone()),
+            "runsInProgress": engine.map_or(0, |e| e.running()),
+        }));
+    }
+    Ok(Value::Array(list))
+}
+
+pub async fn workflow_route(
+    admin: &Admin,
+    method: &http::Method,
+    rest: &[&str],
+    parts: &http::request::Parts,
+) -> AdminResponse {
+    if method != http::Method::GET {
+        return error(405, "GET only");
+    }
+    let find = |name: &str| {
+        workflows(admin)
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, h)| h)
+    };
+    let answer: Result<Value, String> = match rest {
+        [] => workflows_json(admin).await,
+        [name, "instances"] => {
+            let name = super::bindings::percent_decode(name);
+            let Some(handle) = find(&name) else {
+                return error(404, format!("no workflow '{name}'"));
+            };
+            let handle = match handle {
+                Ok(handle) => handle,
+                Err(message) => return error(500, message),
+            };
+            let limit = super::api::query_params(parts)
+                .get("limit")
+                .and_then(|l| l.parse::<usize>().ok())
+                .unwrap_or(100)
+                .min(1000);
+            tokio::task::spawn_blocking(move || handle.with(|db| db.list(limit)))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()))
+                .map(|list| Value::Array(list.iter().map(instance_json).collect()))
+        }
+        [name, "instances", id] => {
+            let (name, id) = (
+                super::bindings::percent_decode(name),
+                super::bindings::percent_decode(id),
+            );
+            let Some(handle) = find(&name) else {
+                return error(404, format!("no workflow '{name}'"));
+            };
+            let handle = match handle {
+                Ok(handle) => handle,
+                Err(message) => return error(500, message),
+            };
+            let found = tokio::task::spawn_blocking(move || {
+                handle.with(|db| {
+                    Ok::<_, dorun_storage::StorageError>((db.instance(&id)?, db.steps(&id)?))
+                })
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+            match found {
+                Ok((Some(instance), steps)) => {
+                    let mut value = instance_json(&instance);
+                    value["steps"] = Value::Array(
+                        steps
+                            .iter()
+                            .map(|s| {
+                                json!({
+                                    "key": s.key,
+                                    "attempts": s.attempts,
+                                    "done": s.done,
+                                    "until": s.until,
+                                    "error": error_json(&s.error),
+                                })
+                            })
+                            .collect(),
+                    );
+                    Ok(value)
+                }
+                Ok((None, _)) => return error(404, "no such instance"),
+                Err(message) => Err(message),
+            }
+        }
+        _ => {
+            return error(
+                404,
+                format!("no admin route {method} /api/workflows/{}", rest.join("/")),
+            )
+        }
+    };
+    match answer {
+        Ok(value) => json(200, &value),
+        Err(message) => error(500, message),
+    }
+}
+
 /// Sets the queue gauges for `/metrics`: depth, ready and in flight, by queue.
 pub async fn sample(admin: &Admin) {
     for (name, handle) in queues(admin) {
@@ -199,5 +363,26 @@ pub async fn sample(admin: &Admin) {
             .find(|c| c.settings.queue == name)
             .map_or(0, |c| c.in_flight());
         metrics::gauge!("dorun_queue_in_flight", &labels).set(in_flight as f64);
+    }
+    for (name, handle) in workflows(admin) {
+        let Ok(handle) = handle else { continue };
+        let counts = tokio::task::spawn_blocking(move || handle.with(|db| db.counts())).await;
+        let Ok(Ok(counts)) = counts else { continue };
+        for status in [
+            "queued",
+            "running",
+            "waiting",
+            "paused",
+            "complete",
+            "errored",
+            "terminated",
+        ] {
+            let n = counts
+                .iter()
+                .find(|(s, _)| s == status)
+                .map_or(0, |(_, n)| *n);
+            let labels = [("workflow", name.clone()), ("status", status.to_string())];
+            metrics::gauge!("dorun_workflow_instances", &labels).set(n as f64);
+        }
     }
 }

@@ -43,8 +43,8 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| format!("internal error: {e}"))?
 }
 
-/// Clears every KV key, every D1 row, every R2 object and every queued message; (keys,
-/// rows, objects, messages) deleted.
+/// Clears every KV key, every D1 row, every R2 object, every queued message and every
+/// workflow instance; (keys, rows, objects, messages) deleted.
 pub async fn reset(admin: &Admin) -> Result<(u64, u64, u64, u64), String> {
     let (data_dir, durability) = (admin.data_dir.clone(), durability(admin));
     blocking(move || {
@@ -56,6 +56,11 @@ pub async fn reset(admin: &Admin) -> Result<(u64, u64, u64, u64), String> {
             let handle = queue_binding::open(&data_dir, &stem(&file), durability)
                 .map_err(|e| e.to_string())?;
             messages += handle.purge().map_err(|e| e.to_string())?;
+        }
+        for file in dorun_runtime::workflow_binding::workflow_files(&data_dir) {
+            let handle = dorun_runtime::workflow_binding::open(&data_dir, &stem(&file), durability)
+                .map_err(|e| e.to_string())?;
+            handle.with(|db| db.clear()).map_err(|e| e.to_string())?;
         }
         Ok((keys, rows, objects, messages))
     })

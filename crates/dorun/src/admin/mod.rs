@@ -48,6 +48,7 @@ pub struct Admin {
     /// Cron triggers and queue consumers, for their views.
     pub triggers: Vec<Arc<crate::crons::Trigger>>,
     pub consumers: Vec<Arc<crate::queues::Consumer>>,
+    pub engines: Vec<Arc<crate::workflows::Engine>>,
 }
 
 /// The largest request body the admin listener reads (an imported object file).
