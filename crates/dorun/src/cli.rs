@@ -444,11 +444,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         for engine in &engines {
             tokio::spawn(crate::workflows::run(engine.clone()));
         }
-        let operated = (
-            triggers.iter().map(|(_, t)| t.clone()).collect(),
-            consumers.clone(),
-            engines.clone(),
-        );
+        let operated = crate::admin::Arrivals {
+            triggers: triggers.iter().map(|(_, t)| t.clone()).collect(),
+            consumers: consumers.clone(),
+            engines: engines.clone(),
+        };
         let admin = start_admin(&args, &workers, &data_dir, stopped, operated).await?;
         if let Some(address) = args.inspect {
             crate::devtools::start(address).await?;
@@ -529,11 +529,7 @@ async fn start_admin(
     workers: &Workers,
     data_dir: &std::path::Path,
     mut stopped: tokio::sync::watch::Receiver<bool>,
-    (triggers, consumers, engines): (
-        Vec<std::sync::Arc<crate::crons::Trigger>>,
-        Vec<std::sync::Arc<crate::queues::Consumer>>,
-        Vec<std::sync::Arc<crate::workflows::Engine>>,
-    ),
+    arrivals: crate::admin::Arrivals,
 ) -> anyhow::Result<Option<std::sync::Arc<crate::admin::Admin>>> {
     let Some(port) = args.admin_port else {
         return Ok(None);
@@ -565,9 +561,9 @@ async fn start_admin(
         sockets,
         ready: std::sync::atomic::AtomicBool::new(true),
         trust: crate::admin::guard::Trust::new(&args.admin_allow_host),
-        triggers,
-        consumers,
-        engines,
+        triggers: arrivals.triggers,
+        consumers: arrivals.consumers,
+        engines: arrivals.engines,
     });
     // What an earlier run's reset left to delete.
     let trash = data_dir.join(".trash");

@@ -51,6 +51,15 @@ pub struct Admin {
     pub engines: Vec<Arc<crate::workflows::Engine>>,
 }
 
+/// What runs without a request, for the admin listener's views: cron triggers, queue
+/// consumers and workflow engines.
+#[derive(Default)]
+pub struct Arrivals {
+    pub triggers: Vec<Arc<crate::crons::Trigger>>,
+    pub consumers: Vec<Arc<crate::queues::Consumer>>,
+    pub engines: Vec<Arc<crate::workflows::Engine>>,
+}
+
 /// The largest request body the admin listener reads (an imported object file).
 const MAX_BODY: usize = 1 << 30;
 
