@@ -447,3 +447,37 @@ async fn guestbook_example_uses_d1_kv_r2_and_an_object() {
     );
     assert_eq!(server.get("/avatar/ada").await.status, 404);
 }
+
+#[tokio::test]
+async fn orders_example_prices_queued_orders_through_a_service_and_reports_by_cron() {
+    let dir = example("orders");
+    let data = scratch_dir("orders-example");
+    let pricing = dir.join("pricing/wrangler.toml");
+    let args = [
+        pricing.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--no-crons",
+    ];
+    let server = Server::start(&dir.join("api/wrangler.toml"), &args);
+    let order = json!({"id": "o1", "items": [{"sku": "tea", "qty": 2}, {"sku": "cake", "qty": 1}]});
+    let placed = server.post("/orders", order.to_string()).await;
+    assert_eq!(placed.status, 202, "{}\n{}", placed.text(), server.logs());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let priced = loop {
+        let got = server.get("/orders/o1").await.json();
+        if got["status"] == "priced" || std::time::Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    };
+    assert_eq!(priced["total"], 1150, "{priced}\n{}", server.logs());
+    assert_eq!(priced["currency"], "EUR");
+    let ran = server.get("/__scheduled?cron=*+*+*+*+*").await;
+    assert_eq!(ran.status, 200, "{}", ran.text());
+    let report = server.get("/report").await.json();
+    assert_eq!(
+        (report["priced"].clone(), report["revenue"].clone()),
+        (json!(1), json!(1150))
+    );
+}
