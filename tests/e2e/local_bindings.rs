@@ -1,5 +1,7 @@
 //! Bindings served without a store of their own and bindings that exist only on Cloudflare
-//! (tests/fixtures/local-bindings): Analytics Engine takes data points and drops them; the
+//! (tests/fixtures/local-bindings): Analytics Engine takes data points and drops them;
+//! `send_email` writes messages to an outbox; Secrets Store values come from the
+//! environment; the
 //! Worker starts with a warning per Cloudflare-only
 //! binding, whose first use throws an Error naming it; `version_metadata`, rate limits
 //! (`ratelimits` and the `unsafe.bindings` form) and Hyperdrive's `localConnectionString`
@@ -17,7 +19,6 @@ async fn cloud_only_bindings_start_and_fail_clearly_on_first_use() {
         ("ai", "AI"),
         ("vectorize[0]", "VECTORS"),
         ("browser", "BROWSER"),
-        ("send_email[0]", "MAILER"),
     ] {
         assert!(
             logs.contains(&format!("{key}: env.{binding} ("))
@@ -29,13 +30,12 @@ async fn cloud_only_bindings_start_and_fail_clearly_on_first_use() {
     assert_eq!(
         kinds,
         json!({"AI": "function", "BROWSER": "function", "VECTORS": "function", "EVENTS": "object",
-               "MAILER": "function", "VERSION": "object", "LIMITER": "object", "PG": "object"})
+               "MAILER": "object", "VERSION": "object", "LIMITER": "object", "PG": "object"})
     );
     for (route, binding, what) in [
         ("/ai", "AI", "Workers AI, `ai`"),
         ("/vectorize", "VECTORS", "Vectorize, `vectorize`"),
         ("/browser", "BROWSER", "Browser Rendering, `browser`"),
-        ("/email", "MAILER", "Email sending, `send_email`"),
     ] {
         let answer = server.get_json_ok(route, &[]).await;
         let error = answer["error"].as_str().unwrap_or_default();
@@ -55,6 +55,71 @@ async fn cloud_only_bindings_start_and_fail_clearly_on_first_use() {
     // Analytics Engine takes data points and drops them, as wrangler dev does.
     let events = server.get_json_ok("/events", &[]).await;
     assert_eq!(events, json!({}), "{events}");
+}
+
+#[tokio::test]
+async fn send_email_writes_the_outbox_and_secrets_come_from_the_environment() {
+    let server = Server::start_with_env(
+        &fixture("local-bindings").join("wrangler.toml"),
+        &["--ephemeral"],
+        &[("DORUN_TEST_API_KEY", "s3cret")],
+    );
+    assert_eq!(
+        server.get_json_ok("/email", &[]).await,
+        json!({"ok": "sent"})
+    );
+    assert!(
+        server.wait_for_log("written to ").await,
+        "{}",
+        server.logs()
+    );
+    let logs = server.logs();
+    let path = logs
+        .lines()
+        .find_map(|l| l.split("written to ").nth(1))
+        .unwrap()
+        .trim()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(path.ends_with(".eml"), "{path}");
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "Subject: hi\r\n\r\nhello ops"
+    );
+    assert!(
+        logs.contains("message from app@example.com to ops@example.com"),
+        "{logs}"
+    );
+    let bad = server.get_json_ok("/email-bad", &[]).await;
+    assert!(
+        bad["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("TypeError: send() expects an EmailMessage"),
+        "{bad}"
+    );
+    let restricted = server.get_json_ok("/email-restricted", &[]).await;
+    assert!(
+        restricted["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("Error: email to evil@example.com not allowed"),
+        "{restricted}"
+    );
+    assert_eq!(
+        server.get_json_ok("/secret", &[]).await,
+        json!({"ok": "s3cret"})
+    );
+    let missing = server.get_json_ok("/secret-missing", &[]).await;
+    assert!(
+        missing["error"]
+            .as_str()
+            .unwrap()
+            .contains("has no local value: set NOT_SET_ANYWHERE"),
+        "{missing}"
+    );
 }
 
 #[tokio::test]

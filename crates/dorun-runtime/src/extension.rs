@@ -116,6 +116,7 @@ deno_core::extension!(
         // KV namespaces (kv_binding.rs)
         kv_binding::op_dorun_kvns_get,
         local_bindings::op_dorun_ratelimit,
+        local_bindings::op_dorun_email_write,
         rpc::op_dorun_service_fetch,
         rpc::op_dorun_service_call,
         kv_binding::op_dorun_kvns_put,
@@ -213,6 +214,7 @@ deno_core::extension!(
             services.objects.durability,
         ));
         state.put(rpc::ServiceLinks(services.graph.spec().services.clone()));
+        state.put(local_bindings::Outbox(services.objects.data_dir.join("email")));
         state.put(workflow_binding::WorkflowStore {
             data_dir: services.objects.data_dir.clone(),
             durability: services.objects.durability,

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
-use deno_core::op2;
+use deno_core::{op2, OpState};
 
 /// `env.<version_metadata binding>`: one made-up version per process (as `wrangler dev`
 /// makes one up per start): `{id, tag, timestamp}`, the same on every isolate thread.
@@ -88,4 +88,36 @@ mod tests {
             "the next window starts afresh"
         );
     }
+}
+
+/// Where `send_email` bindings write the messages they would send (`<data-dir>/email`).
+pub struct Outbox(pub std::path::PathBuf);
+
+#[derive(Debug, thiserror::Error, deno_error::JsError)]
+#[class(generic)]
+#[error("send_email: cannot write the message to {path}: {source}")]
+pub struct OutboxError {
+    path: String,
+    source: std::io::Error,
+}
+
+/// `env.<send_email binding>.send(message)`: writes the raw message to the outbox as
+/// `<ms>-<n>.eml` (as `wrangler dev` writes it to a file instead of sending it); its path.
+#[op2]
+#[string]
+pub fn op_dorun_email_write(
+    state: &mut OpState,
+    #[buffer] raw: &[u8],
+) -> Result<String, OutboxError> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let dir = state.borrow::<Outbox>().0.clone();
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = dir.join(format!("{}-{n}.eml", crate::clock::now_ms()));
+    let failed = |source| OutboxError {
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(&dir).map_err(failed)?;
+    std::fs::write(&path, raw).map_err(failed)?;
+    Ok(path.display().to_string())
 }

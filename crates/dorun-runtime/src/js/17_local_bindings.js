@@ -4,10 +4,10 @@
 // throws an Error that names the binding.
 
 import { core, primordials } from "ext:core/mod.js";
-import { config } from "ext:dorun/00_runtime.js";
+import { config, console } from "ext:dorun/00_runtime.js";
 
 const { Error, ObjectFreeze, Proxy, Symbol, TypeError } = primordials;
-const { op_dorun_ratelimit } = core.ops;
+const { op_dorun_ratelimit, op_dorun_email_write } = core.ops;
 
 
 function notAvailable(item) {
@@ -64,8 +64,58 @@ class RateLimit {
   }
 }
 
+/** `send_email`: messages go to the outbox directory instead of out (as in wrangler dev). */
+class SendEmail {
+  #item;
+  constructor(item) {
+    this.#item = item;
+  }
+
+  async send(message) {
+    const { from, to, raw } = message ?? {};
+    if (typeof from !== "string" || typeof to !== "string" || raw === undefined) {
+      throw new TypeError("send() expects an EmailMessage(from, to, raw) from cloudflare:email");
+    }
+    const item = this.#item;
+    const allowed = item.destination !== null
+      ? [item.destination]
+      : item.allowed;
+    if (allowed !== null && !allowed.includes(to)) {
+      throw new Error(`email to ${to} not allowed (env.${item.binding} may send to ${allowed.join(", ")})`);
+    }
+    const bytes = typeof raw === "string"
+      ? new TextEncoder().encode(raw)
+      : new Uint8Array(await new Response(raw).arrayBuffer());
+    const path = op_dorun_email_write(bytes);
+    console.log(`send_email: env.${item.binding} message from ${from} to ${to} written to ${path}`);
+  }
+}
+
+/** `secrets_store_secrets`: `get()` gives the secret's value from .dev.vars or the environment. */
+class StoreSecret {
+  #item;
+  constructor(item) {
+    this.#item = item;
+  }
+
+  async get() {
+    const item = this.#item;
+    if (item.value === null) {
+      throw new Error(
+        `Secret "${item.secretName}" (env.${item.binding}) has no local value: set ${item.secretName} ` +
+          `in .dev.vars, .env or the environment of dorun`,
+      );
+    }
+    return item.value;
+  }
+}
+
 export function createLocalBinding(item) {
   switch (item.kind) {
+    case "send_email":
+      return new SendEmail(item);
+    case "secret":
+      return new StoreSecret(item);
     case "version_metadata":
       return ObjectFreeze({
         id: config.versionMetadata.id,

@@ -25,8 +25,6 @@ pub(super) const CLOUD_ONLY: &[(&str, &str)] = &[
     ("pipelines", "Pipelines"),
     ("vpc_services", "a VPC service"),
     ("worker_loaders", "Worker Loader"),
-    ("send_email", "Email sending"),
-    ("secrets_store_secrets", "Secrets Store"),
 ];
 
 impl Reader {
@@ -72,6 +70,40 @@ impl Reader {
                      and its first use throws"
                 ));
                 out.push(item);
+            }
+        }
+        // Email: messages are written to the outbox directory, as `wrangler dev` writes them
+        // to files.
+        if let Some(value) = table.get("send_email") {
+            for (at, binding, entry) in self.binding_names("send_email", value) {
+                let destination = entry.get("destination_address").and_then(Value::as_str);
+                let allowed = match entry.get("allowed_destination_addresses") {
+                    None => None,
+                    Some(Value::Array(list)) if list.iter().all(Value::is_string) => {
+                        Some(list.clone())
+                    }
+                    Some(_) => {
+                        self.problems.push(format!(
+                            "{at}.allowed_destination_addresses must list strings"
+                        ));
+                        None
+                    }
+                };
+                out.push(json!({"binding": binding, "kind": "send_email",
+                                "destination": destination, "allowed": allowed}));
+            }
+        }
+        // Secrets Store: a secret's value comes from `.dev.vars` / `.env` or the process's
+        // environment, under its `secret_name` (filled in by `load`).
+        if let Some(value) = table.get("secrets_store_secrets") {
+            for (at, binding, entry) in self.binding_names("secrets_store_secrets", value) {
+                let Some(secret_name) = entry.get("secret_name").and_then(Value::as_str) else {
+                    self.problems
+                        .push(format!("{at} needs a string key 'secret_name'"));
+                    continue;
+                };
+                out.push(json!({"binding": binding, "kind": "secret",
+                                "secretName": secret_name, "value": null}));
             }
         }
         // Analytics Engine: data points are accepted locally and go nowhere, as in

@@ -481,7 +481,18 @@ impl Reader {
         let kv_namespaces = self.read_kv_namespaces(&effective, &durable_objects, &vars);
         let d1_databases = self.read_d1_databases(&effective, &base_dir);
         let r2_buckets = self.read_r2_buckets(&effective);
-        let local_bindings = self.read_local_bindings(&effective);
+        let mut local_bindings = self.read_local_bindings(&effective);
+        // A Secrets Store secret's local value: .dev.vars / .env, else the environment.
+        for item in &mut local_bindings {
+            if item["kind"] == "secret" {
+                let name = item["secretName"].as_str().unwrap_or_default().to_string();
+                let value = match vars.get(&name) {
+                    Some(Value::String(value)) => Some(value.clone()),
+                    _ => std::env::var(&name).ok(),
+                };
+                item["value"] = value.map_or(Value::Null, Value::String);
+            }
+        }
         let crons = self.read_crons(&effective);
         let services = self.read_services(&effective);
         let (queue_producers, queue_consumers) = self.read_queues(&effective);
@@ -627,6 +638,8 @@ impl Reader {
             "queues",
             "workflows",
             "analytics_engine_datasets",
+            "send_email",
+            "secrets_store_secrets",
         ];
         for key in table.keys() {
             let key = key.as_str();
