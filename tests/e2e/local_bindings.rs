@@ -78,7 +78,6 @@ async fn send_email_writes_the_outbox_and_secrets_come_from_the_environment() {
         .lines()
         .find_map(|l| l.split("written to ").nth(1))
         .unwrap()
-        .trim()
         .split_whitespace()
         .next()
         .unwrap()
