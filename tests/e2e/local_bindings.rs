@@ -169,3 +169,71 @@ async fn version_metadata_rate_limits_and_hyperdrive_work_locally() {
                "port": 5433, "user": "app", "password": "secret", "database": "appdb"})
     );
 }
+
+/// A TCP server on 127.0.0.1 that answers each connection with what it read, upper-cased,
+/// once the client stops writing (or after 5 bytes).
+async fn upper_server() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut got = Vec::new();
+                let mut buf = [0u8; 1024];
+                while got.len() < 5 {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream.write_all(&got.to_ascii_uppercase()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn connect_from_cloudflare_sockets_reaches_a_tcp_server() {
+    let server = Server::start(&fixture("sockets").join("wrangler.toml"), &["--ephemeral"]);
+    let port = upper_server().await;
+    let echo = server
+        .get_json_ok(&format!("/echo?port={port}&say=hello"), &[])
+        .await;
+    assert_eq!(echo["answer"], "HELLO", "{echo}");
+    assert_eq!(echo["remote"], format!("127.0.0.1:{port}"));
+    let short = server
+        .get_json_ok(&format!("/string?port={port}"), &[])
+        .await;
+    assert_eq!(short["answer"], "SHORT", "{short}");
+    // Nothing listens on a port just freed: `opened` rejects.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let free = closed.local_addr().unwrap().port();
+    drop(closed);
+    let refused = server.get(&format!("/refused?port={free}")).await;
+    assert_eq!(refused.status, 502);
+    assert!(
+        refused
+            .text()
+            .contains("ConnectionRefused: Connection refused"),
+        "{}",
+        refused.text()
+    );
+    let smtp = server.get("/port25").await.json();
+    assert_eq!(
+        smtp["error"],
+        "TypeError: Connections to port 25 are prohibited (as on Cloudflare)"
+    );
+    assert_eq!(
+        server
+            .get(&format!("/starttls-twice?port={port}"))
+            .await
+            .text(),
+        "function"
+    );
+}

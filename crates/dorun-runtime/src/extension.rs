@@ -186,6 +186,7 @@ deno_core::extension!(
         "17_local_bindings.js",
         "18_queues.js",
         "19_workflows.js",
+        "20_sockets.js",
         "99_worker.js",
     ],
     options = {

@@ -211,6 +211,7 @@ impl ModuleGraph {
     fn resolve(&self, specifier: &str, referrer: &str) -> Result<Url, String> {
         if specifier == "cloudflare:workers"
             || specifier == "cloudflare:workflows"
+            || specifier == "cloudflare:sockets"
             || specifier == "cloudflare:email"
             || specifier == ENTRY_SPECIFIER
             || specifier == commonjs::RUNTIME_SPECIFIER
@@ -583,6 +584,12 @@ const m = globalThis[Symbol.for("dorun.cloudflare:workflows")];
 export const NonRetryableError = m.NonRetryableError;
 "#;
 
+/// The `cloudflare:sockets` module: `connect()` (js/20_sockets.js).
+const CLOUDFLARE_SOCKETS_SOURCE: &str = r#"
+const m = globalThis[Symbol.for("dorun.cloudflare:sockets")];
+export const connect = m.connect;
+"#;
+
 /// The `cloudflare:email` module: `EmailMessage`, what email handlers and `send_email`
 /// bindings exchange. dorun has no email routing; the class exists so code that imports it
 /// loads.
@@ -638,6 +645,9 @@ impl WorkerModuleLoader {
             }
             "cloudflare" if specifier.as_str() == "cloudflare:workflows" => {
                 Ok(javascript(CLOUDFLARE_WORKFLOWS_SOURCE))
+            }
+            "cloudflare" if specifier.as_str() == "cloudflare:sockets" => {
+                Ok(javascript(CLOUDFLARE_SOCKETS_SOURCE))
             }
             "cloudflare" if specifier.as_str() == "cloudflare:email" => {
                 Ok(javascript(CLOUDFLARE_EMAIL_SOURCE))
@@ -702,7 +712,7 @@ impl WorkerModuleLoader {
                     .map_err(|e| JsErrorBox::generic(format!("{}{e}", at())))
             }
             _ => Err(JsErrorBox::generic(format!(
-                "{}cannot import \"{specifier}\": only local files, npm packages, node: built-ins, cloudflare:workers, cloudflare:workflows and cloudflare:email can be imported",
+                "{}cannot import \"{specifier}\": only local files, npm packages, node: built-ins, cloudflare:workers, cloudflare:workflows, cloudflare:sockets and cloudflare:email can be imported",
                 at()
             ))),
         }

@@ -53,6 +53,7 @@ import { createR2Bucket } from "ext:dorun/16_r2.js";
 import { createLocalBinding } from "ext:dorun/17_local_bindings.js";
 import { createQueue, decodeBatch, outcomeOf } from "ext:dorun/18_queues.js";
 import { createWorkflow, runWorkflow, workflowsModule } from "ext:dorun/19_workflows.js";
+import { socketsModule } from "ext:dorun/20_sockets.js";
 import "ext:dorun/12_cache.js";
 import { handleAdminEvent } from "ext:dorun/13_admin.js";
 
@@ -121,6 +122,7 @@ for (const { binding, bucket } of config.r2Buckets) env[binding] = createR2Bucke
 for (const item of config.localBindings) env[item.binding] = createLocalBinding(item);
 for (const { binding, name } of config.workflows) env[binding] = createWorkflow(name);
 globalThis[SymbolFor("dorun.cloudflare:workflows")] = workflowsModule;
+globalThis[SymbolFor("dorun.cloudflare:sockets")] = socketsModule;
 for (const { binding, queue, deliveryDelay } of config.queueProducers) {
   env[binding] = createQueue(queue, deliveryDelay);
 }

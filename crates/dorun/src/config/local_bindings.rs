@@ -38,8 +38,8 @@ impl Reader {
             for (at, binding, entry) in self.binding_names(key, value) {
                 let mut item =
                     json!({"binding": binding, "kind": "cloud", "key": key, "what": what});
-                // Hyperdrive with a local database: the connection details are there (a
-                // driver still needs outbound TCP, which dorun does not offer yet).
+                // Hyperdrive with a local database: the connection details are there, for a
+                // driver to connect() to.
                 if *key == "hyperdrive" {
                     if let Some(url) = entry.get("localConnectionString").and_then(Value::as_str) {
                         match url::Url::parse(url) {
