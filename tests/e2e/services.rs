@@ -77,6 +77,8 @@ async fn js_rpc_reaches_entrypoints_and_passes_stubs_between_workers() {
         "admin": {"value": {"props": {"role": "admin", "level": 3}, "hasEnv": true}},
         "adminFetch": "admin PUT /who admin",
         "plain": {"value": "hello front (object, function)"},
+        "shadowed": {"error": "TypeError: The RPC receiver does not implement the method \"shadow\"."},
+        "disposed": {"value": 5},
     });
     for (key, want) in expected.as_object().unwrap() {
         assert_eq!(&got[key], want, "{key}: {got}");

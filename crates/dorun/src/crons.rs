@@ -230,8 +230,14 @@ pub async fn dev_endpoint(
         }
     }
     let run = fire(pool, &cron, time).await;
+    // As wrangler dev answers each path.
+    let done = if uri.path() == "/__scheduled" {
+        "Ran scheduled event"
+    } else {
+        "ok"
+    };
     let (status, text) = match run.error {
-        None => (200, "Ran scheduled event".to_string()),
+        None => (200, done.to_string()),
         Some(error) => (500, error),
     };
     Some(

@@ -415,8 +415,8 @@ async fn deliver(consumer: &Arc<Consumer>, batch: Vec<QueuedMessage>) {
         error: outcome.error.clone(),
         ms: (started.elapsed().as_secs_f64() * 100_000.0).round() / 100.0,
     };
-    tracing::debug!(
-        queue = %settings.queue,
+    tracing::info!(
+        worker = %consumer.worker,
         "QUEUE {} {}/{} ({} ms)",
         settings.queue,
         last.acked,

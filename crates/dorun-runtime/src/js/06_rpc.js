@@ -213,6 +213,7 @@ export function createServiceBinding(index, item) {
   const named = (item.entrypoint !== null && item.entrypoint !== "default") || item.props !== null;
   return new Proxy({}, {
     get(_target, property) {
+      if (property === SymbolDispose) return () => {};
       if (typeof property === "symbol" || property === "then") return undefined;
       if (property === "fetch") {
         if (!named) return (input, init) => serviceFetch(index, input, init);
@@ -285,6 +286,8 @@ function pipelined(read, call = null) {
         return (reject) => PromisePrototypeThen(value(), undefined, reject);
       }
       if (property === "finally") return (f) => value().finally(f);
+      // `using x = stub.method()`: disposing of a result still on its way does nothing.
+      if (property === SymbolDispose) return () => {};
       if (typeof property === "symbol") return undefined;
       return pipelined(
         () => PromisePrototypeThen(value(), (v) => v[property]),
@@ -592,6 +595,7 @@ export function makeStub(id, worker = workerName) {
     get(target, property) {
       if (property === "id" || property === "name") return target[property];
       if (property === "fetch") return fetch;
+      if (property === SymbolDispose) return () => {};
       if (typeof property === "symbol" || property === "then") return undefined;
       return rpcProperty(route, namespace, hex, name, property);
     },

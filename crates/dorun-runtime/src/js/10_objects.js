@@ -30,6 +30,7 @@ import { DurableObjectStorage } from "ext:dorun/08_storage.js";
 import { runAlarm } from "ext:dorun/09_alarms.js";
 
 const {
+  ObjectHasOwn,
   ArrayPrototypeIncludes,
   ArrayPrototypePush,
   ArrayPrototypeSort,
@@ -194,11 +195,12 @@ async function runRpc(object, incoming) {
   if (ArrayPrototypeIncludes(RESERVED_METHODS, method)) {
     throw new TypeError(`'${method}' is a reserved method and cannot be called over RPC.`);
   }
-  const descriptor = lookupMember(instance, method);
-  if (descriptor === undefined) {
+  // Methods and getters of the class (its prototypes), read through the instance (a Proxy
+  // returned by the constructor sees the read); an instance's own property is not one.
+  if (ObjectHasOwn(instance, method) || lookupMember(instance, method) === undefined) {
     throw new TypeError(`The RPC receiver does not implement the method "${method}".`);
   }
-  const value = descriptor.get !== undefined ? descriptor.get.call(instance) : descriptor.value;
+  const value = instance[method];
   if (incoming.get) return await value;
   if (typeof value !== "function") {
     throw new TypeError(`"${method}" is not a method of the RPC receiver.`);

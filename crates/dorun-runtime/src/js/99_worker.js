@@ -70,6 +70,7 @@ const {
   PromiseRace,
   PromiseResolve,
   ObjectGetOwnPropertyDescriptor,
+  ObjectHasOwn,
   ObjectKeys,
   Proxy,
   SymbolFor,
@@ -376,14 +377,17 @@ async function callEntrypoint(worker, event) {
   if (method === "constructor") {
     throw new TypeError(`'${method}' is a reserved method and cannot be called over RPC.`);
   }
-  // An object export's methods are its own properties; a class's are on its prototypes.
-  const descriptor = isEntrypointClass(exported)
-    ? lookupMember(target, method)
-    : (ObjectGetOwnPropertyDescriptor(target, method) ?? lookupMember(target, method));
-  if (descriptor === undefined) {
+  // An object export's methods are its own properties; a class's are on its prototypes, read
+  // through the instance (a Proxy its constructor returned sees the read), and an instance's
+  // own property is not one.
+  const found = isEntrypointClass(exported)
+    ? !ObjectHasOwn(target, method) && lookupMember(target, method) !== undefined
+    : ObjectGetOwnPropertyDescriptor(target, method) !== undefined ||
+      lookupMember(target, method) !== undefined;
+  if (!found) {
     throw new TypeError(`The RPC receiver does not implement the method "${method}".`);
   }
-  const member = descriptor.get !== undefined ? descriptor.get.call(target) : descriptor.value;
+  const member = target[method];
   if (event.get) return await member;
   if (typeof member !== "function") {
     throw new TypeError(`"${method}" is not a method of the RPC receiver.`);
@@ -457,7 +461,7 @@ async function serve(worker) {
   const handler = fetchHandlerFor(worker);
   const scheduled = scheduledHandlerFor(worker);
   const queue = queueHandlerFor(worker);
-  if (handler === null && scheduled === null) console.warn(NO_FETCH_HANDLER);
+  if (handler === null && scheduled === null && queue === null) console.warn(NO_FETCH_HANDLER);
   const eviction = setInterval(
     () => evictIdle(),
     Math.max(10, Math.min(1000, config.idleTimeoutMs / 4)),
