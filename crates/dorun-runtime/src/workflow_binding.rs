@@ -152,6 +152,8 @@ pub struct InstanceView {
     created: i64,
     output: Option<ToJsBuffer>,
     error: Option<String>,
+    /// What each finished `do` and `waitForEvent` step gave, in order (`null`: undefined).
+    step_outputs: Vec<Option<ToJsBuffer>>,
 }
 
 #[op2]
@@ -161,13 +163,26 @@ pub async fn op_dorun_workflow_get(
     #[string] workflow: String,
     #[string] id: String,
 ) -> Result<Option<InstanceView>, WorkflowError> {
-    let found = on(&state, workflow, false, move |db| db.instance(&id)).await?;
-    Ok(found.map(|i| InstanceView {
+    let found = on(&state, workflow, false, move |db| {
+        let Some(instance) = db.instance(&id)? else {
+            return Ok(None);
+        };
+        let outputs = db
+            .steps(&id)?
+            .into_iter()
+            .filter(|s| s.done && s.error.is_none() && !s.key.starts_with("sleep:"))
+            .map(|s| s.result)
+            .collect::<Vec<_>>();
+        Ok(Some((instance, outputs)))
+    })
+    .await?;
+    Ok(found.map(|(i, outputs)| InstanceView {
         status: i.status,
         params: i.params.into(),
         created: i.created,
         output: i.output.map(Into::into),
         error: i.error,
+        step_outputs: outputs.into_iter().map(|o| o.map(Into::into)).collect(),
     }))
 }
 
@@ -201,6 +216,9 @@ pub async fn op_dorun_workflow_transition(
     on(&state, workflow, true, move |db| {
         if to == "restart" {
             return db.restart(&id, now());
+        }
+        if to == "resume" {
+            return db.resume(&id, now());
         }
         let from: Vec<&str> = from.iter().map(String::as_str).collect();
         db.set_status(

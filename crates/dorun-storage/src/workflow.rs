@@ -162,7 +162,7 @@ impl WorkflowDatabase {
     /// over), and waiting ones whose time has come.
     pub fn runnable(&self, now: i64, limit: usize) -> Result<Vec<String>> {
         let mut select = self.conn.prepare_cached(
-            "SELECT id FROM instances WHERE status IN ('queued', 'running')
+            "SELECT id FROM instances WHERE status IN ('queued', 'running', 'waitingForPause')
                 OR (status = 'waiting' AND wake_at IS NOT NULL AND wake_at <= ?1)
              ORDER BY updated LIMIT ?2",
         )?;
@@ -278,6 +278,28 @@ impl WorkflowDatabase {
             .prepare_cached("UPDATE events SET taken_by = ?2 WHERE seq = ?1")?
             .execute(params![seq, key])?;
         Ok(Some((payload, timestamp)))
+    }
+
+    /// Resumes a paused instance: queued again, and its unfinished sleeps end later by as
+    /// long as it was paused (the time of the pause is its `wake_at`). Whether it was paused.
+    pub fn resume(&self, instance: &str, now: i64) -> Result<bool> {
+        let paused_at: Option<Option<i64>> = self
+            .conn
+            .prepare_cached("SELECT wake_at FROM instances WHERE id = ?1 AND status = 'paused'")?
+            .query_row([instance], |row| row.get(0))
+            .optional()?;
+        let Some(paused_at) = paused_at else {
+            return Ok(false);
+        };
+        if let Some(at) = paused_at {
+            self.conn
+                .prepare_cached(
+                    "UPDATE steps SET until = until + ?2 WHERE instance = ?1 AND done = 0
+                     AND until IS NOT NULL AND key LIKE 'sleep:%'",
+                )?
+                .execute(params![instance, (now - at).max(0)])?;
+        }
+        self.set_status(instance, &["paused"], "queued", None, None, None, now)
     }
 
     /// Forgets what `instance` did (its steps; events it took are free again) and queues it.

@@ -22,8 +22,13 @@ const {
   NumberIsFinite,
   ObjectFreeze,
   Promise,
+  ObjectDefineProperty,
+  ObjectKeys,
+  PromiseAll,
   PromisePrototypeThen,
   PromiseRace,
+  PromiseResolve,
+  SafeWeakSet,
   RegExpPrototypeExec,
   SafeMap,
   StringPrototypeToLowerCase,
@@ -40,6 +45,7 @@ const {
 } = core.ops;
 
 const randomUUID = globalThis.crypto.randomUUID.bind(globalThis.crypto);
+const { DOMException } = globalThis;
 const setTimeout = globalThis.setTimeout;
 
 const serialise = (value) => core.serialize(value, { forStorage: true });
@@ -85,20 +91,49 @@ function durationMs(duration, what) {
   throw new TypeError(`${what}: "${duration}" is not a duration (a number of ms, or like "30 seconds")`);
 }
 
-function errorJson(error) {
+/** Error classes that keep their name when an error crosses RPC in workerd. */
+const STANDARD_ERRORS = {
+  Error,
+  TypeError,
+  RangeError,
+  SyntaxError: globalThis.SyntaxError,
+  ReferenceError: globalThis.ReferenceError,
+  EvalError: globalThis.EvalError,
+  URIError: globalThis.URIError,
+};
+
+/**
+ * `{message, name}` of an error as it reads after crossing workerd's RPC (Cloudflare's engine
+ * runs apart from the Worker): a standard class keeps its name; any other becomes an Error
+ * whose message starts with the name (`NonRetryableError: stop now`).
+ */
+function remoteShape(error) {
   const isError = error !== null && typeof error === "object";
-  return JSONStringify({
-    name: isError ? `${error.name ?? "Error"}` : "Error",
-    message: isError ? `${error.message ?? ""}` : `${error}`,
-  });
+  const name = isError ? `${error.name ?? "Error"}` : "Error";
+  const message = isError ? `${error.message ?? ""}` : `${error}`;
+  if (STANDARD_ERRORS[name] !== undefined) return { message, name };
+  return { message: `${name}: ${message}`, name: "Error" };
+}
+
+function errorJson(error) {
+  return JSONStringify(remoteShape(error));
+}
+
+/** The error a Worker catches: a standard class, marked `remote` as workerd marks it. */
+function remoteError(name, message) {
+  const shape = remoteShape({ name, message });
+  const error = new STANDARD_ERRORS[shape.name](shape.message);
+  error.remote = true;
+  return error;
 }
 
 function errorFrom(json) {
   const { name, message } = JSONParse(json);
-  const error = new Error(message);
-  error.name = name;
-  return error;
+  return remoteError(name, message);
 }
+
+/** An error with `name` that ends the instance even if `run()` catches it. */
+const FATAL = "WorkflowFatalError";
 
 /** `NonRetryableError` of `cloudflare:workflows`: a step that throws it is not retried. */
 export class NonRetryableError extends Error {
@@ -118,10 +153,22 @@ const ID_PATTERN = /^[a-zA-Z0-9_][a-zA-Z0-9-_]*$/;
 // --- the binding ----------------------------------------------------------------------------
 
 const ACTIVE = ["queued", "running", "waiting"];
+// `waitingForPause`: paused while a step ran; the run pauses at its next step.
 
-class WorkflowInstance {
+/**
+ * The status `status()` reports: wrangler dev reports an instance that is queued, sleeping or
+ * waiting for an event as `running` (the file says which).
+ */
+function reported(status) {
+  return status === "queued" || status === "waiting" ? "running" : status;
+}
+
+const notFound = () => remoteError("WorkflowError", "(instance.not_found) Instance does not exist");
+
+class InstanceImpl {
   #workflow;
-  constructor(workflow, id) {
+  constructor(workflow, binding, id) {
+    this.binding = binding;
     this.id = id;
     this.#workflow = workflow;
   }
@@ -129,32 +176,52 @@ class WorkflowInstance {
   async status() {
     const found = await op_dorun_workflow_get(this.#workflow, this.id);
     if (found === null) throw new Error("instance.not_found");
-    const status = {
-      status: found.status,
+    return {
+      status: reported(found.status),
+      __LOCAL_DEV_STEP_OUTPUTS: found.stepOutputs.map((bytes) => {
+        if (bytes === null) return undefined;
+        let value = deserialise(bytes);
+        // A waitForEvent step's output is the event's payload.
+        if (
+          value !== null && typeof value === "object" && "type" in value && "payload" in value &&
+          value.timestamp instanceof Date
+        ) value = value.payload;
+        // What JSON keeps of it, as wrangler dev's engine logs it.
+        const text = JSONStringify(value);
+        return text === undefined ? undefined : JSONParse(text);
+      }),
       output: found.output === null ? null : deserialise(found.output),
+      error: found.error === null ? undefined : JSONParse(found.error),
     };
-    if (found.error !== null) status.error = JSONParse(found.error);
-    return status;
   }
 
   async #move(from, to) {
     const moved = await op_dorun_workflow_transition(this.#workflow, this.id, change(from, to), null);
-    if (!moved && (await op_dorun_workflow_get(this.#workflow, this.id)) === null) {
-      throw new Error("instance.not_found");
-    }
+    if (!moved && (await op_dorun_workflow_get(this.#workflow, this.id)) === null) throw notFound();
     return moved;
   }
 
   async pause() {
-    await this.#move(ACTIVE, "paused");
+    // A step running now finishes first: `waitingForPause` until the run reaches its next step.
+    if (await this.#move(["running"], "waitingForPause")) return;
+    await op_dorun_workflow_transition(
+      this.#workflow, this.id, change(["queued", "waiting"], "paused", DateNow()), null,
+    );
   }
 
   async resume() {
-    await this.#move(["paused"], "queued");
+    // Before the pause took hold, the run simply goes on.
+    if (await this.#move(["waitingForPause"], "running")) return;
+    await this.#move(["paused"], "resume");
   }
 
   async terminate() {
-    await this.#move([...ACTIVE, "paused"], "terminated");
+    if (!(await this.#move([...ACTIVE, "paused", "waitingForPause"], "terminated"))) {
+      throw remoteError(
+        "WorkflowError",
+        "(instance.cannot_terminate) Cannot terminate instance since its on a finite state",
+      );
+    }
   }
 
   async restart() {
@@ -166,50 +233,62 @@ class WorkflowInstance {
     if (typeof type !== "string" || type === "") {
       throw new TypeError("sendEvent() needs { type, payload } with a non-empty string type");
     }
-    if ((await op_dorun_workflow_get(this.#workflow, this.id)) === null) {
-      throw new Error("instance.not_found");
-    }
+    if ((await op_dorun_workflow_get(this.#workflow, this.id)) === null) throw notFound();
     await op_dorun_workflow_event(this.#workflow, this.id, type, serialise(event.payload));
   }
 }
 
-class Workflow {
+class WorkflowImpl {
   #workflow;
-  constructor(workflow) {
+  #binding;
+  constructor(workflow, binding) {
     this.#workflow = workflow;
+    this.#binding = binding;
   }
 
+  /** A new instance; an id that exists already gives that instance (as wrangler dev does). */
   async create(options = {}) {
-    const id = options?.id ?? randomUUID();
+    const id = options?.id === undefined ? randomUUID() : options.id;
     if (typeof id !== "string" || id.length > 100 || RegExpPrototypeExec(ID_PATTERN, id) === null) {
-      throw new Error("Workflow instance has invalid id");
+      throw remoteError("WorkflowError", "Workflow instance has invalid id");
     }
-    const params = serialise(options?.params ?? {});
-    if (!(await op_dorun_workflow_create(this.#workflow, id, params))) {
-      throw new Error(`instance.already_exists: a Workflow instance with id "${id}" exists`);
+    let params;
+    try {
+      params = serialise(options?.params === undefined ? {} : options.params);
+    } catch (error) {
+      // As workerd's DOMException reads: its fields are own, enumerable properties.
+      const clone = new DOMException(error.message, "DataCloneError");
+      for (const key of ["code", "message", "name", "stack"]) {
+        ObjectDefineProperty(clone, key, { value: clone[key], enumerable: true, configurable: true, writable: true });
+      }
+      throw clone;
     }
-    return new WorkflowInstance(this.#workflow, id);
+    await op_dorun_workflow_create(this.#workflow, id, params);
+    return new InstanceImpl(this.#workflow, this.#binding, id);
   }
 
   async createBatch(batch) {
-    if (!batch || batch.length === 0) {
-      throw new Error("WorkflowError: batchCreate should have at least 1 instance");
+    try {
+      if (batch.length === 0) {
+        throw remoteError("WorkflowError", "batchCreate should have at least 1 instance");
+      }
+      return await PromiseAll(batch.map((options) => this.create(options)));
+    } catch (error) {
+      if (error.remote !== true && error instanceof TypeError) error.remote = true;
+      throw error;
     }
-    const created = [];
-    for (const options of batch) created.push(await this.create(options));
-    return created;
   }
 
   async get(id) {
     if ((await op_dorun_workflow_get(this.#workflow, `${id}`)) === null) {
       throw new Error("instance.not_found");
     }
-    return new WorkflowInstance(this.#workflow, `${id}`);
+    return new InstanceImpl(this.#workflow, this.#binding, `${id}`);
   }
 }
 
-export function createWorkflow(name) {
-  return new Workflow(name);
+export function createWorkflow(name, binding) {
+  return new WorkflowImpl(name, binding);
 }
 
 // --- a run ------------------------------------------------------------------------------------
@@ -220,17 +299,27 @@ class Run {
     this.workflow = workflow;
     this.id = id;
     this.counts = new SafeMap();
+    /** Errors step.do threw for a NonRetryableError: uncaught, they end the run as fatal. */
+    this.nonRetryable = new SafeWeakSet();
     this.suspended = new Promise((resolve) => {
       this.stop = resolve;
     });
   }
 
-  /** `type:name#n`: the n-th step of this type and name in the run. */
+  /** [`type:name#n`, n]: the n-th step of this type and name in the run. */
   key(type, name) {
     const base = `${type}:${name}`;
     const n = (MapPrototypeGet(this.counts, base) ?? 0) + 1;
     MapPrototypeSet(this.counts, base, n);
-    return `${base}#${n}`;
+    return [`${base}#${n}`, n];
+  }
+
+  /** Ends the instance as errored with `error` however run() goes on. */
+  async fatal(message) {
+    await op_dorun_workflow_transition(
+      this.workflow, this.id, change(["running"], "errored", null, JSONStringify({ message, name: FATAL })), null,
+    );
+    return this.halt();
   }
 
   /** Ends the run here (the promise it returns never settles). */
@@ -242,6 +331,12 @@ class Run {
   /** Goes on only while the instance is to run (not paused, terminated or restarted). */
   async check() {
     const found = await op_dorun_workflow_get(this.workflow, this.id);
+    if (found?.status === "waitingForPause") {
+      await op_dorun_workflow_transition(
+        this.workflow, this.id, change(["waitingForPause"], "paused", DateNow()), null,
+      );
+      return this.halt();
+    }
     if (found === null || found.status !== "running") return this.halt();
   }
 
@@ -266,13 +361,14 @@ class Run {
   }
 }
 
-function withTimeout(promise, ms, name) {
+function withTimeout(promise, ms) {
   let timer;
   const timeout = new Promise((_, reject) => {
-    timer = setTimeout(
-      () => reject(new Error(`step.do "${name}" did not finish within ${ms} ms`)),
-      ms,
-    );
+    timer = setTimeout(() => {
+      const error = new Error(`Execution timed out after ${ms}ms`);
+      error.name = "WorkflowTimeoutError";
+      reject(error);
+    }, ms);
   });
   return PromisePrototypeThen(
     PromiseRace([promise, timeout]),
@@ -287,6 +383,55 @@ function withTimeout(promise, ms, name) {
   );
 }
 
+/** A step name Cloudflare takes: at most 256 characters, no control characters. */
+function checkName(name) {
+  const text = `${name}`;
+  if (text.length > 256 || RegExpPrototypeExec(/[\u0000-\u001f\u007f]/, text) !== null) {
+    throw remoteError(
+      FATAL,
+      `Step name "${text}" exceeds max length (256 chars) or invalid characters found`,
+    );
+  }
+}
+
+const DEFAULT_CONFIG = { retries: { limit: 5, delay: 1000, backoff: "exponential" }, timeout: "10 minutes" };
+
+function validDuration(value, allowZero) {
+  try {
+    const ms = durationMs(value, "");
+    return allowZero ? ms >= 0 : ms > 0;
+  } catch {
+    return false;
+  }
+}
+
+/** A step's config merged over the defaults, or the fatal error of an invalid one. */
+function resolveConfig(name, config, explicit) {
+  const invalid = () =>
+    remoteError(
+      FATAL,
+      `Step config for "${name}" is in a invalid format. See https://developers.cloudflare.com/workflows/build/sleeping-and-retrying/`,
+    );
+  if (!explicit) return { retries: { ...DEFAULT_CONFIG.retries }, timeout: DEFAULT_CONFIG.timeout };
+  if (config === null || typeof config !== "object") throw invalid();
+  for (const key of ObjectKeys(config)) {
+    if (key !== "retries" && key !== "timeout") throw invalid();
+  }
+  let retries = { ...DEFAULT_CONFIG.retries };
+  if (config.retries !== undefined) {
+    const r = config.retries;
+    if (r === null || typeof r !== "object" || r.limit === undefined || r.delay === undefined) throw invalid();
+    if (typeof r.limit !== "number" || r.limit < 0 || !NumberIsFinite(r.limit)) throw invalid();
+    if (!validDuration(r.delay, true)) throw invalid();
+    if (r.backoff !== undefined && !["constant", "linear", "exponential"].includes(r.backoff)) throw invalid();
+    retries = { ...r };
+    if (retries.backoff === undefined) retries.backoff = "exponential";
+  }
+  const timeout = config.timeout ?? DEFAULT_CONFIG.timeout;
+  if (!validDuration(timeout, false)) throw invalid();
+  return { retries, timeout };
+}
+
 class WorkflowStep {
   #run;
   constructor(run) {
@@ -295,54 +440,73 @@ class WorkflowStep {
 
   async do(name, configOrCallback, maybeCallback) {
     const run = this.#run;
-    const [stepConfig, callback] = typeof configOrCallback === "function"
-      ? [{}, configOrCallback]
-      : [configOrCallback ?? {}, maybeCallback];
+    const explicit = typeof configOrCallback !== "function";
+    const stepConfig = explicit ? configOrCallback : {};
+    const callback = explicit ? maybeCallback : configOrCallback;
     if (typeof callback !== "function") throw new TypeError(`step.do "${name}" needs a callback`);
-    const key = run.key("do", name);
+    checkName(name);
+    const config = resolveConfig(name, stepConfig, explicit);
+    const [key, count] = run.key("do", name);
     await run.check();
     const stored = await op_dorun_workflow_step(run.workflow, run.id, key);
     if (stored?.done) {
       if (stored.error !== null) throw errorFrom(stored.error);
       return stored.result === null ? undefined : deserialise(stored.result);
     }
-    const retries = { limit: 5, delay: 10_000, backoff: "exponential", ...stepConfig.retries };
-    const timeout = durationMs(stepConfig.timeout ?? "10 minutes", `step.do "${name}" timeout`);
+    const timeout = durationMs(config.timeout, "timeout");
     let attempts = stored?.attempts ?? 0;
     while (true) {
       attempts++;
       await run.put({ key, attempts, done: false, result: null, error: null, until: null });
+      let result;
       try {
-        const result = await withTimeout(
-          PromisePrototypeThen(Promise.resolve(), () => callback({ attempt: attempts })),
+        const argument = { step: { name: `${name}`, count }, attempt: attempts, config };
+        result = await withTimeout(
+          PromisePrototypeThen(PromiseResolve(), () => callback(argument)),
           timeout,
-          name,
         );
-        const bytes = result === undefined ? null : serialise(result);
-        await run.put({ key, attempts, done: true, result: bytes, error: null, until: null });
-        return result;
       } catch (error) {
-        const final = error?.name === "NonRetryableError" || error instanceof NonRetryableError ||
-          attempts > retries.limit;
-        if (final) {
+        const nonRetryable = error?.name === "NonRetryableError";
+        if (nonRetryable || attempts > config.retries.limit) {
           await run.put({ key, attempts, done: true, result: null, error: errorJson(error), until: null });
-          throw error;
+          const thrown = errorFrom(errorJson(error));
+          if (nonRetryable) run.nonRetryable.add(thrown);
+          throw thrown;
         }
-        const base = durationMs(retries.delay, `step.do "${name}" retries.delay`);
-        const factor = retries.backoff === "exponential"
+        const base = durationMs(config.retries.delay, "delay");
+        const factor = config.retries.backoff === "exponential"
           ? MathPow(2, attempts - 1)
-          : retries.backoff === "linear"
+          : config.retries.backoff === "linear"
           ? attempts
           : 1;
         await run.waitUntil(DateNow() + base * factor);
         await run.check();
+        continue;
       }
+      // The result must survive storage: a value structured clone cannot take ends the
+      // instance; one JSON cannot take (a BigInt) fails the step.
+      let bytes;
+      try {
+        bytes = result === undefined ? null : serialise(result);
+      } catch {
+        return run.fatal(
+          `The execution of the Workflow instance was terminated, as the step "${name}" returned a value which is not serialisable`,
+        );
+      }
+      try {
+        JSONStringify(result);
+      } catch (error) {
+        throw remoteError(error.name, error.message);
+      }
+      await run.put({ key, attempts, done: true, result: bytes, error: null, until: null });
+      return result;
     }
   }
 
   async #sleepUntil(name, until) {
     const run = this.#run;
-    const key = run.key("sleep", name);
+    checkName(name);
+    const [key] = run.key("sleep", name);
     await run.check();
     const stored = await op_dorun_workflow_step(run.workflow, run.id, key);
     if (stored?.done) return;
@@ -353,12 +517,15 @@ class WorkflowStep {
   }
 
   sleep(name, duration) {
-    return this.#sleepUntil(name, DateNow() + durationMs(duration, `step.sleep "${name}"`));
+    // A negative duration wakes at once.
+    const ms = typeof duration === "number" && duration < 0 ? 0 : durationMs(duration, `step.sleep "${name}"`);
+    return this.#sleepUntil(name, DateNow() + ms);
   }
 
-  sleepUntil(name, timestamp) {
+  async sleepUntil(name, timestamp) {
     const at = timestamp instanceof Date ? timestamp.getTime() : Number(timestamp);
     if (!NumberIsFinite(at)) throw new TypeError(`step.sleepUntil "${name}": not a time`);
+    if (at < DateNow()) throw remoteError("Error", "You can't sleep until a time in the past, time-traveler");
     return this.#sleepUntil(name, at);
   }
 
@@ -366,24 +533,24 @@ class WorkflowStep {
     const run = this.#run;
     const type = options?.type;
     if (typeof type !== "string") throw new TypeError(`step.waitForEvent "${name}" needs { type }`);
-    const key = run.key("event", name);
+    checkName(name);
+    const [key] = run.key("event", name);
     await run.check();
     const stored = await op_dorun_workflow_step(run.workflow, run.id, key);
     if (stored?.done) {
       if (stored.error !== null) throw errorFrom(stored.error);
       return deserialise(stored.result);
     }
-    const deadline = stored?.until ??
-      DateNow() + durationMs(options?.timeout ?? "24 hours", `step.waitForEvent "${name}" timeout`);
+    const timeoutMs = durationMs(options?.timeout ?? "24 hours", `step.waitForEvent "${name}" timeout`);
+    const deadline = stored?.until ?? DateNow() + timeoutMs;
     if (stored === null) await run.put({ key, attempts: 0, done: false, result: null, error: null, until: deadline });
     const take = () => op_dorun_workflow_take_event(run.workflow, run.id, type, key);
     let taken = await take();
     if (taken === null) {
       if (DateNow() >= deadline) {
-        const error = new Error(`step.waitForEvent "${name}" timed out waiting for an event of type "${type}"`);
-        error.name = "WorkflowTimeoutError";
+        const error = { name: "WorkflowTimeoutError", message: `Execution timed out after ${timeoutMs}ms` };
         await run.put({ key, attempts: 0, done: true, result: null, error: errorJson(error), until: deadline });
-        throw error;
+        throw remoteError(error.name, error.message);
       }
       // Wait (the run ends) until the event comes or the deadline passes.
       const moved = await op_dorun_workflow_transition(
@@ -413,6 +580,10 @@ class WorkflowStep {
  */
 export async function runWorkflow(worker, workflow, className, id, makeContext) {
   const found = await op_dorun_workflow_get(workflow, id);
+  if (found?.status === "waitingForPause") {
+    await op_dorun_workflow_transition(workflow, id, change(["waitingForPause"], "paused", DateNow()), null);
+    return "paused";
+  }
   if (found === null || !ArrayPrototypeIncludes(ACTIVE, found.status)) return "idle";
   const started = await op_dorun_workflow_transition(workflow, id, change(ACTIVE, "running"), null);
   if (!started) return "idle";
@@ -443,12 +614,20 @@ export async function runWorkflow(worker, workflow, className, id, makeContext) 
   if (ended.halted) return "halted";
   if ("error" in ended) {
     console.error(`Workflow "${workflow}" instance ${id} failed:`, ended.error);
-    await finish("errored", null, errorJson(ended.error));
+    const error = run.nonRetryable.has(ended.error)
+      ? JSONStringify({
+        message: "The execution of the Workflow instance was terminated, as a step threw an NonRetryableError and it was not handled",
+        name: FATAL,
+      })
+      : errorJson(ended.error);
+    await finish("errored", null, error);
     return "errored";
   }
+  // The output is what JSON keeps of the value (as Cloudflare stores it).
   let output = null;
   try {
-    output = ended.output === undefined ? null : serialise(ended.output);
+    const text = JSONStringify(ended.output);
+    output = serialise(text === undefined ? null : JSONParse(text));
   } catch (error) {
     await finish("errored", null, errorJson(error));
     return "errored";

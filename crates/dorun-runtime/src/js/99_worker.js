@@ -121,7 +121,7 @@ for (const { binding, id } of config.kvNamespaces) env[binding] = createKvNamesp
 for (const { binding, name } of config.d1Databases) env[binding] = createD1Database(name);
 for (const { binding, bucket } of config.r2Buckets) env[binding] = createR2Bucket(bucket);
 for (const item of config.localBindings) env[item.binding] = createLocalBinding(item);
-for (const { binding, name } of config.workflows) env[binding] = createWorkflow(name);
+for (const { binding, name } of config.workflows) env[binding] = createWorkflow(name, binding);
 globalThis[SymbolFor("dorun.cloudflare:workflows")] = workflowsModule;
 globalThis[SymbolFor("dorun.cloudflare:sockets")] = socketsModule;
 for (const { binding, queue, deliveryDelay } of config.queueProducers) {
