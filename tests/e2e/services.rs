@@ -38,6 +38,12 @@ async fn fetch_reaches_the_bound_workers_default_export() {
     );
     assert_eq!(forwarded.json()["url"], "/forward?y=2");
     assert_eq!(forwarded.json()["method"], "GET");
+    // The bound worker's static assets answer first, as for a request from the front door.
+    let asset = server.get("/asset").await;
+    assert_eq!(
+        (asset.status, asset.text()),
+        (200, "an asset of svc-back\n".to_string())
+    );
 }
 
 #[tokio::test]

@@ -228,6 +228,9 @@ pub struct ServiceLink {
     /// `props` (JSON text): the callee's `ctx.props`.
     pub props: Option<String>,
     pub mailboxes: OnceLock<crate::mailbox::Mailboxes>,
+    /// The bound worker's static assets, which answer a `fetch()` they match before its
+    /// Worker does (as a request from the front door).
+    pub assets: OnceLock<Arc<dorun_assets::Assets>>,
     next: std::sync::atomic::AtomicUsize,
 }
 
@@ -244,6 +247,7 @@ impl ServiceLink {
             entrypoint,
             props,
             mailboxes: OnceLock::new(),
+            assets: OnceLock::new(),
             next: Default::default(),
         }
     }
@@ -272,6 +276,33 @@ pub async fn op_dorun_service_fetch(
         .cloned()
         .ok_or_else(|| CallError::BadRequest("no such service binding".into()))?;
     let request = outgoing_request(&state, &method, &url, &headers, body_rid, cf)?;
+    if let Some(assets) = link.assets.get() {
+        let has_worker = link.mailboxes.get().is_some();
+        let route = assets.route(
+            request.method(),
+            request.uri(),
+            request.headers(),
+            has_worker,
+        );
+        if route == dorun_assets::Route::Assets {
+            let assets = assets.clone();
+            let (parts, _) = request.into_parts();
+            let answer = tokio::task::spawn_blocking(move || {
+                assets.fetch(&parts.method, &parts.uri, &parts.headers)
+            })
+            .await
+            .map_err(|_| CallError::BadRequest("the assets could not be read".into()))?;
+            let mut response = http::Response::new(ResponseBody::full(answer.body));
+            *response.status_mut() = answer.status;
+            *response.headers_mut() = answer.headers;
+            return call_reply(
+                &state,
+                Reply::Response(response),
+                true,
+                CallError::TargetReset,
+            );
+        }
+    }
     let (reply, response) = oneshot::channel();
     link.send(Event::Http {
         request: Box::new(request),

@@ -472,16 +472,19 @@ fn start_pools(
             let _ = foreign.mailboxes.set(pool.mailboxes());
         }
     }
-    // Service bindings reach the worker they name, if this process serves it.
+    // Service bindings reach the worker they name, if this process serves it: its assets,
+    // then its Worker.
     for link in service_links.iter().flatten() {
-        let target = configs
-            .iter()
-            .position(|c| c.name == link.service)
-            .and_then(|i| pools[i].as_ref());
+        let index = configs.iter().position(|c| c.name == link.service);
+        if let Some(served) = index.and_then(|i| assets[i].clone()) {
+            let _ = link.assets.set(served);
+        }
+        let target = index.and_then(|i| pools[i].as_ref());
         match target {
             Some(pool) => {
                 let _ = link.mailboxes.set(pool.mailboxes());
             }
+            None if link.assets.get().is_some() => {}
             None => tracing::warn!(
                 "service binding env.{} names worker \"{}\", which this dorun serve does not \
                  serve: its first use throws (add that worker's config to the command)",
