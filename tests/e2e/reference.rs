@@ -19,10 +19,27 @@ pub async fn assert_matches_wrangler_dev_except(
     deliberate: &[(&str, &str)],
     ignored: &[&str],
 ) {
+    assert_workers_match_wrangler_dev(name, &["wrangler.toml"], deliberate, ignored).await;
+}
+
+/// [`assert_matches_wrangler_dev_except`] for a fixture of several workers served together
+/// (`configs`, relative to the fixture; the first one serves `/run`).
+pub async fn assert_workers_match_wrangler_dev(
+    name: &str,
+    configs: &[&str],
+    deliberate: &[(&str, &str)],
+    ignored: &[&str],
+) {
     let dir = fixture(name);
     let expected: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
-    let server = Server::start(&dir.join("wrangler.toml"), &["--ephemeral"]);
+    let others: Vec<String> = configs[1..]
+        .iter()
+        .map(|c| dir.join(c).to_string_lossy().into_owned())
+        .collect();
+    let mut args: Vec<&str> = others.iter().map(String::as_str).collect();
+    args.push("--ephemeral");
+    let server = Server::start(&dir.join(configs[0]), &args);
     let reply = server.get("/run").await;
     assert_eq!(reply.status, 200, "{}\n{}", reply.text(), server.logs());
     let actual = reply.json();

@@ -95,3 +95,56 @@ async fn js_rpc_reaches_entrypoints_and_passes_stubs_between_workers() {
         "{got}"
     );
 }
+
+/// Steps where dorun differs on purpose, and why (the README says so too).
+const DELIBERATE: &[(&str, &str)] = &[
+    (
+        "fetch.post-echo",
+        "a custom status text (\"Created Here\") does not cross a binding, the standard one \
+         does; a request body is streamed, without content-length",
+    ),
+    ("fetch.request-object", "as fetch.post-echo"),
+    (
+        "fetch.get-default-headers",
+        "a custom status text does not cross a binding",
+    ),
+    (
+        "fetch.callee-throws",
+        "the bound worker's exception is a plain 500 Internal Server Error; wrangler dev \
+         answers with Miniflare's JSON error page",
+    ),
+    (
+        "rpc.call-nested-non-function",
+        "the TypeError names the member called (\"v\"), not its whole path",
+    ),
+    (
+        "rpc.pipelining.makeObj-array-index",
+        "a pipelined array index gives the element; wrangler dev gives undefined",
+    ),
+    (
+        "callee.env-and-ctx.default",
+        "the callee's ctx has props (and waitUntil...), not workerd's cache and tracing",
+    ),
+    (
+        "stream.arg.string-chunks",
+        "a ReadableStream of strings passed over RPC fails at once with a clear error; \
+         wrangler dev never settles",
+    ),
+    (
+        "stream.return.value-stream",
+        "as stream.arg.string-chunks (wrangler dev: \"Network connection lost.\")",
+    ),
+];
+
+/// The two workers of tests/fixtures/services-reference on dorun answer every step as
+/// wrangler dev 4.86.0 did, except the [`DELIBERATE`] differences.
+#[tokio::test]
+async fn service_bindings_answer_as_wrangler_dev_does() {
+    crate::reference::assert_workers_match_wrangler_dev(
+        "services-reference",
+        &["main/wrangler.toml", "callee/wrangler.toml"],
+        DELIBERATE,
+        &[],
+    )
+    .await;
+}

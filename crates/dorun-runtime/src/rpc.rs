@@ -65,6 +65,8 @@ pub struct Payload {
 #[derive(ToV8)]
 pub struct ResponseHead {
     status: u16,
+    /// The status's standard reason phrase (a custom one does not cross).
+    status_text: String,
     headers: Vec<(ByteString, ByteString)>,
     body_rid: Option<u32>,
     /// The socket of a WebSocket (101) response.
@@ -92,6 +94,11 @@ fn call_reply(
             let body_rid = body_resource(state, body.boxed());
             CallReply::Response(ResponseHead {
                 status: parts.status.as_u16(),
+                status_text: parts
+                    .status
+                    .canonical_reason()
+                    .unwrap_or_default()
+                    .to_string(),
                 headers: header_list(&parts.headers),
                 body_rid,
                 web_socket: parts.extensions.get::<WebSocketToken>().map(|t| t.0),

@@ -149,11 +149,12 @@ pub async fn run(triggers: Vec<(Arc<WorkerPool>, Arc<Trigger>)>) {
                     continue;
                 }
                 let run = fire(&pool, &trigger.pattern, at.timestamp_millis()).await;
+                // Recorded before it is logged: whoever reads the log line finds it.
+                *trigger.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(run.clone());
                 match &run.error {
                     None => tracing::info!(worker = %trigger.worker, cron = %trigger.pattern, ms = run.ms, "scheduled() ran"),
                     Some(error) => tracing::warn!(worker = %trigger.worker, cron = %trigger.pattern, "scheduled() failed: {error}"),
                 }
-                *trigger.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(run);
             }
         }));
     }

@@ -28,16 +28,24 @@ const {
   MapPrototypeDelete,
   MapPrototypeGet,
   MapPrototypeSet,
+  FunctionPrototypeToString,
+  ObjectDefineProperty,
   ObjectGetOwnPropertyDescriptor,
+  StringPrototypeIncludes,
   ObjectGetPrototypeOf,
+  ObjectHasOwn,
+  ObjectIsFrozen,
   ObjectKeys,
+  ObjectSetPrototypeOf,
   ObjectPrototype,
   ObjectPrototypeIsPrototypeOf,
   PromisePrototypeThen,
   PromiseResolve,
   Proxy,
+  RegExpPrototypeExec,
   RangeError,
   SafeMap,
+  SafeSet,
   SafeWeakMap,
   SetPrototype,
   String,
@@ -84,12 +92,31 @@ export function deserialize(bytes) {
   return core.deserialize(bytes, { forStorage: false });
 }
 
+/**
+ * An error as it crosses RPC in workerd: the built-in classes (and DOMException, with its
+ * name and code) keep their class; any other becomes an Error whose message starts with its
+ * name; a thrown non-error becomes an Error of its text.
+ */
 export function serializeError(error) {
   const isError = error !== null && typeof error === "object" && "message" in error;
+  const DOMExceptionClass = globalThis.DOMException;
+  const isDom = DOMExceptionClass !== undefined && error instanceof DOMExceptionClass;
+  let name = isError ? String(error.name ?? "Error") : "Error";
+  let message = isError
+    ? String(error.message)
+    : error !== null && typeof error === "object"
+    ? `#<${ObjectGetPrototypeOf(error)?.constructor?.name ?? "Object"}>`
+    : String(error);
+  if (!isDom && ERROR_TYPES[name] === undefined) {
+    message = `${name}: ${message}`;
+    name = "Error";
+  }
   const plain = {
     dorunError: true,
-    name: isError ? String(error.name ?? "Error") : "Error",
-    message: isError ? String(error.message) : String(error),
+    name,
+    message,
+    dom: isDom,
+    code: isDom ? error.code : undefined,
     stack: isError && typeof error.stack === "string" ? error.stack : undefined,
   };
   return serialize(plain);
@@ -103,6 +130,7 @@ const ERROR_TYPES = {
   ReferenceError: globalThis.ReferenceError,
   EvalError: globalThis.EvalError,
   URIError: globalThis.URIError,
+  AggregateError: globalThis.AggregateError,
 };
 
 function deserializeError(bytes, objectId) {
@@ -112,13 +140,48 @@ function deserializeError(bytes, objectId) {
   } catch {
     plain = { name: "Error", message: "unreadable error from Durable Object" };
   }
-  const Ctor = ERROR_TYPES[plain.name] ?? Error;
-  const error = new Ctor(plain.message);
-  if (error.name !== plain.name) error.name = plain.name;
+  let error;
+  if (plain.dom) {
+    error = new globalThis.DOMException(plain.message, plain.name);
+    domOwnFields(error);
+  } else {
+    const Ctor = ERROR_TYPES[plain.name] ?? Error;
+    error = plain.name === "AggregateError" ? new Ctor([], plain.message) : new Ctor(plain.message);
+    if (plain.name === "AggregateError") delete error.errors;
+    if (error.name !== plain.name) error.name = plain.name;
+  }
   error.remote = true;
   if (objectId !== undefined) error.durableObjectId = objectId;
   if (plain.stack) error.stack = plain.stack;
   return error;
+}
+
+/** workerd's DOMExceptions have their fields as own, enumerable properties. */
+function domOwnFields(error) {
+  for (const key of ["code", "message", "name", "stack"]) {
+    ObjectDefineProperty(error, key, {
+      value: error[key],
+      enumerable: true,
+      configurable: true,
+      writable: true,
+    });
+  }
+  return error;
+}
+
+/** An RPC call's result, serialized; a DataCloneError if it cannot cross. */
+export function serializeResult(result) {
+  try {
+    return serialize(marshal(result));
+  } catch (error) {
+    if (error?.name === "DataCloneError") throw error;
+    throw dataCloneError(error.message);
+  }
+}
+
+/** A value structured clone cannot take, as workerd reports it. */
+export function dataCloneError(message) {
+  return domOwnFields(new globalThis.DOMException(message, "DataCloneError"));
 }
 
 /** A call that never got an answer (the object was reset or the server is stopping). */
@@ -134,7 +197,7 @@ function disconnected(error, objectId) {
 /** The value of a call's reply (`{kind: "value" | "error", payload}`), or its error thrown. */
 function replyValue(reply, objectId = undefined) {
   if (reply.kind === "error") throw deserializeError(reply.payload, objectId);
-  return unmarshal(deserialize(reply.payload));
+  return disposable(unmarshal(deserialize(reply.payload)));
 }
 
 /**
@@ -142,7 +205,16 @@ function replyValue(reply, objectId = undefined) {
  * and makes a Response of its answer: an object's `stub.fetch()` and a service binding's.
  */
 async function forwardFetch(input, init, send, objectId = undefined) {
-  const request = new Request(input, init);
+  let request;
+  try {
+    request = new Request(input, init);
+  } catch (error) {
+    // As workerd words it: `Invalid URL: /relative`.
+    const match = typeof error?.message === "string" &&
+      RegExpPrototypeExec(/^Invalid URL: '(.*)'$/s, error.message);
+    if (match) throw new TypeError(`Invalid URL: ${match[1]}`);
+    throw error;
+  }
   // The callee sees the same request.cf (from init, or the Request passed on).
   const cf = init?.cf ?? (ObjectPrototypeIsPrototypeOf(RequestPrototype, input) ? input.cf : undefined);
   const inner = toInnerRequest(request);
@@ -176,7 +248,11 @@ async function forwardFetch(input, init, send, objectId = undefined) {
     });
   }
   const body = head.bodyRid === null ? null : streams.readableStreamForRid(head.bodyRid);
-  return new Response(body, { status: head.status, headers: head.headers });
+  return new Response(body, {
+    status: head.status,
+    statusText: head.statusText,
+    headers: head.headers,
+  });
 }
 
 function stubFetch(worker, namespace, hex, name, input, init) {
@@ -209,12 +285,32 @@ async function serviceCall(index, method, get, args) {
  * through its entrypoint class, with `ctx.props`), and any other member is JS RPC to the
  * entrypoint: a fresh instance per call, pipelined like a Durable Object stub.
  */
+class Fetcher {}
+
+/** What a Fetcher answers itself rather than over RPC (it is an object of its own). */
+const FETCHER_LOCAL = {
+  toString: () => () => "[object Fetcher]",
+  hasOwnProperty: () => () => false,
+  valueOf: (binding) => () => binding,
+  constructor: () => () => {
+    throw new TypeError("Illegal constructor");
+  },
+  connect: () => (address) => {
+    if (typeof address !== "string" && (address === null || typeof address !== "object")) {
+      throw new TypeError(
+        "Failed to execute 'connect' on 'Fetcher': parameter 1 is not of type 'SocketAddress or string'.",
+      );
+    }
+    throw new TypeError("connect() through a service binding is not served by dorun");
+  },
+};
+
 export function createServiceBinding(index, item) {
   const named = (item.entrypoint !== null && item.entrypoint !== "default") || item.props !== null;
-  return new Proxy({}, {
+  const binding = new Proxy(new Fetcher(), {
     get(_target, property) {
-      if (property === SymbolDispose) return () => {};
       if (typeof property === "symbol" || property === "then") return undefined;
+      if (ObjectHasOwn(FETCHER_LOCAL, property)) return FETCHER_LOCAL[property](binding);
       if (property === "fetch") {
         if (!named) return (input, init) => serviceFetch(index, input, init);
         return (input, init) =>
@@ -226,6 +322,7 @@ export function createServiceBinding(index, item) {
       );
     },
   });
+  return binding;
 }
 
 /** Serializes call arguments, then waits for the caller's output gate (if any). */
@@ -234,7 +331,8 @@ async function outgoingArgs(args) {
   try {
     bytes = serialize(marshal(args));
   } catch (error) {
-    throw new TypeError(`Could not serialize RPC arguments: ${error.message}`);
+    if (error?.name === "DataCloneError") throw error;
+    throw dataCloneError(error.message);
   }
   const gate = pendingOutputGate();
   if (gate !== null) await gate;
@@ -269,13 +367,29 @@ function rpcProperty(worker, namespace, hex, name, method) {
  * before. `read` makes the promise of the value, only when someone awaits it; `call`,
  * if given, is what calling the pipelined value itself does.
  */
+/** The class of the stubs a Worker receives for functions and RpcTargets (cloudflare:workers). */
+export class RpcStub {}
+/** The class of what an RPC call returns before it is awaited. */
+export class RpcPromise {}
+
+/** A callable Proxy target whose prototype is `proto`. */
+function callableOf(proto) {
+  const target = function () {};
+  ObjectSetPrototypeOf(target, proto);
+  return target;
+}
+
 function pipelined(read, call = null) {
   let promise = null;
   const value = () => (promise ??= read());
-  return new Proxy(function pipelinedValue() {}, {
+  return new Proxy(callableOf(RpcPromise.prototype), {
     apply(_target, _this, args) {
-      if (call === null) throw new TypeError("The RPC result is not a function.");
-      const result = call(args);
+      const result = call === null
+        ? PromisePrototypeThen(value(), (v) => {
+          if (typeof v !== "function") throw new TypeError("The RPC result is not a function.");
+          return v(...args);
+        })
+        : call(args);
       return pipelined(() => result);
     },
     get(_target, property) {
@@ -286,12 +400,24 @@ function pipelined(read, call = null) {
         return (reject) => PromisePrototypeThen(value(), undefined, reject);
       }
       if (property === "finally") return (f) => value().finally(f);
-      // `using x = stub.method()`: disposing of a result still on its way does nothing.
-      if (property === SymbolDispose) return () => {};
+      // `using x = stub.method()`: disposes of the result once it arrives.
+      if (property === SymbolDispose) {
+        return () => {
+          PromisePrototypeThen(value(), (v) => v?.[SymbolDispose]?.(), () => {});
+        };
+      }
       if (typeof property === "symbol") return undefined;
       return pipelined(
         () => PromisePrototypeThen(value(), (v) => v[property]),
-        (args) => PromisePrototypeThen(value(), (v) => v[property](...args)),
+        (args) =>
+          PromisePrototypeThen(value(), (v) => {
+            if (typeof v?.[property] !== "function") {
+              const error = new TypeError(`"${property}" is not a function.`);
+              error.remote = true;
+              throw error;
+            }
+            return v[property](...args);
+          }),
       );
     },
   });
@@ -457,7 +583,9 @@ export function marshal(value, seen = null) {
   if (ArrayIsArray(value)) {
     const out = [];
     MapPrototypeSet(seen, value, out);
-    for (let i = 0; i < value.length; i++) out[i] = marshal(value[i], seen);
+    // Holes stay holes.
+    for (let i = 0; i < value.length; i++) if (i in value) out[i] = marshal(value[i], seen);
+    out.length = value.length;
     return out;
   }
   if (ObjectPrototypeIsPrototypeOf(MapPrototype, value)) {
@@ -478,7 +606,21 @@ export function marshal(value, seen = null) {
     for (const key of ObjectKeys(value)) out[key] = marshal(value[key], seen);
     return out;
   }
+  // An instance of a class of the Worker's own does not cross RPC (workerd refuses it too);
+  // built-in values (Dates, errors, typed arrays, ...) do, by structured clone.
+  const constructor = ObjectGetPrototypeOf(value)?.constructor;
+  if (typeof constructor === "function" && !isBuiltin(constructor)) {
+    throw dataCloneError(
+      `Could not serialize object of type "${constructor.name}". This type does not support serialization.`,
+    );
+  }
   return value;
+}
+
+/** Whether `constructor` is a class of the JavaScript or Web platform, not the Worker's. */
+function isBuiltin(constructor) {
+  return globalThis[constructor.name] === constructor &&
+    StringPrototypeIncludes(FunctionPrototypeToString(constructor), "[native code]");
 }
 
 /** The reverse of `marshal`, in place on a freshly deserialized value. */
@@ -488,7 +630,7 @@ export function unmarshal(value, seen = null) {
   if (MapPrototypeGet(seen, value) !== undefined) return value;
   MapPrototypeSet(seen, value, true);
   if (ArrayIsArray(value)) {
-    for (let i = 0; i < value.length; i++) value[i] = unmarshal(value[i], seen);
+    for (let i = 0; i < value.length; i++) if (i in value) value[i] = unmarshal(value[i], seen);
     return value;
   }
   if (ObjectPrototypeIsPrototypeOf(MapPrototype, value)) {
@@ -527,28 +669,75 @@ async function exportCall(worker, thread, id, method, get, args) {
 /** A stub for a function or RpcTarget exported by isolate thread `thread` of `worker`. */
 function remoteStub(identity) {
   const [thread, id, kind, worker] = identity;
-  let stub;
-  if (kind === "function") {
-    // Not thenable: awaiting a function stub gives the stub.
-    stub = (...args) => {
+  let disposed = false;
+  const live = () => {
+    if (disposed) throw new Error("RPC stub used after being disposed.");
+  };
+  const dispose = () => {
+    if (disposed) return;
+    disposed = true;
+    releases.unregister(stub);
+    if (thread === threadIndex && worker === workerName) releaseExport(id);
+    else op_dorun_export_release(worker, thread, id);
+  };
+  const dup = () => {
+    live();
+    if (thread === threadIndex && worker === workerName) retainExport(id);
+    else op_dorun_export_retain(worker, thread, id);
+    return remoteStub(identity);
+  };
+  const stub = new Proxy(callableOf(RpcStub.prototype), {
+    apply(_target, _this, args) {
+      live();
+      if (kind !== "function") throw new TypeError("The RPC stub is not a function.");
       const result = exportCall(worker, thread, id, null, false, args);
       return pipelined(() => result);
-    };
-  } else {
-    stub = new Proxy({}, {
-      get(_target, property) {
-        if (property === SymbolDispose) return () => {};
-        if (typeof property === "symbol" || property === "then") return undefined;
-        return pipelined(
-          () => exportCall(worker, thread, id, property, true, []),
-          (args) => exportCall(worker, thread, id, property, false, args),
-        );
-      },
-    });
-  }
+    },
+    get(_target, property) {
+      if (property === SymbolDispose) return dispose;
+      if (property === "dup") return dup;
+      // Not thenable: awaiting a stub gives the stub.
+      if (typeof property === "symbol" || property === "then") return undefined;
+      if (kind === "function") return undefined;
+      live();
+      return pipelined(
+        () => exportCall(worker, thread, id, property, true, []),
+        (args) => exportCall(worker, thread, id, property, false, args),
+      );
+    },
+  });
   WeakMapPrototypeSet(remoteIdentity, stub, identity);
-  releases.register(stub, [thread, id, worker]);
+  releases.register(stub, [thread, id, worker], stub);
   return stub;
+}
+
+/**
+ * An RPC result as workerd hands it over: an object or array result has its own
+ * `Symbol.dispose`, which disposes of the stubs inside it.
+ */
+function disposable(value) {
+  if (value === null || typeof value !== "object" || WeakMapPrototypeGet(remoteIdentity, value)) {
+    return value;
+  }
+  if (ObjectIsFrozen(value) || ObjectHasOwn(value, SymbolDispose)) return value;
+  ObjectDefineProperty(value, SymbolDispose, {
+    value: () => disposeWithin(value, new SafeSet()),
+    configurable: true,
+    writable: true,
+  });
+  return value;
+}
+
+function disposeWithin(value, seen) {
+  if (value === null || (typeof value !== "object" && typeof value !== "function")) return;
+  if (seen.has(value)) return;
+  seen.add(value);
+  if (WeakMapPrototypeGet(remoteIdentity, value) !== undefined) {
+    value[SymbolDispose]();
+    return;
+  }
+  if (typeof value !== "object" || !(ArrayIsArray(value) || isPlainObject(value))) return;
+  for (const key of ObjectKeys(value)) disposeWithin(value[key], seen);
 }
 
 /** A call through a stub to something this isolate exported. */
@@ -572,14 +761,14 @@ export async function handleExportCall(event) {
       const member = descriptor.get !== undefined ? descriptor.get.call(target) : descriptor.value;
       if (event.get) return member;
       if (typeof member !== "function") {
-        throw new TypeError(`"${event.method}" is not a method of the RPC receiver.`);
+        throw new TypeError(`"${event.method}" is not a function.`);
       }
       return member.apply(target, args);
     };
     const object = entry.object;
     const result = object !== null ? await runAs(object, invoke) : await invoke();
     if (object !== null) await object.storage.outputGate();
-    op_dorun_reply_value(event.id, serialize(marshal(result)));
+    op_dorun_reply_value(event.id, serializeResult(result));
   } catch (error) {
     op_dorun_reply_error(event.id, serializeError(error));
   }

@@ -23,6 +23,7 @@ import {
   marshal,
   serialize,
   serializeError,
+  serializeResult,
   unmarshal,
 } from "ext:dorun/06_rpc.js";
 import { InputGate } from "ext:dorun/07_gates.js";
@@ -203,7 +204,7 @@ async function runRpc(object, incoming) {
   const value = instance[method];
   if (incoming.get) return await value;
   if (typeof value !== "function") {
-    throw new TypeError(`"${method}" is not a method of the RPC receiver.`);
+    throw new TypeError(`"${method}" is not a function.`);
   }
   return await value.apply(instance, args);
 }
@@ -264,13 +265,7 @@ async function runEvent(object, incoming) {
     case "objectRpc": {
       const result = await runInvocation(object, 0, () => runRpc(object, incoming));
       await object.storage.outputGate();
-      let bytes;
-      try {
-        bytes = serialize(marshal(result));
-      } catch (error) {
-        throw new TypeError(`Could not serialize the RPC result: ${error.message}`);
-      }
-      op_dorun_reply_value(incoming.id, bytes);
+      op_dorun_reply_value(incoming.id, serializeResult(result));
       return;
     }
   }

@@ -38,11 +38,11 @@ import {
   deserialize,
   handleExportCall,
   lookupMember,
-  marshal,
   releaseExport,
   retainExport,
-  serialize,
+  RpcStub,
   serializeError,
+  serializeResult,
   unmarshal,
 } from "ext:dorun/06_rpc.js";
 import { evictIdle, handleObjectEvent, live } from "ext:dorun/10_objects.js";
@@ -105,7 +105,7 @@ globalThis[SymbolFor("dorun.cloudflare:workers")] = {
   WorkerEntrypoint,
   WorkflowEntrypoint,
   RpcTarget,
-  RpcStub: undefined,
+  RpcStub,
   env,
   waitUntil,
   exports: ctxExports,
@@ -340,6 +340,9 @@ async function handleWorkflow(worker, incoming, event) {
 
 // --- JS RPC through service bindings ---------------------------------------------------------
 
+/** Names workerd keeps for itself on an entrypoint. */
+const RESERVED = ["constructor", "dup", "alarm", "webSocketMessage", "webSocketClose", "webSocketError"];
+
 function isEntrypointClass(value) {
   return typeof value === "function" &&
     ObjectPrototypeIsPrototypeOf(WorkerEntrypoint.prototype, value.prototype);
@@ -374,7 +377,7 @@ async function callEntrypoint(worker, event) {
         `or an object, so it cannot be called over RPC.`,
     );
   }
-  if (method === "constructor") {
+  if (RESERVED.includes(method)) {
     throw new TypeError(`'${method}' is a reserved method and cannot be called over RPC.`);
   }
   // An object export's methods are its own properties; a class's are on its prototypes, read
@@ -390,7 +393,7 @@ async function callEntrypoint(worker, event) {
   const member = target[method];
   if (event.get) return await member;
   if (typeof member !== "function") {
-    throw new TypeError(`"${method}" is not a method of the RPC receiver.`);
+    throw new TypeError(`"${method}" is not a function.`);
   }
   return await runInvocation(null, 0, () => call(member));
 }
@@ -398,13 +401,7 @@ async function callEntrypoint(worker, event) {
 async function handleEntrypointCall(worker, event) {
   try {
     const result = await callEntrypoint(worker, event);
-    let bytes;
-    try {
-      bytes = serialize(marshal(result));
-    } catch (error) {
-      throw new TypeError(`Could not serialize the RPC result: ${error.message}`);
-    }
-    op_dorun_reply_value(event.id, bytes);
+    op_dorun_reply_value(event.id, serializeResult(result));
   } catch (error) {
     op_dorun_reply_error(event.id, serializeError(error));
   }
