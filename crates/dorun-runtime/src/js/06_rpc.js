@@ -20,6 +20,7 @@ import {
 } from "ext:dorun/03_websockets.js";
 
 const {
+  ArrayBufferIsView,
   ArrayIsArray,
   ArrayPrototypePush,
   Error,
@@ -608,6 +609,14 @@ export function marshal(value, seen = null) {
   }
   // An instance of a class of the Worker's own does not cross RPC (workerd refuses it too);
   // built-in values (Dates, errors, typed arrays, ...) do, by structured clone.
+  // Subclasses of the built-ins structured clone knows (a Buffer, an Error class) cross as
+  // their base.
+  if (
+    ArrayBufferIsView(value) || value instanceof Error || value instanceof Date ||
+    value instanceof RegExp || value instanceof ArrayBuffer
+  ) {
+    return value;
+  }
   const constructor = ObjectGetPrototypeOf(value)?.constructor;
   if (typeof constructor === "function" && !isBuiltin(constructor)) {
     throw dataCloneError(
