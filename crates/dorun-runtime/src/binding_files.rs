@@ -92,6 +92,45 @@ impl<T> Registry<T> {
     }
 }
 
+/// Handles (one per file or directory) a binding kind keeps open in this process, by path,
+/// each made once by `open` and shared.
+pub struct Handles<T> {
+    open: OnceLock<Mutex<HashMap<PathBuf, Arc<T>>>>,
+}
+
+impl<T> Handles<T> {
+    pub const fn new() -> Self {
+        Self {
+            open: OnceLock::new(),
+        }
+    }
+
+    /// The handle of `path`, made with `open` the first time.
+    pub fn get_or_open(
+        &self,
+        path: &Path,
+        open: impl FnOnce(&Path) -> Result<T, StorageError>,
+    ) -> Result<Arc<T>, StorageError> {
+        let mut map = self
+            .open
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(handle) = map.get(path) {
+            return Ok(handle.clone());
+        }
+        let handle = Arc::new(open(path)?);
+        map.insert(path.to_path_buf(), handle.clone());
+        Ok(handle)
+    }
+}
+
+impl<T> Default for Handles<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// The write groups ([`dorun_storage::Group`]) of the files a binding kind has open, by path:
 /// writes to one file from many requests share its commits.
 pub struct Groups<T, R> {

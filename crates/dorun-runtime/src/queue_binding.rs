@@ -9,10 +9,9 @@
 //! before the op is called; the op only stores.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use deno_core::{op2, JsBuffer, OpState};
 
@@ -156,7 +155,7 @@ impl QueueHandle {
     }
 }
 
-static OPEN: OnceLock<Mutex<HashMap<PathBuf, Arc<QueueHandle>>>> = OnceLock::new();
+static OPEN: binding_files::Handles<QueueHandle> = binding_files::Handles::new();
 
 /// Opens (once per process) queue `name` under `data_dir`.
 pub fn open(
@@ -164,26 +163,18 @@ pub fn open(
     name: &str,
     durability: Durability,
 ) -> Result<Arc<QueueHandle>, StorageError> {
-    let path = queue_file(data_dir, name);
-    let mut map = OPEN
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    if let Some(handle) = map.get(&path) {
-        return Ok(handle.clone());
-    }
-    let database = QueueDatabase::open(&path, durability)?;
-    let backlog = database.backlog()?;
-    let handle = Arc::new(QueueHandle {
-        database: Mutex::new(database),
-        path: path.clone(),
-        writes: Default::default(),
-        arrived: tokio::sync::Notify::new(),
-        backlog: Mutex::new(backlog),
-        claimed: Mutex::new((0, 0)),
-    });
-    map.insert(path, handle.clone());
-    Ok(handle)
+    OPEN.get_or_open(&queue_file(data_dir, name), |path| {
+        let database = QueueDatabase::open(path, durability)?;
+        let backlog = database.backlog()?;
+        Ok(QueueHandle {
+            database: Mutex::new(database),
+            path: path.to_path_buf(),
+            writes: Default::default(),
+            arrived: tokio::sync::Notify::new(),
+            backlog: Mutex::new(backlog),
+            claimed: Mutex::new((0, 0)),
+        })
+    })
 }
 
 /// What the queue ops of an isolate need: where the files are and how durable a write is.

@@ -6,10 +6,9 @@
 //! waits on each handle's `changed` signal.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use deno_core::{op2, JsBuffer, OpState, ToJsBuffer};
 
@@ -55,7 +54,7 @@ impl WorkflowHandle {
     }
 }
 
-static OPEN: OnceLock<Mutex<HashMap<PathBuf, Arc<WorkflowHandle>>>> = OnceLock::new();
+static OPEN: binding_files::Handles<WorkflowHandle> = binding_files::Handles::new();
 
 /// Opens (once per process) workflow `name` under `data_dir`.
 pub fn open(
@@ -63,21 +62,13 @@ pub fn open(
     name: &str,
     durability: Durability,
 ) -> Result<Arc<WorkflowHandle>, StorageError> {
-    let path = workflow_file(data_dir, name);
-    let mut map = OPEN
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    if let Some(handle) = map.get(&path) {
-        return Ok(handle.clone());
-    }
-    let handle = Arc::new(WorkflowHandle {
-        database: Mutex::new(WorkflowDatabase::open(&path, durability)?),
-        path: path.clone(),
-        changed: tokio::sync::Notify::new(),
-    });
-    map.insert(path, handle.clone());
-    Ok(handle)
+    OPEN.get_or_open(&workflow_file(data_dir, name), |path| {
+        Ok(WorkflowHandle {
+            database: Mutex::new(WorkflowDatabase::open(path, durability)?),
+            path: path.to_path_buf(),
+            changed: tokio::sync::Notify::new(),
+        })
+    })
 }
 
 /// What the workflow ops of an isolate need.

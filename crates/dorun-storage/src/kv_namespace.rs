@@ -7,14 +7,17 @@
 //! Expired entries are never returned and are deleted when found.
 
 use std::path::Path;
-use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::{Durability, Result};
 
-/// How long a writer waits for another connection's write to finish.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS kv (
+                key TEXT PRIMARY KEY,
+                value BLOB NOT NULL,
+                metadata TEXT,
+                expiration INTEGER
+            ) WITHOUT ROWID;";
 
 /// One stored value with what `getWithMetadata` and `list` show of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,30 +56,16 @@ impl KvDatabase {
     /// Opens (creating if needed) the namespace file at `path`. With `Durability::Full` a
     /// write returns once it is on disk.
     pub fn open(path: &Path, durability: Durability) -> Result<Self> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        Self::configure(Connection::open(path)?, durability)
+        Ok(Self {
+            conn: crate::shared::open(Some(path), durability, SCHEMA)?,
+        })
     }
 
-    /// An in-memory namespace, for tests.
+    /// An in-memory database, for tests.
     pub fn open_in_memory() -> Result<Self> {
-        Self::configure(Connection::open_in_memory()?, Durability::Off)
-    }
-
-    fn configure(conn: Connection, durability: Durability) -> Result<Self> {
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", durability.synchronous())?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS kv (
-                key TEXT PRIMARY KEY,
-                value BLOB NOT NULL,
-                metadata TEXT,
-                expiration INTEGER
-            ) WITHOUT ROWID;",
-        )?;
-        Ok(Self { conn })
+        Ok(Self {
+            conn: crate::shared::open(None, Durability::Off, SCHEMA)?,
+        })
     }
 
     /// The entry of `key` unless it is missing or expired at `now` (seconds).

@@ -35,6 +35,7 @@ mod kv_namespace;
 mod queue;
 mod r2;
 mod sandbox;
+mod shared;
 mod workflow;
 pub use admin::{backup, restore, restore_shared};
 pub use cache::{CacheDatabase, CachedResponse};

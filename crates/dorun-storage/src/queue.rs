@@ -8,13 +8,25 @@
 //! file is delivered again, so delivery is at least once.
 
 use std::path::Path;
-use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::{Durability, Result};
 
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS messages (
+                seq INTEGER PRIMARY KEY,
+                id TEXT NOT NULL UNIQUE,
+                body BLOB NOT NULL,
+                content_type TEXT NOT NULL,
+                timestamp INTEGER NOT NULL,
+                visible_at INTEGER NOT NULL,
+                failed_attempts INTEGER NOT NULL DEFAULT 0
+            );
+            CREATE INDEX IF NOT EXISTS messages_by_time ON messages (visible_at, seq);
+            CREATE TABLE IF NOT EXISTS counters (
+                name TEXT PRIMARY KEY,
+                value INTEGER NOT NULL
+            ) WITHOUT ROWID;";
 
 /// A message to store.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -94,38 +106,16 @@ impl crate::Transactional for QueueDatabase {
 impl QueueDatabase {
     /// Opens (creating if needed) the queue file at `path`.
     pub fn open(path: &Path, durability: Durability) -> Result<Self> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        Self::configure(Connection::open(path)?, durability)
+        Ok(Self {
+            conn: crate::shared::open(Some(path), durability, SCHEMA)?,
+        })
     }
 
-    /// An in-memory queue, for tests.
+    /// An in-memory database, for tests.
     pub fn open_in_memory() -> Result<Self> {
-        Self::configure(Connection::open_in_memory()?, Durability::Off)
-    }
-
-    fn configure(conn: Connection, durability: Durability) -> Result<Self> {
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", durability.synchronous())?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS messages (
-                seq INTEGER PRIMARY KEY,
-                id TEXT NOT NULL UNIQUE,
-                body BLOB NOT NULL,
-                content_type TEXT NOT NULL,
-                timestamp INTEGER NOT NULL,
-                visible_at INTEGER NOT NULL,
-                failed_attempts INTEGER NOT NULL DEFAULT 0
-            );
-            CREATE INDEX IF NOT EXISTS messages_by_time ON messages (visible_at, seq);
-            CREATE TABLE IF NOT EXISTS counters (
-                name TEXT PRIMARY KEY,
-                value INTEGER NOT NULL
-            ) WITHOUT ROWID;",
-        )?;
-        Ok(Self { conn })
+        Ok(Self {
+            conn: crate::shared::open(None, Durability::Off, SCHEMA)?,
+        })
     }
 
     fn count(&self, name: &str, by: usize) -> Result<()> {

@@ -4,13 +4,42 @@
 //! `sqlite3`: tables `instances`, `steps`, `events`.
 
 use std::path::Path;
-use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::{Durability, Result};
 
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS instances (
+                id TEXT PRIMARY KEY,
+                params BLOB NOT NULL,
+                status TEXT NOT NULL,
+                created INTEGER NOT NULL,
+                updated INTEGER NOT NULL,
+                wake_at INTEGER,
+                output BLOB,
+                error TEXT
+            );
+            CREATE INDEX IF NOT EXISTS instances_by_status ON instances (status, wake_at);
+            CREATE TABLE IF NOT EXISTS steps (
+                instance TEXT NOT NULL,
+                key TEXT NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                done INTEGER NOT NULL DEFAULT 0,
+                result BLOB,
+                error TEXT,
+                until INTEGER,
+                position INTEGER NOT NULL,
+                PRIMARY KEY (instance, key)
+            ) WITHOUT ROWID;
+            CREATE TABLE IF NOT EXISTS events (
+                seq INTEGER PRIMARY KEY,
+                instance TEXT NOT NULL,
+                type TEXT NOT NULL,
+                payload BLOB NOT NULL,
+                timestamp INTEGER NOT NULL,
+                taken_by TEXT
+            );
+            CREATE INDEX IF NOT EXISTS events_by_instance ON events (instance, type);";
 
 /// An instance as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,54 +81,16 @@ pub struct WorkflowDatabase {
 
 impl WorkflowDatabase {
     pub fn open(path: &Path, durability: Durability) -> Result<Self> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        Self::configure(Connection::open(path)?, durability)
+        Ok(Self {
+            conn: crate::shared::open(Some(path), durability, SCHEMA)?,
+        })
     }
 
+    /// An in-memory database, for tests.
     pub fn open_in_memory() -> Result<Self> {
-        Self::configure(Connection::open_in_memory()?, Durability::Off)
-    }
-
-    fn configure(conn: Connection, durability: Durability) -> Result<Self> {
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", durability.synchronous())?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS instances (
-                id TEXT PRIMARY KEY,
-                params BLOB NOT NULL,
-                status TEXT NOT NULL,
-                created INTEGER NOT NULL,
-                updated INTEGER NOT NULL,
-                wake_at INTEGER,
-                output BLOB,
-                error TEXT
-            );
-            CREATE INDEX IF NOT EXISTS instances_by_status ON instances (status, wake_at);
-            CREATE TABLE IF NOT EXISTS steps (
-                instance TEXT NOT NULL,
-                key TEXT NOT NULL,
-                attempts INTEGER NOT NULL DEFAULT 0,
-                done INTEGER NOT NULL DEFAULT 0,
-                result BLOB,
-                error TEXT,
-                until INTEGER,
-                position INTEGER NOT NULL,
-                PRIMARY KEY (instance, key)
-            ) WITHOUT ROWID;
-            CREATE TABLE IF NOT EXISTS events (
-                seq INTEGER PRIMARY KEY,
-                instance TEXT NOT NULL,
-                type TEXT NOT NULL,
-                payload BLOB NOT NULL,
-                timestamp INTEGER NOT NULL,
-                taken_by TEXT
-            );
-            CREATE INDEX IF NOT EXISTS events_by_instance ON events (instance, type);",
-        )?;
-        Ok(Self { conn })
+        Ok(Self {
+            conn: crate::shared::open(None, Durability::Off, SCHEMA)?,
+        })
     }
 
     /// Stores a new instance, `queued`; false if `id` exists already.

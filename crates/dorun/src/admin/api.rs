@@ -24,7 +24,6 @@
 //! | `GET /api/workflows`, `GET /api/workflows/{name}/instances[/{id}]` | workflows, instances, steps |
 //! | `POST /api/reset` | every object, alarm and socket gone; KV keys, D1 rows, R2 objects and queued messages too |
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -36,18 +35,6 @@ use super::{json, Admin, AdminResponse};
 
 fn error(status: u16, message: impl std::fmt::Display) -> AdminResponse {
     json(status, &json!({ "error": message.to_string() }))
-}
-
-pub(super) fn query_params(parts: &http::request::Parts) -> HashMap<String, String> {
-    parts
-        .uri
-        .query()
-        .map(|q| {
-            url::form_urlencoded::parse(q.as_bytes())
-                .into_owned()
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 pub async fn route(admin: &Admin, parts: &http::request::Parts, body: Bytes) -> AdminResponse {
@@ -113,7 +100,7 @@ async fn object_route(
             json(200, &catalog::object_json(ns, id, &resident, &alarms))
         }
         ["kv"] if get => {
-            let params = query_params(parts);
+            let params = super::query_params(parts);
             let limit = params.get("limit").and_then(|l| l.parse::<u32>().ok());
             let request = json!({
                 "op": "kv",

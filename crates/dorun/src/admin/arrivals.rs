@@ -139,7 +139,7 @@ pub async fn queue_route(
                 Ok(handle) => handle,
                 Err(message) => return error(500, message),
             };
-            let limit = super::api::query_params(parts)
+            let limit = super::query_params(parts)
                 .get("limit")
                 .and_then(|l| l.parse::<usize>().ok())
                 .unwrap_or(100)
@@ -280,7 +280,7 @@ pub async fn workflow_route(
                 Ok(handle) => handle,
                 Err(message) => return error(500, message),
             };
-            let limit = super::api::query_params(parts)
+            let limit = super::query_params(parts)
                 .get("limit")
                 .and_then(|l| l.parse::<usize>().ok())
                 .unwrap_or(100)

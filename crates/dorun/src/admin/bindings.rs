@@ -106,15 +106,7 @@ pub async fn kv_route(
             let Some(file) = file else {
                 return error(404, format!("no KV namespace '{id}'"));
             };
-            let params: std::collections::HashMap<String, String> = parts
-                .uri
-                .query()
-                .map(|q| {
-                    url::form_urlencoded::parse(q.as_bytes())
-                        .into_owned()
-                        .collect()
-                })
-                .unwrap_or_default();
+            let params = super::query_params(parts);
             let prefix = params.get("prefix").cloned().unwrap_or_default();
             let limit = params
                 .get("limit")

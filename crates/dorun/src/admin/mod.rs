@@ -60,6 +60,21 @@ pub struct Arrivals {
     pub engines: Vec<Arc<crate::workflows::Engine>>,
 }
 
+/// The query parameters of a request.
+pub(crate) fn query_params(
+    parts: &http::request::Parts,
+) -> std::collections::HashMap<String, String> {
+    parts
+        .uri
+        .query()
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The largest request body the admin listener reads (an imported object file).
 const MAX_BODY: usize = 1 << 30;
 
