@@ -17,7 +17,7 @@ use crate::namespaces::ObjectConfig;
 pub enum RouteError {
     #[error("dorun is shutting down")]
     ShuttingDown,
-    #[error("worker '{0}' is not running")]
+    #[error("worker '{0}' is not served by this dorun serve: add its wrangler config to the command (dorun serve a.toml b.toml)")]
     WorkerNotRunning(String),
     #[error("no such isolate thread")]
     NoSuchThread,

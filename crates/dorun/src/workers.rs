@@ -110,12 +110,6 @@ pub enum AssemblyError {
         class: String,
         worker: String,
     },
-    #[error("{}: durable_objects binding '{binding}' uses script_name '{script}', but no worker of that name is being served; name its config too: dorun serve {} <{script}'s wrangler file>", config.display(), config.display())]
-    UnknownScriptName {
-        config: PathBuf,
-        binding: String,
-        script: String,
-    },
     #[error("{}: key 'assets': {message}", config.display())]
     Assets { config: PathBuf, message: String },
     /// A worker's code failed to start (named when several workers are served).
@@ -324,11 +318,28 @@ fn object_configs(
                 continue;
             };
             let Some(owner) = configs.iter().position(|c| &c.name == script) else {
-                return Err(AssemblyError::UnknownScriptName {
-                    config: config.path.clone(),
+                // As `wrangler dev` does: the worker starts, and the binding's first use
+                // fails naming the worker that is not served.
+                tracing::warn!(
+                    "{}: durable_objects binding '{}' uses script_name '{script}', which this \
+                     dorun serve does not serve: its first use throws (add that worker's config \
+                     to the command: dorun serve {} <{script}'s wrangler file>)",
+                    config.path.display(),
+                    binding.name,
+                    config.path.display()
+                );
+                namespaces[w].push(ObjectNamespace {
                     binding: binding.name.clone(),
-                    script: script.clone(),
+                    class_name: binding.class_name.clone(),
+                    unique_key: format!("{script}-{}", binding.class_name),
+                    sqlite: true,
+                    foreign: Some(Arc::new(ForeignNamespace {
+                        worker: script.clone(),
+                        index: 0,
+                        mailboxes: Default::default(),
+                    })),
                 });
+                continue;
             };
             let (unique_key, sqlite) = class_of(owner, &binding.name, &binding.class_name)?;
             let index = match namespaces[owner]
