@@ -123,7 +123,7 @@ fn unsupported_bindings_stop_startup_naming_key_and_file() {
     assert!(!ok, "serve must refuse: {stderr}");
     assert!(stderr.contains("wasm_modules"), "{stderr}");
     assert!(
-        stderr.contains("'containers'"),
+        stderr.contains("'text_blobs'"),
         "every problem is reported: {stderr}"
     );
     assert!(stderr.contains("bad-config/wrangler.toml"), "{stderr}");
@@ -135,7 +135,7 @@ async fn unsupported_bindings_can_be_downgraded_to_warnings() {
     let config = fixture("errors/bad-config").join("wrangler.toml");
     let server = Server::start(&config, &["--allow-unsupported-bindings"]);
     assert_eq!(server.get("/").await.text(), "configured");
-    assert!(server.logs().contains("'containers'"));
+    assert!(server.logs().contains("'text_blobs'"));
 }
 
 #[test]

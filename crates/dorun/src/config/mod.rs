@@ -72,11 +72,12 @@ const DEPLOY_ONLY_KEYS: &[&str] = &[
 ];
 
 /// Binding kinds Cloudflare offers that dorun does not serve.
+/// (`wasm_modules`, `text_blobs` and `data_blobs` belong to the service-worker format, which
+/// wrangler refuses for an ES module Worker too.)
 const UNSUPPORTED_BINDING_KEYS: &[&str] = &[
     "wasm_modules",
     "text_blobs",
     "data_blobs",
-    "containers",
     "unsafe_hello_world",
 ];
 
@@ -650,6 +651,17 @@ impl Reader {
                 continue;
             }
             if top_level && (key == "env" || key == "migrations" || key == "exports") {
+                continue;
+            }
+            if key == "containers" {
+                // The Durable Object classes run; their containers do not (they need
+                // Cloudflare, or Docker under wrangler dev).
+                if !binds_nothing(&table[key]) {
+                    self.warnings.push(format!(
+                        "key '{prefix}containers': dorun does not run containers; their Durable \
+                         Object classes run, and starting a container fails"
+                    ));
+                }
                 continue;
             }
             if !top_level && key == "migrations" {

@@ -48,18 +48,29 @@ fn unsupported_binding_is_an_error_naming_the_key_unless_allowed() {
     let path = write(
         &dir,
         "wrangler.json",
-        r#"{ "main": "index.js", "containers": [{"class_name": "X", "image": "./Dockerfile"}] }"#,
+        r#"{ "main": "index.js", "wasm_modules": {"M": "m.wasm"} }"#,
     );
     let error = load(&path, &LoadOptions::default()).unwrap_err();
     let text = error.to_string();
-    assert!(text.contains("containers"), "{text}");
+    assert!(text.contains("wasm_modules"), "{text}");
     assert!(text.contains("wrangler.json"), "{text}");
     let options = LoadOptions {
         unsupported_bindings: UnsupportedBindings::Warn,
         ..Default::default()
     };
     let config = load(&path, &options).unwrap();
-    assert!(config.warnings.iter().any(|w| w.contains("containers")));
+    assert!(config.warnings.iter().any(|w| w.contains("wasm_modules")));
+    // Containers start with a warning: their classes run, the containers do not.
+    let path = write(
+        &dir,
+        "wrangler.json",
+        r#"{ "main": "index.js", "containers": [{"class_name": "X", "image": "./Dockerfile"}] }"#,
+    );
+    let config = load(&path, &LoadOptions::default()).unwrap();
+    assert!(config
+        .warnings
+        .iter()
+        .any(|w| w.contains("does not run containers")));
 }
 
 #[test]
@@ -203,7 +214,7 @@ fn all_problems_are_reported_together() {
     let path = write(
         &dir,
         "wrangler.toml",
-        "main = \"missing.js\"\ncompatibility_date = \"soon\"\n[[containers]]\nclass_name = \"Q\"\nimage = \"./Dockerfile\"\n",
+        "main = \"missing.js\"\ncompatibility_date = \"soon\"\n[text_blobs]\nT = \"t.txt\"\n",
     );
     let error = load(&path, &LoadOptions::default()).unwrap_err();
     assert_eq!(error.problems.len(), 3, "{error}");
