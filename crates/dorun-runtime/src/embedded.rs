@@ -48,11 +48,26 @@ fn embed_files(files: Cow<'static, [ExtensionFileSource]>) -> Cow<'static, [Exte
     let embedded = files
         .iter()
         .map(|file| match on_disk(file).and_then(lookup) {
-            Some(code) => ExtensionFileSource::new_computed(file.specifier, code),
+            Some(code) => {
+                ExtensionFileSource::new_computed(file.specifier, adjusted(file.specifier, code))
+            }
             None => file.clone(),
         })
         .collect::<Vec<_>>();
     Cow::Owned(embedded)
+}
+
+/// The bad-port check of deno_fetch's `fetch()` (the WHATWG list: 1, 25, 5060, 6000, ...).
+const BAD_PORT_CHECK: &str = r#"url.port !== "" && BAD_PORTS[url.port] === true"#;
+
+/// `code` of `specifier` as dorun runs it: workerd's `fetch()` reaches any port (an app
+/// monitoring an SMTP or X11 port does), so deno_fetch's browser-style bad-port check is
+/// turned off.
+fn adjusted(specifier: &str, code: Arc<str>) -> Arc<str> {
+    if specifier.ends_with("26_fetch.js") && code.contains(BAD_PORT_CHECK) {
+        return Arc::from(code.replace(BAD_PORT_CHECK, "false"));
+    }
+    code
 }
 
 /// `extension` with every JS file it loads from disk replaced by its embedded source.
@@ -90,6 +105,19 @@ mod tests {
             }
         }
         assert!(lookup("/elsewhere/dorun-runtime/src/js/00_runtime.js").is_some());
+        // deno_fetch still has the bad-port check this build turns off.
+        let fetch = lookup("deno_fetch/26_fetch.js").or_else(|| {
+            FILES
+                .iter()
+                .find(|(key, _)| key.ends_with("26_fetch.js"))
+                .map(|(_, source)| Arc::from(*source))
+        });
+        let fetch = fetch.expect("26_fetch.js is embedded");
+        assert!(
+            fetch.contains(BAD_PORT_CHECK),
+            "deno_fetch changed its bad-port check"
+        );
+        assert!(!adjusted("ext:deno_fetch/26_fetch.js", fetch).contains(BAD_PORT_CHECK));
         assert!(lookup("/nowhere/file.js").is_none());
     }
 }
