@@ -513,14 +513,35 @@ pub async fn op_dorun_next_event(state: Rc<RefCell<OpState>>) -> Option<Incoming
     })
 }
 
+/// A Response's own status text (`new Response(body, {statusText})`), when it is not its
+/// status's standard one: the front door sends it as the reason phrase, and it crosses a
+/// service binding or an object's `fetch()`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusText(pub String);
+
 pub fn response_head(
     status: u16,
+    headers: Vec<(ByteString, ByteString)>,
+    body: ResponseBody,
+) -> Result<http::Response<ResponseBody>, JsErrorBox> {
+    response_head_with_text(status, None, headers, body)
+}
+
+/// [`response_head`] with the Response's status text.
+pub fn response_head_with_text(
+    status: u16,
+    status_text: Option<String>,
     headers: Vec<(ByteString, ByteString)>,
     body: ResponseBody,
 ) -> Result<http::Response<ResponseBody>, JsErrorBox> {
     let mut response = http::Response::new(body);
     *response.status_mut() = http::StatusCode::from_u16(status)
         .map_err(|_| JsErrorBox::range_error(format!("invalid status code {status}")))?;
+    if let Some(text) = status_text
+        .filter(|t| !t.is_empty() && Some(t.as_str()) != response.status().canonical_reason())
+    {
+        response.extensions_mut().insert(StatusText(text));
+    }
     let map = response.headers_mut();
     for (name, value) in headers {
         let name = http::HeaderName::from_bytes(&name)
@@ -545,6 +566,7 @@ pub fn op_dorun_respond(
     state: &mut OpState,
     #[smi] id: u32,
     #[smi] status: u16,
+    #[string] status_text: Option<String>,
     #[scoped] headers: Vec<(ByteString, ByteString)>,
     #[buffer] body: Option<JsBuffer>,
     #[smi] web_socket: Option<u32>,
@@ -553,7 +575,7 @@ pub fn op_dorun_respond(
         Some(bytes) if !bytes.is_empty() => ResponseBody::full(Bytes::copy_from_slice(&bytes)),
         _ => ResponseBody::Empty,
     };
-    let mut response = response_head(status, headers, body)?;
+    let mut response = response_head_with_text(status, status_text, headers, body)?;
     if let Some(socket) = web_socket {
         response.extensions_mut().insert(WebSocketToken(socket));
     }
@@ -574,6 +596,7 @@ pub async fn op_dorun_respond_stream(
     state: Rc<RefCell<OpState>>,
     #[smi] id: u32,
     #[smi] status: u16,
+    #[string] status_text: Option<String>,
     #[scoped] headers: Vec<(ByteString, ByteString)>,
     #[smi] rid: ResourceId,
 ) -> Result<(), JsErrorBox> {
@@ -592,7 +615,7 @@ pub async fn op_dorun_respond_stream(
             .map_err(JsErrorBox::from_err)?,
     };
     let (tx, body) = ResponseBody::channel();
-    let response = match response_head(status, headers, body) {
+    let response = match response_head_with_text(status, status_text, headers, body) {
         Ok(response) => response,
         Err(error) => {
             resource.close();

@@ -65,7 +65,7 @@ pub struct Payload {
 #[derive(ToV8)]
 pub struct ResponseHead {
     status: u16,
-    /// The status's standard reason phrase (a custom one does not cross).
+    /// The Response's status text (its own, or the status's standard one).
     status_text: String,
     headers: Vec<(ByteString, ByteString)>,
     body_rid: Option<u32>,
@@ -95,10 +95,16 @@ fn call_reply(
             CallReply::Response(ResponseHead {
                 status: parts.status.as_u16(),
                 status_text: parts
-                    .status
-                    .canonical_reason()
-                    .unwrap_or_default()
-                    .to_string(),
+                    .extensions
+                    .get::<crate::events::StatusText>()
+                    .map(|t| t.0.clone())
+                    .unwrap_or_else(|| {
+                        parts
+                            .status
+                            .canonical_reason()
+                            .unwrap_or_default()
+                            .to_string()
+                    }),
                 headers: header_list(&parts.headers),
                 body_rid,
                 web_socket: parts.extensions.get::<WebSocketToken>().map(|t| t.0),

@@ -218,6 +218,15 @@ async fn handle(
     } else if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
         response = Failure::Exception.response();
     }
+    // The Response's own status text goes out as the reason phrase (HTTP/1.1).
+    if let Some(text) = response
+        .extensions_mut()
+        .remove::<dorun_runtime::events::StatusText>()
+    {
+        if let Ok(phrase) = hyper::ext::ReasonPhrase::try_from(text.0.into_bytes()) {
+            response.extensions_mut().insert(phrase);
+        }
+    }
     log(&response);
     response
 }

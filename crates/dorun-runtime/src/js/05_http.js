@@ -76,19 +76,20 @@ export function makeIncomingRequest(head) {
 export function sendResponse(id, response) {
   const inner = toInnerResponse(response);
   const status = inner.status;
+  const statusText = inner.statusMessage === "" ? null : inner.statusMessage;
   const headers = inner.headerList;
   const body = inner.body;
   // A WebSocket response hands its socket to the front door.
   const socket = responseSocketToken(response);
   if (body === null) {
-    op_dorun_respond(id, status, headers, null, socket);
+    op_dorun_respond(id, status, statusText, headers, null, socket);
     return;
   }
   const source = body.streamOrStatic;
   if (!ObjectPrototypeIsPrototypeOf(streams.ReadableStreamPrototype, source)) {
     const bytes = typeof source.body === "string" ? encoder.encode(source.body) : source.body;
     source.consumed = true;
-    op_dorun_respond(id, status, headers, bytes, null);
+    op_dorun_respond(id, status, statusText, headers, bytes, null);
     return;
   }
   if (streams.isReadableStreamLocked(source) || streams.isReadableStreamDisturbed(source)) {
@@ -102,7 +103,7 @@ export function sendResponse(id, response) {
     // The stream is used up: reading or cancelling it later fails as for a consumed body.
     streams.readableStreamDisturb(source);
   }
-  PromisePrototypeThen(op_dorun_respond_stream(id, status, headers, rid), undefined, (error) => {
+  PromisePrototypeThen(op_dorun_respond_stream(id, status, statusText, headers, rid), undefined, (error) => {
     console.error("Error while streaming the response body:", error);
   });
 }
@@ -144,5 +145,5 @@ for local development; start it with <code>--no-error-page</code> to answer a pl
 <pre>${escapeHtml(stack)}</pre>
 </body></html>
 `;
-  op_dorun_respond(id, 500, [["content-type", "text/html;charset=UTF-8"]], encoder.encode(html), null);
+  op_dorun_respond(id, 500, null, [["content-type", "text/html;charset=UTF-8"]], encoder.encode(html), null);
 }
