@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dorun_runtime::queue_binding::{self, Backlog, QueueHandle};
+use dorun_runtime::queue_binding::{self, QueueHandle};
 use dorun_runtime::WorkerPool;
 use dorun_storage::{NewMessage, QueuedMessage, Settlement};
 use http_body_util::BodyExt as _;
@@ -140,9 +140,10 @@ fn now_ms() -> i64 {
 /// Delivers `consumer`'s messages until the process ends (spawn it).
 pub async fn run(consumer: Arc<Consumer>) {
     let settings = &consumer.settings;
+    // Unset, as Cloudflare scales consumers up: a few batches per isolate thread.
     let concurrency = settings
         .max_concurrency
-        .unwrap_or_else(|| consumer.pool.thread_count())
+        .unwrap_or_else(|| 4 * consumer.pool.thread_count())
         .max(1);
     let permits = Arc::new(tokio::sync::Semaphore::new(concurrency));
     // When the batch being gathered saw its first ready message.
@@ -244,7 +245,7 @@ struct Retry {
 }
 
 /// The request body of a batch: a little-endian u32 length, that much JSON, then the bodies.
-fn encode(queue: &str, batch: &[QueuedMessage], backlog: Option<Backlog>) -> Vec<u8> {
+fn encode(queue: &str, batch: &[QueuedMessage], backlog: (i64, i64)) -> Vec<u8> {
     let messages: Vec<serde_json::Value> = batch
         .iter()
         .map(|m| {
@@ -258,13 +259,8 @@ fn encode(queue: &str, batch: &[QueuedMessage], backlog: Option<Backlog>) -> Vec
         })
         .collect();
     // `batch.metadata.metrics`: what the queue holds besides this batch.
-    let (count, bytes) = backlog.map_or((0, 0), |b| {
-        let here: i64 = batch.iter().map(|m| m.body.len() as i64).sum();
-        (
-            (b.backlog_count - batch.len() as i64).max(0),
-            (b.backlog_bytes - here).max(0),
-        )
-    });
+    // The batch is claimed already: the counts leave it out.
+    let (count, bytes) = backlog;
     let metrics = serde_json::json!({ "backlogCount": count, "backlogBytes": bytes });
     let head = serde_json::json!({
         "queue": queue,
@@ -288,8 +284,11 @@ async fn call(consumer: &Consumer, batch: &[QueuedMessage]) -> Outcome {
         error: Some(error),
         ..Default::default()
     };
-    let backlog = consumer.handle.backlog().ok();
-    let body = encode(&consumer.settings.queue, batch, backlog);
+    let body = encode(
+        &consumer.settings.queue,
+        batch,
+        consumer.handle.backlog_counts(),
+    );
     let request = http::Request::builder()
         .method(http::Method::POST)
         .uri("http://dorun.internal/__queue")

@@ -26,7 +26,7 @@ pub struct QueueConsumer {
     /// Deliveries after the first before a message is dead-lettered or dropped (0–100).
     pub max_retries: u32,
     pub dead_letter_queue: Option<String>,
-    /// Batches delivered at once (1–250); unset: one per isolate thread.
+    /// Batches delivered at once (1–250); unset: four per isolate thread.
     pub max_concurrency: Option<usize>,
     /// Seconds before a retried message is delivered again, unless `retry()` says.
     pub retry_delay: u32,
