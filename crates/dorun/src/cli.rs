@@ -1,7 +1,7 @@
 //! The `dorun` command line.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -384,6 +384,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = workers::data_dir(&configs[0], &options);
     std::fs::create_dir_all(&data_dir)
         .map_err(|e| anyhow!("cannot create data directory {}: {e}", data_dir.display()))?;
+    check_writable(&data_dir)?;
     let threads = args.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -623,4 +624,30 @@ fn connection_limits(args: &ServeArgs) -> anyhow::Result<ConnectionLimits> {
         limits.max_connections = max.max(1);
     }
     Ok(limits)
+}
+
+/// Fails early, naming the directory and this process's user, when the data directory cannot
+/// be written: typically a root-owned host directory mounted on a container's /data.
+fn check_writable(data_dir: &Path) -> anyhow::Result<()> {
+    let probe = data_dir.join(format!(".dorun-write-check-{}", std::process::id()));
+    match std::fs::File::create(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            // /proc/self belongs to the process's effective user and group (Linux).
+            use std::os::unix::fs::MetadataExt;
+            let (uid, gid) = std::fs::metadata("/proc/self")
+                .map(|m| (m.uid().to_string(), m.gid().to_string()))
+                .unwrap_or_else(|_| ("?".into(), "?".into()));
+            bail!(
+                "data directory {dir} is not writable by dorun's user (uid {uid}, gid {gid}): {e}. \
+                 Give it to that user (on the host: chown -R {uid}:{gid} <the directory mounted \
+                 there>), or with podman mount it with :U (-v <dir>:{dir}:U)",
+                dir = data_dir.display()
+            )
+        }
+        Err(e) => bail!("cannot write in data directory {}: {e}", data_dir.display()),
+    }
 }
