@@ -92,6 +92,17 @@ impl State {
     }
 }
 
+/// Why [`AlarmScheduler::run_now`] ran nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum RunNowError {
+    #[error("the object has no alarm scheduled")]
+    NoAlarm,
+    #[error("the object's alarm is running")]
+    Running,
+    #[error("the worker is shutting down")]
+    ShuttingDown,
+}
+
 pub struct AlarmScheduler {
     state: Mutex<State>,
     wake: Notify,
@@ -334,6 +345,57 @@ impl AlarmScheduler {
             })
             .collect();
         (due, next)
+    }
+
+    /// Runs object `object_id`'s alarm now, whatever its time (the admin listener's "run the
+    /// alarm now", for tests): marked running as a due alarm is, sent to the object, and
+    /// finished with its outcome as the scheduler's own runs are. Returns the scheduled time
+    /// that ran and the outcome.
+    pub async fn run_now(
+        &self,
+        router: &Router,
+        namespace: u32,
+        object_id: &str,
+    ) -> Result<(i64, AlarmOutcome), RunNowError> {
+        let key = (namespace, object_id.to_string());
+        let alarm = {
+            let mut state = self.state.lock().unwrap();
+            if state.running.contains_key(&key) {
+                return Err(RunNowError::Running);
+            }
+            let entry = state.entries.get(&key).ok_or(RunNowError::NoAlarm)?;
+            let alarm = DueAlarm {
+                namespace,
+                object_id: object_id.to_string(),
+                name: entry.name.clone(),
+                scheduled: entry.scheduled,
+                retries: entry.retries,
+            };
+            state.running.insert(key.clone(), alarm.scheduled);
+            alarm
+        };
+        let scheduled = alarm.scheduled;
+        let (reply, response) = oneshot::channel();
+        let event = ObjectEvent {
+            namespace,
+            object_id: alarm.object_id,
+            object_name: alarm.name,
+            call: ObjectCall::Alarm {
+                scheduled,
+                retries: alarm.retries,
+            },
+            reply,
+        };
+        if router.to_object(event).is_err() {
+            self.state.lock().unwrap().running.remove(&key);
+            return Err(RunNowError::ShuttingDown);
+        }
+        let outcome = match response.await {
+            Ok(Reply::Alarm(outcome)) => outcome,
+            _ => AlarmOutcome::Retry,
+        };
+        self.finished(key, outcome);
+        Ok((scheduled, outcome))
     }
 
     fn is_stopped(&self) -> bool {

@@ -152,6 +152,17 @@ impl WorkerPool {
         &self.alarms
     }
 
+    /// Runs an object's alarm now (see [`AlarmScheduler::run_now`]).
+    pub async fn run_alarm_now(
+        &self,
+        namespace: u32,
+        object_id: &str,
+    ) -> Result<(i64, crate::mailbox::AlarmOutcome), crate::alarms::RunNowError> {
+        self.alarms
+            .run_now(&self.router, namespace, object_id)
+            .await
+    }
+
     /// The WebSockets the Worker's responses hand to the front door.
     pub fn sockets(&self) -> &Arc<SocketRegistry> {
         &self.sockets

@@ -5,10 +5,12 @@
 //! | --- | --- |
 //! | `GET /api/namespaces` | each namespace: worker, class, binding, objects, bytes |
 //! | `GET /api/namespaces/{ns}/objects` | its objects: bytes, last activity, resident, alarm |
+//! | `GET /api/namespaces/{ns}/id?name=` | the id `idFromName(name)` gives in that namespace |
 //! | `GET /api/objects/{ns}/{id}` | one object |
 //! | `GET /api/objects/{ns}/{id}/kv?prefix=&start=&limit=` | its KV entries, values decoded |
 //! | `POST /api/objects/{ns}/{id}/sql` `{"query": "..."}` | SQL on it (KV table readable) |
 //! | `GET`/`DELETE /api/objects/{ns}/{id}/alarm` | its alarm; delete it |
+//! | `POST /api/objects/{ns}/{id}/alarm/run` | run its alarm now (answers once `alarm()` returned) |
 //! | `POST /api/objects/{ns}/{id}/evict` | drop it from memory (writes committed) |
 //! | `POST /api/objects/{ns}/{id}/import` (body: a SQLite file) | replace its storage |
 //! | `GET /api/objects/{ns}/{id}/export` | a consistent copy of its SQLite file (the body) |
@@ -53,6 +55,10 @@ pub async fn route(admin: &Admin, parts: &http::request::Parts, body: Bytes) -> 
         }
         ["api", "namespaces", ns, "objects"] if get => match namespace(admin, ns) {
             Some(ns) => json(200, &catalog::objects_json(&ns).await),
+            None => unknown_namespace(ns),
+        },
+        ["api", "namespaces", ns, "id"] if get => match namespace(admin, ns) {
+            Some(ns) => id_from_name(&ns, parts),
             None => unknown_namespace(ns),
         },
         ["api", "reset"] if post => reset(admin).await,
@@ -124,6 +130,7 @@ async fn object_route(
         ["alarm"] if method == http::Method::DELETE => {
             object_request(ns, id, json!({"op": "deleteAlarm"})).await
         }
+        ["alarm", "run"] if post => run_alarm(ns, id).await,
         ["evict"] if post => {
             let command = AdminCommand::Evict {
                 namespace: ns.index,
@@ -137,6 +144,44 @@ async fn object_route(
         ["import"] if post => import(ns, id, body).await,
         ["export"] if get => export(ns, id).await,
         _ => error(404, format!("no admin route {method} {}", parts.uri.path())),
+    }
+}
+
+/// The id `idFromName(name)` gives in the namespace.
+fn id_from_name(ns: &Namespace, parts: &http::request::Parts) -> AdminResponse {
+    let params = super::query_params(parts);
+    let Some(name) = params.get("name") else {
+        return error(400, "send ?name=<the object's name>");
+    };
+    match ns.pool.spec().objects.namespace(ns.index) {
+        Ok(namespace) => json(
+            200,
+            &json!({ "name": name, "id": namespace.id_from_name(name) }),
+        ),
+        Err(e) => error(500, e),
+    }
+}
+
+/// Runs the object's alarm now and answers once its `alarm()` has returned (or thrown:
+/// then it is retried later, as a failed alarm is).
+async fn run_alarm(ns: &Namespace, id: &str) -> AdminResponse {
+    use dorun_runtime::alarms::RunNowError;
+    use dorun_runtime::mailbox::AlarmOutcome;
+    match ns.pool.run_alarm_now(ns.index, id).await {
+        Ok((scheduled, outcome)) => {
+            let (outcome, next) = match outcome {
+                AlarmOutcome::Done => ("done", None),
+                AlarmOutcome::Retry => ("retry", None),
+                AlarmOutcome::Stale(next) => ("stale", next),
+            };
+            json(
+                200,
+                &json!({ "ran": true, "scheduled": scheduled, "outcome": outcome, "next": next }),
+            )
+        }
+        Err(RunNowError::NoAlarm) => json(200, &json!({ "ran": false, "reason": "no alarm" })),
+        Err(e @ RunNowError::Running) => error(409, e),
+        Err(e @ RunNowError::ShuttingDown) => error(503, e),
     }
 }
 
