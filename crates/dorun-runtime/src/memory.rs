@@ -41,11 +41,18 @@ pub fn over_memory_limit() -> bool {
 pub fn watch_process_memory(limit_bytes: u64) {
     static STARTED: Once = Once::new();
     STARTED.call_once(|| {
-        let page = 4096u64;
+        if std::fs::metadata(STATM).is_err() {
+            tracing::warn!(
+                "--memory-limit-mb is not enforced on this system: dorun reads the resident \
+                 memory from {STATM}, which only Linux has"
+            );
+            return;
+        }
+        let page = page_size();
         let spawned = std::thread::Builder::new()
             .name("dorun-memory".into())
             .spawn(move || loop {
-                if let Some(pages) = std::fs::read_to_string("/proc/self/statm")
+                if let Some(pages) = std::fs::read_to_string(STATM)
                     .ok()
                     .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
                 {
@@ -69,6 +76,20 @@ pub fn watch_process_memory(limit_bytes: u64) {
             tracing::error!("cannot watch memory: {error}");
         }
     });
+}
+
+/// Where Linux tells a process its size, in pages (`size resident shared ...`).
+const STATM: &str = "/proc/self/statm";
+
+/// The kernel's page size: 4 KiB on x86-64, but 16 or 64 KiB on some arm64 kernels.
+fn page_size() -> u64 {
+    // SAFETY: sysconf only reads a constant of the system.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 {
+        size as u64
+    } else {
+        4096
+    }
 }
 
 /// Caps every WebAssembly memory at `bytes` (V8's page limit; it applies to the process).

@@ -58,9 +58,19 @@ impl IsolateWatch {
     /// Called on the isolate thread.
     pub fn attach(&self, handle: deno_core::v8::IsolateHandle) {
         *self.handle.lock().unwrap() = Some(handle);
-        *self.cpu_clock.lock().unwrap() = std::fs::read_link("/proc/thread-self")
+        let clock = std::fs::read_link("/proc/thread-self")
             .ok()
             .map(|task| std::path::Path::new("/proc").join(task).join("stat"));
+        if clock.is_none() {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!(
+                    "the CPU limit counts wall time on this system, not CPU time: a thread's CPU \
+                     time is read from /proc, which only Linux has"
+                );
+            });
+        }
+        *self.cpu_clock.lock().unwrap() = clock;
         self.cpu_exceeded.store(false, Ordering::SeqCst);
         self.heap_exceeded.store(false, Ordering::SeqCst);
     }
