@@ -38,11 +38,17 @@ if [ "$engine" = podman ]; then
     echo "no registry: making $rust from $base and the toolchain in $toolchain"
     mkdir -p "$work/rust"
     cp -al "$toolchain" "$work/rust/toolchain" 2>/dev/null || cp -a "$toolchain" "$work/rust/toolchain"
+    # This machine's own certificate authorities (e.g. an egress proxy's), so that cargo
+    # inside the build reaches the registry the way it does here.
+    mkdir -p "$work/rust/ca"
+    cp /usr/local/share/ca-certificates/*.crt "$work/rust/ca/" 2>/dev/null || true
     cat >"$work/rust/Containerfile" <<EOF
 FROM $base
 RUN apt-get update && apt-get install -y --no-install-recommends \\
       ca-certificates gcc g++ libc6-dev make pkg-config binutils git curl \\
     && rm -rf /var/lib/apt/lists/*
+COPY ca/ /usr/local/share/ca-certificates/
+RUN update-ca-certificates >/dev/null
 COPY toolchain /usr/local/rust
 ENV PATH=/usr/local/cargo/bin:/usr/local/rust/bin:\$PATH CARGO_HOME=/usr/local/cargo
 EOF

@@ -4,7 +4,7 @@
 #   bash tests/container/run.sh [path/to/dorun]
 #
 # Builds config/Dockerfile's final stage around an already built dorun binary
-# (`--build-arg DORUN_BINARY=context`; default: target/debug/dorun, which `cargo test` built;
+# (`--target prebuilt`; default: target/debug/dorun, which `cargo test` built;
 # config/build-image.sh does the whole multi-stage build), then checks what the README
 # promises of the image:
 #   - it serves examples/counter/js, runs as uid/gid 10001, and its HEALTHCHECK reports healthy
@@ -124,7 +124,7 @@ podman image exists localhost/dorun-ci-client || timeout 600 podman build -q -t 
 [ -x "$binary" ] || fail "no dorun binary at $binary (cargo build --bin dorun first)"
 mkdir -p "$work/context"
 strip -o "$work/context/dorun" "$binary"
-timeout 600 podman build -q --format docker --build-arg DORUN_BINARY=context \
+timeout 600 podman build -q --format docker --target prebuilt \
   -f config/Dockerfile -t "$image" "$work/context" >/dev/null 2>"$work/build.err" \
   || { cat "$work/build.err" >&2; fail "podman build of config/Dockerfile failed"; }
 size=$(podman image inspect --format '{{.Size}}' "$image")
