@@ -32,6 +32,7 @@ mod many_objects;
 mod modules;
 mod multi;
 mod node_compat;
+mod npm_package;
 mod objects;
 mod portable;
 mod queues;
