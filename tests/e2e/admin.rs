@@ -253,6 +253,37 @@ async fn views_and_deletes_an_alarm_so_it_never_runs() {
 }
 
 #[tokio::test]
+async fn runs_an_alarm_now_and_gives_the_id_of_a_name() {
+    let server = start(&[]);
+    let admin = AdminClient::of(&server, None);
+    let id = object_id(&server, "frank").await;
+    let named = admin
+        .ok("GET", &format!("/api/namespaces/{NS}/id?name=frank"), None)
+        .await;
+    assert_eq!(named["id"], id.as_str(), "{named}");
+    let (status, _) = admin
+        .call("GET", &format!("/api/namespaces/{NS}/id"), None)
+        .await;
+    assert_eq!(status, 400);
+    let object = format!("/api/objects/{NS}/{id}");
+    let none = admin.ok("POST", &format!("{object}/alarm/run"), None).await;
+    assert_eq!(none["ran"], false, "{none}");
+    // An hour away; run now, and answered once alarm() has returned.
+    server.get_json_ok("/o/frank/alarm?in=3600000", &[]).await;
+    let scheduled = admin.ok("GET", &format!("{object}/alarm"), None).await["alarm"].clone();
+    let ran = admin.ok("POST", &format!("{object}/alarm/run"), None).await;
+    assert_eq!(ran["ran"], true, "{ran}");
+    assert_eq!(ran["outcome"], "done", "{ran}");
+    assert_eq!(ran["scheduled"], scheduled, "{ran}");
+    let value = server.get_json_ok("/o/frank/get?key=alarmRan", &[]).await;
+    assert_eq!(value["value"], true);
+    let alarm = admin.ok("GET", &format!("{object}/alarm"), None).await;
+    assert_eq!(alarm["alarm"], Value::Null, "the alarm that ran is cleared");
+    let listed = admin.ok("GET", &object, None).await;
+    assert_eq!(listed["alarm"], Value::Null, "and the scheduler forgot it");
+}
+
+#[tokio::test]
 async fn evicting_an_object_drops_its_instance_and_keeps_its_storage() {
     let server = start(&[]);
     let admin = AdminClient::of(&server, None);

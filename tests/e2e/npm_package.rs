@@ -263,18 +263,46 @@ async fn tarballs_install_offline_and_npx_dorun_serves_an_example() {
     assert_eq!(override_missing.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&override_missing.stderr);
     assert!(stderr.contains("DORUN_BINARY is set to"), "{stderr}");
-    std::fs::remove_dir_all(dir.join("node_modules/@dorun/linux-x64")).unwrap();
-    let omitted = Command::new("node")
-        .args(["node_modules/dorun/bin/dorun.js", "--version"])
-        .current_dir(&dir)
-        .output()
-        .unwrap();
-    assert_eq!(omitted.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&omitted.stderr);
-    assert!(
-        stderr.contains("@dorun/linux-x64) is not installed") && stderr.contains("optional"),
-        "{stderr}"
-    );
+    let wrapper_fails = |expect: &[&str]| {
+        let output = Command::new("node")
+            .args(["node_modules/dorun/bin/dorun.js", "--version"])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        for part in expect {
+            assert!(stderr.contains(part), "no '{part}' in: {stderr}");
+        }
+    };
+    // The glibc floor measured by npm/build.mjs is recorded in the package and checked.
+    let platform = dir.join("node_modules/@dorun/linux-x64");
+    let manifest_path = platform.join("package.json");
+    let manifest = std::fs::read_to_string(&manifest_path).unwrap();
+    let floor: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    let floor = floor["dorun"]["glibc"]
+        .as_str()
+        .expect("a glibc floor")
+        .to_string();
+    assert!(floor.starts_with("2."), "{floor}");
+    std::fs::write(
+        &manifest_path,
+        manifest.replace(&format!("\"glibc\": \"{floor}\""), "\"glibc\": \"2.999\""),
+    )
+    .unwrap();
+    wrapper_fails(&["needs glibc 2.999 or newer; this system has glibc 2."]);
+    std::fs::write(&manifest_path, &manifest).unwrap();
+    // node_modules installed on another platform.
+    let elsewhere = dir.join("node_modules/@dorun/darwin-arm64");
+    std::fs::rename(&platform, &elsewhere).unwrap();
+    wrapper_fails(&[
+        "(@dorun/linux-x64) is not installed",
+        "darwin-arm64 is",
+        "another platform",
+    ]);
+    // Optional dependencies left out.
+    std::fs::remove_dir_all(&elsewhere).unwrap();
+    wrapper_fails(&["(@dorun/linux-x64) is not installed", "optional"]);
     drop(serve);
     let _ = std::fs::remove_dir_all(&dir);
 }
