@@ -34,6 +34,7 @@ mod group;
 mod kv_namespace;
 mod queue;
 mod r2;
+pub mod replica;
 mod sandbox;
 mod shared;
 mod workflow;
