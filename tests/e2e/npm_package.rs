@@ -12,19 +12,40 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{dorun_binary, example, scratch_dir};
 
+/// The tests here that use the tarballs; the last to finish removes them.
+const PACKAGE_USERS: usize = 3;
+
+/// Held by each test that uses the tarballs: the last one dropped (even by a failing test)
+/// deletes them (35 MB), so test runs do not pile them up in the temp dir.
+struct UsesPackages;
+
+impl Drop for UsesPackages {
+    fn drop(&mut self) {
+        static DONE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let done = DONE.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        if done == PACKAGE_USERS {
+            if let Some(out) = OUT.get() {
+                let _ = std::fs::remove_dir_all(out);
+            }
+        }
+    }
+}
+
+static OUT: OnceLock<PathBuf> = OnceLock::new();
+
 /// The packed tarballs (`dorun` and `@dorun/linux-x64` from the binary under test), built
 /// once for every test here.
 fn tarballs() -> &'static [PathBuf] {
     static TARBALLS: OnceLock<Vec<PathBuf>> = OnceLock::new();
     TARBALLS.get_or_init(|| {
-        let out = scratch_dir("npm-packages");
+        let out = OUT.get_or_init(|| scratch_dir("npm-packages"));
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../npm/build.mjs");
         let started = Instant::now();
         let output = run(
             Command::new("node")
                 .arg(script)
                 .arg("--out")
-                .arg(&out)
+                .arg(out)
                 .arg("--binary")
                 .arg(format!("linux-x64={}", dorun_binary().display())),
             Duration::from_secs(180),
@@ -32,6 +53,8 @@ fn tarballs() -> &'static [PathBuf] {
         eprintln!("npm/build.mjs: {:?}", started.elapsed());
         let list: Vec<PathBuf> = output.lines().map(PathBuf::from).collect();
         assert_eq!(list.len(), 2, "{output}");
+        // The staged packages (the stripped binary) are not needed once packed.
+        let _ = std::fs::remove_dir_all(out.join("stage"));
         list
     })
 }
@@ -216,6 +239,7 @@ async fn get(url: &str) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tarballs_install_offline_and_npx_dorun_serves_an_example() {
+    let _packages = UsesPackages;
     let dir = empty_project("npm-empty");
     let tarballs = tarballs();
     let started = Instant::now();
@@ -309,6 +333,7 @@ async fn tarballs_install_offline_and_npx_dorun_serves_an_example() {
 
 #[test]
 fn the_js_tests_example_passes_with_vitest_and_node_test_from_the_tarballs() {
+    let _packages = UsesPackages;
     let dir = scratch_dir("npm-example");
     copy_example(&dir, true);
     // vitest from the npm registry (or npm's cache), then dorun from the tarballs only.
@@ -341,6 +366,7 @@ fn the_js_tests_example_passes_with_vitest_and_node_test_from_the_tarballs() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_wrapper_passes_sigterm_on_and_dorun_does_not_outlive_it() {
+    let _packages = UsesPackages;
     let dir = empty_project("npm-signals");
     install_tarballs(&dir);
     copy_example(&dir, false);
