@@ -1,7 +1,16 @@
 //! Replication of objects' commits to an S3-compatible store (issue 26; ARCHITECTURE.md,
-//! "Replication and clusters"). What exists so far is the data path's first half, with no
-//! I/O of its own: reading committed transactions out of an object's WAL ([`wal`]) and the
-//! LTX files they are shipped and restored as ([`ltx`]).
+//! "Replication and clusters"). Built so far, and not yet wired into `dorun serve`:
+//! - [`wal`]: reading committed transactions out of an object's WAL past a cursor;
+//! - [`ltx`]: the LTX files segments are shipped and restored as;
+//! - [`journal`]: the batches that carry many objects' segments in one upload;
+//! - [`store`]: the store behind `--replicate-to` (s3://, file://), generations;
+//! - [`replicator`]: capture → batch → upload with `If-None-Match`, settling commits in
+//!   batch order;
+//! - [`restore`]: objects' files rebuilt from the journals.
 
+pub mod journal;
 pub mod ltx;
+pub mod replicator;
+pub mod restore;
+pub mod store;
 pub mod wal;

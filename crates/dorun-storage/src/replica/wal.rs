@@ -15,6 +15,8 @@
 //! at its first frame.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 
 pub const WAL_HEADER_SIZE: usize = 32;
 pub const FRAME_HEADER_SIZE: usize = 24;
@@ -79,8 +81,39 @@ impl Cursor {
             return Ok(Captured::default());
         }
         let header = parse_header(wal)?;
+        self.restart_if_new(&header);
+        let frames = wal.get(self.offset as usize..).unwrap_or(&[]);
+        self.scan(&header, frames)
+    }
+
+    /// [`capture`](Self::capture) reading only the WAL's header and the bytes from the
+    /// cursor to `wal_end` of the file at `path`.
+    pub fn capture_file(&mut self, path: &Path, wal_end: u64) -> Result<Captured, WalError> {
+        let io = |e: std::io::Error| WalError::Invalid(format!("{}: {e}", path.display()));
+        let file = std::fs::File::open(path).map_err(io)?;
+        let mut head = [0u8; WAL_HEADER_SIZE];
+        if wal_end < WAL_HEADER_SIZE as u64 || file.read_exact_at(&mut head, 0).is_err() {
+            return Ok(Captured::default());
+        }
+        let header = parse_header(&head)?;
+        self.restart_if_new(&header);
+        let mut frames = vec![0u8; wal_end.saturating_sub(self.offset) as usize];
+        let mut read = 0;
+        while read < frames.len() {
+            match file.read_at(&mut frames[read..], self.offset + read as u64) {
+                Ok(0) => break,
+                Ok(n) => read += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
+        frames.truncate(read);
+        self.scan(&header, &frames)
+    }
+
+    /// A new WAL (or one restarted by a checkpoint): start at its first frame.
+    fn restart_if_new(&mut self, header: &WalHeader) {
         if self.salts != Some(header.salts) || self.offset < WAL_HEADER_SIZE as u64 {
-            // A new WAL (or one restarted by a checkpoint): start at its first frame.
             *self = Self {
                 salts: Some(header.salts),
                 big_endian: header.big_endian,
@@ -89,15 +122,19 @@ impl Cursor {
                 checksum: header.checksum,
             };
         }
+    }
+
+    /// Reads frames (the WAL's bytes from the cursor on) up to the last commit frame.
+    fn scan(&mut self, header: &WalHeader, frames: &[u8]) -> Result<Captured, WalError> {
         let page_size = self.page_size as usize;
         let frame_size = FRAME_HEADER_SIZE + page_size;
         let start = self.offset;
-        let mut at = self.offset as usize;
+        let mut at = 0usize;
         let mut checksum = self.checksum;
         let mut pending: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
         let mut transactions = Vec::new();
-        while at + frame_size <= wal.len() {
-            let frame = &wal[at..at + frame_size];
+        while at + frame_size <= frames.len() {
+            let frame = &frames[at..at + frame_size];
             let pgno = be32(&frame[0..]);
             let db_pages = be32(&frame[4..]);
             if (be32(&frame[8..]), be32(&frame[12..])) != header.salts {
@@ -110,7 +147,8 @@ impl Cursor {
             }
             if pgno == 0 {
                 return Err(WalError::Invalid(format!(
-                    "frame at {at} has page number 0"
+                    "frame at {} has page number 0",
+                    start + at as u64
                 )));
             }
             checksum = sum;
@@ -121,7 +159,7 @@ impl Cursor {
                     pages: std::mem::take(&mut pending),
                     db_pages,
                 });
-                self.offset = at as u64;
+                self.offset = start + at as u64;
                 self.checksum = checksum;
             }
         }

@@ -1,0 +1,846 @@
+//! The replicator: takes announcements of committed transactions, captures them from the
+//! objects' WALs, packs the segments of all objects into journal batches and uploads them,
+//! and settles each announcement once its batch *and every earlier batch* are in the store
+//! (ARCHITECTURE.md, "Group upload: the session journal").
+//!
+//! It runs on its own thread (`dorun-replica`) with a current-thread tokio runtime, since
+//! `object_store` is async. A batch is cut as soon as fewer than `max_inflight` uploads run
+//! and something is pending, so batches grow with load by themselves. A failed upload is
+//! retried with the same seq and bytes, holding back the settlement of every later batch;
+//! a batch key that already exists with other bytes means another process fenced this
+//! session's journal: replication stops and every waiting commit fails.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::journal::{self, BatchInfo, ObjectKey};
+use super::ltx;
+use super::store::{self, Store};
+use super::wal::{self, Committed, Cursor};
+
+/// Called once an announced commit is in the store (or can never be).
+pub type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+/// Commits of one object that are in its WAL and not yet announced.
+pub struct Announcement {
+    pub object: ObjectKey,
+    pub wal: PathBuf,
+    /// Counts the checkpoints of this WAL made by its owner (each restarts the WAL).
+    pub wal_round: u64,
+    pub first_txid: u64,
+    pub last_txid: u64,
+    /// The WAL's size right after the last of these commits.
+    pub wal_end: u64,
+    pub done: Option<Done>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub session: String,
+    pub epoch: u64,
+    pub max_inflight: usize,
+    pub max_batch_bytes: usize,
+}
+
+impl Options {
+    pub fn new(session: String, epoch: u64) -> Self {
+        Self {
+            session,
+            epoch,
+            max_inflight: 4,
+            max_batch_bytes: 8 << 20,
+        }
+    }
+}
+
+pub struct Replicator {
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct State {
+    incoming: Vec<Announcement>,
+    /// By WAL: the round and offset up to which every frame is in the store.
+    uploaded: HashMap<PathBuf, (u64, u64)>,
+    announced: u64,
+    settled: u64,
+    stopped: Option<String>,
+    shutdown: bool,
+    batches: u64,
+    bytes: u64,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    wake: tokio::sync::Notify,
+    changed: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// What the replicator has done so far (for metrics and tests).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub announced: u64,
+    pub settled: u64,
+    pub batches: u64,
+    pub bytes: u64,
+}
+
+impl Replicator {
+    pub fn start(store: Store, options: Options) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            wake: tokio::sync::Notify::new(),
+            changed: Condvar::new(),
+        });
+        let worker = shared.clone();
+        std::thread::Builder::new()
+            .name("dorun-replica".into())
+            .spawn(move || run(store, options, worker))?;
+        Ok(Self { shared })
+    }
+
+    /// Hands commits to the replicator (in commit order per object).
+    pub fn announce_all(&self, announcements: Vec<Announcement>) {
+        if announcements.is_empty() {
+            return;
+        }
+        let mut state = self.shared.lock();
+        if let Some(why) = state.stopped.clone() {
+            state.announced += announcements.len() as u64;
+            state.settled += announcements.len() as u64;
+            drop(state);
+            for announcement in announcements {
+                if let Some(done) = announcement.done {
+                    done(Err(why.clone()));
+                }
+            }
+            self.shared.changed.notify_all();
+            return;
+        }
+        state.announced += announcements.len() as u64;
+        state.incoming.extend(announcements);
+        drop(state);
+        self.shared.wake.notify_one();
+    }
+
+    /// Whether every frame of `wal` up to `end` (in checkpoint round `round`) is in the
+    /// store, so its owner may checkpoint it.
+    pub fn uploaded_through(&self, wal: &Path, round: u64, end: u64) -> bool {
+        self.shared
+            .lock()
+            .uploaded
+            .get(wal)
+            .is_some_and(|&(r, offset)| r == round && offset >= end)
+    }
+
+    /// Forgets a WAL (its object was reset or its file removed).
+    pub fn forget(&self, wal: &Path) {
+        self.shared.lock().uploaded.remove(wal);
+    }
+
+    /// Waits until every announcement so far is settled; false on timeout.
+    pub fn wait_settled(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.shared.lock();
+        loop {
+            if state.settled >= state.announced {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            state = self
+                .shared
+                .changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        }
+    }
+
+    pub fn progress(&self) -> Progress {
+        let state = self.shared.lock();
+        Progress {
+            announced: state.announced,
+            settled: state.settled,
+            batches: state.batches,
+            bytes: state.bytes,
+        }
+    }
+
+    /// Why replication stopped, if it did.
+    pub fn stopped(&self) -> Option<String> {
+        self.shared.lock().stopped.clone()
+    }
+}
+
+impl Drop for Replicator {
+    fn drop(&mut self) {
+        self.shared.lock().shutdown = true;
+        self.shared.wake.notify_one();
+    }
+}
+
+/// Commits of one object captured and waiting for a batch.
+struct Forming {
+    page_size: u32,
+    first_txid: u64,
+    last_txid: u64,
+    transactions: Vec<Committed>,
+    dones: Vec<Done>,
+    announcements: u64,
+    /// (WAL, round, offset) reached by these commits.
+    reached: (PathBuf, u64, u64),
+}
+
+/// A batch cut and being uploaded (or uploaded and waiting for an earlier one).
+struct Cut {
+    dones: Vec<Done>,
+    reached: Vec<(PathBuf, u64, u64)>,
+    count: u64,
+    uploaded: bool,
+}
+
+fn run(store: Store, options: Options, shared: Arc<Shared>) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            stop(
+                &shared,
+                format!("replication could not start: {error}"),
+                Vec::new(),
+            );
+            return;
+        }
+    };
+    runtime.block_on(Worker::new(store, options, shared).run());
+}
+
+struct Worker {
+    store: Store,
+    options: Options,
+    shared: Arc<Shared>,
+    cursors: HashMap<PathBuf, (u64, Cursor)>,
+    forming: BTreeMap<ObjectKey, Forming>,
+    cuts: BTreeMap<u64, Cut>,
+    next_seq: u64,
+    uploads: tokio::task::JoinSet<(u64, Result<(), String>)>,
+}
+
+impl Worker {
+    fn new(store: Store, options: Options, shared: Arc<Shared>) -> Self {
+        Self {
+            store,
+            options,
+            shared,
+            cursors: HashMap::new(),
+            forming: BTreeMap::new(),
+            cuts: BTreeMap::new(),
+            next_seq: 1,
+            uploads: tokio::task::JoinSet::new(),
+        }
+    }
+
+    async fn run(mut self) {
+        loop {
+            let (incoming, shutdown) = {
+                let mut state = self.shared.lock();
+                if state.stopped.is_some() {
+                    return;
+                }
+                (std::mem::take(&mut state.incoming), state.shutdown)
+            };
+            for announcement in incoming {
+                self.capture(announcement);
+            }
+            while self.uploads.len() < self.options.max_inflight && !self.forming.is_empty() {
+                self.cut();
+            }
+            if shutdown && self.forming.is_empty() && self.uploads.is_empty() {
+                return;
+            }
+            tokio::select! {
+                () = self.shared.wake.notified() => {}
+                Some(joined) = self.uploads.join_next(), if !self.uploads.is_empty() => {
+                    let (seq, result) = match joined {
+                        Ok(outcome) => outcome,
+                        Err(error) => (0, Err(format!("upload task failed: {error}"))),
+                    };
+                    match result {
+                        Ok(()) => self.uploaded(seq),
+                        Err(why) => {
+                            let pending = self.take_all_dones();
+                            stop(&self.shared, why, pending);
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads an announcement's commits out of its WAL into the object's forming segment.
+    fn capture(&mut self, announcement: Announcement) {
+        let Announcement {
+            object,
+            wal,
+            wal_round,
+            first_txid,
+            last_txid,
+            wal_end,
+            done,
+        } = announcement;
+        let entry = self
+            .cursors
+            .entry(wal.clone())
+            .or_insert_with(|| (wal_round, Cursor::new()));
+        if entry.0 != wal_round {
+            *entry = (wal_round, Cursor::new());
+        }
+        let expected = last_txid + 1 - first_txid;
+        let captured = match entry.1.capture_file(&wal, wal_end) {
+            Ok(captured) => captured,
+            Err(error) => {
+                self.fail(done, &object, format!("{error}"));
+                return;
+            }
+        };
+        let offset = entry.1.offset();
+        if captured.transactions.len() as u64 != expected {
+            // The WAL does not hold what was announced: the chain of this object cannot be
+            // continued safely from here.
+            self.cursors.remove(&wal);
+            let why = format!(
+                "its WAL holds {} new commits where {expected} were announced",
+                captured.transactions.len()
+            );
+            self.fail(done, &object, why);
+            return;
+        }
+        match self.forming.get_mut(&object) {
+            Some(forming) if forming.last_txid + 1 == first_txid => {
+                forming.last_txid = last_txid;
+                forming.transactions.extend(captured.transactions);
+                forming.dones.extend(done);
+                forming.announcements += 1;
+                forming.reached = (wal, wal_round, offset);
+            }
+            Some(forming) => {
+                let why = format!("commit {first_txid} announced after {}", forming.last_txid);
+                self.fail(done, &object, why);
+            }
+            None => {
+                self.forming.insert(
+                    object,
+                    Forming {
+                        page_size: captured.page_size,
+                        first_txid,
+                        last_txid,
+                        transactions: captured.transactions,
+                        dones: done.into_iter().collect(),
+                        announcements: 1,
+                        reached: (wal, wal_round, offset),
+                    },
+                );
+            }
+        }
+    }
+
+    fn fail(&self, done: Option<Done>, object: &ObjectKey, why: String) {
+        let message = format!(
+            "replication of {}/{} failed: {why}",
+            object.namespace, object.id
+        );
+        tracing::error!("{message}");
+        if let Some(done) = done {
+            done(Err(message));
+        }
+        self.settle(1);
+    }
+
+    fn settle(&self, announcements: u64) {
+        self.shared.lock().settled += announcements;
+        self.shared.changed.notify_all();
+    }
+
+    /// Packs forming segments (up to the batch size) into the next batch and starts its
+    /// upload.
+    fn cut(&mut self) {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let mut segments = Vec::new();
+        let mut dones = Vec::new();
+        let mut reached = Vec::new();
+        let mut count = 0u64;
+        let mut size = 0usize;
+        while size < self.options.max_batch_bytes {
+            let Some((object, forming)) = self.forming.pop_first() else {
+                break;
+            };
+            let encoded = encode_segment(&forming, now_ms);
+            match encoded {
+                Ok(bytes) => {
+                    size += bytes.len();
+                    count += forming.announcements;
+                    reached.push(forming.reached.clone());
+                    dones.extend(forming.dones);
+                    segments.push((
+                        object,
+                        self.options.epoch,
+                        forming.first_txid,
+                        forming.last_txid,
+                        bytes,
+                    ));
+                }
+                Err(error) => {
+                    let why = format!(
+                        "replication of {}/{} failed: {error}",
+                        object.namespace, object.id
+                    );
+                    tracing::error!("{why}");
+                    for done in forming.dones {
+                        done(Err(why.clone()));
+                    }
+                    self.settle(forming.announcements);
+                }
+            }
+        }
+        if segments.is_empty() {
+            return;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let info = BatchInfo {
+            seq,
+            created_ms: now_ms,
+            session: self.options.session.clone(),
+        };
+        let bytes = journal::encode(&info, &segments);
+        {
+            let mut state = self.shared.lock();
+            state.batches += 1;
+            state.bytes += bytes.len() as u64;
+        }
+        self.cuts.insert(
+            seq,
+            Cut {
+                dones,
+                reached,
+                count,
+                uploaded: false,
+            },
+        );
+        let key = journal::batch_key(&self.options.session, seq);
+        let store = self.store.clone();
+        self.uploads
+            .spawn(async move { (seq, upload(&store, &key, bytes).await) });
+    }
+
+    /// Marks a batch uploaded and settles every batch of the uploaded prefix.
+    fn uploaded(&mut self, seq: u64) {
+        if let Some(cut) = self.cuts.get_mut(&seq) {
+            cut.uploaded = true;
+        }
+        let mut settled = Vec::new();
+        while let Some(entry) = self.cuts.first_entry() {
+            if !entry.get().uploaded {
+                break;
+            }
+            settled.push(entry.remove());
+        }
+        if settled.is_empty() {
+            return;
+        }
+        {
+            let mut state = self.shared.lock();
+            for cut in &settled {
+                state.settled += cut.count;
+                for (wal, round, offset) in &cut.reached {
+                    state.uploaded.insert(wal.clone(), (*round, *offset));
+                }
+            }
+        }
+        for cut in settled {
+            for done in cut.dones {
+                done(Ok(()));
+            }
+        }
+        self.shared.changed.notify_all();
+    }
+
+    fn take_all_dones(&mut self) -> Vec<Done> {
+        let mut dones = Vec::new();
+        for (_, forming) in std::mem::take(&mut self.forming) {
+            dones.extend(forming.dones);
+        }
+        for (_, cut) in std::mem::take(&mut self.cuts) {
+            dones.extend(cut.dones);
+        }
+        dones
+    }
+}
+
+fn encode_segment(forming: &Forming, now_ms: u64) -> Result<Vec<u8>, ltx::LtxError> {
+    let merged = wal::merge(&forming.transactions)
+        .ok_or_else(|| ltx::LtxError::Invalid("no commits".into()))?;
+    let header = ltx::Header {
+        flags: ltx::NO_CHECKSUM,
+        page_size: forming.page_size,
+        commit: merged.db_pages,
+        min_txid: forming.first_txid,
+        max_txid: forming.last_txid,
+        timestamp: now_ms,
+        ..ltx::Header::default()
+    };
+    ltx::encode(&header, &merged.pages, 0)
+}
+
+/// Creates the batch's key, retrying failures with backoff (same bytes). A key that exists
+/// with the same bytes is an earlier attempt that succeeded; with other bytes, a fence.
+async fn upload(store: &Store, key: &str, bytes: Vec<u8>) -> Result<(), String> {
+    let mut delay = Duration::from_millis(100);
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        match store::create(store, key, bytes.clone()).await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {
+                return match store::get(store, key).await {
+                    Ok(existing) if existing == bytes => Ok(()),
+                    Ok(_) => Err(format!(
+                        "replication stopped: {key} was written by someone else (this \
+                         process's journal was fenced: another process took over the store)"
+                    )),
+                    Err(error) => Err(format!("replication stopped: reading {key}: {error}")),
+                };
+            }
+            Err(error) => {
+                if attempts == 1 || attempts.is_multiple_of(20) {
+                    tracing::warn!(
+                        "replication: uploading {key} failed (attempt {attempts}, retrying): \
+                         {error}"
+                    );
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+fn stop(shared: &Shared, why: String, dones: Vec<Done>) {
+    tracing::error!("{why}");
+    {
+        let mut state = shared.lock();
+        state.stopped = Some(why.clone());
+        let incoming = std::mem::take(&mut state.incoming);
+        state.settled = state.announced;
+        drop(state);
+        for announcement in incoming {
+            if let Some(done) = announcement.done {
+                done(Err(why.clone()));
+            }
+        }
+    }
+    for done in dones {
+        done(Err(why.clone()));
+    }
+    shared.changed.notify_all();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replica::restore::{self, Filter};
+    use rusqlite::Connection;
+    use std::sync::mpsc;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("dorun-replicator-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    struct Object {
+        key: ObjectKey,
+        path: PathBuf,
+        conn: Connection,
+        txid: u64,
+    }
+
+    impl Object {
+        fn open(data_dir: &Path, n: u32) -> Self {
+            let key = ObjectKey {
+                namespace: "app-Counter".into(),
+                id: format!("{n:064x}"),
+            };
+            let path = restore::object_path(data_dir, &key);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "PRAGMA locking_mode=EXCLUSIVE; PRAGMA journal_mode=WAL;
+                 PRAGMA wal_autocheckpoint=0; PRAGMA synchronous=NORMAL;",
+            )
+            .unwrap();
+            Self {
+                key,
+                path,
+                conn,
+                txid: 0,
+            }
+        }
+
+        /// One committed transaction, announced the way the isolate thread will.
+        fn write(&mut self, sql: &str, done: Option<Done>) -> Announcement {
+            self.conn.execute_batch(sql).unwrap();
+            self.txid += 1;
+            let wal = self.path.with_extension("sqlite-wal");
+            let wal_end = std::fs::metadata(&wal).unwrap().len();
+            Announcement {
+                object: self.key.clone(),
+                wal,
+                wal_round: 0,
+                first_txid: self.txid,
+                last_txid: self.txid,
+                wal_end,
+                done,
+            }
+        }
+
+        fn image(&self) -> Vec<u8> {
+            self.conn
+                .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+                .unwrap();
+            std::fs::read(&self.path).unwrap()
+        }
+    }
+
+    fn settle_channel() -> (Done, mpsc::Receiver<Result<(), String>>) {
+        let (sender, receiver) = mpsc::channel();
+        (
+            Box::new(move |result| {
+                let _ = sender.send(result);
+            }),
+            receiver,
+        )
+    }
+
+    #[test]
+    fn many_objects_commits_reach_the_store_in_few_batches_and_restore_byte_for_byte() {
+        let dir = temp_dir("restore");
+        let store = store::open(&format!("file://{}", dir.join("store").display())).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime
+            .block_on(store::check_conditional_writes(&store))
+            .unwrap();
+        let generation = runtime
+            .block_on(store::next_generation(&store, "test"))
+            .unwrap();
+        assert_eq!(generation, 1);
+        let replicator = Replicator::start(
+            store.clone(),
+            Options::new(store::session_name("test", generation), generation),
+        )
+        .unwrap();
+        let data = dir.join("data");
+        let mut objects: Vec<Object> = (0..20).map(|n| Object::open(&data, n)).collect();
+        let mut receivers = Vec::new();
+        for round in 0..10 {
+            let mut announcements = Vec::new();
+            for object in &mut objects {
+                let (done, receiver) = settle_channel();
+                receivers.push(receiver);
+                let sql = if round == 0 {
+                    "CREATE TABLE kv(k TEXT PRIMARY KEY, v BLOB)".to_string()
+                } else {
+                    format!(
+                        "INSERT OR REPLACE INTO kv VALUES ('k{}', zeroblob({}))",
+                        round % 4,
+                        100 * round
+                    )
+                };
+                announcements.push(object.write(&sql, Some(done)));
+            }
+            replicator.announce_all(announcements);
+        }
+        for receiver in receivers {
+            receiver
+                .recv_timeout(Duration::from_secs(20))
+                .expect("settled")
+                .expect("uploaded");
+        }
+        let progress = replicator.progress();
+        assert_eq!((progress.announced, progress.settled), (200, 200));
+        assert!(progress.batches < 200, "one batch per commit: {progress:?}");
+        for object in &objects {
+            let end = std::fs::metadata(object.path.with_extension("sqlite-wal"))
+                .unwrap()
+                .len();
+            assert!(replicator.uploaded_through(&object.path.with_extension("sqlite-wal"), 0, end));
+        }
+        let restored_dir = dir.join("restored");
+        let restored = runtime
+            .block_on(restore::restore(&store, &restored_dir, &Filter::default()))
+            .unwrap();
+        assert_eq!(restored.objects.len(), 20);
+        for object in &objects {
+            assert_eq!(restored.objects[&object.key], 10);
+            let restored_image =
+                std::fs::read(restore::object_path(&restored_dir, &object.key)).unwrap();
+            assert!(
+                restored_image == object.image(),
+                "object {} differs",
+                object.key.id
+            );
+        }
+        // The restored file is a database SQLite opens, with the data.
+        let conn = Connection::open(restore::object_path(&restored_dir, &objects[3].key)).unwrap();
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM kv", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 4);
+        // One object alone.
+        let only = runtime
+            .block_on(restore::restore(
+                &store,
+                &dir.join("one"),
+                &Filter {
+                    namespace: Some("app-Counter".into()),
+                    object: Some(objects[5].key.id.clone()),
+                },
+            ))
+            .unwrap();
+        assert_eq!(only.objects.len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_fenced_journal_stops_replication_and_fails_waiting_commits() {
+        let dir = temp_dir("fence");
+        let store = store::open(&format!("file://{}", dir.join("store").display())).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // Another process fenced this session's journal at seq 1 before it wrote anything.
+        runtime
+            .block_on(store::create(
+                &store,
+                &journal::batch_key("s", 1),
+                journal::FENCE.to_vec(),
+            ))
+            .unwrap();
+        let replicator = Replicator::start(store.clone(), Options::new("s".into(), 1)).unwrap();
+        let mut object = Object::open(&dir.join("data"), 1);
+        let (done, receiver) = settle_channel();
+        replicator.announce_all(vec![object.write("CREATE TABLE t(a)", Some(done))]);
+        let result = receiver.recv_timeout(Duration::from_secs(20)).unwrap();
+        assert!(result.unwrap_err().contains("fenced"));
+        assert!(replicator.stopped().is_some());
+        // Later commits fail at once.
+        let (done, receiver) = settle_channel();
+        replicator.announce_all(vec![object.write("INSERT INTO t VALUES (1)", Some(done))]);
+        assert!(receiver
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap()
+            .is_err());
+        // A restore stops at the fence: nothing of this session is in it.
+        let restored = runtime
+            .block_on(restore::restore(
+                &store,
+                &dir.join("restored"),
+                &Filter::default(),
+            ))
+            .unwrap();
+        assert!(restored.objects.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn conditional_creates_hold_on_the_stores_used() {
+        // The start-up check creates `format` twice and wants the second refused; a store
+        // that honours If-None-Match passes it on every start.
+        let store = store::open("memory:").unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime
+            .block_on(store::check_conditional_writes(&store))
+            .unwrap();
+        runtime
+            .block_on(store::check_conditional_writes(&store))
+            .unwrap();
+        assert!(!runtime
+            .block_on(store::create(&store, "format", b"x".to_vec()))
+            .unwrap());
+    }
+
+    #[test]
+    fn a_restore_stops_at_a_hole_in_the_journal() {
+        let dir = temp_dir("hole");
+        let store = store::open(&format!("file://{}", dir.join("store").display())).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let generation = runtime
+            .block_on(store::next_generation(&store, "test"))
+            .unwrap();
+        let session = store::session_name("test", generation);
+        let replicator =
+            Replicator::start(store.clone(), Options::new(session.clone(), generation)).unwrap();
+        let mut object = Object::open(&dir.join("data"), 1);
+        // One batch per commit: each is settled before the next is announced.
+        for sql in [
+            "CREATE TABLE t(a)",
+            "INSERT INTO t VALUES (1)",
+            "INSERT INTO t VALUES (2)",
+        ] {
+            replicator.announce_all(vec![object.write(sql, None)]);
+            assert!(replicator.wait_settled(Duration::from_secs(20)));
+        }
+        assert_eq!(replicator.progress().batches, 3);
+        let restored = runtime
+            .block_on(restore::restore(
+                &store,
+                &dir.join("all"),
+                &Filter::default(),
+            ))
+            .unwrap();
+        assert_eq!(restored.objects[&object.key], 3);
+        // Batch 2 missing (it never landed): batch 3 is not applied either.
+        std::fs::remove_file(dir.join("store").join(journal::batch_key(&session, 2))).unwrap();
+        let restored = runtime
+            .block_on(restore::restore(
+                &store,
+                &dir.join("hole"),
+                &Filter::default(),
+            ))
+            .unwrap();
+        assert_eq!(restored.objects[&object.key], 1);
+        assert_eq!(restored.batches, 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,136 @@
+//! The store behind `--replicate-to`: an `object_store` (Apache Arrow's S3 client, which
+//! signs, retries and maps `If-None-Match` conflicts for us) over `s3://bucket/prefix`
+//! (endpoint and credentials from the standard AWS environment variables), a local
+//! directory (`file:///path`), or memory (`memory:`, for tests).
+
+use std::sync::Arc;
+
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+pub type Store = Arc<dyn ObjectStore>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("--replicate-to {0}: {1}")]
+    Url(String, String),
+    #[error("{0}")]
+    Store(#[from] object_store::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Opens the store a `--replicate-to` URL names.
+pub fn open(url: &str) -> Result<Store, StoreError> {
+    let bad = |why: &str| StoreError::Url(url.to_string(), why.to_string());
+    if url == "memory:" {
+        return Ok(Arc::new(object_store::memory::InMemory::new()));
+    }
+    if let Some(path) = url.strip_prefix("file://") {
+        if !path.starts_with('/') {
+            return Err(bad("a file:// URL needs an absolute path (file:///dir)"));
+        }
+        std::fs::create_dir_all(path).map_err(|e| bad(&e.to_string()))?;
+        let store = object_store::local::LocalFileSystem::new_with_prefix(path)
+            .map_err(|e| bad(&e.to_string()))?;
+        return Ok(Arc::new(store));
+    }
+    if let Some(rest) = url.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(bad("no bucket (s3://bucket/prefix)"));
+        }
+        let s3 = object_store::aws::AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .build()
+            .map_err(|e| bad(&e.to_string()))?;
+        let prefix = prefix.trim_matches('/');
+        if prefix.is_empty() {
+            return Ok(Arc::new(s3));
+        }
+        return Ok(Arc::new(object_store::prefix::PrefixStore::new(
+            s3,
+            StorePath::from(prefix),
+        )));
+    }
+    Err(bad("use s3://bucket/prefix or file:///dir"))
+}
+
+/// Creates `key` unless it exists (`If-None-Match: *`): `Ok(false)` when it did.
+pub async fn create(store: &Store, key: &str, bytes: Vec<u8>) -> Result<bool, StoreError> {
+    let options = PutOptions {
+        mode: PutMode::Create,
+        ..PutOptions::default()
+    };
+    match store
+        .put_opts(&StorePath::from(key), PutPayload::from(bytes), options)
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+        Err(error) => Err(error.into()),
+    }
+}
+
+pub async fn get(store: &Store, key: &str) -> Result<Vec<u8>, StoreError> {
+    let result = store.get(&StorePath::from(key)).await?;
+    Ok(result.bytes().await?.to_vec())
+}
+
+/// The keys under `prefix` (recursively), sorted.
+pub async fn list(store: &Store, prefix: &str) -> Result<Vec<String>, StoreError> {
+    use futures::TryStreamExt;
+    let mut keys: Vec<String> = store
+        .list(Some(&StorePath::from(prefix)))
+        .map_ok(|meta| meta.location.to_string())
+        .try_collect()
+        .await?;
+    keys.sort();
+    Ok(keys)
+}
+
+/// Refuses a store that accepts a second create of the same key (it ignores
+/// `If-None-Match`, which fencing rests on).
+pub async fn check_conditional_writes(store: &Store) -> Result<(), StoreError> {
+    create(store, "format", br#"{"format": 1}"#.to_vec()).await?;
+    if create(store, "format", br#"{"format": 1}"#.to_vec()).await? {
+        return Err(StoreError::Invalid(
+            "the store accepted a second create of the same key: it ignores If-None-Match, \
+             which replication needs (use AWS S3, Cloudflare R2, MinIO, SeaweedFS)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Takes the next generation number (one per start of `dorun serve --replicate-to`):
+/// creates `g/<n as 16 hex>` one past the greatest, listing again when another process got
+/// there first.
+pub async fn next_generation(store: &Store, node: &str) -> Result<u64, StoreError> {
+    loop {
+        let last = list(store, "g")
+            .await?
+            .iter()
+            .filter_map(|key| key.strip_prefix("g/"))
+            .filter_map(|hex| u64::from_str_radix(hex, 16).ok())
+            .max()
+            .unwrap_or(0);
+        let generation = last + 1;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let record = format!(
+            r#"{{"session": "{}", "node": "{node}", "ms": {now}}}"#,
+            session_name(node, generation)
+        );
+        if create(store, &format!("g/{generation:016x}"), record.into_bytes()).await? {
+            return Ok(generation);
+        }
+    }
+}
+
+/// The session name of a one-node generation.
+pub fn session_name(node: &str, generation: u64) -> String {
+    format!("{node}.g{generation:016x}")
+}
