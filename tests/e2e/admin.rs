@@ -365,6 +365,100 @@ async fn reset_removes_every_object_alarm_and_socket() {
 }
 
 #[tokio::test]
+async fn resetting_one_namespace_leaves_the_others_alone() {
+    let data = scratch_dir("admin-namespaces");
+    let server = Server::start(
+        &fixture("admin-namespaces").join("wrangler.toml"),
+        &["--data-dir", data.to_str().unwrap(), "--admin-port", "0"],
+    );
+    let admin = AdminClient::of(&server, None);
+    for ns in ["A", "B"] {
+        for name in ["one", "two"] {
+            server
+                .get_json_ok(&format!("/{ns}/{name}/put?value=5"), &[])
+                .await;
+        }
+        server.get_json_ok(&format!("/{ns}/one/alarm"), &[]).await;
+        server.get_json_ok(&format!("/{ns}/one/hits"), &[]).await;
+    }
+    // In A: a socket accepted with accept() and a hibernatable one; in B a hibernatable one.
+    let mut sockets = Vec::new();
+    for path in ["/A/one/ws", "/A/two/hws", "/B/two/hws"] {
+        let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url(path))
+            .await
+            .expect("websocket");
+        ws.send(Message::text("ping")).await.unwrap();
+        let echo = tokio::time::timeout(Duration::from_secs(10), ws.next()).await;
+        assert!(
+            matches!(echo, Ok(Some(Ok(Message::Text(ref t)))) if t.as_str() == "echo ping"),
+            "{path}: {echo:?}"
+        );
+        sockets.push(ws);
+    }
+
+    let reset = admin
+        .ok("POST", "/api/namespaces/two-Alpha/reset", None)
+        .await;
+    assert_eq!(reset["namespace"], "two-Alpha", "{reset}");
+    assert_eq!(reset["objects"], 2, "{reset}");
+    assert_eq!(reset["resident"], 2, "{reset}");
+    assert_eq!(reset["alarms"], 1, "{reset}");
+    assert_eq!(reset["sockets"], 2, "{reset}");
+    for ws in &mut sockets[..2] {
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(message) = ws.next().await {
+                if let Ok(Message::Close(frame)) = message {
+                    return frame.map(|f| u16::from(f.code));
+                }
+            }
+            None
+        })
+        .await
+        .expect("A's sockets close");
+        assert_eq!(closed, Some(1012));
+    }
+    // B's socket still answers; its objects, storage, alarm and instances are untouched.
+    let b = &mut sockets[2];
+    b.send(Message::text("again")).await.unwrap();
+    let echo = tokio::time::timeout(Duration::from_secs(10), b.next()).await;
+    assert!(
+        matches!(echo, Ok(Some(Ok(Message::Text(ref t)))) if t.as_str() == "echo again"),
+        "{echo:?}"
+    );
+    for name in ["one", "two"] {
+        let a = server.get_json_ok(&format!("/A/{name}/get"), &[]).await;
+        assert_eq!(a["value"], Value::Null, "A/{name}'s storage survived");
+        let b = server.get_json_ok(&format!("/B/{name}/get"), &[]).await;
+        assert_eq!(b["value"], 5, "B/{name}'s storage is gone");
+    }
+    assert_eq!(server.get_json_ok("/A/one/hits", &[]).await["hits"], 1);
+    assert_eq!(server.get_json_ok("/B/one/hits", &[]).await["hits"], 2);
+    let b_objects = admin
+        .ok("GET", "/api/namespaces/two-Beta/objects", None)
+        .await;
+    let alarms: Vec<&Value> = b_objects
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| !o["alarm"].is_null())
+        .collect();
+    assert_eq!(alarms.len(), 1, "{b_objects}");
+    let a_objects = admin
+        .ok("GET", "/api/namespaces/two-Alpha/objects", None)
+        .await;
+    assert!(
+        a_objects
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|o| o["alarm"].is_null()),
+        "{a_objects}"
+    );
+    let (status, _) = admin.call("POST", "/api/namespaces/nope/reset", None).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
 async fn the_front_door_never_serves_admin_routes() {
     let server = start(&[]);
     let admin = AdminClient::of(&server, None);

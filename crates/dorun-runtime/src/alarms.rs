@@ -277,6 +277,33 @@ impl AlarmScheduler {
         count
     }
 
+    /// Like [`clear`](Self::clear), for namespace `namespace` only (the admin's reset of one
+    /// namespace). Returns how many of its alarms were scheduled.
+    pub fn clear_namespace(&self, namespace: u32) -> usize {
+        let mut state = self.state.lock().unwrap();
+        let keys: Vec<ObjectKey> = state
+            .entries
+            .keys()
+            .filter(|(ns, _)| *ns == namespace)
+            .cloned()
+            .collect();
+        for key in &keys {
+            state.remove(key);
+        }
+        drop(state);
+        let closing = self
+            .indexes
+            .get(namespace as usize)
+            .and_then(|slot| slot.lock().unwrap().take())
+            .map(AlarmIndex::discard);
+        if let Some(index) = closing {
+            let _ = std::thread::Builder::new()
+                .name("dorun-discard".into())
+                .spawn(move || drop(index));
+        }
+        keys.len()
+    }
+
     /// The scheduled alarms: (namespace, object id, scheduled ms, retries so far).
     pub fn scheduled(&self) -> Vec<(u32, String, i64, u32)> {
         let state = self.state.lock().unwrap();

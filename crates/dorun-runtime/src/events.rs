@@ -315,8 +315,9 @@ impl AdminEvent {
         let (action, namespace, object_id, request) = match command {
             AdminCommand::Resident => ("resident", None, None, None),
             AdminCommand::Reset(reset) => {
+                let namespace = reset.namespace;
                 hold = Some(reset);
-                ("reset", None, None, None)
+                ("reset", namespace, None, None)
             }
             AdminCommand::Evict {
                 namespace,

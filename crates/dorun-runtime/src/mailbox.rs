@@ -152,6 +152,9 @@ impl ObjectCall {
 pub struct ResetHold {
     pub dropped: std::sync::mpsc::Sender<u32>,
     pub release: std::sync::mpsc::Receiver<()>,
+    /// Only the objects of this namespace (an index of the pool the reset goes to) are
+    /// dropped; every object when `None`.
+    pub namespace: Option<u32>,
 }
 
 /// The hold of the reset this thread is running (op state).

@@ -460,6 +460,34 @@ impl SocketRegistry {
         count
     }
 
+    /// Like [`reset`](Self::reset), for the objects of `worker`'s namespace `namespace`
+    /// only: their hibernatable sockets closed with `code` and forgotten, with their
+    /// auto-responses and event timeouts. (Their sockets accepted without hibernation are
+    /// closed by the isolate thread that drops them.) Returns how many sockets were closed.
+    pub fn reset_namespace(&self, worker: &str, namespace: u32, code: u16, reason: &str) -> usize {
+        let of_namespace = |key: &ObjectKey| &*key.worker == worker && key.namespace == namespace;
+        let mut inner = self.inner.lock().unwrap();
+        let ids: Vec<u32> = inner
+            .sockets
+            .iter()
+            .filter(|(_, entry)| {
+                matches!(&entry.target, SocketTarget::Object { key, .. } if of_namespace(key))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &ids {
+            if let Some(entry) = inner.sockets.remove(id) {
+                if entry.state == OPEN {
+                    let _ = entry
+                        .outbound
+                        .send(Outbound::Close(Some((code, reason.to_string()))));
+                }
+            }
+        }
+        inner.objects.retain(|key, _| !of_namespace(key));
+        ids.len()
+    }
+
     /// The objects that hold hibernatable sockets: (worker, namespace index, object id).
     pub fn objects_with_sockets(&self) -> Vec<ObjectKey> {
         let inner = self.inner.lock().unwrap();

@@ -622,7 +622,26 @@ function handleLocalSocketEvent(incoming) {
   }
 }
 
+/**
+ * Closes (with `code`, `reason`) and forgets the WebSockets that objects in `objects` (a Set)
+ * accepted without hibernation or opened (an operator's reset of one namespace drops those
+ * objects; a full reset closes every socket in the registry instead). Returns how many.
+ */
+function closeLocalSocketsOf(objects, code, reason) {
+  let closed = 0;
+  for (const ws of [...localSockets.values()]) {
+    const object = WebSocketInternals.object(ws);
+    if (object === null || !objects.has(object)) continue;
+    const id = WebSocketInternals.id(ws);
+    localSockets.delete(id);
+    op_dorun_ws_close(id, code, reason);
+    closed++;
+  }
+  return closed;
+}
+
 export {
+  closeLocalSocketsOf,
   handleLocalSocketEvent,
   messageData,
   WorkersResponse,

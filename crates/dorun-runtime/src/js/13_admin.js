@@ -4,6 +4,7 @@
 // operator never races the object's events or leaves a stale instance behind.
 
 import { core, primordials } from "ext:core/mod.js";
+import { closeLocalSocketsOf } from "ext:dorun/03_websockets.js";
 import { live } from "ext:dorun/10_objects.js";
 
 const {
@@ -17,6 +18,7 @@ const {
   MapPrototypeDelete,
   MapPrototypeGet,
   ObjectPrototypeIsPrototypeOf,
+  SafeSet,
   String,
 } = primordials;
 
@@ -38,6 +40,8 @@ const {
 const encoder = new TextEncoder();
 const EVICTED = "The Durable Object was evicted by an operator (dorun admin listener).";
 const RESET = "The Durable Object was reset by an operator (dorun admin listener).";
+/** The close reason of its sockets (as the full reset's, in the admin listener). */
+const RESET_REASON = "dorun was reset by an operator";
 
 function reply(id, value) {
   op_dorun_reply_value(id, encoder.encode(JSONStringify(value)));
@@ -91,11 +95,15 @@ async function evict(namespace, hex) {
   return { evicted: true };
 }
 
-function reset() {
+/** Drops every object, or those of one namespace (`namespace` not null). */
+function reset(namespace) {
   const started = DateNow();
   let objects = 0;
   const broken = new Error(RESET);
+  const dropped = new SafeSet();
   for (const object of [...live.values()]) {
+    if (namespace !== null && object.namespace !== namespace) continue;
+    dropped.add(object);
     object.broken = broken;
     const handle = object.storage.adminHandle;
     if (handle !== 0) {
@@ -106,10 +114,18 @@ function reset() {
     MapPrototypeDelete(live, object.key);
     objects++;
   }
-  const dropped = DateNow();
+  // A full reset closed every socket from the registry already.
+  const sockets = namespace === null ? 0 : closeLocalSocketsOf(dropped, 1012, RESET_REASON);
+  const droppedAt = DateNow();
   // Held here (no event runs) until the admin listener has moved the data away.
   const released = op_dorun_admin_hold(objects);
-  return { resident: objects, released, dropMs: dropped - started, heldMs: DateNow() - dropped };
+  return {
+    resident: objects,
+    sockets,
+    released,
+    dropMs: droppedAt - started,
+    heldMs: DateNow() - droppedAt,
+  };
 }
 
 function kvEntries(handle, request) {
@@ -221,7 +237,7 @@ async function run(incoming) {
     case "evict":
       return await evict(incoming.namespace, incoming.objectId);
     case "reset":
-      return reset();
+      return reset(incoming.namespace ?? null);
     case "object":
       return await objectRequest(incoming.namespace, incoming.objectId, incoming.request);
   }

@@ -24,6 +24,7 @@
 //! | `GET /api/queues`, `GET /api/queues/{name}/messages`, `POST /api/queues/{name}/purge` | queues (`arrivals.rs`) |
 //! | `GET /api/crons` | cron triggers: next run, last run |
 //! | `GET /api/workflows`, `GET /api/workflows/{name}/instances[/{id}]` | workflows, instances, steps |
+//! | `POST /api/namespaces/{ns}/reset` | that namespace's objects, alarms and sockets gone |
 //! | `POST /api/reset` | every object, alarm and socket gone; KV keys, D1 rows, R2 objects and queued messages too |
 
 use std::time::Instant;
@@ -59,6 +60,10 @@ pub async fn route(admin: &Admin, parts: &http::request::Parts, body: Bytes) -> 
         },
         ["api", "namespaces", ns, "id"] if get => match namespace(admin, ns) {
             Some(ns) => id_from_name(&ns, parts),
+            None => unknown_namespace(ns),
+        },
+        ["api", "namespaces", ns, "reset"] if post => match namespace(admin, ns) {
+            Some(ns) => reset_namespace(admin, &ns).await,
             None => unknown_namespace(ns),
         },
         ["api", "reset"] if post => reset(admin).await,
@@ -262,6 +267,9 @@ fn unknown_namespace(key: &str) -> AdminResponse {
 /// How long a reset waits for every isolate thread to drop its objects.
 const RESET_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Why an operator's reset closes a WebSocket (with code 1012).
+const RESET_REASON: &str = "dorun was reset by an operator";
+
 /// Every alarm, socket and object gone. Sockets are closed and forgotten first (none of
 /// their events recreates an object); then every isolate thread drops its objects and is
 /// held at a barrier while the alarms are forgotten and each namespace directory is renamed
@@ -269,15 +277,95 @@ const RESET_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// deleted by a background thread); then the threads are released.
 pub async fn reset(admin: &Admin) -> AdminResponse {
     let started = Instant::now();
-    let sockets = admin.sockets.reset(1012, "dorun was reset by an operator");
+    let sockets = admin.sockets.reset(1012, RESET_REASON);
+    let dropped = match drop_objects(admin, None).await {
+        Ok(dropped) => dropped,
+        Err(response) => return response,
+    };
+    super::metrics::record_reset();
+    let (kv_keys, d1_rows, r2_objects, queue_messages) = match super::bindings::reset(admin).await {
+        Ok(counts) => counts,
+        Err(message) => return error(500, message),
+    };
+    json(
+        200,
+        &json!({
+            "objects": dropped.objects,
+            "resident": dropped.resident,
+            "alarms": dropped.alarms,
+            "sockets": sockets,
+            "kvKeys": kv_keys,
+            "d1Rows": d1_rows,
+            "r2Objects": r2_objects,
+            "queueMessages": queue_messages,
+            "heldMs": round_ms(dropped.held_ms),
+            "ms": round_ms(started.elapsed().as_secs_f64() * 1000.0),
+        }),
+    )
+}
+
+/// The objects of one namespace gone, with their alarms and WebSockets (hibernatable ones
+/// through the registry, the others closed by the thread that drops their object); the
+/// rest of the data directory and the storage bindings untouched. Only the owning worker's
+/// threads are held.
+async fn reset_namespace(admin: &Admin, ns: &Namespace) -> AdminResponse {
+    let started = Instant::now();
+    let hibernatable = admin
+        .sockets
+        .reset_namespace(&ns.worker, ns.index, 1012, RESET_REASON);
+    let dropped = match drop_objects(admin, Some(ns)).await {
+        Ok(dropped) => dropped,
+        Err(response) => return response,
+    };
+    super::metrics::record_reset();
+    json(
+        200,
+        &json!({
+            "namespace": ns.key,
+            "objects": dropped.objects,
+            "resident": dropped.resident,
+            "alarms": dropped.alarms,
+            "sockets": hibernatable as u64 + dropped.sockets,
+            "heldMs": round_ms(dropped.held_ms),
+            "ms": round_ms(started.elapsed().as_secs_f64() * 1000.0),
+        }),
+    )
+}
+
+fn round_ms(ms: f64) -> f64 {
+    (ms * 100.0).round() / 100.0
+}
+
+/// What [`drop_objects`] dropped.
+struct Dropped {
+    /// Objects with a file.
+    objects: usize,
+    /// Objects that were in memory.
+    resident: u32,
+    alarms: usize,
+    /// WebSockets closed by the isolate threads (a namespace's reset).
+    sockets: u64,
+    held_ms: f64,
+}
+
+/// Drops the objects (of `only`, or all), holds their threads at a barrier while their
+/// alarms are forgotten and their namespace directories moved into the trash, then
+/// releases them.
+async fn drop_objects(admin: &Admin, only: Option<&Namespace>) -> Result<Dropped, AdminResponse> {
+    let started = Instant::now();
+    let pools = match only {
+        Some(ns) => vec![ns.pool.clone()],
+        None => admin.pools.clone(),
+    };
     let (mut tasks, mut dropped, mut releases) = (Vec::new(), Vec::new(), Vec::new());
-    for pool in &admin.pools {
+    for pool in &pools {
         for thread in 0..pool.thread_count() {
             let (dropped_tx, dropped_rx) = std::sync::mpsc::channel();
             let (release_tx, release_rx) = std::sync::mpsc::channel();
             let hold = ResetHold {
                 dropped: dropped_tx,
                 release: release_rx,
+                namespace: only.map(|ns| ns.index),
             };
             let pool = pool.clone();
             tasks.push(tokio::spawn(async move {
@@ -301,56 +389,52 @@ pub async fn reset(admin: &Admin) -> AdminResponse {
     .unwrap_or_default();
     let held = counts.iter().all(Option::is_some);
     let held_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let (alarms, objects) = if held {
-        let alarms: usize = admin.pools.iter().map(|p| p.alarms().clear()).sum();
-        (alarms, move_away(admin))
-    } else {
-        (0, 0)
+    let (alarms, objects) = match (held, only) {
+        (false, _) => (0, 0),
+        (true, Some(ns)) => (
+            ns.pool.alarms().clear_namespace(ns.index),
+            move_away(admin, only),
+        ),
+        (true, None) => {
+            let alarms: usize = pools.iter().map(|p| p.alarms().clear()).sum();
+            (alarms, move_away(admin, None))
+        }
     };
     for release in releases {
         let _ = release.send(());
     }
+    let mut sockets = 0;
     for task in tasks {
-        let _ = task.await;
+        if let Ok(Ok(value)) = task.await {
+            sockets += value["sockets"].as_u64().unwrap_or(0);
+        }
     }
     if !held {
-        return error(
+        return Err(error(
             503,
             "an isolate thread did not answer the reset within 10 s (busy?); nothing was deleted",
-        );
+        ));
     }
-    super::metrics::record_reset();
-    let (kv_keys, d1_rows, r2_objects, queue_messages) = match super::bindings::reset(admin).await {
-        Ok(counts) => counts,
-        Err(message) => return error(500, message),
-    };
-    let resident: u32 = counts.into_iter().flatten().sum();
-    let round = |ms: f64| (ms * 100.0).round() / 100.0;
-    json(
-        200,
-        &json!({
-            "objects": objects,
-            "resident": resident,
-            "alarms": alarms,
-            "sockets": sockets,
-            "kvKeys": kv_keys,
-            "d1Rows": d1_rows,
-            "r2Objects": r2_objects,
-            "queueMessages": queue_messages,
-            "heldMs": round(held_ms),
-            "ms": round(started.elapsed().as_secs_f64() * 1000.0),
-        }),
-    )
+    Ok(Dropped {
+        objects,
+        resident: counts.into_iter().flatten().sum(),
+        alarms,
+        sockets,
+        held_ms,
+    })
 }
 
-/// Renames every namespace directory into `<data-dir>/.trash` and deletes it there in the
-/// background. Returns how many objects they held.
-fn move_away(admin: &Admin) -> usize {
+/// Renames every namespace directory (or `only`'s) into `<data-dir>/.trash` and deletes it
+/// there in the background. Returns how many objects they held.
+fn move_away(admin: &Admin, only: Option<&Namespace>) -> usize {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let trash = admin.data_dir.join(".trash");
     let mut objects = 0;
     let mut moved = Vec::new();
     for ns in namespaces(admin) {
+        if only.is_some_and(|only| only.key != ns.key) {
+            continue;
+        }
         let Ok(entries) = std::fs::read_dir(&ns.dir) else {
             continue;
         };
