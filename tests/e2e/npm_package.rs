@@ -345,7 +345,7 @@ fn the_js_tests_example_passes_with_vitest_and_node_test_from_the_tarballs() {
     );
     install_tarballs(&dir);
     for (script, expect) in [
-        ("test:vitest", "Tests  5 passed (5)"),
+        ("test:vitest", "Tests  6 passed (6)"),
         ("test:vitest-run", "Tests  2 passed (2)"),
         ("test:node", "# pass 3"),
     ] {

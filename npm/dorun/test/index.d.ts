@@ -76,6 +76,17 @@ export interface ResetCounts {
   heldMs: number;
 }
 
+export interface NamespaceResetCounts {
+  /** The namespace's key. */
+  namespace: string;
+  objects: number;
+  resident: number;
+  alarms: number;
+  sockets: number;
+  ms: number;
+  heldMs: number;
+}
+
 /** A client of dorun's admin listener. */
 export interface DorunAdmin {
   /** The admin listener's URL. */
@@ -107,6 +118,8 @@ export interface DorunAdmin {
   evict(ns: NamespaceRef, object: ObjectRef): Promise<{ evicted: boolean }>;
   /** Every object, alarm, socket, KV key, D1 row, R2 object and queued message gone. */
   reset(): Promise<ResetCounts>;
+  /** Only this namespace's objects, their alarms and sockets gone; nothing else touched. */
+  reset(ns: NamespaceRef): Promise<NamespaceResetCounts>;
 }
 
 export interface StartOptions {
@@ -145,6 +158,8 @@ export interface DorunServer {
   fetch(input: string | URL | Request, init?: RequestInit): Promise<Response>;
   /** Every object, alarm, socket, KV key, D1 row, R2 object and queued message gone. */
   reset(): Promise<ResetCounts>;
+  /** Only this namespace's objects, their alarms and sockets gone; nothing else touched. */
+  reset(ns: NamespaceRef): Promise<NamespaceResetCounts>;
   /** SIGTERM, then waits: resolves to the exit code, or the signal's name. */
   stop(options?: { timeoutMs?: number }): Promise<number | string>;
   /** What dorun wrote on stdout and stderr so far. */

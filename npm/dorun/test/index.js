@@ -158,8 +158,10 @@ function connectDorun(adminUrl, options = {}) {
     async evict(ns, object) {
       return await request("POST", `${await objectPath(ns, object)}/evict`);
     },
-    async reset() {
-      return await request("POST", "/api/reset");
+    async reset(ns) {
+      if (ns === undefined) return await request("POST", "/api/reset");
+      const key = encodeURIComponent(await namespaceKey(ns));
+      return await request("POST", `/api/namespaces/${key}/reset`);
     },
   };
 }
@@ -273,9 +275,12 @@ async function startDorun(options = {}) {
       const target = typeof input === "string" && input.startsWith("/") ? url + input : input;
       return fetch(target, init);
     },
-    /** Every object, alarm, socket, KV key, D1 row, R2 object and queued message gone. */
-    reset() {
-      return admin.reset();
+    /**
+     * Every object, alarm, socket, KV key, D1 row, R2 object and queued message gone; with a
+     * namespace, only its objects, their alarms and sockets.
+     */
+    reset(ns) {
+      return admin.reset(ns);
     },
     /** What dorun wrote on stdout and stderr so far. */
     logs() {

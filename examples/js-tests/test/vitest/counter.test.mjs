@@ -32,3 +32,10 @@ test("objects are listed by id; evicted ones keep their storage", async () => {
   expect((await dorun.admin.object("COUNTERS", { id: a })).resident).toBe(false);
   expect(await increment("a")).toBe(2);
 });
+
+test("one namespace can be reset alone", async () => {
+  await increment("a", 3);
+  const counts = await dorun.reset("COUNTERS");
+  expect(counts).toMatchObject({ namespace: "counters-Counter", objects: 1 });
+  expect(await increment("a")).toBe(1);
+});
