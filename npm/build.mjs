@@ -151,7 +151,7 @@ function stagePlatform(options, stage, key, binary) {
     name: `@dorun/${key}`,
     version: options.version,
     description: `The dorun binary for ${key} (installed by the dorun package)`,
-    license: "SEE LICENSE IN LICENSE",
+    license: "MIT",
     os: [platform.os],
     cpu: [platform.cpu],
     ...(platform.libc ? { libc: [platform.libc] } : {}),
