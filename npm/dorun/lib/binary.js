@@ -27,11 +27,17 @@ function platformKey() {
 /** The glibc version this Node runs on ("2.36"), or null: musl (Alpine) or not Linux. */
 function glibcVersion() {
   if (process.platform !== "linux") return null;
+  const report = process.report;
+  // The report's network section can be slow (DNS) in some containers: left out, as we
+  // only read the header, and the caller's setting restored.
+  const excluded = report.excludeNetwork;
   try {
-    const header = process.report.getReport().header;
-    return header.glibcVersionRuntime || null;
+    if (excluded !== undefined) report.excludeNetwork = true;
+    return report.getReport().header.glibcVersionRuntime || null;
   } catch {
     return null;
+  } finally {
+    if (excluded !== undefined) report.excludeNetwork = excluded;
   }
 }
 
