@@ -213,6 +213,21 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// The processes whose command line starts with `program` (Linux).
+fn processes_running(program: &Path) -> Vec<u32> {
+    let wanted = program.as_os_str().as_encoded_bytes();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| cmdline.split(|b| *b == 0).next() == Some(wanted))
+        })
+        .filter(|pid| alive(*pid))
+        .collect()
+}
+
 /// The child processes of `pid` (Linux).
 fn children(pid: u32) -> Vec<u32> {
     std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
@@ -276,6 +291,19 @@ async fn tarballs_install_offline_and_npx_dorun_serves_an_example() {
         first_response < Duration::from_secs(60),
         "{first_response:?}"
     );
+    // npx stopped with SIGTERM takes its `sh -c` down but not the wrapper, which sees itself
+    // re-parented and stops dorun.
+    let binary = dir.join("node_modules/@dorun/linux-x64/bin/dorun");
+    let dorun = processes_running(&binary);
+    assert_eq!(dorun.len(), 1, "one dorun runs {}", binary.display());
+    let mut serve = serve;
+    signal(serve.child.id(), "TERM");
+    serve.wait(Duration::from_secs(10)).expect("npx exits");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(dorun[0]) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!alive(dorun[0]), "dorun kept running after npx was stopped");
 
     // The usual failures, explained.
     let override_missing = Command::new("npx")

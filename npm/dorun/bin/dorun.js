@@ -34,12 +34,24 @@ for (const signal of FORWARDED) {
   process.on(signal, handler);
 }
 
+// Whatever started this wrapper may go away without passing a signal on: `npx` stopped with
+// SIGTERM takes its `sh -c` down but not this process. Re-parented, stop dorun as on SIGTERM.
+const parent = process.ppid;
+const parentWatch = setInterval(() => {
+  if (process.ppid !== parent) {
+    clearInterval(parentWatch);
+    if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
+  }
+}, 250);
+parentWatch.unref();
+
 child.on("error", (error) => {
   process.stderr.write(`dorun: ${explainSpawnError(binary, error)}\n`);
   process.exit(1);
 });
 
 child.on("exit", (code, signal) => {
+  clearInterval(parentWatch);
   for (const [name, handler] of handlers) process.off(name, handler);
   if (signal !== null) {
     // Die of the same signal, so that the caller sees what dorun saw.
