@@ -38,6 +38,7 @@ mod portable;
 mod queues;
 mod r2;
 mod reference;
+mod replication;
 mod services;
 mod streaming;
 mod watch;

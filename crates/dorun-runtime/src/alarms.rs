@@ -561,6 +561,7 @@ mod tests {
             }],
             data_dir: dir,
             durability: Durability::Off,
+            replication: None,
         });
         let clock = Arc::new(ManualClock::new(0));
         let scheduler = AlarmScheduler::load_with_clock(config, retry, clock.clone()).unwrap();

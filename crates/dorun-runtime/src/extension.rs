@@ -197,7 +197,8 @@ deno_core::extension!(
         state.put(
             OpenDatabases::new(connection_capacity(), services.objects.durability)
                 .keep_idle(idle_connection_capacity())
-                .interrupt_when(services.sql_interrupt),
+                .interrupt_when(services.sql_interrupt)
+                .replicate(services.objects.replication.clone()),
         );
         state.put(services.context);
         state.put(services.router);

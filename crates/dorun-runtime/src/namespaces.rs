@@ -98,6 +98,8 @@ pub struct ObjectConfig {
     pub namespaces: Vec<ObjectNamespace>,
     pub data_dir: PathBuf,
     pub durability: Durability,
+    /// `--replicate-to`: every object commit also goes to the store.
+    pub replication: Option<std::sync::Arc<dorun_storage::replica::Replication>>,
 }
 
 impl ObjectConfig {

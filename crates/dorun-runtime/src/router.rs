@@ -172,6 +172,7 @@ mod tests {
             namespaces: vec![namespace("w-A", None)],
             data_dir: PathBuf::new(),
             durability: Durability::Full,
+            replication: None,
         });
         let router = Router::new(mailboxes, config);
         for id in ["00000005aa", "00000005bb", "0000000700"] {
@@ -200,6 +201,7 @@ mod tests {
             ],
             data_dir: PathBuf::new(),
             durability: Durability::Full,
+            replication: None,
         });
         let router = Router::new(own, config);
         assert_eq!(
@@ -222,6 +224,7 @@ mod tests {
             namespaces: vec![namespace("w-A", None)],
             data_dir: PathBuf::new(),
             durability: Durability::Full,
+            replication: None,
         });
         let router = Router::new(mailboxes, config);
         assert_eq!(

@@ -14,6 +14,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use deno_core::{op2, v8, OpState};
+use dorun_storage::replica::journal::ObjectKey;
+use dorun_storage::replica::replicator::{Announcement, Done};
+use dorun_storage::replica::Replication;
 use dorun_storage::{
     wal_path, Closer, Durability, FlushRequest, Flusher, ListOptions, ObjectDatabase, SqlValue,
     StorageError,
@@ -146,6 +149,18 @@ pub struct OpenDatabases {
     /// Commits written this turn, handed to the flusher together (see `take_flush`).
     unsent_flushes: Vec<FlushRequest>,
     next_flush: u32,
+    /// `--replicate-to`: commits also go to the store (see `dorun_storage::replica`).
+    replication: Option<Arc<Replication>>,
+    /// By object file: the last TXID it committed in this process and how many times its
+    /// WAL was checkpointed (replication only).
+    positions: HashMap<PathBuf, Position>,
+}
+
+/// Where an object's file stands for replication.
+#[derive(Clone, Copy, Debug, Default)]
+struct Position {
+    txid: u64,
+    round: u64,
 }
 
 impl OpenDatabases {
@@ -164,7 +179,15 @@ impl OpenDatabases {
             flushes: HashMap::new(),
             unsent_flushes: Vec::new(),
             next_flush: 0,
+            replication: None,
+            positions: HashMap::new(),
         }
+    }
+
+    /// Replicates every commit (see `dorun_storage::replica`).
+    pub fn replicate(mut self, replication: Option<Arc<Replication>>) -> Self {
+        self.replication = replication;
+        self
     }
 
     /// Keeps at most `count` idle connections open (see `sweep_idle`).
@@ -249,7 +272,12 @@ impl OpenDatabases {
             // Closed recently and still queued on the closer thread: taken back as it is.
             let db = match Closer::global().reclaim(&entry.path) {
                 Some(db) => db,
-                None => open_database(&entry.path, self.durability, self.interrupt.as_ref())
+                None => open_database(
+                    &entry.path,
+                    self.durability,
+                    self.replication.is_some(),
+                    self.interrupt.as_ref(),
+                )
                     .map_err(|source| {
                         tracing::error!(file = %entry.path.display(), "cannot open object storage: {source}");
                         StorageOpError::Open {
@@ -276,6 +304,7 @@ impl OpenDatabases {
     /// it the WAL index, which only closing frees. Never touches a connection with a
     /// pending transaction.
     pub fn sweep_idle(&mut self) -> Swept {
+        self.checkpoint_uploaded();
         let mark = self.trim_mark;
         self.trim_mark = self.clock;
         let mut idle: Vec<(u64, u32)> = self
@@ -398,19 +427,25 @@ impl OpenDatabases {
     /// await with `op_dorun_storage_durable`, 0 when the commit is already as durable as
     /// the setting asks.
     pub fn commit(&mut self, handle: u32, alarms: &AlarmScheduler) -> Result<u32, StorageOpError> {
-        let Some(wal) = self.commit_written(handle, alarms)? else {
+        let Some(written) = self.commit_written(handle, alarms)? else {
             return Ok(0);
         };
-        let (sender, receiver) = oneshot::channel();
-        let written = std::time::Instant::now();
-        self.unsent_flushes.push(FlushRequest::new(
-            wal,
-            Box::new(move |result| {
-                metrics::histogram!("dorun_storage_durable_seconds")
-                    .record(written.elapsed().as_secs_f64());
-                let _ = sender.send(result);
-            }),
-        ));
+        let receiver = match written {
+            Written::Replicated(receiver) => receiver,
+            Written::Flush(wal) => {
+                let (sender, receiver) = oneshot::channel();
+                let written = std::time::Instant::now();
+                self.unsent_flushes.push(FlushRequest::new(
+                    wal,
+                    Box::new(move |result| {
+                        metrics::histogram!("dorun_storage_durable_seconds")
+                            .record(written.elapsed().as_secs_f64());
+                        let _ = sender.send(result);
+                    }),
+                ));
+                receiver
+            }
+        };
         self.next_flush = self.next_flush.wrapping_add(1).max(1);
         self.flushes.insert(self.next_flush, receiver);
         Ok(self.next_flush)
@@ -432,7 +467,7 @@ impl OpenDatabases {
         &mut self,
         handle: u32,
         alarms: &AlarmScheduler,
-    ) -> Result<Option<PathBuf>, StorageOpError> {
+    ) -> Result<Option<Written>, StorageOpError> {
         let Some(entry) = self.entries.get_mut(&handle) else {
             // Closed by the object, which committed then. (The cache only closes
             // connections without a pending transaction.)
@@ -454,6 +489,14 @@ impl OpenDatabases {
                 return Err(error.into());
             }
         }
+        let mut txid = 0;
+        if let (Some(replication), true) = (&self.replication, wrote) {
+            txid = self.positions.entry(entry.path.clone()).or_default().txid + 1;
+            if let Err(error) = db.write_position(replication.epoch, txid) {
+                let _ = db.rollback();
+                return Err(error.into());
+            }
+        }
         let started = std::time::Instant::now();
         db.commit()?;
         metrics::histogram!("dorun_storage_commit_seconds").record(started.elapsed().as_secs_f64());
@@ -471,21 +514,108 @@ impl OpenDatabases {
                 time,
             );
         }
+        if let (Some(replication), true) = (&self.replication, wrote) {
+            let position = self.positions.entry(entry.path.clone()).or_default();
+            position.txid = txid;
+            let wal = wal_path(&entry.path);
+            let wal_end = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+            let (done, receiver): (Option<Done>, _) = if replication.wait {
+                let (sender, receiver) = oneshot::channel();
+                let written = std::time::Instant::now();
+                let done: Done = Box::new(move |result| {
+                    metrics::histogram!("dorun_storage_durable_seconds")
+                        .record(written.elapsed().as_secs_f64());
+                    let _ = sender.send(result);
+                });
+                (Some(done), Some(receiver))
+            } else {
+                (None, None)
+            };
+            let namespace = entry
+                .path
+                .parent()
+                .and_then(|dir| dir.file_name())
+                .map(|name| name.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            replication.replicator.announce_all(vec![Announcement {
+                object: ObjectKey {
+                    namespace,
+                    id: entry.object_id.clone(),
+                },
+                database: entry.path.clone(),
+                wal_round: position.round,
+                first_txid: txid,
+                last_txid: txid,
+                wal_end,
+                done,
+            }]);
+            if let Some(receiver) = receiver {
+                return Ok(Some(Written::Replicated(receiver)));
+            }
+        }
         let deferred = wrote && self.durability == Durability::Full;
-        Ok(deferred.then(|| wal_path(&entry.path)))
+        Ok(deferred.then(|| Written::Flush(wal_path(&entry.path))))
+    }
+
+    /// Replication: checkpoints the WALs over the size limit whose every frame is in the
+    /// store (never one that is not: the WAL holds what the store may still need).
+    fn checkpoint_uploaded(&mut self) {
+        let Some(replication) = &self.replication else {
+            return;
+        };
+        for entry in self.entries.values_mut() {
+            let Some(db) = entry.db.as_mut() else {
+                continue;
+            };
+            if db.in_transaction() {
+                continue;
+            }
+            let wal = wal_path(&entry.path);
+            let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+            if size < REPLICATED_WAL_LIMIT {
+                continue;
+            }
+            let position = self.positions.entry(entry.path.clone()).or_default();
+            if !replication
+                .replicator
+                .uploaded_through(&wal, position.round, size)
+            {
+                continue;
+            }
+            match db.checkpoint() {
+                Ok(()) => position.round += 1,
+                Err(error) => {
+                    tracing::warn!(file = %entry.path.display(), "cannot checkpoint: {error}")
+                }
+            }
+        }
     }
 }
+
+/// What a commit left to wait for: the flusher's sync of its WAL, or (`--durability
+/// replicated`) the store.
+enum Written {
+    Flush(PathBuf),
+    Replicated(oneshot::Receiver<Result<(), String>>),
+}
+
+/// A replicated object's WAL is checkpointed past this size once all of it is in the store.
+const REPLICATED_WAL_LIMIT: u64 = 4 << 20;
 
 /// Opens an object's database; under `Durability::Full` its commits are made durable by
 /// the flusher thread, not on the isolate thread.
 fn open_database(
     path: &std::path::Path,
     durability: Durability,
+    replicated: bool,
     interrupt: Option<&Arc<AtomicBool>>,
 ) -> dorun_storage::Result<ObjectDatabase> {
     let mut db = ObjectDatabase::open(path, durability)?;
     if durability == Durability::Full {
         db.defer_sync()?;
+    }
+    if replicated {
+        db.replicated()?;
     }
     if let Some(flag) = interrupt {
         db.interrupt_when(flag.clone())?;

@@ -536,6 +536,62 @@ impl ObjectDatabase {
         Ok(())
     }
 
+    /// Replication (see `replica`): SQLite never checkpoints this WAL on its own, nor when
+    /// the connection closes; its owner does, once the replicator has every frame in the
+    /// store ([`checkpoint`](Self::checkpoint)).
+    pub fn replicated(&mut self) -> Result<()> {
+        self.conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        self.conn
+            .set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
+        Ok(())
+    }
+
+    /// Writes the replication position (`_cf_METADATA` key 2: epoch and TXID, 16 bytes
+    /// big-endian) inside the implicit transaction, so that every commit writes at least one
+    /// page and each committed file knows its own position.
+    pub fn write_position(&mut self, epoch: u64, txid: u64) -> Result<()> {
+        self.begin_implicit()?;
+        self.conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS _cf_METADATA (key INTEGER PRIMARY KEY, value BLOB)",
+        )?;
+        let mut value = [0u8; 16];
+        value[..8].copy_from_slice(&epoch.to_be_bytes());
+        value[8..].copy_from_slice(&txid.to_be_bytes());
+        self.conn
+            .prepare_cached("INSERT OR REPLACE INTO _cf_METADATA (key, value) VALUES (2, ?1)")?
+            .execute([&value[..]])?;
+        Ok(())
+    }
+
+    /// The replication position of the last commit (see
+    /// [`write_position`](Self::write_position)), if any.
+    pub fn position(&self) -> Result<Option<(u64, u64)>> {
+        if !table_exists(&self.conn, METADATA_TABLE)? {
+            return Ok(None);
+        }
+        let value: Option<Vec<u8>> = self
+            .conn
+            .query_row("SELECT value FROM _cf_METADATA WHERE key = 2", [], |row| {
+                row.get(0)
+            })
+            .optional()?;
+        Ok(value.filter(|v| v.len() == 16).map(|v| {
+            (
+                u64::from_be_bytes(v[..8].try_into().expect("8 bytes")),
+                u64::from_be_bytes(v[8..].try_into().expect("8 bytes")),
+            )
+        }))
+    }
+
+    /// Checkpoints the WAL into the database file and empties it (outside a transaction).
+    pub fn checkpoint(&mut self) -> Result<()> {
+        if self.in_transaction {
+            return Ok(());
+        }
+        self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
+        Ok(())
+    }
+
     /// If the open transaction wrote the alarm: its value as it will be committed.
     pub fn pending_alarm_change(&self) -> Result<Option<Option<i64>>> {
         if !self.alarm_dirty || !self.in_transaction {

@@ -52,6 +52,8 @@ pub enum Command {
     /// Restore objects from an export (into a stopped server's data directory, or through
     /// a running server's admin listener with --admin).
     Import(crate::backup::ImportArgs),
+    /// Rebuild Durable Objects' files from the store `serve --replicate-to` wrote.
+    Restore(crate::restore::RestoreArgs),
     /// Look inside a running server through its admin listener: list, kv, sql, alarms.
     Inspect(crate::inspect::InspectArgs),
     /// D1 databases: execute SQL, list and apply migrations, export (as `wrangler d1 ...
@@ -121,10 +123,12 @@ pub struct ConfigArgs {
     /// beyond it the least recently used idle ones are closed, reopened on next use.
     #[arg(long, value_name = "N", default_value_t = dorun_runtime::storage::IDLE_CONNECTIONS)]
     pub idle_connections: usize,
-    /// When a commit counts as durable: full (fsync every commit; RPO 0), normal (survives a
-    /// process crash; an OS crash or power loss can lose recent commits), off (no fsync).
-    #[arg(long, value_enum, default_value_t = DurabilityArg::Full)]
-    pub durability: DurabilityArg,
+    /// When a commit counts as durable: full (fsync every commit; RPO 0; the default), normal
+    /// (survives a process crash; an OS crash or power loss can lose recent commits), off (no
+    /// fsync). With --replicate-to: replicated (the commit is in the store; the default) or
+    /// async (fsync'd locally; the store follows).
+    #[arg(long, value_enum)]
+    pub durability: Option<DurabilityArg>,
     /// Delay before the first retry of a failed alarm() (doubles each retry, as on Cloudflare).
     #[arg(long, value_name = "MS", default_value_t = 2000)]
     pub alarm_retry_start_ms: u64,
@@ -155,12 +159,23 @@ pub enum DurabilityArg {
     Full,
     Normal,
     Off,
+    Replicated,
+    Async,
 }
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
+    /// Replicate every Durable Object commit to this store: s3://bucket/prefix (endpoint
+    /// and credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    /// AWS_REGION; AWS_ALLOW_HTTP=true for a plain-HTTP endpoint) or file:///dir. See
+    /// `dorun restore`.
+    #[arg(long, value_name = "URL")]
+    pub replicate_to: Option<String>,
+    /// This node's name in the store's generation records (default: the host name).
+    #[arg(long, value_name = "NAME")]
+    pub node_id: Option<String>,
     /// Port to listen on (0 picks a free one).
     #[arg(long, short = 'p', default_value_t = 8787)]
     pub port: u16,
@@ -259,6 +274,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Check(args) => check(args),
         Command::Export(args) => crate::backup::export(args),
         Command::Import(args) => crate::backup::import(args),
+        Command::Restore(args) => crate::restore::run(args),
         Command::Inspect(args) => crate::inspect::run(args),
         Command::Healthcheck(args) => healthcheck(args),
         Command::D1(args) => crate::d1::run(args),
@@ -289,10 +305,15 @@ impl ConfigArgs {
             data_dir: self.data_dir.clone(),
             object_idle_timeout: Duration::from_secs_f64(self.object_idle_timeout.max(0.01)),
             durability: match self.durability {
-                DurabilityArg::Full => Durability::Full,
-                DurabilityArg::Normal => Durability::Normal,
-                DurabilityArg::Off => Durability::Off,
+                None | Some(DurabilityArg::Full) => Durability::Full,
+                Some(DurabilityArg::Normal) => Durability::Normal,
+                Some(DurabilityArg::Off) => Durability::Off,
+                // Replicated: the store is the durable copy, the local file needs no fsync
+                // per commit. Async: fsync'd locally as `full`, the store follows.
+                Some(DurabilityArg::Replicated) => Durability::Normal,
+                Some(DurabilityArg::Async) => Durability::Full,
             },
+            replication: None,
             alarm_retry: AlarmRetry {
                 start: Duration::from_millis(self.alarm_retry_start_ms.max(1)),
                 max_retries: self.alarm_max_retries,
@@ -380,6 +401,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         options.data_dir = Some(dir.path().to_path_buf());
     }
     options.inspect = args.inspect.is_some();
+    let replication = start_replication(&args, &mut options)?;
     let configs = workers::load_configs(&args.config.config, &options)?;
     let data_dir = workers::data_dir(&configs[0], &options);
     std::fs::create_dir_all(&data_dir)
@@ -520,8 +542,75 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if !workers.join(Duration::from_secs(5)) {
         tracing::warn!("some isolate work (waitUntil, timers) was still running at exit");
     }
+    if let Some(replication) = replication {
+        // Every commit made so far goes to the store before the process ends.
+        if !replication.replicator.wait_settled(Duration::from_secs(30)) {
+            tracing::warn!("replication: commits not yet in the store at exit (after 30 s)");
+        }
+    }
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// `--replicate-to`: checks the store, takes this start's generation and starts the
+/// replicator; settles `--durability` (replicated by default, or async).
+fn start_replication(
+    args: &ServeArgs,
+    options: &mut WorkerOptions,
+) -> anyhow::Result<Option<std::sync::Arc<dorun_storage::replica::Replication>>> {
+    use dorun_storage::replica::{replicator, store, Replication};
+    let durability = args.config.durability;
+    let Some(url) = &args.replicate_to else {
+        if let Some(mode @ (DurabilityArg::Replicated | DurabilityArg::Async)) = durability {
+            bail!("--durability {mode:?} needs --replicate-to (where commits go)");
+        }
+        return Ok(None);
+    };
+    let wait = match durability {
+        None | Some(DurabilityArg::Replicated) => {
+            options.durability = Durability::Normal;
+            true
+        }
+        Some(DurabilityArg::Async) => false,
+        Some(other) => bail!(
+            "--durability {other:?} does not go with --replicate-to: use replicated (commits \
+             wait for the store) or async (commits wait for the local disk; the store follows)"
+        ),
+    };
+    let node = args.node_id.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|name| name.trim().to_string())
+            .ok()
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| "dorun".into())
+    });
+    if node.is_empty() || node.contains(['/', ' ']) {
+        bail!("--node-id {node:?}: a name without '/' or spaces");
+    }
+    let store = store::open(url)?;
+    let setup = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let generation = setup.block_on(async {
+        store::check_conditional_writes(&store).await?;
+        store::next_generation(&store, &node).await
+    })?;
+    let session = store::session_name(&node, generation);
+    let replicator = replicator::Replicator::start(
+        store,
+        replicator::Options::new(session.clone(), generation),
+    )?;
+    tracing::info!(
+        "replicating Durable Object commits to {url} (session {session}, durability {})",
+        if wait { "replicated" } else { "async" }
+    );
+    let replication = std::sync::Arc::new(Replication {
+        replicator,
+        epoch: generation,
+        wait,
+    });
+    options.replication = Some(replication.clone());
+    Ok(Some(replication))
 }
 
 /// Binds and spawns the admin listener when `--admin-port` is given.

@@ -45,6 +45,7 @@ pub mod ephemeral;
 pub mod inspect;
 pub mod migrations;
 pub mod queues;
+pub mod restore;
 pub mod server;
 pub mod watch;
 pub mod websocket;

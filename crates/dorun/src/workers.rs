@@ -37,6 +37,8 @@ pub struct WorkerOptions {
     pub data_dir: Option<PathBuf>,
     pub object_idle_timeout: Duration,
     pub durability: Durability,
+    /// `--replicate-to`: the replicator every object commit is announced to.
+    pub replication: Option<Arc<dorun_storage::replica::Replication>>,
     pub alarm_retry: AlarmRetry,
     pub block_concurrency_timeout: Duration,
     /// Fields of `request.cf` that replace the defaults.
@@ -61,6 +63,7 @@ impl Default for WorkerOptions {
             data_dir: None,
             object_idle_timeout: Duration::from_secs(10),
             durability: Durability::Full,
+            replication: None,
             alarm_retry: AlarmRetry::default(),
             block_concurrency_timeout: Duration::from_secs(30),
             cf: serde_json::Map::new(),
@@ -380,6 +383,7 @@ fn object_configs(
             namespaces,
             data_dir: data_dir.to_path_buf(),
             durability,
+            replication: options.replication.clone(),
         })
         .collect();
     Ok((objects, foreign_links))

@@ -176,6 +176,18 @@ pub fn database_checksum(image: &[u8], page_size: u32) -> u64 {
     sum
 }
 
+/// The database checksum of a whole image given as pages by number (the lock page, if
+/// present, left out).
+pub fn pages_checksum(pages: &BTreeMap<u32, Vec<u8>>) -> u64 {
+    let mut sum = CHECKSUM_FLAG;
+    for (pgno, page) in pages {
+        if *pgno != lock_pgno(page.len() as u32) {
+            sum = CHECKSUM_FLAG | (sum ^ page_checksum(*pgno, page));
+        }
+    }
+    sum
+}
+
 /// A decoded file: its header, its pages by number, and its post-apply checksum.
 #[derive(Debug)]
 pub struct Ltx {

@@ -14,3 +14,22 @@ pub mod replicator;
 pub mod restore;
 pub mod store;
 pub mod wal;
+
+/// What the isolate threads need to replicate objects' commits (`--replicate-to`).
+pub struct Replication {
+    pub replicator: replicator::Replicator,
+    /// The epoch every commit of this process is filed under (its generation).
+    pub epoch: u64,
+    /// `--durability replicated`: a commit's output gate opens once it is in the store.
+    /// Else (`async`) once it is durable on the local disk; the store follows.
+    pub wait: bool,
+}
+
+impl std::fmt::Debug for Replication {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replication")
+            .field("epoch", &self.epoch)
+            .field("wait", &self.wait)
+            .finish()
+    }
+}

@@ -26,7 +26,8 @@ pub type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
 /// Commits of one object that are in its WAL and not yet announced.
 pub struct Announcement {
     pub object: ObjectKey,
-    pub wal: PathBuf,
+    /// The object's database file (its WAL is beside it).
+    pub database: PathBuf,
     /// Counts the checkpoints of this WAL made by its owner (each restarts the WAL).
     pub wal_round: u64,
     pub first_txid: u64,
@@ -195,6 +196,8 @@ impl Drop for Replicator {
 /// Commits of one object captured and waiting for a batch.
 struct Forming {
     page_size: u32,
+    /// Every page of the database (TXIDs 1..=last), not only what the commits changed.
+    snapshot: bool,
     first_txid: u64,
     last_txid: u64,
     transactions: Vec<Committed>,
@@ -234,7 +237,9 @@ struct Worker {
     store: Store,
     options: Options,
     shared: Arc<Shared>,
-    cursors: HashMap<PathBuf, (u64, Cursor)>,
+    /// By database file: its checkpoint round, its inode, and where capture stopped. A file
+    /// seen for the first time (or a new file at the same path) is shipped whole first.
+    cursors: HashMap<PathBuf, (u64, Option<u64>, Cursor)>,
     forming: BTreeMap<ObjectKey, Forming>,
     cuts: BTreeMap<u64, Cut>,
     next_seq: u64,
@@ -294,36 +299,80 @@ impl Worker {
     }
 
     /// Reads an announcement's commits out of its WAL into the object's forming segment.
+    /// The first time a file is seen in this session it is shipped whole (a snapshot of its
+    /// state after these commits), so the store never depends on what earlier processes
+    /// uploaded or failed to.
     fn capture(&mut self, announcement: Announcement) {
         let Announcement {
             object,
-            wal,
+            database,
             wal_round,
             first_txid,
             last_txid,
             wal_end,
             done,
         } = announcement;
-        let entry = self
+        let wal = crate::wal_path(&database);
+        let inode = std::fs::metadata(&database).ok().map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.ino()
+        });
+        let known = self
             .cursors
-            .entry(wal.clone())
-            .or_insert_with(|| (wal_round, Cursor::new()));
+            .get(&database)
+            .is_some_and(|(_, seen, _)| *seen == inode);
+        if !known {
+            self.cursors.remove(&database);
+            let mut cursor = Cursor::new();
+            let snapshot = match snapshot(&database, &wal, wal_end, &mut cursor) {
+                Ok(snapshot) => snapshot,
+                Err(why) => {
+                    self.fail(done, &object, why);
+                    return;
+                }
+            };
+            let offset = cursor.offset();
+            self.cursors.insert(database, (wal_round, inode, cursor));
+            let previous = self.forming.remove(&object);
+            let mut dones: Vec<Done> = Vec::new();
+            let mut announcements = 1;
+            if let Some(previous) = previous {
+                dones.extend(previous.dones);
+                announcements += previous.announcements;
+            }
+            dones.extend(done);
+            self.forming.insert(
+                object,
+                Forming {
+                    page_size: snapshot.0,
+                    snapshot: true,
+                    first_txid: 1,
+                    last_txid,
+                    transactions: vec![snapshot.1],
+                    dones,
+                    announcements,
+                    reached: (wal, wal_round, offset),
+                },
+            );
+            return;
+        }
+        let entry = self.cursors.get_mut(&database).expect("known");
         if entry.0 != wal_round {
-            *entry = (wal_round, Cursor::new());
+            *entry = (wal_round, inode, Cursor::new());
         }
         let expected = last_txid + 1 - first_txid;
-        let captured = match entry.1.capture_file(&wal, wal_end) {
+        let captured = match entry.2.capture_file(&wal, wal_end) {
             Ok(captured) => captured,
             Err(error) => {
+                self.cursors.remove(&database);
                 self.fail(done, &object, format!("{error}"));
                 return;
             }
         };
-        let offset = entry.1.offset();
+        let offset = entry.2.offset();
         if captured.transactions.len() as u64 != expected {
-            // The WAL does not hold what was announced: the chain of this object cannot be
-            // continued safely from here.
-            self.cursors.remove(&wal);
+            // The WAL does not hold what was announced: ship the file whole next time.
+            self.cursors.remove(&database);
             let why = format!(
                 "its WAL holds {} new commits where {expected} were announced",
                 captured.transactions.len()
@@ -341,6 +390,7 @@ impl Worker {
             }
             Some(forming) => {
                 let why = format!("commit {first_txid} announced after {}", forming.last_txid);
+                self.cursors.remove(&database);
                 self.fail(done, &object, why);
             }
             None => {
@@ -348,6 +398,7 @@ impl Worker {
                     object,
                     Forming {
                         page_size: captured.page_size,
+                        snapshot: false,
                         first_txid,
                         last_txid,
                         transactions: captured.transactions,
@@ -497,9 +548,9 @@ impl Worker {
 }
 
 fn encode_segment(forming: &Forming, now_ms: u64) -> Result<Vec<u8>, ltx::LtxError> {
-    let merged = wal::merge(&forming.transactions)
+    let mut merged = wal::merge(&forming.transactions)
         .ok_or_else(|| ltx::LtxError::Invalid("no commits".into()))?;
-    let header = ltx::Header {
+    let mut header = ltx::Header {
         flags: ltx::NO_CHECKSUM,
         page_size: forming.page_size,
         commit: merged.db_pages,
@@ -508,12 +559,62 @@ fn encode_segment(forming: &Forming, now_ms: u64) -> Result<Vec<u8>, ltx::LtxErr
         timestamp: now_ms,
         ..ltx::Header::default()
     };
-    ltx::encode(&header, &merged.pages, 0)
+    let mut checksum = 0;
+    if forming.snapshot {
+        merged.pages.remove(&ltx::lock_pgno(forming.page_size));
+        header.flags = 0;
+        header.min_txid = 1;
+        checksum = ltx::pages_checksum(&merged.pages);
+    }
+    ltx::encode(&header, &merged.pages, checksum)
+}
+
+/// The whole database after the commits in its WAL up to `wal_end`: the main file's pages
+/// with the WAL's committed frames over them. `cursor` ends after the last commit.
+fn snapshot(
+    database: &Path,
+    wal: &Path,
+    wal_end: u64,
+    cursor: &mut Cursor,
+) -> Result<(u32, Committed), String> {
+    let captured = cursor
+        .capture_file(wal, wal_end)
+        .map_err(|e| e.to_string())?;
+    let Some(last) = captured.transactions.last() else {
+        return Err("its WAL holds no commit".into());
+    };
+    let db_pages = last.db_pages;
+    let page_size = captured.page_size;
+    let image = std::fs::read(database).map_err(|e| format!("{}: {e}", database.display()))?;
+    let mut pages: BTreeMap<u32, Vec<u8>> = image
+        .chunks_exact(page_size as usize)
+        .enumerate()
+        .map(|(i, page)| (i as u32 + 1, page.to_vec()))
+        .collect();
+    for transaction in &captured.transactions {
+        for (pgno, page) in &transaction.pages {
+            pages.insert(*pgno, page.clone());
+        }
+    }
+    pages.retain(|pgno, _| *pgno <= db_pages);
+    let lock = ltx::lock_pgno(page_size);
+    let missing = (1..=db_pages).find(|p| *p != lock && !pages.contains_key(p));
+    if let Some(pgno) = missing {
+        return Err(format!("page {pgno} is neither in the file nor in its WAL"));
+    }
+    Ok((page_size, Committed { pages, db_pages }))
 }
 
 /// Creates the batch's key, retrying failures with backoff (same bytes). A key that exists
 /// with the same bytes is an earlier attempt that succeeded; with other bytes, a fence.
 async fn upload(store: &Store, key: &str, bytes: Vec<u8>) -> Result<(), String> {
+    // Tests make the store slow, so that what waits for it and what does not differ.
+    if let Some(ms) = std::env::var("DORUN_TEST_REPLICA_DELAY_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
     let mut delay = Duration::from_millis(100);
     let mut attempts = 0u32;
     loop {
@@ -616,7 +717,7 @@ mod tests {
             let wal_end = std::fs::metadata(&wal).unwrap().len();
             Announcement {
                 object: self.key.clone(),
-                wal,
+                database: self.path.clone(),
                 wal_round: 0,
                 first_txid: self.txid,
                 last_txid: self.txid,
@@ -841,6 +942,57 @@ mod tests {
             .unwrap();
         assert_eq!(restored.objects[&object.key], 1);
         assert_eq!(restored.batches, 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_file_written_before_replication_began_is_shipped_whole_first() {
+        let dir = temp_dir("existing");
+        let store = store::open(&format!("file://{}", dir.join("store").display())).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut object = Object::open(&dir.join("data"), 9);
+        object
+            .conn
+            .execute_batch(
+                "CREATE TABLE t(a); INSERT INTO t SELECT value FROM generate_series(1, 2000);
+                 PRAGMA wal_checkpoint(TRUNCATE);",
+            )
+            .unwrap_or_else(|_| {
+                // No generate_series in this SQLite: a recursive CTE instead.
+                object
+                    .conn
+                    .execute_batch(
+                        "CREATE TABLE IF NOT EXISTS t(a);
+                         WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 2000)
+                         INSERT INTO t SELECT x FROM n; PRAGMA wal_checkpoint(TRUNCATE);",
+                    )
+                    .unwrap()
+            });
+        let replicator = Replicator::start(store.clone(), Options::new("s".into(), 1)).unwrap();
+        runtime
+            .block_on(store::create(
+                &store,
+                "g/0000000000000001",
+                br#"{"session": "s"}"#.to_vec(),
+            ))
+            .unwrap();
+        replicator.announce_all(vec![object.write("INSERT INTO t VALUES (0)", None)]);
+        replicator.announce_all(vec![object.write("DELETE FROM t WHERE a < 10", None)]);
+        assert!(replicator.wait_settled(Duration::from_secs(20)));
+        let restored = runtime
+            .block_on(restore::restore(
+                &store,
+                &dir.join("restored"),
+                &Filter::default(),
+            ))
+            .unwrap();
+        assert_eq!(restored.objects[&object.key], 2);
+        let image =
+            std::fs::read(restore::object_path(&dir.join("restored"), &object.key)).unwrap();
+        assert!(image == object.image());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -113,7 +113,13 @@ pub async fn restore(
                             .or_insert(Target { file, last_txid: 0 })
                     }
                 };
-                if entry.min_txid != target.last_txid + 1 {
+                if file.header.is_snapshot() {
+                    // The whole database: it replaces whatever came before.
+                    target
+                        .file
+                        .set_len(0)
+                        .map_err(|e| StoreError::Invalid(e.to_string()))?;
+                } else if entry.min_txid != target.last_txid + 1 {
                     return Err(StoreError::Invalid(format!(
                         "{}/{}: the store's history has a gap (after TXID {} comes {}, in {session} batch {seq})",
                         entry.object.namespace, entry.object.id, target.last_txid, entry.min_txid

@@ -1,0 +1,63 @@
+//! `dorun restore`: rebuilds Durable Objects' files from the store `dorun serve
+//! --replicate-to` wrote (see `dorun_storage::replica`), then their namespaces' alarm
+//! indexes, so that the next `dorun serve` on the directory schedules their alarms.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use dorun_storage::replica::{restore, store};
+use dorun_storage::{AlarmIndex, Durability, ObjectDatabase};
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The store: s3://bucket/prefix (AWS_* environment as for serve) or file:///dir.
+    #[arg(long, value_name = "URL")]
+    pub from: String,
+    /// The data directory to write into (a stopped server's; restored objects' files are
+    /// replaced, nothing else is touched).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// Only this namespace (its directory name, e.g. `my-worker-Counter`).
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+    /// Only this object (64 hex digits; needs --namespace).
+    #[arg(long, requires = "namespace")]
+    pub object: Option<String>,
+}
+
+pub fn run(args: RestoreArgs) -> anyhow::Result<()> {
+    let store = store::open(&args.from)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let filter = restore::Filter {
+        namespace: args.namespace.clone(),
+        object: args.object.clone(),
+    };
+    let restored = runtime
+        .block_on(restore::restore(&store, &args.data_dir, &filter))
+        .with_context(|| format!("restoring from {}", args.from))?;
+    let mut alarms = 0;
+    for object in restored.objects.keys() {
+        let path = restore::object_path(&args.data_dir, object);
+        let db = ObjectDatabase::open(&path, Durability::Full)
+            .with_context(|| format!("{}: not a database after restore", path.display()))?;
+        if let Some(time) = db.alarm()? {
+            let index = args
+                .data_dir
+                .join(&object.namespace)
+                .join("metadata.sqlite");
+            AlarmIndex::open(&index, Durability::Full)?.put(&object.id, time, None)?;
+            alarms += 1;
+        }
+    }
+    println!(
+        "restored {} objects ({} segments from {} batches; {alarms} with an alarm) into {}",
+        restored.objects.len(),
+        restored.segments,
+        restored.batches,
+        args.data_dir.display()
+    );
+    Ok(())
+}
