@@ -443,8 +443,18 @@ pub fn get_request(url: String) -> http::Request<Full<Bytes>> {
 
 /// Runs `dorun <args>` to completion (bounded to 60 s) and returns (success, stdout, stderr).
 pub fn run_dorun(args: &[&str], cwd: Option<&Path>) -> (bool, String, String) {
+    run_dorun_with_env(args, cwd, &[])
+}
+
+/// [`run_dorun`] with extra environment variables.
+pub fn run_dorun_with_env(
+    args: &[&str],
+    cwd: Option<&Path>,
+    env: &[(&str, &str)],
+) -> (bool, String, String) {
     let mut command = Command::new(dorun_binary());
     command
+        .envs(env.iter().copied())
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::harness::{example, run_dorun, scratch_dir, Server};
+use crate::harness::{example, run_dorun, run_dorun_with_env, scratch_dir, Server};
 
 fn counter() -> std::path::PathBuf {
     example("counter/js/wrangler.toml")
@@ -185,4 +185,152 @@ fn durability_and_store_flags_that_do_not_go_together_are_refused() {
         None,
     );
     assert!(!ok && stderr.contains("s3://bucket/prefix"), "{stderr}");
+}
+
+/// A local S3 server (moto, from PyPI, installed once into target/ci-tools/moto), stopped
+/// when dropped.
+struct Moto {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Moto {
+    fn start() -> Moto {
+        static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/ci-tools/moto");
+        {
+            let _guard = INSTALL.lock().unwrap();
+            if !venv.join("bin/moto_server").exists() {
+                let made = std::process::Command::new("python3")
+                    .args(["-m", "venv"])
+                    .arg(&venv)
+                    .status()
+                    .expect("python3 is needed for the S3 test server (moto)");
+                assert!(made.success(), "python3 -m venv {} failed", venv.display());
+                let installed = std::process::Command::new(venv.join("bin/pip"))
+                    .args(["install", "-q", "moto[server]==5.2.6"])
+                    .status()
+                    .expect("pip");
+                assert!(
+                    installed.success(),
+                    "pip install moto[server] failed (PyPI needed)"
+                );
+            }
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new(venv.join("bin/moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto_server");
+        let moto = Moto {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "moto did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        moto
+    }
+
+    fn env(&self) -> Vec<(&str, &str)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ALLOW_HTTP", "true"),
+        ]
+    }
+
+    async fn create_bucket(&self, name: &str) {
+        let http =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Full<bytes::Bytes>>();
+        let request = http::Request::put(format!("{}/{name}", self.endpoint))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let response = http.request(request).await.unwrap();
+        assert!(
+            response.status().is_success(),
+            "create bucket: {}",
+            response.status()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_s3_store_holds_every_acknowledged_write_through_kill_9() {
+    let moto = Moto::start();
+    moto.create_bucket("dorun").await;
+    let dir = scratch_dir("replica-s3");
+    let data = dir.join("data");
+    let store = "s3://dorun/apps/counter";
+    let env = moto.env();
+    let mut server = Server::start_with_env(
+        &counter(),
+        &[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--replicate-to",
+            store,
+            "--node-id",
+            "e2e",
+        ],
+        &env,
+    );
+    let acknowledged = crate::harness::write_until_kill9(
+        &mut server,
+        6,
+        Duration::from_millis(1500),
+        |base, w, _| {
+            http::Request::post(format!("{base}/s{}/increment", w % 3))
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap()
+        },
+    )
+    .await;
+    std::fs::remove_dir_all(&data).unwrap();
+    let restored = dir.join("restored");
+    let (ok, stdout, stderr) = run_dorun_with_env(
+        &[
+            "restore",
+            "--from",
+            store,
+            "--data-dir",
+            restored.to_str().unwrap(),
+        ],
+        None,
+        &env,
+    );
+    assert!(
+        ok && stdout.starts_with("restored 3 objects"),
+        "{stdout}{stderr}"
+    );
+    let server = Server::start(&counter(), &["--data-dir", restored.to_str().unwrap()]);
+    for object in 0..3 {
+        let acked: u64 = (0..6)
+            .filter(|w| w % 3 == object)
+            .map(|w| acknowledged[w].len() as u64)
+            .sum();
+        let stored = value(&server, &format!("s{object}")).await;
+        assert!(
+            (acked..=acked + 2).contains(&stored),
+            "s{object}: {acked} increments acknowledged, {stored} restored"
+        );
+    }
 }
