@@ -334,3 +334,44 @@ async fn an_s3_store_holds_every_acknowledged_write_through_kill_9() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_on_the_same_store_stops_the_first_ones_replication() {
+    let dir = scratch_dir("replica-two");
+    let store = format!("file://{}", dir.join("store").display());
+    let check = [("DORUN_TEST_GENERATION_CHECK_MS", "200")];
+    let args = |data: &std::path::PathBuf| {
+        vec![
+            "--data-dir".to_string(),
+            data.to_str().unwrap().to_string(),
+            "--replicate-to".to_string(),
+            store.clone(),
+        ]
+    };
+    let first_args = args(&dir.join("a"));
+    let first_args: Vec<&str> = first_args.iter().map(String::as_str).collect();
+    let first = Server::start_with_env(&counter(), &first_args, &check);
+    assert_eq!(first.post("/x/increment", "").await.status, 200);
+    let second_args = args(&dir.join("b"));
+    let second_args: Vec<&str> = second_args.iter().map(String::as_str).collect();
+    let second = Server::start_with_env(&counter(), &second_args, &check);
+    assert_eq!(second.post("/y/increment", "").await.status, 200);
+    // Within a few checks the first one's commits fail, loudly, instead of mixing two
+    // histories in one store.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = first.post("/x/increment", "").await;
+        if reply.status != 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first process kept replicating"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(first
+        .logs()
+        .contains("another process started on the same store"));
+    assert_eq!(second.post("/y/increment", "").await.status, 200);
+}

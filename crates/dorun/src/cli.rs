@@ -596,10 +596,13 @@ fn start_replication(
         store::next_generation(&store, &node).await
     })?;
     let session = store::session_name(&node, generation);
-    let replicator = replicator::Replicator::start(
-        store,
-        replicator::Options::new(session.clone(), generation),
-    )?;
+    let mut replicator_options = replicator::Options::new(session.clone(), generation);
+    let every = std::env::var("DORUN_TEST_GENERATION_CHECK_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map_or(Duration::from_secs(30), Duration::from_millis);
+    replicator_options.generation_check = Some((generation, every));
+    let replicator = replicator::Replicator::start(store, replicator_options)?;
     tracing::info!(
         "replicating Durable Object commits to {url} (session {session}, durability {})",
         if wait { "replicated" } else { "async" }

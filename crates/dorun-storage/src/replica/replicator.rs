@@ -43,6 +43,9 @@ pub struct Options {
     pub epoch: u64,
     pub max_inflight: usize,
     pub max_batch_bytes: usize,
+    /// One process per store: this process's generation, checked this often against the
+    /// store's newest (a newer one means another process writes there: replication stops).
+    pub generation_check: Option<(u64, Duration)>,
 }
 
 impl Options {
@@ -52,6 +55,7 @@ impl Options {
             epoch,
             max_inflight: 4,
             max_batch_bytes: 8 << 20,
+            generation_check: None,
         }
     }
 }
@@ -261,6 +265,11 @@ impl Worker {
     }
 
     async fn run(mut self) {
+        let mut generation_check = self.options.generation_check.map(|(generation, every)| {
+            let mut interval = tokio::time::interval(every);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            (generation, interval)
+        });
         loop {
             let (incoming, shutdown) = {
                 let mut state = self.shared.lock();
@@ -278,8 +287,24 @@ impl Worker {
             if shutdown && self.forming.is_empty() && self.uploads.is_empty() {
                 return;
             }
+            let check = async {
+                match generation_check.as_mut() {
+                    Some((generation, interval)) => {
+                        interval.tick().await;
+                        Some(*generation)
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = self.shared.wake.notified() => {}
+                Some(generation) = check => {
+                    if let Some(why) = newer_generation(&self.store, generation).await {
+                        let pending = self.take_all_dones();
+                        stop(&self.shared, why, pending);
+                        return;
+                    }
+                }
                 Some(joined) = self.uploads.join_next(), if !self.uploads.is_empty() => {
                     let (seq, result) = match joined {
                         Ok(outcome) => outcome,
@@ -545,6 +570,23 @@ impl Worker {
         }
         dones
     }
+}
+
+/// Why this process must stop writing: a newer generation in the store (another process
+/// started on the same store). A store that cannot be listed right now is not a reason.
+async fn newer_generation(store: &Store, mine: u64) -> Option<String> {
+    let keys = store::list(store, "g").await.ok()?;
+    let newest = keys
+        .iter()
+        .filter_map(|key| key.strip_prefix("g/"))
+        .filter_map(|hex| u64::from_str_radix(hex, 16).ok())
+        .max()?;
+    (newest > mine).then(|| {
+        format!(
+            "replication stopped: another process started on the same store (generation \
+             {newest}; this one is {mine}); one dorun per --replicate-to prefix"
+        )
+    })
 }
 
 fn encode_segment(forming: &Forming, now_ms: u64) -> Result<Vec<u8>, ltx::LtxError> {
