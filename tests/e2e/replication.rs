@@ -375,3 +375,46 @@ async fn a_second_process_on_the_same_store_stops_the_first_ones_replication() {
         .contains("another process started on the same store"));
     assert_eq!(second.post("/y/increment", "").await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_at_a_point_in_time_stops_there() {
+    let dir = scratch_dir("replica-at");
+    let store = format!("file://{}", dir.join("store").display());
+    let mut server = serve(&dir.join("data"), &store, &[]);
+    for _ in 0..3 {
+        server.post("/t/increment", "").await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let between = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        .to_string();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..3 {
+        server.post("/t/increment", "").await;
+    }
+    assert!(server.terminate().success());
+    let then = dir.join("then");
+    restore(&store, &then, &["--at", &between]);
+    let latest = dir.join("latest");
+    restore(&store, &latest, &[]);
+    let server = Server::start(&counter(), &["--data-dir", then.to_str().unwrap()]);
+    assert_eq!(value(&server, "t").await, 3);
+    drop(server);
+    let server = Server::start(&counter(), &["--data-dir", latest.to_str().unwrap()]);
+    assert_eq!(value(&server, "t").await, 6);
+    let (ok, _, stderr) = run_dorun(
+        &[
+            "restore",
+            "--from",
+            &store,
+            "--data-dir",
+            "/tmp/x",
+            "--at",
+            "yesterday",
+        ],
+        None,
+    );
+    assert!(!ok && stderr.contains("RFC 3339"), "{stderr}");
+}

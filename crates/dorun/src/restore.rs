@@ -24,6 +24,19 @@ pub struct RestoreArgs {
     /// Only this object (64 hex digits; needs --namespace).
     #[arg(long, requires = "namespace")]
     pub object: Option<String>,
+    /// The state as of this time (RFC 3339, e.g. 2026-12-07T10:00:00Z, or milliseconds
+    /// since the epoch): what was in the store then (to the upload).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub at: Option<u64>,
+}
+
+fn parse_time(text: &str) -> Result<u64, String> {
+    if let Ok(ms) = text.parse::<u64>() {
+        return Ok(ms);
+    }
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|time| time.timestamp_millis().max(0) as u64)
+        .map_err(|e| format!("'{text}' is not an RFC 3339 time nor milliseconds: {e}"))
 }
 
 pub fn run(args: RestoreArgs) -> anyhow::Result<()> {
@@ -34,6 +47,7 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<()> {
     let filter = restore::Filter {
         namespace: args.namespace.clone(),
         object: args.object.clone(),
+        until_ms: args.at,
     };
     let restored = runtime
         .block_on(restore::restore(&store, &args.data_dir, &filter))

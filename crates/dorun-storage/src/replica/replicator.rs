@@ -871,6 +871,7 @@ mod tests {
                 &Filter {
                     namespace: Some("app-Counter".into()),
                     object: Some(objects[5].key.id.clone()),
+                    until_ms: None,
                 },
             ))
             .unwrap();

@@ -19,6 +19,8 @@ use super::store::{self, Store, StoreError};
 pub struct Filter {
     pub namespace: Option<String>,
     pub object: Option<String>,
+    /// Point in time (ms since the epoch): only batches cut at or before it.
+    pub until_ms: Option<u64>,
 }
 
 impl Filter {
@@ -68,7 +70,7 @@ pub async fn restore(
 ) -> Result<Restored, StoreError> {
     let mut restored = Restored::default();
     let mut targets: HashMap<ObjectKey, Target> = HashMap::new();
-    for session in sessions(store).await? {
+    'sessions: for session in sessions(store).await? {
         let prefix = format!("j/{session}/b");
         let seqs: Vec<u64> = store::list(store, &prefix)
             .await?
@@ -85,6 +87,10 @@ pub async fn restore(
                 .map_err(|e| StoreError::Invalid(format!("{session} batch {seq}: {e}")))?
             {
                 Stored::Fence => break,
+                Stored::Batch(info, _) if filter.until_ms.is_some_and(|t| info.created_ms > t) => {
+                    // Batches are cut in time order, and later sessions start later.
+                    break 'sessions;
+                }
                 Stored::Batch(_, entries) => entries,
             };
             restored.batches += 1;
