@@ -91,7 +91,7 @@ async fn generations_chain_and_a_graceful_stop_leaves_the_store_complete() {
     let store = format!("file://{}", dir.join("store").display());
     let data = dir.join("data");
     // First life: three objects.
-    let mut server = serve(&data, &store, &[]);
+    let mut server = serve(&data, &store, &["--admin-port", "0"]);
     for name in ["a", "b", "c"] {
         for _ in 0..3 {
             assert_eq!(
@@ -100,6 +100,25 @@ async fn generations_chain_and_a_graceful_stop_leaves_the_store_complete() {
             );
         }
     }
+    // What the replicator did shows in /metrics: 9 commits went up.
+    let admin = server.stdout_line("dorun: admin on ").unwrap();
+    let metrics = get_text(&format!("{admin}/metrics")).await;
+    for name in [
+        "dorun_replica_batches_total",
+        "dorun_replica_bytes_total",
+        "dorun_replica_upload_seconds_count",
+    ] {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"));
+        let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(value >= 1.0, "{line}");
+    }
+    assert!(
+        metrics.contains("dorun_replica_batch_commits_sum 9"),
+        "{metrics}"
+    );
     assert!(server.terminate().success());
     // Second life on the same directory (a new generation): only `a` changes.
     let mut server = serve(&data, &store, &[]);
@@ -417,4 +436,17 @@ async fn a_restore_at_a_point_in_time_stops_there() {
         None,
     );
     assert!(!ok && stderr.contains("RFC 3339"), "{stderr}");
+}
+
+async fn get_text(url: &str) -> String {
+    let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let request = http::Request::get(url)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let response = http.request(request).await.unwrap();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap();
+    String::from_utf8(body.to_bytes().to_vec()).unwrap()
 }

@@ -513,6 +513,9 @@ impl Worker {
             state.batches += 1;
             state.bytes += bytes.len() as u64;
         }
+        metrics::counter!("dorun_replica_batches_total").increment(1);
+        metrics::counter!("dorun_replica_bytes_total").increment(bytes.len() as u64);
+        metrics::histogram!("dorun_replica_batch_commits").record(count as f64);
         self.cuts.insert(
             seq,
             Cut {
@@ -524,8 +527,13 @@ impl Worker {
         );
         let key = journal::batch_key(&self.options.session, seq);
         let store = self.store.clone();
-        self.uploads
-            .spawn(async move { (seq, upload(&store, &key, bytes).await) });
+        let started = Instant::now();
+        self.uploads.spawn(async move {
+            let result = upload(&store, &key, bytes).await;
+            metrics::histogram!("dorun_replica_upload_seconds")
+                .record(started.elapsed().as_secs_f64());
+            (seq, result)
+        });
     }
 
     /// Marks a batch uploaded and settles every batch of the uploaded prefix.
@@ -545,6 +553,8 @@ impl Worker {
         }
         {
             let mut state = self.shared.lock();
+            metrics::gauge!("dorun_replica_pending_commits")
+                .set((state.announced - state.settled) as f64);
             for cut in &settled {
                 state.settled += cut.count;
                 for (wal, round, offset) in &cut.reached {
@@ -689,6 +699,7 @@ async fn upload(store: &Store, key: &str, bytes: Vec<u8>) -> Result<(), String> 
 
 fn stop(shared: &Shared, why: String, dones: Vec<Done>) {
     tracing::error!("{why}");
+    metrics::gauge!("dorun_replica_stopped").set(1.0);
     {
         let mut state = shared.lock();
         state.stopped = Some(why.clone());
