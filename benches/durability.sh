@@ -8,6 +8,8 @@
 #   benches/durability.sh                    # 3 rounds, wrk -d5s, 6,000 MB written by dd
 #   ROUNDS=2 DURATION=10s WRITE_MB=8000 benches/durability.sh
 #   MODES="full normal" benches/durability.sh
+#   MODES="full replicated async" CONDITIONS=quiet benches/durability.sh   # replication (issue 26)
+#   REPLICATE_TO=s3://bucket/prefix MODES=replicated benches/durability.sh  # AWS_* env for S3
 #   DORUN_BIN=/path/to/dorun BENCH_CLIENT=/path/to/dorun-bench benches/durability.sh
 #
 # The data directory and dd's file are on the filesystem of $DATA_ROOT (default: this
@@ -20,6 +22,7 @@ DURATION=${DURATION:-5s}
 ROUNDS=${ROUNDS:-3}
 WRITE_MB=${WRITE_MB:-6000}
 MODES=${MODES:-full normal off}
+CONDITIONS=${CONDITIONS:-quiet dd}
 [ -f "$BENCH_DIR/app/wrangler.toml" ] || { echo "no bench app at $BENCH_DIR" >&2; exit 2; }
 
 if [[ -z "${DORUN_BIN:-}" || -z "${BENCH_CLIENT:-}" ]]; then
@@ -48,9 +51,14 @@ trap 'stop; rm -rf "$TMP"' EXIT
 
 # start <mode>: a server on a fresh data directory with the 1,000 objects created.
 start() {
-  rm -rf "$TMP/data"
+  rm -rf "$TMP/data" "$TMP/store"
+  local replicate=()
+  if [[ "$1" == replicated || "$1" == async ]]; then
+    # Replication modes: to REPLICATE_TO, else a directory store on the same filesystem.
+    replicate=(--replicate-to "${REPLICATE_TO:-file://$TMP/store}")
+  fi
   "$DORUN" serve "$BENCH_DIR/app/wrangler.toml" --port 0 --ip 127.0.0.1 --data-dir "$TMP/data" \
-    --durability "$1" --exit-after 1800 >"$TMP/server.out" 2>>"$TMP/server.log" &
+    --durability "$1" "${replicate[@]}" --exit-after 1800 >"$TMP/server.out" 2>>"$TMP/server.log" &
   PID=$!
   BASE=""
   for _ in $(seq 1 3000); do
@@ -89,12 +97,14 @@ echo "filesystem: $(df -hT "$TMP" | awk 'NR == 2 {print $1, $2, $3 " total"}'), 
 for round in $(seq 1 "$ROUNDS"); do
   for mode in $MODES; do
     start "$mode"
-    measure "$mode" quiet
-    writer
-    measure "$mode" "while dd writes"
-    kill "$DD" 2>/dev/null; wait "$DD" 2>/dev/null; DD=""
-    rm -f "$TMP/other-writer"
-    sync
+    [[ " $CONDITIONS " == *" quiet "* ]] && measure "$mode" quiet
+    if [[ " $CONDITIONS " == *" dd "* ]]; then
+      writer
+      measure "$mode" "while dd writes"
+      kill "$DD" 2>/dev/null; wait "$DD" 2>/dev/null; DD=""
+      rm -f "$TMP/other-writer"
+      sync
+    fi
     stop
   done
 done
@@ -115,9 +125,10 @@ for (mode, cond), vals in sorted(by.items(), key=lambda kv: (kv[0][0], conds.ind
     r = [v[0] for v in vals]; p = [v[1] for v in vals]
     print(f"{mode:8} {cond:16} {min(r):>9,.0f}-{max(r):<9,.0f} {min(p):>9.2f}-{max(p):<9.2f}")
 for cond in conds:
-    f, n = by.get(("full", cond)), by.get(("normal", cond))
-    if f and n:
-        fr = sum(v[0] for v in f) / len(f); nr = sum(v[0] for v in n) / len(n)
-        fp = sorted(v[1] for v in f)[len(f) // 2]; np_ = sorted(v[1] for v in n)[len(n) // 2]
-        print(f"full / normal, {cond}: throughput {fr / nr:.0%}, p99 {fp / np_:.2f}x (mean req/s, median p99)")
+    for a, b in [("full", "normal"), ("replicated", "full"), ("async", "full")]:
+        f, n = by.get((a, cond)), by.get((b, cond))
+        if f and n:
+            fr = sum(v[0] for v in f) / len(f); nr = sum(v[0] for v in n) / len(n)
+            fp = sorted(v[1] for v in f)[len(f) // 2]; np_ = sorted(v[1] for v in n)[len(n) // 2]
+            print(f"{a} / {b}, {cond}: throughput {fr / nr:.0%}, p99 {fp / np_:.2f}x (mean req/s, median p99)")
 PY
