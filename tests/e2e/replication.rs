@@ -450,3 +450,64 @@ async fn get_text(url: &str) -> String {
         .unwrap();
     String::from_utf8(body.to_bytes().to_vec()).unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wal_is_checkpointed_once_it_is_in_the_store_and_the_restore_still_matches() {
+    let dir = scratch_dir("replica-checkpoint");
+    let store = format!("file://{}", dir.join("store").display());
+    let data = dir.join("data");
+    let mut server = serve(&data, &store, &[]);
+    // The WAL's salts (bytes 16..24 of its header) change when a checkpoint restarts it.
+    assert_eq!(server.post("/w/increment", "").await.status, 200);
+    let wal = std::fs::read_dir(data.join("counter-Counter"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with("-wal"))
+        .unwrap()
+        .path();
+    let salts = |wal: &Path| {
+        std::fs::read(wal)
+            .ok()
+            .and_then(|b| b.get(16..24).map(<[u8]>::to_vec))
+    };
+    let first = salts(&wal).unwrap();
+    // Enough commits to one object to pass the 4 MiB a replicated WAL may reach; the
+    // isolate thread's sweep (about once a second) checkpoints it once all of it is in the
+    // store.
+    let mut writers = Vec::new();
+    for _ in 0..8 {
+        let base = server.base.clone();
+        writers.push(tokio::spawn(async move {
+            let http =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build_http::<http_body_util::Full<bytes::Bytes>>();
+            for _ in 0..300 {
+                let request = http::Request::post(format!("{base}/w/increment"))
+                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                    .unwrap();
+                assert_eq!(http.request(request).await.unwrap().status(), 200);
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while salts(&wal).as_ref() == Some(&first) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the WAL was never checkpointed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(std::fs::metadata(&wal).unwrap().len() < 8 << 20);
+    for _ in 0..50 {
+        server.post("/w/increment", "").await;
+    }
+    assert_eq!(value(&server, "w").await, 2451);
+    assert!(server.terminate().success());
+    let restored = dir.join("restored");
+    restore(&store, &restored, &[]);
+    let server = Server::start(&counter(), &["--data-dir", restored.to_str().unwrap()]);
+    assert_eq!(value(&server, "w").await, 2451);
+}

@@ -575,13 +575,13 @@ impl OpenDatabases {
             if size < REPLICATED_WAL_LIMIT {
                 continue;
             }
-            let position = self.positions.entry(entry.path.clone()).or_default();
-            if !replication
-                .replicator
-                .uploaded_through(&wal, position.round, size)
-            {
+            let Some(salts) = dorun_storage::replica::wal::header_salts(&wal) else {
+                continue;
+            };
+            if !replication.replicator.uploaded_through(&wal, salts, size) {
                 continue;
             }
+            let position = self.positions.entry(entry.path.clone()).or_default();
             match db.checkpoint() {
                 Ok(()) => position.round += 1,
                 Err(error) => {

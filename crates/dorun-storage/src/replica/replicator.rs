@@ -68,7 +68,7 @@ pub struct Replicator {
 struct State {
     incoming: Vec<Announcement>,
     /// By WAL: the round and offset up to which every frame is in the store.
-    uploaded: HashMap<PathBuf, (u64, u64)>,
+    uploaded: HashMap<PathBuf, ((u32, u32), u64)>,
     announced: u64,
     settled: u64,
     stopped: Option<String>,
@@ -138,14 +138,15 @@ impl Replicator {
         self.shared.wake.notify_one();
     }
 
-    /// Whether every frame of `wal` up to `end` (in checkpoint round `round`) is in the
-    /// store, so its owner may checkpoint it.
-    pub fn uploaded_through(&self, wal: &Path, round: u64, end: u64) -> bool {
+    /// Whether every frame of `wal` up to `end` is in the store, so its owner may checkpoint
+    /// it. `salts` (from the WAL's header) name which WAL: a checkpoint or a new file makes
+    /// new ones.
+    pub fn uploaded_through(&self, wal: &Path, salts: (u32, u32), end: u64) -> bool {
         self.shared
             .lock()
             .uploaded
             .get(wal)
-            .is_some_and(|&(r, offset)| r == round && offset >= end)
+            .is_some_and(|&(s, offset)| s == salts && offset >= end)
     }
 
     /// Forgets a WAL (its object was reset or its file removed).
@@ -207,14 +208,14 @@ struct Forming {
     transactions: Vec<Committed>,
     dones: Vec<Done>,
     announcements: u64,
-    /// (WAL, round, offset) reached by these commits.
-    reached: (PathBuf, u64, u64),
+    /// (WAL, its salts, offset) reached by these commits.
+    reached: (PathBuf, (u32, u32), u64),
 }
 
 /// A batch cut and being uploaded (or uploaded and waiting for an earlier one).
 struct Cut {
     dones: Vec<Done>,
-    reached: Vec<(PathBuf, u64, u64)>,
+    reached: Vec<(PathBuf, (u32, u32), u64)>,
     count: u64,
     uploaded: bool,
 }
@@ -357,6 +358,7 @@ impl Worker {
                 }
             };
             let offset = cursor.offset();
+            let salts = cursor.salts().unwrap_or_default();
             self.cursors.insert(database, (wal_round, inode, cursor));
             let previous = self.forming.remove(&object);
             let mut dones: Vec<Done> = Vec::new();
@@ -376,7 +378,7 @@ impl Worker {
                     transactions: vec![snapshot.1],
                     dones,
                     announcements,
-                    reached: (wal, wal_round, offset),
+                    reached: (wal, salts, offset),
                 },
             );
             return;
@@ -395,6 +397,7 @@ impl Worker {
             }
         };
         let offset = entry.2.offset();
+        let salts = entry.2.salts().unwrap_or_default();
         if captured.transactions.len() as u64 != expected {
             // The WAL does not hold what was announced: ship the file whole next time.
             self.cursors.remove(&database);
@@ -411,7 +414,7 @@ impl Worker {
                 forming.transactions.extend(captured.transactions);
                 forming.dones.extend(done);
                 forming.announcements += 1;
-                forming.reached = (wal, wal_round, offset);
+                forming.reached = (wal, salts, offset);
             }
             Some(forming) => {
                 let why = format!("commit {first_txid} announced after {}", forming.last_txid);
@@ -429,7 +432,7 @@ impl Worker {
                         transactions: captured.transactions,
                         dones: done.into_iter().collect(),
                         announcements: 1,
-                        reached: (wal, wal_round, offset),
+                        reached: (wal, salts, offset),
                     },
                 );
             }
@@ -557,8 +560,8 @@ impl Worker {
                 .set((state.announced - state.settled) as f64);
             for cut in &settled {
                 state.settled += cut.count;
-                for (wal, round, offset) in &cut.reached {
-                    state.uploaded.insert(wal.clone(), (*round, *offset));
+                for (wal, salts, offset) in &cut.reached {
+                    state.uploaded.insert(wal.clone(), (*salts, *offset));
                 }
             }
         }
@@ -851,7 +854,10 @@ mod tests {
             let end = std::fs::metadata(object.path.with_extension("sqlite-wal"))
                 .unwrap()
                 .len();
-            assert!(replicator.uploaded_through(&object.path.with_extension("sqlite-wal"), 0, end));
+            let wal = object.path.with_extension("sqlite-wal");
+            let salts = wal::header_salts(&wal).unwrap();
+            assert!(replicator.uploaded_through(&wal, salts, end));
+            assert!(!replicator.uploaded_through(&wal, (salts.0 ^ 1, salts.1), end));
         }
         let restored_dir = dir.join("restored");
         let restored = runtime

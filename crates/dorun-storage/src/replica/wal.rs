@@ -68,6 +68,11 @@ impl Cursor {
         Self::default()
     }
 
+    /// The salts of the WAL this cursor reads (none before the first capture).
+    pub fn salts(&self) -> Option<(u32, u32)> {
+        self.salts
+    }
+
     /// The offset just after the last captured commit frame (0 before the first capture).
     pub fn offset(&self) -> u64 {
         self.offset
@@ -171,6 +176,15 @@ impl Cursor {
             salts: header.salts,
         })
     }
+}
+
+/// The salts in the header of the WAL at `path` (which WAL it is: a checkpoint that
+/// restarts the WAL, or a new file, changes them).
+pub fn header_salts(path: &Path) -> Option<(u32, u32)> {
+    let file = std::fs::File::open(path).ok()?;
+    let mut head = [0u8; WAL_HEADER_SIZE];
+    file.read_exact_at(&mut head, 0).ok()?;
+    Some((be32(&head[16..]), be32(&head[20..])))
 }
 
 struct WalHeader {
