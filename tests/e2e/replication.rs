@@ -21,8 +21,16 @@ fn serve(data: &Path, store: &str, extra: &[&str]) -> Server {
         "e2e",
     ];
     args.extend_from_slice(extra);
-    // A slow store (every upload 30 ms late): what a commit waits for shows.
-    Server::start_with_env(&counter(), &args, &[("DORUN_TEST_REPLICA_DELAY_MS", "30")])
+    // A slow store (every upload 30 ms late): what a commit waits for shows. Segments go
+    // into per-object L1 files every 300 ms (10 s by default), so restores read both.
+    Server::start_with_env(
+        &counter(),
+        &args,
+        &[
+            ("DORUN_TEST_REPLICA_DELAY_MS", "30"),
+            ("DORUN_TEST_REPLICA_L1_MS", "300"),
+        ],
+    )
 }
 
 fn restore(store: &str, into: &Path, extra: &[&str]) -> String {
@@ -63,6 +71,10 @@ async fn after_kill_9_and_a_lost_disk_a_restore_holds_every_acknowledged_write()
         },
     )
     .await;
+    // Under 1.5 s of load, segments moved into per-object L1 files (every 300 ms here) and
+    // the journal behind them was deleted: the restore reads both.
+    let l1 = count_files(&dir.join("store/o"), ".ltx");
+    assert!(l1 >= 6, "{l1} L1 files");
     // The disk is gone: only the store is left. (With `--durability async` this fails:
     // acknowledged increments are missing from the store, checked when this test was
     // written.)
@@ -510,4 +522,21 @@ async fn a_wal_is_checkpointed_once_it_is_in_the_store_and_the_restore_still_mat
     restore(&store, &restored, &[]);
     let server = Server::start(&counter(), &["--data-dir", restored.to_str().unwrap()]);
     assert_eq!(value(&server, "w").await, 2451);
+}
+
+fn count_files(dir: &Path, suffix: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| {
+            let path = entry.path();
+            if path.is_dir() {
+                count_files(&path, suffix)
+            } else {
+                usize::from(path.to_string_lossy().ends_with(suffix))
+            }
+        })
+        .sum()
 }

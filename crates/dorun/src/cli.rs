@@ -602,6 +602,12 @@ fn start_replication(
         .and_then(|ms| ms.parse().ok())
         .map_or(Duration::from_secs(30), Duration::from_millis);
     replicator_options.generation_check = Some((generation, every));
+    if let Some(ms) = std::env::var("DORUN_TEST_REPLICA_L1_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+    {
+        replicator_options.l1_every = Duration::from_millis(ms);
+    }
     let replicator = replicator::Replicator::start(store, replicator_options)?;
     tracing::info!(
         "replicating Durable Object commits to {url} (session {session}, durability {})",

@@ -46,6 +46,9 @@ pub struct Options {
     /// One process per store: this process's generation, checked this often against the
     /// store's newest (a newer one means another process writes there: replication stops).
     pub generation_check: Option<(u64, Duration)>,
+    /// How often settled segments are rewritten into per-object L1 files, after which the
+    /// journal batches they came from are deleted.
+    pub l1_every: Duration,
 }
 
 impl Options {
@@ -56,6 +59,7 @@ impl Options {
             max_inflight: 4,
             max_batch_bytes: 8 << 20,
             generation_check: None,
+            l1_every: Duration::from_secs(10),
         }
     }
 }
@@ -218,7 +222,12 @@ struct Cut {
     reached: Vec<(PathBuf, (u32, u32), u64)>,
     count: u64,
     uploaded: bool,
+    /// Its segments (object, epoch, TXIDs, LTX), for the L1 files once it is settled.
+    segments: Vec<(ObjectKey, u64, u64, u64, Vec<u8>)>,
 }
+
+/// Settled segments not yet in L1 files, by object, in TXID order.
+type Spool = BTreeMap<ObjectKey, Vec<(u64, u64, Vec<u8>)>>;
 
 fn run(store: Store, options: Options, shared: Arc<Shared>) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -249,6 +258,10 @@ struct Worker {
     cuts: BTreeMap<u64, Cut>,
     next_seq: u64,
     uploads: tokio::task::JoinSet<(u64, Result<(), String>)>,
+    spool: Spool,
+    /// The last settled batch whose segments are in `spool` (or in L1 files).
+    spooled_through: u64,
+    compaction: Option<tokio::task::JoinHandle<Result<(), (String, Spool)>>>,
 }
 
 impl Worker {
@@ -262,10 +275,16 @@ impl Worker {
             cuts: BTreeMap::new(),
             next_seq: 1,
             uploads: tokio::task::JoinSet::new(),
+            spool: Spool::new(),
+            spooled_through: 0,
+            compaction: None,
         }
     }
 
     async fn run(mut self) {
+        let mut l1_tick = tokio::time::interval(self.options.l1_every);
+        l1_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        l1_tick.tick().await;
         let mut generation_check = self.options.generation_check.map(|(generation, every)| {
             let mut interval = tokio::time::interval(every);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -297,8 +316,35 @@ impl Worker {
                     None => std::future::pending().await,
                 }
             };
+            let can_compact = self.compaction.is_none() && !self.spool.is_empty();
+            let compaction = async {
+                match self.compaction.as_mut() {
+                    Some(handle) => Some(handle.await),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = self.shared.wake.notified() => {}
+                _ = l1_tick.tick(), if can_compact => {
+                    self.compact();
+                }
+                Some(done) = compaction => {
+                    self.compaction = None;
+                    match done {
+                        Ok(Ok(())) => {}
+                        Ok(Err((why, spool))) => {
+                            tracing::warn!("replication: writing L1 files failed (retried): {why}");
+                            // Back in front of what settled since: the cursor must never
+                            // pass a segment that is in no L1 file.
+                            for (object, mut segments) in spool {
+                                let later = self.spool.remove(&object).unwrap_or_default();
+                                segments.extend(later);
+                                self.spool.insert(object, segments);
+                            }
+                        }
+                        Err(error) => tracing::error!("replication: L1 task failed: {error}"),
+                    }
+                }
                 Some(generation) = check => {
                     if let Some(why) = newer_generation(&self.store, generation).await {
                         let pending = self.take_all_dones();
@@ -511,6 +557,7 @@ impl Worker {
             session: self.options.session.clone(),
         };
         let bytes = journal::encode(&info, &segments);
+        let kept = segments;
         {
             let mut state = self.shared.lock();
             state.batches += 1;
@@ -526,6 +573,7 @@ impl Worker {
                 reached,
                 count,
                 uploaded: false,
+                segments: kept,
             },
         );
         let key = journal::batch_key(&self.options.session, seq);
@@ -554,6 +602,18 @@ impl Worker {
         if settled.is_empty() {
             return;
         }
+        for cut in &mut settled {
+            for (object, _, min, max, ltx) in std::mem::take(&mut cut.segments) {
+                self.spool.entry(object).or_default().push((min, max, ltx));
+            }
+        }
+        // Every batch before the first one still uploading is settled.
+        let settled_through = self
+            .cuts
+            .keys()
+            .next()
+            .map_or(self.next_seq - 1, |first| first - 1);
+        self.spooled_through = self.spooled_through.max(settled_through);
         {
             let mut state = self.shared.lock();
             metrics::gauge!("dorun_replica_pending_commits")
@@ -573,6 +633,22 @@ impl Worker {
         self.shared.changed.notify_all();
     }
 
+    /// Starts writing the spooled segments as per-object L1 files; once all are in the store,
+    /// a cursor says the journal up to `spooled_through` is covered and those batches go.
+    fn compact(&mut self) {
+        let spool = std::mem::take(&mut self.spool);
+        let through = self.spooled_through;
+        let store = self.store.clone();
+        let session = self.options.session.clone();
+        let epoch = self.options.epoch;
+        self.compaction = Some(tokio::spawn(async move {
+            match write_l1(&store, &session, epoch, &spool, through).await {
+                Ok(()) => Ok(()),
+                Err(why) => Err((why, spool)),
+            }
+        }));
+    }
+
     fn take_all_dones(&mut self) -> Vec<Done> {
         let mut dones = Vec::new();
         for (_, forming) in std::mem::take(&mut self.forming) {
@@ -583,6 +659,97 @@ impl Worker {
         }
         dones
     }
+}
+
+/// The key of an object's L1 file.
+pub fn l1_key(object: &ObjectKey, epoch: u64, min: u64, max: u64) -> String {
+    format!(
+        "o/{}/{}/e/{epoch:016x}/l1/{min:016x}-{max:016x}.ltx",
+        object.namespace, object.id
+    )
+}
+
+/// Merges consecutive LTX segments of one object into one file (a snapshot among them
+/// starts over from it). Returns (min TXID, max TXID, bytes).
+pub fn merge_segments(segments: &[(u64, u64, Vec<u8>)]) -> Result<(u64, u64, Vec<u8>), String> {
+    let mut pages: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
+    let mut header: Option<ltx::Header> = None;
+    for (_, _, bytes) in segments {
+        let file = ltx::decode(bytes).map_err(|e| e.to_string())?;
+        match header.as_mut() {
+            Some(merged) if !file.header.is_snapshot() => {
+                if file.header.min_txid != merged.max_txid + 1 {
+                    return Err(format!(
+                        "segments not consecutive: {} after {}",
+                        file.header.min_txid, merged.max_txid
+                    ));
+                }
+                merged.max_txid = file.header.max_txid;
+                merged.commit = file.header.commit;
+                merged.timestamp = file.header.timestamp;
+            }
+            _ => {
+                pages.clear();
+                header = Some(file.header.clone());
+            }
+        }
+        pages.extend(file.pages);
+    }
+    let header = header.ok_or("no segments")?;
+    pages.retain(|pgno, _| *pgno <= header.commit);
+    let checksum = if header.is_snapshot() {
+        ltx::pages_checksum(&pages)
+    } else {
+        0
+    };
+    let bytes = ltx::encode(&header, &pages, checksum).map_err(|e| e.to_string())?;
+    Ok((header.min_txid, header.max_txid, bytes))
+}
+
+/// Writes each object's spooled segments as one L1 file, then the cursor, then deletes the
+/// batches (and older cursors) it covers.
+async fn write_l1(
+    store: &Store,
+    session: &str,
+    epoch: u64,
+    spool: &Spool,
+    through: u64,
+) -> Result<(), String> {
+    for (object, segments) in spool {
+        let (min, max, bytes) = merge_segments(segments)?;
+        let key = l1_key(object, epoch, min, max);
+        if !store::create(store, &key, bytes.clone())
+            .await
+            .map_err(|e| e.to_string())?
+            && store::get(store, &key).await.map_err(|e| e.to_string())? != bytes
+        {
+            return Err(format!("{key} exists with other contents"));
+        }
+    }
+    let cursor = format!("j/{session}/c/{through:016x}");
+    store::create(store, &cursor, Vec::new())
+        .await
+        .map_err(|e| e.to_string())?;
+    metrics::counter!("dorun_replica_l1_files_total").increment(spool.len() as u64);
+    for key in store::list(store, &format!("j/{session}"))
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        let Some((kind, hex)) = key.rsplit_once('/').and_then(|(head, hex)| {
+            Some((head.rsplit('/').next()?, u64::from_str_radix(hex, 16).ok()?))
+        }) else {
+            continue;
+        };
+        let covered = match kind {
+            "b" => hex <= through,
+            "c" => hex < through,
+            _ => false,
+        };
+        if covered {
+            let _ = store::delete(store, &key).await;
+        }
+    }
+    Ok(())
 }
 
 /// Why this process must stop writing: a newer generation in the store (another process
@@ -1054,5 +1221,116 @@ mod tests {
             std::fs::read(restore::object_path(&dir.join("restored"), &object.key)).unwrap();
         assert!(image == object.image());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn settled_segments_move_into_l1_files_and_the_journal_behind_them_goes() {
+        let dir = temp_dir("l1");
+        let store = store::open(&format!("file://{}", dir.join("store").display())).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let generation = runtime
+            .block_on(store::next_generation(&store, "test"))
+            .unwrap();
+        let session = store::session_name("test", generation);
+        let mut options = Options::new(session.clone(), generation);
+        options.l1_every = Duration::from_millis(100);
+        let replicator = Replicator::start(store.clone(), options).unwrap();
+        let data = dir.join("data");
+        let mut objects: Vec<Object> = (0..3).map(|n| Object::open(&data, n)).collect();
+        for round in 0..12 {
+            let announcements = objects
+                .iter_mut()
+                .map(|object| {
+                    let sql = if round == 0 {
+                        "CREATE TABLE kv(k TEXT PRIMARY KEY, v BLOB)".to_string()
+                    } else {
+                        format!(
+                            "INSERT OR REPLACE INTO kv VALUES ('k{round}', zeroblob({}))",
+                            50 * round
+                        )
+                    };
+                    object.write(&sql, None)
+                })
+                .collect();
+            replicator.announce_all(announcements);
+            assert!(replicator.wait_settled(Duration::from_secs(20)));
+            std::thread::sleep(Duration::from_millis(40));
+        }
+        // Wait for a compaction that covers every batch.
+        let journal = dir.join("store/j").join(&session);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let batches = || {
+            std::fs::read_dir(journal.join("b"))
+                .map(|d| d.count())
+                .unwrap_or(0)
+        };
+        while batches() > 0 {
+            assert!(Instant::now() < deadline, "{} batches left", batches());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let cursors: Vec<_> = std::fs::read_dir(journal.join("c"))
+            .unwrap()
+            .flatten()
+            .collect();
+        assert_eq!(cursors.len(), 1, "older cursors are deleted");
+        let l1 = runtime.block_on(store::list(&store, "o")).unwrap();
+        assert!(l1.len() >= 3, "{l1:?}");
+        assert!(l1.iter().all(|key| key.contains("/l1/")));
+        // One more commit stays in the journal (past the cursor): a restore reads both.
+        replicator.announce_all(vec![objects[1].write("DELETE FROM kv WHERE k = 'k3'", None)]);
+        assert!(replicator.wait_settled(Duration::from_secs(20)));
+        let restored_dir = dir.join("restored");
+        let restored = runtime
+            .block_on(restore::restore(&store, &restored_dir, &Filter::default()))
+            .unwrap();
+        assert_eq!(restored.objects[&objects[1].key], 13);
+        for object in &objects {
+            let image = std::fs::read(restore::object_path(&restored_dir, &object.key)).unwrap();
+            assert!(image == object.image(), "object {} differs", object.key.id);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn merged_segments_start_over_at_a_snapshot_and_refuse_gaps() {
+        let page = |b: u8| vec![b; 512];
+        let segment = |min: u64, max: u64, pages: &[(u32, u8)], commit: u32| {
+            let snapshot = min == 1;
+            let header = ltx::Header {
+                flags: if snapshot { 0 } else { ltx::NO_CHECKSUM },
+                page_size: 512,
+                commit,
+                min_txid: min,
+                max_txid: max,
+                ..ltx::Header::default()
+            };
+            let pages: BTreeMap<u32, Vec<u8>> = pages.iter().map(|(p, b)| (*p, page(*b))).collect();
+            let sum = if snapshot {
+                ltx::pages_checksum(&pages)
+            } else {
+                0
+            };
+            (min, max, ltx::encode(&header, &pages, sum).unwrap())
+        };
+        let (min, max, bytes) = merge_segments(&[
+            segment(1, 1, &[(1, 1), (2, 1)], 2),
+            segment(2, 3, &[(2, 2), (3, 2)], 3),
+        ])
+        .unwrap();
+        assert_eq!((min, max), (1, 3));
+        let merged = ltx::decode(&bytes).unwrap();
+        assert!(merged.header.is_snapshot());
+        assert_eq!(merged.pages.len(), 3);
+        assert_eq!(merged.pages[&2], page(2));
+        assert!(
+            merge_segments(&[segment(2, 3, &[(1, 1)], 1), segment(5, 5, &[(1, 2)], 1)]).is_err()
+        );
+        // A snapshot later in the window replaces what came before it.
+        let (min, max, _) =
+            merge_segments(&[segment(2, 3, &[(1, 1)], 1), segment(1, 9, &[(1, 7)], 1)]).unwrap();
+        assert_eq!((min, max), (1, 9));
     }
 }

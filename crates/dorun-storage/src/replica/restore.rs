@@ -46,23 +46,84 @@ struct Target {
     last_txid: u64,
 }
 
-/// The sessions of the store's generations, oldest first.
-pub async fn sessions(store: &Store) -> Result<Vec<String>, StoreError> {
+/// The sessions of the store's generations (generation, session), oldest first.
+pub async fn sessions(store: &Store) -> Result<Vec<(u64, String)>, StoreError> {
     let mut sessions = Vec::new();
     for key in store::list(store, "g").await? {
+        let Some(generation) = key
+            .strip_prefix("g/")
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        else {
+            continue;
+        };
         let record = store::get(store, &key).await?;
         let value: serde_json::Value = serde_json::from_slice(&record)
             .map_err(|e| StoreError::Invalid(format!("{key}: {e}")))?;
         let session = value["session"]
             .as_str()
             .ok_or_else(|| StoreError::Invalid(format!("{key}: no session")))?;
-        sessions.push(session.to_string());
+        sessions.push((generation, session.to_string()));
     }
     Ok(sessions)
 }
 
+/// L1 files by epoch, then object: (min TXID, max TXID, key), in TXID order.
+type L1Files = BTreeMap<u64, BTreeMap<ObjectKey, Vec<(u64, u64, String)>>>;
+
+/// The L1 files in the store that the filter wants.
+async fn l1_files(store: &Store, filter: &Filter) -> Result<L1Files, StoreError> {
+    let mut files = L1Files::new();
+    let prefix = match (&filter.namespace, &filter.object) {
+        (Some(ns), Some(id)) => format!("o/{ns}/{id}"),
+        (Some(ns), None) => format!("o/{ns}"),
+        _ => "o".to_string(),
+    };
+    for key in store::list(store, &prefix).await? {
+        // o/<ns>/<id>/e/<epoch>/l1/<min>-<max>.ltx
+        let parts: Vec<&str> = key.split('/').collect();
+        let [_, ns, id, "e", epoch, "l1", name] = parts[..] else {
+            continue;
+        };
+        let Some((min, max)) = name
+            .strip_suffix(".ltx")
+            .and_then(|range| range.split_once('-'))
+            .and_then(|(a, b)| {
+                Some((
+                    u64::from_str_radix(a, 16).ok()?,
+                    u64::from_str_radix(b, 16).ok()?,
+                ))
+            })
+        else {
+            continue;
+        };
+        let Ok(epoch) = u64::from_str_radix(epoch, 16) else {
+            continue;
+        };
+        let object = ObjectKey {
+            namespace: ns.to_string(),
+            id: id.to_string(),
+        };
+        if !filter.wants(&object) {
+            continue;
+        }
+        files
+            .entry(epoch)
+            .or_default()
+            .entry(object)
+            .or_default()
+            .push((min, max, key.clone()));
+    }
+    for objects in files.values_mut() {
+        for list in objects.values_mut() {
+            list.sort();
+        }
+    }
+    Ok(files)
+}
+
 /// Writes every wanted object as `<data_dir>/<namespace>/<id>.sqlite` (no WAL). Existing
-/// files of those objects are replaced.
+/// files of those objects are replaced. Per generation: the objects' L1 files, then the
+/// session's journal batches past its cursor.
 pub async fn restore(
     store: &Store,
     data_dir: &Path,
@@ -70,15 +131,40 @@ pub async fn restore(
 ) -> Result<Restored, StoreError> {
     let mut restored = Restored::default();
     let mut targets: HashMap<ObjectKey, Target> = HashMap::new();
-    'sessions: for session in sessions(store).await? {
-        let prefix = format!("j/{session}/b");
-        let seqs: Vec<u64> = store::list(store, &prefix)
-            .await?
-            .iter()
-            .filter_map(|key| key.rsplit('/').next())
-            .filter_map(|hex| u64::from_str_radix(hex, 16).ok())
-            .collect();
-        for (expected, seq) in (1..).zip(seqs) {
+    let mut l1 = l1_files(store, filter).await?;
+    let mut writer = Writer {
+        data_dir,
+        targets: &mut targets,
+        restored: &mut restored,
+    };
+    'sessions: for (generation, session) in sessions(store).await? {
+        let mut past_until = false;
+        for (object, files) in l1.remove(&generation).unwrap_or_default() {
+            for (_, _, key) in files {
+                let bytes = store::get(store, &key).await?;
+                let file =
+                    ltx::decode(&bytes).map_err(|e| StoreError::Invalid(format!("{key}: {e}")))?;
+                if filter.until_ms.is_some_and(|t| file.header.timestamp > t) {
+                    past_until = true;
+                    break;
+                }
+                writer.apply(&object, &file, &key)?;
+            }
+        }
+        let keys = store::list(store, &format!("j/{session}")).await?;
+        let numbered = |kind: &str| -> Vec<u64> {
+            keys.iter()
+                .filter_map(|key| {
+                    let (head, hex) = key.rsplit_once('/')?;
+                    (head.rsplit('/').next()? == kind).then_some(())?;
+                    u64::from_str_radix(hex, 16).ok()
+                })
+                .collect()
+        };
+        // Batches up to the cursor are in L1 files (and may not have been deleted yet).
+        let cursor = numbered("c").into_iter().max().unwrap_or(0);
+        let seqs: Vec<u64> = numbered("b").into_iter().filter(|s| *s > cursor).collect();
+        for (expected, seq) in (cursor + 1..).zip(seqs) {
             if seq != expected {
                 break; // a hole: nothing after it was acknowledged
             }
@@ -93,7 +179,7 @@ pub async fn restore(
                 }
                 Stored::Batch(_, entries) => entries,
             };
-            restored.batches += 1;
+            writer.restored.batches += 1;
             for entry in entries {
                 if !filter.wants(&entry.object) {
                     continue;
@@ -101,53 +187,11 @@ pub async fn restore(
                 let slice = &bytes[entry.offset as usize..(entry.offset + entry.length) as usize];
                 let file = ltx::decode(slice)
                     .map_err(|e| StoreError::Invalid(format!("{session} batch {seq}: {e}")))?;
-                let target = match targets.get_mut(&entry.object) {
-                    Some(target) => target,
-                    None => {
-                        let path = object_path(data_dir, &entry.object);
-                        std::fs::create_dir_all(path.parent().expect("a parent"))
-                            .map_err(|e| io(&path, e))?;
-                        for stale in [
-                            path.with_extension("sqlite-wal"),
-                            path.with_extension("sqlite-shm"),
-                        ] {
-                            let _ = std::fs::remove_file(stale);
-                        }
-                        let file = std::fs::File::create(&path).map_err(|e| io(&path, e))?;
-                        targets
-                            .entry(entry.object.clone())
-                            .or_insert(Target { file, last_txid: 0 })
-                    }
-                };
-                if file.header.is_snapshot() {
-                    // The whole database: it replaces whatever came before.
-                    target
-                        .file
-                        .set_len(0)
-                        .map_err(|e| StoreError::Invalid(e.to_string()))?;
-                } else if entry.min_txid != target.last_txid + 1 {
-                    return Err(StoreError::Invalid(format!(
-                        "{}/{}: the store's history has a gap (after TXID {} comes {}, in {session} batch {seq})",
-                        entry.object.namespace, entry.object.id, target.last_txid, entry.min_txid
-                    )));
-                }
-                let size = u64::from(file.header.page_size);
-                for (pgno, page) in &file.pages {
-                    target
-                        .file
-                        .write_all_at(page, (u64::from(*pgno) - 1) * size)
-                        .map_err(|e| StoreError::Invalid(e.to_string()))?;
-                }
-                target
-                    .file
-                    .set_len(u64::from(file.header.commit) * size)
-                    .map_err(|e| StoreError::Invalid(e.to_string()))?;
-                target.last_txid = entry.max_txid;
-                restored.segments += 1;
-                restored
-                    .objects
-                    .insert(entry.object.clone(), entry.max_txid);
+                writer.apply(&entry.object, &file, &format!("{session} batch {seq}"))?;
             }
+        }
+        if past_until {
+            break;
         }
     }
     for (object, target) in targets {
@@ -157,6 +201,70 @@ pub async fn restore(
             .map_err(|e| io(&object_path(data_dir, &object), e))?;
     }
     Ok(restored)
+}
+
+struct Writer<'a> {
+    data_dir: &'a Path,
+    targets: &'a mut HashMap<ObjectKey, Target>,
+    restored: &'a mut Restored,
+}
+
+impl Writer<'_> {
+    /// Applies one LTX file to the object's restored file (a snapshot replaces it).
+    fn apply(
+        &mut self,
+        object: &ObjectKey,
+        file: &ltx::Ltx,
+        source: &str,
+    ) -> Result<(), StoreError> {
+        let target = match self.targets.get_mut(object) {
+            Some(target) => target,
+            None => {
+                let path = object_path(self.data_dir, object);
+                std::fs::create_dir_all(path.parent().expect("a parent"))
+                    .map_err(|e| io(&path, e))?;
+                for stale in [
+                    path.with_extension("sqlite-wal"),
+                    path.with_extension("sqlite-shm"),
+                ] {
+                    let _ = std::fs::remove_file(stale);
+                }
+                let created = std::fs::File::create(&path).map_err(|e| io(&path, e))?;
+                self.targets.entry(object.clone()).or_insert(Target {
+                    file: created,
+                    last_txid: 0,
+                })
+            }
+        };
+        if file.header.is_snapshot() {
+            target
+                .file
+                .set_len(0)
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        } else if file.header.min_txid != target.last_txid + 1 {
+            return Err(StoreError::Invalid(format!(
+                "{}/{}: the store's history has a gap (after TXID {} comes {}, in {source})",
+                object.namespace, object.id, target.last_txid, file.header.min_txid
+            )));
+        }
+        let size = u64::from(file.header.page_size);
+        for (pgno, page) in &file.pages {
+            target
+                .file
+                .write_all_at(page, (u64::from(*pgno) - 1) * size)
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        }
+        target
+            .file
+            .set_len(u64::from(file.header.commit) * size)
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        target.last_txid = file.header.max_txid;
+        self.restored.segments += 1;
+        self.restored
+            .objects
+            .insert(object.clone(), file.header.max_txid);
+        Ok(())
+    }
 }
 
 pub fn object_path(data_dir: &Path, object: &ObjectKey) -> PathBuf {

@@ -77,6 +77,11 @@ pub async fn get(store: &Store, key: &str) -> Result<Vec<u8>, StoreError> {
     Ok(result.bytes().await?.to_vec())
 }
 
+pub async fn delete(store: &Store, key: &str) -> Result<(), StoreError> {
+    store.delete(&StorePath::from(key)).await?;
+    Ok(())
+}
+
 /// The keys under `prefix` (recursively), sorted.
 pub async fn list(store: &Store, prefix: &str) -> Result<Vec<String>, StoreError> {
     use futures::TryStreamExt;
