@@ -696,33 +696,8 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => tracing::info!("SIGINT received"),
         () = terminate => tracing::info!("SIGTERM received"),
-        () = parent_gone() => {}
+        () = crate::parent::parent_gone() => {}
     }
-}
-
-/// The environment variable naming the process dorun stops with (set by the npm package's
-/// `dorun` wrapper and its `dorun/test` helper, and by `serve --watch` for its children).
-pub const PARENT_PID_VAR: &str = "DORUN_PARENT_PID";
-
-/// Resolves once the process named by `DORUN_PARENT_PID` is no longer dorun's parent (it
-/// exited, even by SIGKILL, and dorun was re-parented); never when the variable is unset.
-/// So killing a wrapper in any way never leaves dorun running.
-pub async fn parent_gone() {
-    #[cfg(unix)]
-    if let Some(parent) = std::env::var(PARENT_PID_VAR)
-        .ok()
-        .and_then(|pid| pid.parse::<u32>().ok())
-    {
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
-        loop {
-            tick.tick().await;
-            if std::os::unix::process::parent_id() != parent {
-                tracing::info!("the process that started dorun ({parent}) is gone: stopping");
-                return;
-            }
-        }
-    }
-    std::future::pending::<()>().await
 }
 
 /// The process's open-file limit (soft; `main` raised it to the hard limit).

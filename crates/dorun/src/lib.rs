@@ -44,6 +44,7 @@ pub mod devtools;
 pub mod ephemeral;
 pub mod inspect;
 pub mod migrations;
+pub mod parent;
 pub mod queues;
 pub mod restore;
 pub mod server;

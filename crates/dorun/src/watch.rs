@@ -54,7 +54,10 @@ pub fn run(args: &WatchTarget) -> anyhow::Result<()> {
             .args(&argv)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .env(crate::cli::PARENT_PID_VAR, std::process::id().to_string())
+            .env(
+                crate::parent::PARENT_PID_VAR,
+                std::process::id().to_string(),
+            )
             .spawn()
             .map_err(|e| anyhow!("cannot start dorun serve: {e}"))?;
         let bound = relay_stdout(&mut child, ports.is_none(), args.admin);
@@ -283,7 +286,7 @@ fn spawn_signal_watcher(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => {}
                     _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
-                    () = crate::cli::parent_gone() => {}
+                    () = crate::parent::parent_gone() => {}
                 }
             });
             stop.store(true, Ordering::SeqCst);
