@@ -64,11 +64,7 @@ async fn after_kill_9_and_a_lost_disk_a_restore_holds_every_acknowledged_write()
         &mut server,
         12,
         Duration::from_millis(1500),
-        |base, w, _| {
-            http::Request::post(format!("{base}/o{}/increment", w % 6))
-                .body(http_body_util::Full::new(bytes::Bytes::new()))
-                .unwrap()
-        },
+        |base, w, _| empty_request(http::Method::POST, format!("{base}/o{}/increment", w % 6)),
     )
     .await;
     // Under 1.5 s of load, segments moved into per-object L1 files (every 300 ms here) and
@@ -289,12 +285,8 @@ impl Moto {
     }
 
     async fn create_bucket(&self, name: &str) {
-        let http =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http::<http_body_util::Full<bytes::Bytes>>();
-        let request = http::Request::put(format!("{}/{name}", self.endpoint))
-            .body(http_body_util::Full::new(bytes::Bytes::new()))
-            .unwrap();
+        let http = client();
+        let request = empty_request(http::Method::PUT, format!("{}/{name}", self.endpoint));
         let response = http.request(request).await.unwrap();
         assert!(
             response.status().is_success(),
@@ -328,11 +320,7 @@ async fn an_s3_store_holds_every_acknowledged_write_through_kill_9() {
         &mut server,
         6,
         Duration::from_millis(1500),
-        |base, w, _| {
-            http::Request::post(format!("{base}/s{}/increment", w % 3))
-                .body(http_body_util::Full::new(bytes::Bytes::new()))
-                .unwrap()
-        },
+        |base, w, _| empty_request(http::Method::POST, format!("{base}/s{}/increment", w % 3)),
     )
     .await;
     std::fs::remove_dir_all(&data).unwrap();
@@ -451,11 +439,8 @@ async fn a_restore_at_a_point_in_time_stops_there() {
 }
 
 async fn get_text(url: &str) -> String {
-    let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Full<bytes::Bytes>>();
-    let request = http::Request::get(url)
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap();
+    let http = client();
+    let request = empty_request(http::Method::GET, url);
     let response = http.request(request).await.unwrap();
     let body = http_body_util::BodyExt::collect(response.into_body())
         .await
@@ -490,13 +475,9 @@ async fn a_wal_is_checkpointed_once_it_is_in_the_store_and_the_restore_still_mat
     for _ in 0..8 {
         let base = server.base.clone();
         writers.push(tokio::spawn(async move {
-            let http =
-                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                    .build_http::<http_body_util::Full<bytes::Bytes>>();
+            let http = client();
             for _ in 0..300 {
-                let request = http::Request::post(format!("{base}/w/increment"))
-                    .body(http_body_util::Full::new(bytes::Bytes::new()))
-                    .unwrap();
+                let request = empty_request(http::Method::POST, format!("{base}/w/increment"));
                 assert_eq!(http.request(request).await.unwrap().status(), 200);
             }
         }));
@@ -539,4 +520,24 @@ fn count_files(dir: &Path, suffix: &str) -> usize {
             }
         })
         .sum()
+}
+
+type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<bytes::Bytes>,
+>;
+
+fn client() -> Client {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
+
+fn empty_request(
+    method: http::Method,
+    url: impl AsRef<str>,
+) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    http::Request::builder()
+        .method(method)
+        .uri(url.as_ref())
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap()
 }

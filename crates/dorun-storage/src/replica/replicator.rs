@@ -903,6 +903,18 @@ mod tests {
         dir
     }
 
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// A directory store under `dir/store`.
+    fn file_store(dir: &Path) -> Store {
+        store::open(&format!("file://{}", dir.join("store").display())).unwrap()
+    }
+
     struct Object {
         key: ObjectKey,
         path: PathBuf,
@@ -970,11 +982,8 @@ mod tests {
     #[test]
     fn many_objects_commits_reach_the_store_in_few_batches_and_restore_byte_for_byte() {
         let dir = temp_dir("restore");
-        let store = store::open(&format!("file://{}", dir.join("store").display())).unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let store = file_store(&dir);
+        let runtime = runtime();
         runtime
             .block_on(store::check_conditional_writes(&store))
             .unwrap();
@@ -1066,11 +1075,8 @@ mod tests {
     #[test]
     fn a_fenced_journal_stops_replication_and_fails_waiting_commits() {
         let dir = temp_dir("fence");
-        let store = store::open(&format!("file://{}", dir.join("store").display())).unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let store = file_store(&dir);
+        let runtime = runtime();
         // Another process fenced this session's journal at seq 1 before it wrote anything.
         runtime
             .block_on(store::create(
@@ -1110,10 +1116,7 @@ mod tests {
         // The start-up check creates `format` twice and wants the second refused; a store
         // that honours If-None-Match passes it on every start.
         let store = store::open("memory:").unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = runtime();
         runtime
             .block_on(store::check_conditional_writes(&store))
             .unwrap();
@@ -1128,11 +1131,8 @@ mod tests {
     #[test]
     fn a_restore_stops_at_a_hole_in_the_journal() {
         let dir = temp_dir("hole");
-        let store = store::open(&format!("file://{}", dir.join("store").display())).unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let store = file_store(&dir);
+        let runtime = runtime();
         let generation = runtime
             .block_on(store::next_generation(&store, "test"))
             .unwrap();
@@ -1175,11 +1175,8 @@ mod tests {
     #[test]
     fn a_file_written_before_replication_began_is_shipped_whole_first() {
         let dir = temp_dir("existing");
-        let store = store::open(&format!("file://{}", dir.join("store").display())).unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let store = file_store(&dir);
+        let runtime = runtime();
         let mut object = Object::open(&dir.join("data"), 9);
         object
             .conn
@@ -1226,11 +1223,8 @@ mod tests {
     #[test]
     fn settled_segments_move_into_l1_files_and_the_journal_behind_them_goes() {
         let dir = temp_dir("l1");
-        let store = store::open(&format!("file://{}", dir.join("store").display())).unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let store = file_store(&dir);
+        let runtime = runtime();
         let generation = runtime
             .block_on(store::next_generation(&store, "test"))
             .unwrap();
