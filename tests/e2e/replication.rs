@@ -468,41 +468,50 @@ async fn a_wal_is_checkpointed_once_it_is_in_the_store_and_the_restore_still_mat
             .and_then(|b| b.get(16..24).map(<[u8]>::to_vec))
     };
     let first = salts(&wal).unwrap();
-    // Enough commits to one object to pass the 4 MiB a replicated WAL may reach; the
-    // isolate thread's sweep (about once a second) checkpoints it once all of it is in the
-    // store.
+    // Commits to one object until its WAL passes the 4 MiB a replicated WAL may reach and
+    // the isolate thread's sweep (about once a second) checkpoints it, once all of it is in
+    // the store: its salts change. (How many commits that takes depends on how the load
+    // groups writes into commits, so the writers go on until it happens.)
+    let checkpointed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1));
     let mut writers = Vec::new();
     for _ in 0..8 {
         let base = server.base.clone();
+        let checkpointed = checkpointed.clone();
+        let written = written.clone();
         writers.push(tokio::spawn(async move {
             let http = client();
-            for _ in 0..300 {
+            while !checkpointed.load(std::sync::atomic::Ordering::Relaxed) {
                 let request = empty_request(http::Method::POST, format!("{base}/w/increment"));
                 assert_eq!(http.request(request).await.unwrap().status(), 200);
+                written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }));
     }
-    for writer in writers {
-        writer.await.unwrap();
-    }
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while salts(&wal).as_ref() == Some(&first) {
         assert!(
             std::time::Instant::now() < deadline,
-            "the WAL was never checkpointed"
+            "the WAL was never checkpointed ({} commits)",
+            written.load(std::sync::atomic::Ordering::Relaxed)
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    checkpointed.store(true, std::sync::atomic::Ordering::Relaxed);
+    for writer in writers {
+        writer.await.unwrap();
     }
     assert!(std::fs::metadata(&wal).unwrap().len() < 8 << 20);
     for _ in 0..50 {
         server.post("/w/increment", "").await;
     }
-    assert_eq!(value(&server, "w").await, 2451);
+    let total = written.load(std::sync::atomic::Ordering::Relaxed) + 50;
+    assert_eq!(value(&server, "w").await, total);
     assert!(server.terminate().success());
     let restored = dir.join("restored");
     restore(&store, &restored, &[]);
     let server = Server::start(&counter(), &["--data-dir", restored.to_str().unwrap()]);
-    assert_eq!(value(&server, "w").await, 2451);
+    assert_eq!(value(&server, "w").await, total);
 }
 
 fn count_files(dir: &Path, suffix: &str) -> usize {
