@@ -212,6 +212,29 @@ fn durability_and_store_flags_that_do_not_go_together_are_refused() {
         None,
     );
     assert!(!ok && stderr.contains("s3://bucket/prefix"), "{stderr}");
+    // A store that does not answer: the error names the flag and what to check.
+    let (ok, _, stderr) = crate::harness::run_dorun_with_env(
+        &[
+            "serve",
+            config,
+            "--port",
+            "0",
+            "--replicate-to",
+            "s3://nobucket/x",
+        ],
+        None,
+        &[
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:1"),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_ACCESS_KEY_ID", "x"),
+            ("AWS_SECRET_ACCESS_KEY", "x"),
+            ("AWS_REGION", "us-east-1"),
+        ],
+    );
+    assert!(
+        !ok && stderr.contains("--replicate-to s3://nobucket/x: the store cannot be used"),
+        "{stderr}"
+    );
 }
 
 /// A local S3 server (moto, from PyPI, installed once into target/ci-tools/moto), stopped

@@ -591,10 +591,18 @@ fn start_replication(
     let setup = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let generation = setup.block_on(async {
-        store::check_conditional_writes(&store).await?;
-        store::next_generation(&store, &node).await
-    })?;
+    let generation = setup
+        .block_on(async {
+            store::check_conditional_writes(&store).await?;
+            store::next_generation(&store, &node).await
+        })
+        .map_err(|e| {
+            anyhow!(
+                "--replicate-to {url}: the store cannot be used (for s3://, check \
+                 AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION and \
+                 that the bucket exists): {e}"
+            )
+        })?;
     let session = store::session_name(&node, generation);
     let mut replicator_options = replicator::Options::new(session.clone(), generation);
     let every = std::env::var("DORUN_TEST_GENERATION_CHECK_MS")
