@@ -573,3 +573,43 @@ fn empty_request(
         .body(http_body_util::Full::new(bytes::Bytes::new()))
         .unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_objects_alarm_fires_on_the_restored_directory() {
+    let dir = scratch_dir("replica-alarm");
+    let store = format!("file://{}", dir.join("store").display());
+    let alarms = example("alarms/wrangler.toml");
+    let data = dir.join("data");
+    let mut server = Server::start(
+        &alarms,
+        &[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--replicate-to",
+            &store,
+            "--var",
+            "FLUSH_AFTER_MS=1500",
+        ],
+    );
+    assert_eq!(server.post("/queue/a", "x").await.status, 200);
+    // Stopped before the alarm is due; the machine's disk is then gone.
+    assert!(server.terminate().success());
+    std::fs::remove_dir_all(&data).unwrap();
+    let restored = dir.join("restored");
+    let report = restore(&store, &restored, &[]);
+    assert!(report.contains("1 with an alarm"), "{report}");
+    let server = Server::start(&alarms, &["--data-dir", restored.to_str().unwrap()]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = server.get("/queue/a").await.json();
+        if status["batches"].as_array().is_some_and(|b| b.len() == 1) {
+            assert_eq!(status["batches"][0]["items"], serde_json::json!(["x"]));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the alarm never fired: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
