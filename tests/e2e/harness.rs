@@ -40,17 +40,77 @@ pub fn example(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// A fresh scratch directory under the system temp dir.
+/// A fresh scratch directory for one test, under this run's own directory
+/// (`<temp>/dorun-e2e-run-<pid>`), which goes when the test process ends.
 pub fn scratch_dir(tag: &str) -> PathBuf {
     let unique = format!(
-        "dorun-e2e-{tag}-{}-{}",
-        std::process::id(),
+        "{tag}-{}",
         Instant::now().elapsed().as_nanos() + rand_suffix()
     );
-    let dir = std::env::temp_dir().join(unique);
+    let dir = run_scratch_root().join(unique);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// This run's scratch root. A full run writes gigabytes of data directories (large R2
+/// objects, many-object stores); left behind, runs on one machine filled its disk, and every
+/// test after that failed. So the first call removes what earlier runs left (roots of
+/// processes that are gone, and the per-test directories older runs made directly in the
+/// temp dir), and starts a watcher that removes this run's root once the test process has
+/// exited, however it ends. `DORUN_KEEP_SCRATCH=1` keeps it for a look after a failure.
+fn run_scratch_root() -> &'static Path {
+    static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        let temp = std::env::temp_dir();
+        remove_scratch_of_ended_runs(&temp);
+        let root = temp.join(format!("dorun-e2e-run-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        if std::env::var_os("DORUN_KEEP_SCRATCH").is_none() {
+            // A detached shell outlives this process, so nothing here has to run at exit.
+            let _ = Command::new("sh")
+                .arg("-c")
+                .arg("while kill -0 \"$1\" 2>/dev/null; do sleep 1; done; rm -rf \"$2\"")
+                .arg("dorun-e2e-scratch-cleanup")
+                .arg(std::process::id().to_string())
+                .arg(&root)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn();
+        }
+        root
+    })
+}
+
+/// Removes `dorun-e2e-run-<pid>` roots and older `dorun-e2e-<tag>-<pid>-<n>` directories
+/// whose process no longer runs.
+fn remove_scratch_of_ended_runs(temp: &Path) {
+    let Ok(entries) = std::fs::read_dir(temp) else {
+        return;
+    };
+    if !Path::new("/proc/self").exists() {
+        return; // no way to tell a live run from an ended one
+    }
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = if let Some(pid) = name.strip_prefix("dorun-e2e-run-") {
+            pid
+        } else if name.starts_with("dorun-e2e-") {
+            // The pid is the second-to-last field (tags may hold dashes).
+            let mut fields = name.rsplit('-');
+            fields.next();
+            fields.next().unwrap_or("")
+        } else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 fn rand_suffix() -> u128 {
@@ -67,7 +127,10 @@ fn rand_suffix() -> u128 {
 /// of git). One install at a time: tests share example and fixture directories.
 pub fn install_npm_dependencies(dir: &Path) {
     static INSTALL: Mutex<()> = Mutex::new(());
-    let _guard = INSTALL.lock().unwrap();
+    // A failed install (asserted below) must not poison the lock for every later caller.
+    let _guard = INSTALL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     if dir.join("node_modules/.package-lock.json").exists() {
         return;
     }
