@@ -461,6 +461,70 @@ async fn a_restore_at_a_point_in_time_stops_there() {
     assert!(!ok && stderr.contains("RFC 3339"), "{stderr}");
 }
 
+/// An operator's reset deletes objects; the store must say so, or a restore would bring
+/// them back (it did: the reset only moved local files away). The reset takes a new
+/// generation whose record names the reset namespaces; a restore drops them there. A
+/// restore to a time before the reset still has them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_object_does_not_come_back_from_a_restore() {
+    let dir = scratch_dir("replica-reset");
+    let store = format!("file://{}", dir.join("store").display());
+    let mut server = serve(&dir.join("data"), &store, &["--admin-port", "0"]);
+    let admin = crate::admin::AdminClient::of(&server, None);
+    for _ in 0..5 {
+        server.post("/gone/increment", "").await;
+    }
+    for _ in 0..2 {
+        server.post("/again/increment", "").await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before_reset = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        .to_string();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reset = admin.ok("POST", "/api/reset", None).await;
+    assert_eq!(reset["objects"], 2, "{reset}");
+    server.post("/again/increment", "").await;
+    for _ in 0..3 {
+        server.post("/new/increment", "").await;
+    }
+    // A second reset, of one namespace, then more writes: each reset is its own generation.
+    let second = admin
+        .ok("POST", "/api/namespaces/counter-Counter/reset", None)
+        .await;
+    assert_eq!(second["objects"], 2, "{second}");
+    for _ in 0..4 {
+        server.post("/after/increment", "").await;
+    }
+    assert_eq!(value(&server, "new").await, 0);
+    server.kill9();
+
+    let latest = dir.join("latest");
+    let printed = restore(&store, &latest, &[]);
+    assert!(printed.starts_with("restored 1 objects"), "{printed}");
+    let then = dir.join("then");
+    restore(&store, &then, &["--at", &before_reset]);
+    let server = Server::start(&counter(), &["--data-dir", latest.to_str().unwrap()]);
+    for (name, expected) in [("gone", 0), ("again", 0), ("new", 0), ("after", 4)] {
+        assert_eq!(
+            value(&server, name).await,
+            expected,
+            "{name} after the restore"
+        );
+    }
+    drop(server);
+    let server = Server::start(&counter(), &["--data-dir", then.to_str().unwrap()]);
+    for (name, expected) in [("gone", 5), ("again", 2), ("after", 0)] {
+        assert_eq!(
+            value(&server, name).await,
+            expected,
+            "{name} before the reset"
+        );
+    }
+}
+
 async fn get_text(url: &str) -> String {
     let http = client();
     let request = empty_request(http::Method::GET, url);

@@ -492,7 +492,7 @@ impl OpenDatabases {
         let mut txid = 0;
         if let (Some(replication), true) = (&self.replication, wrote) {
             txid = self.positions.entry(entry.path.clone()).or_default().txid + 1;
-            if let Err(error) = db.write_position(replication.epoch, txid) {
+            if let Err(error) = db.write_position(replication.replicator.epoch(), txid) {
                 let _ = db.rollback();
                 return Err(error.into());
             }

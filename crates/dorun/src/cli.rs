@@ -472,7 +472,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             consumers: consumers.clone(),
             engines: engines.clone(),
         };
-        let admin = start_admin(&args, &workers, &data_dir, stopped, operated).await?;
+        let admin = start_admin(
+            &args,
+            &workers,
+            &data_dir,
+            stopped,
+            operated,
+            replication.clone(),
+        )
+        .await?;
         if let Some(address) = args.inspect {
             crate::devtools::start(address).await?;
         }
@@ -621,11 +629,7 @@ fn start_replication(
         "replicating Durable Object commits to {url} (session {session}, durability {})",
         if wait { "replicated" } else { "async" }
     );
-    let replication = std::sync::Arc::new(Replication {
-        replicator,
-        epoch: generation,
-        wait,
-    });
+    let replication = std::sync::Arc::new(Replication { replicator, wait });
     options.replication = Some(replication.clone());
     Ok(Some(replication))
 }
@@ -637,6 +641,7 @@ async fn start_admin(
     data_dir: &std::path::Path,
     mut stopped: tokio::sync::watch::Receiver<bool>,
     arrivals: crate::admin::Arrivals,
+    replication: Option<std::sync::Arc<dorun_storage::replica::Replication>>,
 ) -> anyhow::Result<Option<std::sync::Arc<crate::admin::Admin>>> {
     let Some(port) = args.admin_port else {
         return Ok(None);
@@ -671,6 +676,7 @@ async fn start_admin(
         triggers: arrivals.triggers,
         consumers: arrivals.consumers,
         engines: arrivals.engines,
+        replication,
     });
     // What an earlier run's reset left to delete.
     let trash = data_dir.join(".trash");

@@ -17,9 +17,9 @@ pub mod wal;
 
 /// What the isolate threads need to replicate objects' commits (`--replicate-to`).
 pub struct Replication {
+    /// Also says which epoch (generation) commits are filed under: this process's, or a
+    /// later one taken by a reset ([`replicator::Replicator::epoch`]).
     pub replicator: replicator::Replicator,
-    /// The epoch every commit of this process is filed under (its generation).
-    pub epoch: u64,
     /// `--durability replicated`: a commit's output gate opens once it is in the store.
     /// Else (`async`) once it is durable on the local disk; the store follows.
     pub wait: bool,
@@ -28,7 +28,7 @@ pub struct Replication {
 impl std::fmt::Debug for Replication {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Replication")
-            .field("epoch", &self.epoch)
+            .field("epoch", &self.replicator.epoch())
             .field("wait", &self.wait)
             .finish()
     }

@@ -79,12 +79,23 @@ struct State {
     shutdown: bool,
     batches: u64,
     bytes: u64,
+    /// A request to move on to a new generation (see [`Replicator::begin_generation`]).
+    switch: Option<Switch>,
+}
+
+/// A new generation asked for by a reset of namespaces: its `g/` record names them, so a
+/// restore drops what it rebuilt of them before applying anything of that generation.
+struct Switch {
+    reset: Vec<String>,
+    reply: std::sync::mpsc::Sender<Result<u64, String>>,
 }
 
 struct Shared {
     state: Mutex<State>,
     wake: tokio::sync::Notify,
     changed: Condvar,
+    /// The epoch (generation) new commits are filed under.
+    epoch: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -110,6 +121,7 @@ impl Replicator {
             state: Mutex::new(State::default()),
             wake: tokio::sync::Notify::new(),
             changed: Condvar::new(),
+            epoch: std::sync::atomic::AtomicU64::new(options.epoch),
         });
         let worker = shared.clone();
         std::thread::Builder::new()
@@ -151,6 +163,41 @@ impl Replicator {
             .uploaded
             .get(wal)
             .is_some_and(|&(s, offset)| s == salts && offset >= end)
+    }
+
+    /// The epoch (generation) that new commits are filed under.
+    pub fn epoch(&self) -> u64 {
+        self.shared.epoch.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Records in the store that the objects of `reset` (namespace directory names) are
+    /// gone, before their files are: every commit announced so far is uploaded in the
+    /// current generation's journal, then a new generation is taken whose `g/` record names
+    /// the namespaces, and later commits go to its journal. A restore replays generations
+    /// in order and drops those namespaces' objects where that generation begins, so a
+    /// reset object never comes back. The caller holds the objects' threads (no commit of
+    /// theirs can follow); commits of other objects go on in the new generation. Returns
+    /// the new generation.
+    pub fn begin_generation(&self, reset: Vec<String>, timeout: Duration) -> Result<u64, String> {
+        let (reply, answer) = std::sync::mpsc::channel();
+        {
+            let mut state = self.shared.lock();
+            if let Some(why) = &state.stopped {
+                return Err(why.clone());
+            }
+            if state.switch.is_some() {
+                return Err("another reset is being recorded".into());
+            }
+            state.switch = Some(Switch { reset, reply });
+        }
+        self.shared.wake.notify_one();
+        match answer.recv_timeout(timeout) {
+            Ok(result) => result,
+            Err(_) => Err(format!(
+                "the store did not take the reset within {} s",
+                timeout.as_secs()
+            )),
+        }
     }
 
     /// Forgets a WAL (its object was reset or its file removed).
@@ -262,6 +309,9 @@ struct Worker {
     /// The last settled batch whose segments are in `spool` (or in L1 files).
     spooled_through: u64,
     compaction: Option<tokio::task::JoinHandle<Result<(), (String, Spool)>>>,
+    /// A new generation waiting for the current one's journal to drain (no announcement is
+    /// taken meanwhile, so it cannot starve).
+    switching: Option<Switch>,
 }
 
 impl Worker {
@@ -278,6 +328,7 @@ impl Worker {
             spool: Spool::new(),
             spooled_through: 0,
             compaction: None,
+            switching: None,
         }
     }
 
@@ -294,15 +345,36 @@ impl Worker {
             let (incoming, shutdown) = {
                 let mut state = self.shared.lock();
                 if state.stopped.is_some() {
+                    if let Some(switch) = self.switching.take().or(state.switch.take()) {
+                        let _ = switch
+                            .reply
+                            .send(Err(state.stopped.clone().unwrap_or_default()));
+                    }
                     return;
                 }
-                (std::mem::take(&mut state.incoming), state.shutdown)
+                if self.switching.is_some() {
+                    (Vec::new(), state.shutdown)
+                } else {
+                    // Announcements made before the request are this generation's.
+                    let incoming = std::mem::take(&mut state.incoming);
+                    self.switching = state.switch.take();
+                    (incoming, state.shutdown)
+                }
             };
             for announcement in incoming {
                 self.capture(announcement);
             }
             while self.uploads.len() < self.options.max_inflight && !self.forming.is_empty() {
                 self.cut();
+            }
+            if self.switching.is_some() && self.forming.is_empty() && self.uploads.is_empty() {
+                let switch = self.switching.take().expect("checked");
+                let result = self.next_generation(&switch.reset).await;
+                if let (Ok(generation), Some((checked, _))) = (&result, generation_check.as_mut()) {
+                    *checked = *generation;
+                }
+                let _ = switch.reply.send(result);
+                continue;
             }
             if shutdown && self.forming.is_empty() && self.uploads.is_empty() {
                 return;
@@ -368,6 +440,39 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Moves on to a new generation whose record names the reset namespaces. The current
+    /// journal has drained; its settled segments not yet in L1 files stay in its batches
+    /// (a restore reads a journal past its cursor), so the spool starts empty.
+    async fn next_generation(&mut self, reset: &[String]) -> Result<u64, String> {
+        if let Some(compaction) = self.compaction.take() {
+            if let Ok(Err((why, _))) = compaction.await {
+                tracing::warn!("replication: writing L1 files failed (left in the journal): {why}");
+            }
+        }
+        let node = self
+            .options
+            .session
+            .rsplit_once(".g")
+            .map_or(self.options.session.as_str(), |(node, _)| node)
+            .to_string();
+        let generation = store::take_generation(&self.store, &node, reset)
+            .await
+            .map_err(|e| format!("cannot take a new generation in the store: {e}"))?;
+        tracing::info!(
+            "replication: generation {generation} begins (reset of {})",
+            reset.join(", ")
+        );
+        self.options.session = store::session_name(&node, generation);
+        self.options.epoch = generation;
+        self.shared
+            .epoch
+            .store(generation, std::sync::atomic::Ordering::Release);
+        self.next_seq = 1;
+        self.spool.clear();
+        self.spooled_through = 0;
+        Ok(generation)
     }
 
     /// Reads an announcement's commits out of its WAL into the object's forming segment.

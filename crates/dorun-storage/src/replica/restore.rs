@@ -46,9 +46,20 @@ struct Target {
     last_txid: u64,
 }
 
-/// The sessions of the store's generations (generation, session), oldest first.
-pub async fn sessions(store: &Store) -> Result<Vec<(u64, String)>, StoreError> {
-    let mut sessions = Vec::new();
+/// One generation's `g/` record.
+#[derive(Debug)]
+pub struct Generation {
+    pub number: u64,
+    pub session: String,
+    /// When it began (ms since the epoch).
+    pub ms: u64,
+    /// Namespaces whose objects were deleted where it begins (an operator's reset).
+    pub reset: Vec<String>,
+}
+
+/// The store's generations, oldest first.
+pub async fn generations(store: &Store) -> Result<Vec<Generation>, StoreError> {
+    let mut generations = Vec::new();
     for key in store::list(store, "g").await? {
         let Some(generation) = key
             .strip_prefix("g/")
@@ -62,9 +73,24 @@ pub async fn sessions(store: &Store) -> Result<Vec<(u64, String)>, StoreError> {
         let session = value["session"]
             .as_str()
             .ok_or_else(|| StoreError::Invalid(format!("{key}: no session")))?;
-        sessions.push((generation, session.to_string()));
+        let reset = value["reset"]
+            .as_array()
+            .map(|names| {
+                names
+                    .iter()
+                    .filter_map(|name| name.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        generations.push(Generation {
+            number: generation,
+            session: session.to_string(),
+            ms: value["ms"].as_u64().unwrap_or(0),
+            reset,
+        });
     }
-    Ok(sessions)
+    generations.sort_by_key(|generation| generation.number);
+    Ok(generations)
 }
 
 /// L1 files by epoch, then object: (min TXID, max TXID, key), in TXID order.
@@ -122,8 +148,9 @@ async fn l1_files(store: &Store, filter: &Filter) -> Result<L1Files, StoreError>
 }
 
 /// Writes every wanted object as `<data_dir>/<namespace>/<id>.sqlite` (no WAL). Existing
-/// files of those objects are replaced. Per generation: the objects' L1 files, then the
-/// session's journal batches past its cursor.
+/// files of those objects are replaced. Per generation: the reset it records (objects of
+/// those namespaces restored so far are deleted), the objects' L1 files, then the session's
+/// journal batches past its cursor.
 pub async fn restore(
     store: &Store,
     data_dir: &Path,
@@ -137,7 +164,19 @@ pub async fn restore(
         targets: &mut targets,
         restored: &mut restored,
     };
-    'sessions: for (generation, session) in sessions(store).await? {
+    'sessions: for Generation {
+        number: generation,
+        session,
+        ms,
+        reset,
+    } in generations(store).await?
+    {
+        if !reset.is_empty() {
+            if filter.until_ms.is_some_and(|t| ms > t) {
+                break; // the reset came after the point in time
+            }
+            writer.drop_namespaces(&reset)?;
+        }
         let mut past_until = false;
         for (object, files) in l1.remove(&generation).unwrap_or_default() {
             for (_, _, key) in files {
@@ -210,6 +249,23 @@ struct Writer<'a> {
 }
 
 impl Writer<'_> {
+    /// Deletes what was restored so far of the objects of `namespaces`.
+    fn drop_namespaces(&mut self, namespaces: &[String]) -> Result<(), StoreError> {
+        let gone: Vec<ObjectKey> = self
+            .targets
+            .keys()
+            .filter(|object| namespaces.contains(&object.namespace))
+            .cloned()
+            .collect();
+        for object in gone {
+            self.targets.remove(&object);
+            self.restored.objects.remove(&object);
+            let path = object_path(self.data_dir, &object);
+            std::fs::remove_file(&path).map_err(|e| io(&path, e))?;
+        }
+        Ok(())
+    }
+
     /// Applies one LTX file to the object's restored file (a snapshot replaces it).
     fn apply(
         &mut self,

@@ -112,6 +112,16 @@ pub async fn check_conditional_writes(store: &Store) -> Result<(), StoreError> {
 /// creates `g/<n as 16 hex>` one past the greatest, listing again when another process got
 /// there first.
 pub async fn next_generation(store: &Store, node: &str) -> Result<u64, StoreError> {
+    take_generation(store, node, &[]).await
+}
+
+/// Takes the next generation; its record names `reset`, the namespaces whose objects were
+/// deleted where it begins (empty for a start).
+pub async fn take_generation(
+    store: &Store,
+    node: &str,
+    reset: &[String],
+) -> Result<u64, StoreError> {
     loop {
         let last = list(store, "g")
             .await?
@@ -125,11 +135,21 @@ pub async fn next_generation(store: &Store, node: &str) -> Result<u64, StoreErro
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let record = format!(
-            r#"{{"session": "{}", "node": "{node}", "ms": {now}}}"#,
-            session_name(node, generation)
-        );
-        if create(store, &format!("g/{generation:016x}"), record.into_bytes()).await? {
+        let mut record = serde_json::json!({
+            "session": session_name(node, generation),
+            "node": node,
+            "ms": now,
+        });
+        if !reset.is_empty() {
+            record["reset"] = serde_json::json!(reset);
+        }
+        if create(
+            store,
+            &format!("g/{generation:016x}"),
+            record.to_string().into_bytes(),
+        )
+        .await?
+        {
             return Ok(generation);
         }
     }

@@ -389,7 +389,11 @@ async fn drop_objects(admin: &Admin, only: Option<&Namespace>) -> Result<Dropped
     .unwrap_or_default();
     let held = counts.iter().all(Option::is_some);
     let held_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let (alarms, objects) = match (held, only) {
+    let recorded = match (&admin.replication, held) {
+        (Some(replication), true) => record_reset(admin, replication, only).await,
+        _ => Ok(()),
+    };
+    let (alarms, objects) = match (held && recorded.is_ok(), only) {
         (false, _) => (0, 0),
         (true, Some(ns)) => (
             ns.pool.alarms().clear_namespace(ns.index),
@@ -415,6 +419,12 @@ async fn drop_objects(admin: &Admin, only: Option<&Namespace>) -> Result<Dropped
             "an isolate thread did not answer the reset within 10 s (busy?); nothing was deleted",
         ));
     }
+    if let Err(why) = recorded {
+        return Err(error(
+            503,
+            format!("the reset could not be recorded in the replication store ({why}); nothing was deleted"),
+        ));
+    }
     Ok(Dropped {
         objects,
         resident: counts.into_iter().flatten().sum(),
@@ -422,6 +432,29 @@ async fn drop_objects(admin: &Admin, only: Option<&Namespace>) -> Result<Dropped
         sockets,
         held_ms,
     })
+}
+
+/// With `--replicate-to`, tells the store that the namespaces' objects are gone before
+/// their files go (a new generation naming them), so a restore does not bring them back.
+async fn record_reset(
+    admin: &Admin,
+    replication: &std::sync::Arc<dorun_storage::replica::Replication>,
+    only: Option<&Namespace>,
+) -> Result<(), String> {
+    let names: Vec<String> = namespaces(admin)
+        .into_iter()
+        .filter(|ns| only.is_none_or(|only| only.key == ns.key))
+        .filter_map(|ns| Some(ns.dir.file_name()?.to_string_lossy().into_owned()))
+        .collect();
+    let replication = replication.clone();
+    tokio::task::spawn_blocking(move || {
+        replication
+            .replicator
+            .begin_generation(names, std::time::Duration::from_secs(5))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map(|_| ())
 }
 
 /// Renames every namespace directory (or `only`'s) into `<data-dir>/.trash` and deletes it

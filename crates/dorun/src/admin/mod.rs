@@ -49,6 +49,8 @@ pub struct Admin {
     pub triggers: Vec<Arc<crate::crons::Trigger>>,
     pub consumers: Vec<Arc<crate::queues::Consumer>>,
     pub engines: Vec<Arc<crate::workflows::Engine>>,
+    /// `--replicate-to`: a reset is recorded in the store before any file goes.
+    pub replication: Option<Arc<dorun_storage::replica::Replication>>,
 }
 
 /// What runs without a request, for the admin listener's views: cron triggers, queue
