@@ -525,6 +525,87 @@ async fn a_reset_object_does_not_come_back_from_a_restore() {
     }
 }
 
+/// Only commits are shipped, so an object written while dorun ran without `--replicate-to`
+/// (or imported) would never reach the store unless written again. A start ships whole
+/// what the store may lack (everything on the first start into a store, the objects with a
+/// WAL after a crash, nothing after a clean stop), and an import through the admin
+/// listener ships the imported object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_written_before_replication_or_imported_reach_the_store() {
+    let dir = scratch_dir("replica-baseline");
+    let store = format!("file://{}", dir.join("store").display());
+    let data = dir.join("data");
+    let plain = Server::start(&counter(), &["--data-dir", data.to_str().unwrap()]);
+    for _ in 0..3 {
+        plain.post("/before/increment", "").await;
+    }
+    drop(plain);
+    // The file an import will bring in: an object of another data directory.
+    let elsewhere = dir.join("elsewhere");
+    let mut other = Server::start(&counter(), &["--data-dir", elsewhere.to_str().unwrap()]);
+    for _ in 0..7 {
+        other.post("/imported/increment", "").await;
+    }
+    assert!(other.terminate().success());
+
+    let mut first = serve(&data, &store, &[]);
+    assert!(
+        first.wait_for_log("shipped 1 objects whole").await,
+        "{}",
+        first.logs()
+    );
+    first.post("/during/increment", "").await;
+    assert!(first.terminate().success());
+    // After a clean stop nothing is shipped up front.
+    let mut second = serve(&data, &store, &["--admin-port", "0"]);
+    assert!(
+        !second.logs().contains("objects whole"),
+        "{}",
+        second.logs()
+    );
+    let admin = crate::admin::AdminClient::of(&second, None);
+    let id = admin
+        .ok(
+            "GET",
+            "/api/namespaces/counter-Counter/id?name=imported",
+            None,
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let file = std::fs::read(
+        elsewhere
+            .join("counter-Counter")
+            .join(format!("{id}.sqlite")),
+    )
+    .unwrap();
+    let (status, body) = admin
+        .with_headers(
+            "POST",
+            &format!("/api/objects/counter-Counter/{id}/import"),
+            &[("content-type", "application/octet-stream")],
+            file.into(),
+        )
+        .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(value(&second, "imported").await, 7);
+    // The import reaches the store within the replication lag.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    second.kill9();
+
+    let restored = dir.join("restored");
+    restore(&store, &restored, &[]);
+    let server = Server::start(&counter(), &["--data-dir", restored.to_str().unwrap()]);
+    for (name, expected) in [("before", 3), ("during", 1), ("imported", 7)] {
+        assert_eq!(
+            value(&server, name).await,
+            expected,
+            "{name} after the restore"
+        );
+    }
+}
+
 async fn get_text(url: &str) -> String {
     let http = client();
     let request = empty_request(http::Method::GET, url);

@@ -119,6 +119,10 @@ pub fn op_dorun_admin_restore(
     // file: take it back and close it here rather than wait for the lock.
     drop(dorun_storage::Closer::global().reclaim(&path));
     dorun_storage::restore(std::path::Path::new(source), &path).map_err(open_error)?;
+    state
+        .borrow_mut::<crate::storage::OpenDatabases>()
+        .ship_whole(&path, object_id)
+        .map_err(open_error)?;
     let alarm = dorun_storage::ObjectDatabase::open(&path, objects.durability)
         .and_then(|db| db.alarm())
         .map_err(open_error)?;

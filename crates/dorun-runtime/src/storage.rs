@@ -256,6 +256,49 @@ impl OpenDatabases {
     }
 
     /// The open connection of `handle`, reopening it if the cache closed it.
+    /// Replication: ships object `object_id`'s file whole to the store after its content
+    /// was replaced outside the commit path (an import), by a commit of its position
+    /// announced as a whole file. Not waited for: it reaches the store within the
+    /// replication lag. Without replication, nothing.
+    pub fn ship_whole(
+        &mut self,
+        path: &std::path::Path,
+        object_id: &str,
+    ) -> dorun_storage::Result<()> {
+        let Some(replication) = &self.replication else {
+            return Ok(());
+        };
+        let position = self.positions.entry(path.to_path_buf()).or_default();
+        let txid = position.txid + 1;
+        let mut db = open_database(path, self.durability, true, None)?;
+        db.write_position(replication.replicator.epoch(), txid)?;
+        db.commit()?;
+        drop(db);
+        position.txid = txid;
+        let wal_end = std::fs::metadata(wal_path(path))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let namespace = path
+            .parent()
+            .and_then(|dir| dir.file_name())
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        replication.replicator.announce_all(vec![Announcement {
+            object: ObjectKey {
+                namespace,
+                id: object_id.to_string(),
+            },
+            database: path.to_path_buf(),
+            wal_round: position.round,
+            first_txid: txid,
+            last_txid: txid,
+            wal_end,
+            done: None,
+            whole: true,
+        }]);
+        Ok(())
+    }
+
     pub fn database(&mut self, handle: u32) -> Result<&mut ObjectDatabase, StorageOpError> {
         self.clock += 1;
         let clock = self.clock;
@@ -491,7 +534,18 @@ impl OpenDatabases {
         }
         let mut txid = 0;
         if let (Some(replication), true) = (&self.replication, wrote) {
-            txid = self.positions.entry(entry.path.clone()).or_default().txid + 1;
+            let position = self.positions.entry(entry.path.clone()).or_insert_with(|| {
+                // A file shipped whole at start (`replica::baseline`) already holds TXID 1
+                // of this generation: go on from there.
+                let mut position = Position::default();
+                if let Ok(Some((epoch, txid))) = db.position() {
+                    if epoch == replication.replicator.epoch() {
+                        position.txid = txid;
+                    }
+                }
+                position
+            });
+            txid = position.txid + 1;
             if let Err(error) = db.write_position(replication.replicator.epoch(), txid) {
                 let _ = db.rollback();
                 return Err(error.into());
@@ -548,6 +602,7 @@ impl OpenDatabases {
                 last_txid: txid,
                 wal_end,
                 done,
+                whole: false,
             }]);
             if let Some(receiver) = receiver {
                 return Ok(Some(Written::Replicated(receiver)));

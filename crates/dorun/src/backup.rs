@@ -518,6 +518,11 @@ pub fn import(args: ImportArgs) -> anyhow::Result<()> {
         }
         progress.tick(done + 1);
     }
+    if let Some(dir) = &data_dir {
+        // Changed outside replication: the next `serve --replicate-to` ships every object.
+        dorun_storage::replica::baseline::forget_marker(dir)
+            .with_context(|| format!("{}", dir.display()))?;
+    }
     let into = match (&admin, &data_dir) {
         (Some(admin), _) => admin.base.clone(),
         (None, Some(dir)) => dir.display().to_string(),

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use dorun_runtime::alarms::AlarmRetry;
+use dorun_storage::replica::baseline;
 use dorun_storage::Durability;
 
 use crate::client_ip::TrustedProxies;
@@ -407,6 +408,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir)
         .map_err(|e| anyhow!("cannot create data directory {}: {e}", data_dir.display()))?;
     check_writable(&data_dir)?;
+    ship_baseline(&args, replication.as_deref(), &data_dir)?;
     let threads = args.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -554,6 +556,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // Every commit made so far goes to the store before the process ends.
         if !replication.replicator.wait_settled(Duration::from_secs(30)) {
             tracing::warn!("replication: commits not yet in the store at exit (after 30 s)");
+        } else if replication.replicator.stopped().is_none() {
+            // Everything is in the store: the next start into it ships nothing up front.
+            let store = store_identity(args.replicate_to.as_deref().unwrap_or_default());
+            let generation = replication.replicator.epoch();
+            if let Err(error) = baseline::write_marker(&data_dir, &store, generation, true) {
+                tracing::warn!("replication: cannot mark the data directory clean: {error}");
+            }
         }
     }
     runtime.shutdown_timeout(Duration::from_secs(1));
@@ -632,6 +641,48 @@ fn start_replication(
     let replication = std::sync::Arc::new(Replication { replicator, wait });
     options.replication = Some(replication.clone());
     Ok(Some(replication))
+}
+
+/// The store a data directory's marker names (the `--replicate-to` URL as given, without
+/// a trailing slash).
+fn store_identity(url: &str) -> String {
+    url.trim_end_matches('/').to_string()
+}
+
+/// Before serving: ships whole what the data directory holds and the store may not
+/// (`replica::baseline`), then marks the data directory as replicated into this store by
+/// this generation. Without replication the mark goes: what this run writes is not in any
+/// store.
+fn ship_baseline(
+    args: &ServeArgs,
+    replication: Option<&dorun_storage::replica::Replication>,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    let Some(replication) = replication else {
+        return baseline::forget_marker(data_dir)
+            .map_err(|e| anyhow!("{}: {e}", data_dir.join(baseline::MARKER).display()));
+    };
+    let store = store_identity(args.replicate_to.as_deref().unwrap_or_default());
+    let generation = replication.replicator.epoch();
+    let scope = baseline::scope(data_dir, &store, generation);
+    let started = std::time::Instant::now();
+    let shipped = baseline::ship(
+        data_dir,
+        &replication.replicator,
+        scope,
+        Duration::from_secs(600),
+    )
+    .map_err(|why| {
+        anyhow!("--replicate-to {store}: shipping the data directory's objects: {why}")
+    })?;
+    if shipped > 0 {
+        tracing::info!(
+            "replication: shipped {shipped} objects whole to the store before serving ({scope:?}, {:.1} s)",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    baseline::write_marker(data_dir, &store, generation, false)
+        .map_err(|e| anyhow!("{}: {e}", data_dir.join(baseline::MARKER).display()))
 }
 
 /// Binds and spawns the admin listener when `--admin-port` is given.

@@ -52,6 +52,9 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<()> {
     let restored = runtime
         .block_on(restore::restore(&store, &args.data_dir, &filter))
         .with_context(|| format!("restoring from {}", args.from))?;
+    // Written outside replication: the next `serve --replicate-to` ships every object.
+    dorun_storage::replica::baseline::forget_marker(&args.data_dir)
+        .with_context(|| format!("{}", args.data_dir.display()))?;
     let mut alarms = 0;
     for object in restored.objects.keys() {
         let path = restore::object_path(&args.data_dir, object);

@@ -8,6 +8,7 @@
 //!   batch order;
 //! - [`restore`]: objects' files rebuilt from the journals.
 
+pub mod baseline;
 pub mod journal;
 pub mod ltx;
 pub mod replicator;

@@ -35,6 +35,9 @@ pub struct Announcement {
     /// The WAL's size right after the last of these commits.
     pub wal_end: u64,
     pub done: Option<Done>,
+    /// Ship the whole file (a snapshot), not only these commits: its content was replaced
+    /// outside the commit path (an import).
+    pub whole: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -488,16 +491,18 @@ impl Worker {
             last_txid,
             wal_end,
             done,
+            whole,
         } = announcement;
         let wal = crate::wal_path(&database);
         let inode = std::fs::metadata(&database).ok().map(|m| {
             use std::os::unix::fs::MetadataExt;
             m.ino()
         });
-        let known = self
-            .cursors
-            .get(&database)
-            .is_some_and(|(_, seen, _)| *seen == inode);
+        let known = !whole
+            && self
+                .cursors
+                .get(&database)
+                .is_some_and(|(_, seen, _)| *seen == inode);
         if !known {
             self.cursors.remove(&database);
             let mut cursor = Cursor::new();
@@ -1063,6 +1068,7 @@ mod tests {
                 last_txid: self.txid,
                 wal_end,
                 done,
+                whole: false,
             }
         }
 
