@@ -606,6 +606,66 @@ async fn objects_written_before_replication_or_imported_reach_the_store() {
     }
 }
 
+/// KV namespaces and D1 databases are replicated too: every commit, from whichever path
+/// (a put, a delete, D1's `exec` and `run`), is in the store before the Worker's call
+/// returns, and a restore puts the files back where the bindings find them. Files written
+/// before replication was turned on are shipped at the first start into the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_and_d1_writes_are_in_the_store_before_they_return() {
+    let dir = scratch_dir("replica-bindings");
+    let store = format!("file://{}", dir.join("store").display());
+    let data = dir.join("data");
+    let app = crate::harness::fixture("kv/app/wrangler.toml");
+    let plain = Server::start(&app, &["--data-dir", data.to_str().unwrap()]);
+    assert_eq!(plain.get("/put?key=early&value=e").await.status, 200);
+    drop(plain);
+    let args = [
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--replicate-to",
+        &store,
+        "--node-id",
+        "e2e",
+    ];
+    let mut server = Server::start_with_env(&app, &args, &[("DORUN_TEST_REPLICA_DELAY_MS", "30")]);
+    for (key, value) in [("k1", "v1"), ("k2", "v2"), ("k3", "v3")] {
+        let put = server.get(&format!("/put?key={key}&value={value}")).await;
+        assert_eq!(put.status, 200, "{}", put.text());
+    }
+    assert_eq!(server.get("/delete?key=k2").await.status, 200);
+    for (key, value) in [("a", "1"), ("b", "2")] {
+        let put = server.get(&format!("/d1put?key={key}&value={value}")).await;
+        assert_eq!(put.status, 200, "{}", put.text());
+    }
+    // Acknowledged means in the store: nothing is waited for after the last answer.
+    server.kill9();
+    let restored = dir.join("restored");
+    restore(&store, &restored, &[]);
+    let server = Server::start(&app, &["--data-dir", restored.to_str().unwrap()]);
+    for (key, expected) in [
+        ("early", Some("e")),
+        ("k1", Some("v1")),
+        ("k2", None),
+        ("k3", Some("v3")),
+    ] {
+        let got = server.get(&format!("/get?key={key}")).await;
+        match expected {
+            Some(value) => assert_eq!((got.status, got.text()), (200, value.to_string()), "{key}"),
+            None => assert_eq!(got.status, 404, "{key} was deleted"),
+        }
+    }
+    drop(server);
+    let d1 = rusqlite::Connection::open(restored.join("d1/shared-db.sqlite")).unwrap();
+    let rows: Vec<(String, String)> = d1
+        .prepare("SELECT k, v FROM notes ORDER BY k")
+        .unwrap()
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(rows, [("a".into(), "1".into()), ("b".into(), "2".into())]);
+}
+
 async fn get_text(url: &str) -> String {
     let http = client();
     let request = empty_request(http::Method::GET, url);

@@ -88,7 +88,9 @@ impl D1Database {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        Self::configure(Connection::open(path)?, durability)
+        let mut db = Self::configure(Connection::open(path)?, durability)?;
+        crate::replica::files::install(&mut db.conn, path)?;
+        Ok(db)
     }
 
     /// An in-memory database, for tests.

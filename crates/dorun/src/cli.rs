@@ -640,6 +640,7 @@ fn start_replication(
     );
     let replication = std::sync::Arc::new(Replication { replicator, wait });
     options.replication = Some(replication.clone());
+    dorun_storage::replica::files::enable(replication.clone());
     Ok(Some(replication))
 }
 

@@ -143,6 +143,9 @@ impl Target {
                 .join(".dorun"),
         };
         let file = database_file(&data_dir, &found.name);
+        // Changed outside a server: the next `serve --replicate-to` ships it whole.
+        dorun_storage::replica::baseline::forget_marker(&data_dir)
+            .with_context(|| format!("{}", data_dir.display()))?;
         let database = D1Database::open(&file, Durability::Full)
             .with_context(|| format!("cannot open {}", file.display()))?;
         Ok(Opened {

@@ -57,6 +57,9 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<()> {
         .with_context(|| format!("{}", args.data_dir.display()))?;
     let mut alarms = 0;
     for object in restored.objects.keys() {
+        if dorun_storage::replica::files::DIRECTORIES.contains(&object.namespace.as_str()) {
+            continue; // a KV namespace or D1 database: no alarm
+        }
         let path = restore::object_path(&args.data_dir, object);
         let db = ObjectDatabase::open(&path, Durability::Full)
             .with_context(|| format!("{}: not a database after restore", path.display()))?;
@@ -69,9 +72,14 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<()> {
             alarms += 1;
         }
     }
+    let files = restored
+        .objects
+        .keys()
+        .filter(|o| dorun_storage::replica::files::DIRECTORIES.contains(&o.namespace.as_str()))
+        .count();
     println!(
-        "restored {} objects ({} segments from {} batches; {alarms} with an alarm) into {}",
-        restored.objects.len(),
+        "restored {} objects and {files} KV/D1 files ({} segments from {} batches; {alarms} with an alarm) into {}",
+        restored.objects.len() - files,
         restored.segments,
         restored.batches,
         args.data_dir.display()

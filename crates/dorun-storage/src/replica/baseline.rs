@@ -87,7 +87,8 @@ pub fn scope(data_dir: &Path, store: &str, generation: u64) -> Scope {
     }
 }
 
-/// The object files of a data directory: `<dir>/<namespace>/<64 hex>.sqlite`.
+/// The object files of a data directory, `<dir>/<namespace>/<64 hex>.sqlite`, and the
+/// binding files replicated beside them (`files::DIRECTORIES`).
 fn object_files(data_dir: &Path) -> std::io::Result<Vec<(ObjectKey, PathBuf)>> {
     let mut files = Vec::new();
     for namespace in std::fs::read_dir(data_dir)?.flatten() {
@@ -106,7 +107,9 @@ fn object_files(data_dir: &Path) -> std::io::Result<Vec<(ObjectKey, PathBuf)>> {
             let Some(id) = file.strip_suffix(".sqlite") else {
                 continue;
             };
-            if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            if super::files::DIRECTORIES.contains(&name.as_str())
+                || (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
                 files.push((
                     ObjectKey {
                         namespace: name.clone(),
@@ -170,13 +173,33 @@ pub fn ship(
     }
 }
 
-/// Commits the object's position (this generation, TXID 1) and returns its announcement.
+/// Commits the object's position (this generation, TXID 1) and returns its announcement;
+/// a binding file is announced whole as it is (it keeps no position, its TXIDs are counted
+/// by the replicator).
 fn commit_position(
     replicator: &Replicator,
     object: ObjectKey,
     path: PathBuf,
     sender: std::sync::mpsc::Sender<Result<(), String>>,
 ) -> Result<Announcement, String> {
+    let done: Done = Box::new(move |result| {
+        let _ = sender.send(result);
+    });
+    if super::files::DIRECTORIES.contains(&object.namespace.as_str()) {
+        let wal_end = std::fs::metadata(crate::wal_path(&path))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        return Ok(Announcement {
+            object,
+            database: path,
+            wal_round: 0,
+            first_txid: 0,
+            last_txid: 0,
+            wal_end,
+            done: Some(done),
+            whole: true,
+        });
+    }
     let mut db = ObjectDatabase::open(&path, Durability::Normal)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     db.replicated()
@@ -187,9 +210,6 @@ fn commit_position(
     let wal_end = std::fs::metadata(crate::wal_path(&path))
         .map(|m| m.len())
         .unwrap_or(0);
-    let done: Done = Box::new(move |result| {
-        let _ = sender.send(result);
-    });
     Ok(Announcement {
         object,
         database: path,

@@ -9,6 +9,7 @@
 //! - [`restore`]: objects' files rebuilt from the journals.
 
 pub mod baseline;
+pub mod files;
 pub mod journal;
 pub mod ltx;
 pub mod replicator;

@@ -304,6 +304,9 @@ struct Worker {
     /// By database file: its checkpoint round, its inode, and where capture stopped. A file
     /// seen for the first time (or a new file at the same path) is shipped whole first.
     cursors: HashMap<PathBuf, (u64, Option<u64>, Cursor)>,
+    /// The last TXID given to a file whose announcements leave the counting to us
+    /// (`first_txid == 0`: binding files, see `files.rs`).
+    counted: HashMap<PathBuf, u64>,
     forming: BTreeMap<ObjectKey, Forming>,
     cuts: BTreeMap<u64, Cut>,
     next_seq: u64,
@@ -324,6 +327,7 @@ impl Worker {
             options,
             shared,
             cursors: HashMap::new(),
+            counted: HashMap::new(),
             forming: BTreeMap::new(),
             cuts: BTreeMap::new(),
             next_seq: 1,
@@ -503,8 +507,15 @@ impl Worker {
                 .cursors
                 .get(&database)
                 .is_some_and(|(_, seen, _)| *seen == inode);
+        let counting = first_txid == 0;
         if !known {
             self.cursors.remove(&database);
+            let last_txid = if counting {
+                self.counted.insert(database.clone(), 1);
+                1
+            } else {
+                last_txid
+            };
             let mut cursor = Cursor::new();
             let snapshot = match snapshot(&database, &wal, wal_end, &mut cursor) {
                 Ok(snapshot) => snapshot,
@@ -554,6 +565,19 @@ impl Worker {
         };
         let offset = entry.2.offset();
         let salts = entry.2.salts().unwrap_or_default();
+        let (first_txid, last_txid, expected) = if counting {
+            let count = captured.transactions.len() as u64;
+            if count == 0 {
+                // Its frames came with an earlier announcement: settled with them.
+                self.settle_with_earlier(&object, done);
+                return;
+            }
+            let last = self.counted.get(&database).copied().unwrap_or(0);
+            self.counted.insert(database.clone(), last + count);
+            (last + 1, last + count, count)
+        } else {
+            (first_txid, last_txid, expected)
+        };
         if captured.transactions.len() as u64 != expected {
             // The WAL does not hold what was announced: ship the file whole next time.
             self.cursors.remove(&database);
@@ -592,6 +616,24 @@ impl Worker {
                     },
                 );
             }
+        }
+    }
+
+    /// An announcement whose commits were all captured earlier: its `done` goes with those
+    /// commits (still forming, or in the last batch cut), or is called now when they are
+    /// already settled.
+    fn settle_with_earlier(&mut self, object: &ObjectKey, done: Option<Done>) {
+        if let Some(forming) = self.forming.get_mut(object) {
+            forming.dones.extend(done);
+            forming.announcements += 1;
+        } else if let Some(mut last) = self.cuts.last_entry() {
+            last.get_mut().dones.extend(done);
+            last.get_mut().count += 1;
+        } else {
+            if let Some(done) = done {
+                done(Ok(()));
+            }
+            self.settle(1);
         }
     }
 
@@ -912,12 +954,19 @@ fn snapshot(
     let captured = cursor
         .capture_file(wal, wal_end)
         .map_err(|e| e.to_string())?;
-    let Some(last) = captured.transactions.last() else {
-        return Err("its WAL holds no commit".into());
-    };
-    let db_pages = last.db_pages;
-    let page_size = captured.page_size;
     let image = std::fs::read(database).map_err(|e| format!("{}: {e}", database.display()))?;
+    let (page_size, db_pages) = match captured.transactions.last() {
+        Some(last) => (captured.page_size, last.db_pages),
+        // Everything is in the main file (a binding file shipped whole at start): its
+        // header says the page size (bytes 16-17, 1 for 65536) and the page count (28-31).
+        None if image.len() >= 100 => {
+            let size = u32::from(u16::from_be_bytes([image[16], image[17]]));
+            let size = if size == 1 { 65536 } else { size };
+            let pages = u32::from_be_bytes([image[28], image[29], image[30], image[31]]);
+            (size, pages)
+        }
+        None => return Err("its WAL holds no commit and its file no header".into()),
+    };
     let mut pages: BTreeMap<u32, Vec<u8>> = image
         .chunks_exact(page_size as usize)
         .enumerate()
