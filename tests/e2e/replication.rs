@@ -666,6 +666,39 @@ async fn kv_and_d1_writes_are_in_the_store_before_they_return() {
     assert_eq!(rows, [("a".into(), "1".into()), ("b".into(), "2".into())]);
 }
 
+/// Queued messages are replicated like the rest: a resolved `send()` is in the store, and a
+/// restore brings the queue back with the messages still waiting (delayed here, so the
+/// consumer has not taken them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_messages_are_in_the_store_once_send_resolves() {
+    let dir = scratch_dir("replica-queues");
+    let store = format!("file://{}", dir.join("store").display());
+    let app = crate::harness::fixture("queues/wrangler.toml");
+    let data = dir.join("data");
+    let args = [
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--replicate-to",
+        &store,
+        "--node-id",
+        "e2e",
+    ];
+    let mut server = Server::start_with_env(&app, &args, &[("DORUN_TEST_REPLICA_DELAY_MS", "30")]);
+    for n in 0..3 {
+        let sent = server.get(&format!("/send?body=later-{n}&delay=600")).await;
+        assert_eq!((sent.status, sent.text()), (200, "sent".to_string()));
+    }
+    server.kill9();
+    let restored = dir.join("restored");
+    let printed = restore(&store, &restored, &[]);
+    assert!(printed.contains("binding files"), "{printed}");
+    let queue = rusqlite::Connection::open(restored.join("queues/jobs.sqlite")).unwrap();
+    let waiting: i64 = queue
+        .query_row("SELECT count(*) FROM messages", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(waiting, 3);
+}
+
 async fn get_text(url: &str) -> String {
     let http = client();
     let request = empty_request(http::Method::GET, url);

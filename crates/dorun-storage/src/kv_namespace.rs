@@ -56,9 +56,9 @@ impl KvDatabase {
     /// Opens (creating if needed) the namespace file at `path`. With `Durability::Full` a
     /// write returns once it is on disk.
     pub fn open(path: &Path, durability: Durability) -> Result<Self> {
-        let mut conn = crate::shared::open(Some(path), durability, SCHEMA)?;
-        crate::replica::files::install(&mut conn, path)?;
-        Ok(Self { conn })
+        Ok(Self {
+            conn: crate::shared::open(Some(path), durability, SCHEMA)?,
+        })
     }
 
     /// An in-memory database, for tests.

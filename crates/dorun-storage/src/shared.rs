@@ -1,6 +1,6 @@
 //! How the files the bindings share between requests (a KV namespace, a queue, a workflow)
 //! are opened: WAL, the process's durability, a busy timeout for the other connections of
-//! the file, and the file's schema.
+//! the file, the file's schema, and replication when it is on (`replica::files`).
 
 use std::path::Path;
 use std::time::Duration;
@@ -19,7 +19,7 @@ pub(crate) fn open(
     durability: Durability,
     schema: &str,
 ) -> Result<Connection> {
-    let (conn, durability) = match path {
+    let (mut conn, durability) = match path {
         Some(path) => {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
@@ -32,5 +32,8 @@ pub(crate) fn open(
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", durability.synchronous())?;
     conn.execute_batch(schema)?;
+    if let Some(path) = path {
+        crate::replica::files::install(&mut conn, path)?;
+    }
     Ok(conn)
 }

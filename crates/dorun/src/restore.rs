@@ -58,7 +58,7 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<()> {
     let mut alarms = 0;
     for object in restored.objects.keys() {
         if dorun_storage::replica::files::DIRECTORIES.contains(&object.namespace.as_str()) {
-            continue; // a KV namespace or D1 database: no alarm
+            continue; // a binding's file (KV, D1, queue, workflow): no alarm
         }
         let path = restore::object_path(&args.data_dir, object);
         let db = ObjectDatabase::open(&path, Durability::Full)
@@ -78,7 +78,7 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<()> {
         .filter(|o| dorun_storage::replica::files::DIRECTORIES.contains(&o.namespace.as_str()))
         .count();
     println!(
-        "restored {} objects and {files} KV/D1 files ({} segments from {} batches; {alarms} with an alarm) into {}",
+        "restored {} objects and {files} binding files (KV, D1, queues, workflows; {} segments from {} batches; {alarms} with an alarm) into {}",
         restored.objects.len() - files,
         restored.segments,
         restored.batches,

@@ -1,4 +1,5 @@
-//! Replication of the storage bindings' SQLite files (KV namespaces, D1 databases): every
+//! Replication of the storage bindings' SQLite files (KV namespaces, D1 databases, queues,
+//! workflows): every
 //! commit, whichever code path made it (a grouped write, D1's `exec`, a KV read that drops
 //! an expired key, the admin listener, a reset), is announced from SQLite's WAL hook, which
 //! runs after each commit on the connection. Their TXIDs are counted by the replicator (a
@@ -10,7 +11,8 @@
 //! once it passes 4 MiB and every frame of it is in the store; SQLite's own checkpoints are
 //! off (installing a WAL hook replaces the auto-checkpoint, and closing does not checkpoint).
 //!
-//! A file is `o/<directory>/<file stem>/...` in the store (`kv/<id>`, `d1/<name>`), so
+//! A file is `o/<directory>/<file stem>/...` in the store (`kv/<id>`, `d1/<name>`,
+//! `queues/<name>`, `workflows/<name>`), so
 //! `dorun restore` writes it back to the same place.
 
 use std::path::{Path, PathBuf};
@@ -24,7 +26,7 @@ use super::replicator::{Announcement, Done};
 use super::Replication;
 
 /// The directories (under the data directory) whose files are replicated this way.
-pub const DIRECTORIES: [&str; 2] = ["kv", "d1"];
+pub const DIRECTORIES: [&str; 4] = ["kv", "d1", "queues", "workflows"];
 
 /// Past this size a WAL that is wholly in the store is checkpointed.
 const CHECKPOINT_BYTES: u64 = 4 << 20;
