@@ -91,6 +91,14 @@ fn message(text: impl Into<String>) -> R2Error {
     R2Error::Message(text.into())
 }
 
+/// With `--replicate-to`, uploads a written body before the index refers to it.
+fn replicate_body(dir: &Path, blob: &str) -> Result<(), R2Error> {
+    dorun_storage::replica::files::replicate_blob(dir, blob).map_err(|why| {
+        tracing::error!("R2: {why}");
+        message("We encountered an internal error. Please try again.|10001")
+    })
+}
+
 /// Buckets open in this process.
 static OPEN: binding_files::Registry<R2Bucket> = binding_files::Registry::new();
 
@@ -430,6 +438,7 @@ pub async fn op_dorun_r2_commit(
                 )));
             }
         }
+        replicate_body(&dir, &blob).inspect_err(|_| drop_blob(&blob))?;
         let meta = R2ObjectMeta {
             key: options.key,
             version: random_hex(),
@@ -674,6 +683,9 @@ pub async fn op_dorun_r2_commit_part(
             ));
         }
         let finished = finish(|file| bucket.sync_blob(file), writer)?;
+        replicate_body(bucket.dir(), &blob).inspect_err(|_| {
+            let _ = std::fs::remove_file(bucket.blob_path(&blob));
+        })?;
         let etag = random_hex();
         bucket.put_part(
             &upload_id,
@@ -757,6 +769,9 @@ pub async fn op_dorun_r2_complete(
             md5s.extend_from_slice(&part.md5);
         }
         b.sync_blob(&mut file)?;
+        replicate_body(b.dir(), &blob).inspect_err(|_| {
+            let _ = std::fs::remove_file(b.blob_path(&blob));
+        })?;
         let etag = format!("{}-{}", hex(&md5::Md5::digest(&md5s)), chosen.len());
         let meta = R2ObjectMeta {
             key: key.clone(),

@@ -88,7 +88,8 @@ impl R2Bucket {
     /// Opens (creating if needed) the bucket at `dir`.
     pub fn open(dir: &Path, durability: Durability) -> Result<Self> {
         std::fs::create_dir_all(dir.join("blobs"))?;
-        let conn = Connection::open(dir.join("index.sqlite"))?;
+        let mut conn = Connection::open(dir.join("index.sqlite"))?;
+        crate::replica::files::install(&mut conn, &dir.join("index.sqlite"))?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", durability.synchronous())?;
@@ -145,6 +146,11 @@ impl R2Bucket {
             }
         }
         Ok(())
+    }
+
+    /// The bucket's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The file of a body.

@@ -57,8 +57,8 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<()> {
         .with_context(|| format!("{}", args.data_dir.display()))?;
     let mut alarms = 0;
     for object in restored.objects.keys() {
-        if dorun_storage::replica::files::DIRECTORIES.contains(&object.namespace.as_str()) {
-            continue; // a binding's file (KV, D1, queue, workflow): no alarm
+        if dorun_storage::replica::files::is_binding(object) {
+            continue; // a binding's file (KV, D1, R2, queue, workflow): no alarm
         }
         let path = restore::object_path(&args.data_dir, object);
         let db = ObjectDatabase::open(&path, Durability::Full)
@@ -75,11 +75,12 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<()> {
     let files = restored
         .objects
         .keys()
-        .filter(|o| dorun_storage::replica::files::DIRECTORIES.contains(&o.namespace.as_str()))
+        .filter(|o| dorun_storage::replica::files::is_binding(o))
         .count();
     println!(
-        "restored {} objects and {files} binding files (KV, D1, queues, workflows; {} segments from {} batches; {alarms} with an alarm) into {}",
+        "restored {} objects, {files} binding files (KV, D1, R2, queues, workflows) and {} R2 bodies ({} segments from {} batches; {alarms} with an alarm) into {}",
         restored.objects.len() - files,
+        restored.blobs,
         restored.segments,
         restored.batches,
         args.data_dir.display()

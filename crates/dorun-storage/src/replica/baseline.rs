@@ -99,6 +99,22 @@ fn object_files(data_dir: &Path) -> std::io::Result<Vec<(ObjectKey, PathBuf)>> {
         if name.starts_with('.') {
             continue;
         }
+        if name == super::files::R2 {
+            // r2/<bucket>/index.sqlite
+            for bucket in std::fs::read_dir(namespace.path())?.flatten() {
+                let index = bucket.path().join("index.sqlite");
+                if index.exists() {
+                    files.push((
+                        ObjectKey {
+                            namespace: name.clone(),
+                            id: bucket.file_name().to_string_lossy().into_owned(),
+                        },
+                        index,
+                    ));
+                }
+            }
+            continue;
+        }
         let Ok(entries) = std::fs::read_dir(namespace.path()) else {
             continue;
         };
@@ -185,7 +201,15 @@ fn commit_position(
     let done: Done = Box::new(move |result| {
         let _ = sender.send(result);
     });
-    if super::files::DIRECTORIES.contains(&object.namespace.as_str()) {
+    if super::files::is_binding(&object) {
+        if object.namespace == super::files::R2 {
+            // Its bodies first: the index refers to them.
+            let blobs = path.with_file_name("blobs");
+            for blob in std::fs::read_dir(&blobs).into_iter().flatten().flatten() {
+                let name = blob.file_name().to_string_lossy().into_owned();
+                replicator.put_file(&super::files::blob_key(&object.id, &name), &blob.path())?;
+            }
+        }
         let wal_end = std::fs::metadata(crate::wal_path(&path))
             .map(|m| m.len())
             .unwrap_or(0);

@@ -46,14 +46,67 @@ pub fn enabled() -> bool {
     REPLICATION.get().is_some()
 }
 
-/// The store key of a binding file at `path` (`<dir>/<stem>.sqlite`), if it is one.
+/// The directory of R2 buckets: each bucket is `r2/<bucket>/` with `index.sqlite`, whose
+/// commits are replicated as `o/r2/<bucket>/...`, and `blobs/`, whose files go to the store
+/// as they are written, as `r2/<bucket>/blobs/<name>` (see [`replicate_blob`]).
+pub const R2: &str = "r2";
+
+/// The store key of a binding file at `path` (`<dir>/<stem>.sqlite`, or an R2 bucket's
+/// `r2/<bucket>/index.sqlite`), if it is one.
 pub fn object_key(path: &Path) -> Option<ObjectKey> {
+    if path.file_name()? == "index.sqlite" {
+        let bucket = path.parent()?;
+        if bucket.parent()?.file_name()? == R2 {
+            return Some(ObjectKey {
+                namespace: R2.to_string(),
+                id: bucket.file_name()?.to_str()?.to_string(),
+            });
+        }
+    }
     let directory = path.parent()?.file_name()?.to_str()?;
     let stem = path.file_name()?.to_str()?.strip_suffix(".sqlite")?;
     DIRECTORIES.contains(&directory).then(|| ObjectKey {
         namespace: directory.to_string(),
         id: stem.to_string(),
     })
+}
+
+/// Where a binding file of the store goes back to in a data directory.
+pub fn restore_path(data_dir: &Path, object: &ObjectKey) -> Option<PathBuf> {
+    if object.namespace == R2 {
+        return Some(data_dir.join(R2).join(&object.id).join("index.sqlite"));
+    }
+    DIRECTORIES.contains(&object.namespace.as_str()).then(|| {
+        data_dir
+            .join(&object.namespace)
+            .join(format!("{}.sqlite", object.id))
+    })
+}
+
+/// Whether an object key names a binding file (not a Durable Object).
+pub fn is_binding(object: &ObjectKey) -> bool {
+    object.namespace == R2 || DIRECTORIES.contains(&object.namespace.as_str())
+}
+
+/// The store key of an R2 body.
+pub fn blob_key(bucket: &str, blob: &str) -> String {
+    format!("{R2}/{bucket}/blobs/{blob}")
+}
+
+/// Uploads an R2 body (`<bucket dir>/blobs/<blob>`, complete and synced) before the index
+/// refers to it, and waits. Nothing without replication.
+pub fn replicate_blob(bucket_dir: &Path, blob: &str) -> Result<(), String> {
+    let Some(replication) = REPLICATION.get() else {
+        return Ok(());
+    };
+    let bucket = bucket_dir
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    replication.replicator.put_file(
+        &blob_key(&bucket, blob),
+        &bucket_dir.join("blobs").join(blob),
+    )
 }
 
 /// Installs the WAL hook on a binding file's connection when replication is on.

@@ -69,6 +69,10 @@ impl Options {
 
 pub struct Replicator {
     shared: Arc<Shared>,
+    /// The replica thread's runtime and the store, for whole files uploaded beside the
+    /// journal (R2 bodies).
+    runtime: tokio::runtime::Handle,
+    store: Store,
 }
 
 #[derive(Default)]
@@ -127,10 +131,40 @@ impl Replicator {
             epoch: std::sync::atomic::AtomicU64::new(options.epoch),
         });
         let worker = shared.clone();
+        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+        let for_thread = store.clone();
         std::thread::Builder::new()
             .name("dorun-replica".into())
-            .spawn(move || run(store, options, worker))?;
-        Ok(Self { shared })
+            .spawn(move || run(for_thread, options, worker, handle_tx))?;
+        let runtime = handle_rx.recv().map_err(|_| {
+            std::io::Error::other(
+                shared
+                    .lock()
+                    .stopped
+                    .clone()
+                    .unwrap_or_else(|| "the replica thread did not start".into()),
+            )
+        })?;
+        Ok(Self {
+            shared,
+            runtime,
+            store,
+        })
+    }
+
+    /// Uploads the file at `path` as `key` (outside the journal: an R2 body, which is
+    /// written once and never changed), and waits for it.
+    pub fn put_file(&self, key: &str, path: &Path) -> Result<(), String> {
+        let (done, answer) = std::sync::mpsc::channel();
+        let (store, key_owned, path_owned) =
+            (self.store.clone(), key.to_string(), path.to_path_buf());
+        self.runtime.spawn(async move {
+            let _ = done.send(store::put_file(&store, &key_owned, &path_owned).await);
+        });
+        match answer.recv() {
+            Ok(result) => result.map_err(|e| format!("uploading {key}: {e}")),
+            Err(_) => Err(format!("uploading {key}: the replica thread is gone")),
+        }
     }
 
     /// Hands commits to the replicator (in commit order per object).
@@ -279,12 +313,20 @@ struct Cut {
 /// Settled segments not yet in L1 files, by object, in TXID order.
 type Spool = BTreeMap<ObjectKey, Vec<(u64, u64, Vec<u8>)>>;
 
-fn run(store: Store, options: Options, shared: Arc<Shared>) {
+fn run(
+    store: Store,
+    options: Options,
+    shared: Arc<Shared>,
+    handle: std::sync::mpsc::Sender<tokio::runtime::Handle>,
+) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
-        Ok(runtime) => runtime,
+        Ok(runtime) => {
+            let _ = handle.send(runtime.handle().clone());
+            runtime
+        }
         Err(error) => {
             stop(
                 &shared,

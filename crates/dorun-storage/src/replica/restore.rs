@@ -39,6 +39,8 @@ pub struct Restored {
     pub objects: BTreeMap<ObjectKey, u64>,
     pub batches: usize,
     pub segments: usize,
+    /// R2 bodies downloaded.
+    pub blobs: usize,
 }
 
 struct Target {
@@ -239,7 +241,40 @@ pub async fn restore(
             .sync_all()
             .map_err(|e| io(&object_path(data_dir, &object), e))?;
     }
+    for object in restored.objects.keys() {
+        if object.namespace == super::files::R2 {
+            restored.blobs += restore_blobs(store, data_dir, &object.id).await?;
+        }
+    }
     Ok(restored)
+}
+
+/// Downloads the bodies a restored R2 bucket's index refers to (objects and parts).
+async fn restore_blobs(store: &Store, data_dir: &Path, bucket: &str) -> Result<usize, StoreError> {
+    let dir = data_dir.join(super::files::R2).join(bucket);
+    let index = dir.join("index.sqlite");
+    let blobs: Vec<String> = {
+        let conn = rusqlite::Connection::open(&index)
+            .map_err(|e| StoreError::Invalid(format!("{}: {e}", index.display())))?;
+        let mut statement = conn
+            .prepare("SELECT blob FROM objects WHERE blob != '' UNION SELECT blob FROM parts")
+            .map_err(|e| StoreError::Invalid(format!("{}: {e}", index.display())))?;
+        let rows = statement
+            .query_map([], |row| row.get(0))
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<String>>>())
+            .map_err(|e| StoreError::Invalid(format!("{}: {e}", index.display())))?;
+        rows
+    };
+    std::fs::create_dir_all(dir.join("blobs")).map_err(|e| io(&dir, e))?;
+    for blob in &blobs {
+        store::get_to_file(
+            store,
+            &super::files::blob_key(bucket, blob),
+            &dir.join("blobs").join(blob),
+        )
+        .await?;
+    }
+    Ok(blobs.len())
 }
 
 struct Writer<'a> {
@@ -324,6 +359,9 @@ impl Writer<'_> {
 }
 
 pub fn object_path(data_dir: &Path, object: &ObjectKey) -> PathBuf {
+    if let Some(path) = super::files::restore_path(data_dir, object) {
+        return path;
+    }
     data_dir
         .join(&object.namespace)
         .join(format!("{}.sqlite", object.id))

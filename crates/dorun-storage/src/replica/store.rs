@@ -77,6 +77,54 @@ pub async fn get(store: &Store, key: &str) -> Result<Vec<u8>, StoreError> {
     Ok(result.bytes().await?.to_vec())
 }
 
+/// Uploads the file at `path` as `key` (an R2 body): in one PUT up to 16 MiB, else as a
+/// multipart upload read from disk 8 MiB at a time (memory stays flat for any size).
+pub async fn put_file(store: &Store, key: &str, path: &std::path::Path) -> Result<(), StoreError> {
+    use std::io::Read;
+    const ONE_PUT: u64 = 16 << 20;
+    const CHUNK: usize = 8 << 20;
+    let io = |e: std::io::Error| StoreError::Invalid(format!("{}: {e}", path.display()));
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let size = file.metadata().map_err(io)?.len();
+    let location = StorePath::from(key);
+    if size <= ONE_PUT {
+        let mut bytes = Vec::with_capacity(size as usize);
+        file.read_to_end(&mut bytes).map_err(io)?;
+        store.put(&location, PutPayload::from(bytes)).await?;
+        return Ok(());
+    }
+    let upload = store.put_multipart(&location).await?;
+    let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, CHUNK);
+    let mut buffer = vec![0u8; CHUNK];
+    loop {
+        let read = file.read(&mut buffer).map_err(io)?;
+        if read == 0 {
+            break;
+        }
+        writer.wait_for_capacity(2).await?;
+        writer.write(&buffer[..read]);
+    }
+    writer.finish().await?;
+    Ok(())
+}
+
+/// Downloads `key` into a new file at `path`, streamed.
+pub async fn get_to_file(
+    store: &Store,
+    key: &str,
+    path: &std::path::Path,
+) -> Result<(), StoreError> {
+    use futures::StreamExt;
+    use std::io::Write;
+    let io = |e: std::io::Error| StoreError::Invalid(format!("{}: {e}", path.display()));
+    let mut stream = store.get(&StorePath::from(key)).await?.into_stream();
+    let mut file = std::fs::File::create(path).map_err(io)?;
+    while let Some(chunk) = stream.next().await {
+        file.write_all(&chunk?).map_err(io)?;
+    }
+    file.sync_all().map_err(io)
+}
+
 pub async fn delete(store: &Store, key: &str) -> Result<(), StoreError> {
     store.delete(&StorePath::from(key)).await?;
     Ok(())
