@@ -52,6 +52,10 @@ pub struct Options {
     /// How often settled segments are rewritten into per-object L1 files, after which the
     /// journal batches they came from are deleted.
     pub l1_every: Duration,
+    /// A file is shipped whole again once the segments shipped since its last snapshot
+    /// pass four times its size, and at least this many bytes: a restore then reads at most
+    /// about five times an object's size past its newest snapshot.
+    pub resnapshot_min_bytes: u64,
 }
 
 impl Options {
@@ -63,6 +67,7 @@ impl Options {
             max_batch_bytes: 8 << 20,
             generation_check: None,
             l1_every: Duration::from_secs(10),
+            resnapshot_min_bytes: 1 << 20,
         }
     }
 }
@@ -349,6 +354,8 @@ struct Worker {
     /// The last TXID given to a file whose announcements leave the counting to us
     /// (`first_txid == 0`: binding files, see `files.rs`).
     counted: HashMap<PathBuf, u64>,
+    /// Bytes of segments shipped per file since its last snapshot.
+    since_snapshot: HashMap<PathBuf, u64>,
     forming: BTreeMap<ObjectKey, Forming>,
     cuts: BTreeMap<u64, Cut>,
     next_seq: u64,
@@ -370,6 +377,7 @@ impl Worker {
             shared,
             cursors: HashMap::new(),
             counted: HashMap::new(),
+            since_snapshot: HashMap::new(),
             forming: BTreeMap::new(),
             cuts: BTreeMap::new(),
             next_seq: 1,
@@ -553,11 +561,14 @@ impl Worker {
         if !known {
             self.cursors.remove(&database);
             let last_txid = if counting {
-                self.counted.insert(database.clone(), 1);
-                1
+                // Shipped whole again: the count goes on (a snapshot covers 1..=last).
+                let last = self.counted.get(&database).map_or(1, |count| count + 1);
+                self.counted.insert(database.clone(), last);
+                last
             } else {
                 last_txid
             };
+            self.since_snapshot.insert(database.clone(), 0);
             let mut cursor = Cursor::new();
             let snapshot = match snapshot(&database, &wal, wal_end, &mut cursor) {
                 Ok(snapshot) => snapshot,
@@ -607,6 +618,19 @@ impl Worker {
         };
         let offset = entry.2.offset();
         let salts = entry.2.salts().unwrap_or_default();
+        let shipped: u64 = captured
+            .transactions
+            .iter()
+            .map(|t| t.pages.len() as u64 * u64::from(captured.page_size))
+            .sum();
+        let since = self.since_snapshot.entry(database.clone()).or_insert(0);
+        *since += shipped;
+        let size = std::fs::metadata(&database).map_or(0, |m| m.len());
+        if *since > (4 * size).max(self.options.resnapshot_min_bytes) {
+            // The next announcement ships the file whole (this one still goes as segments).
+            *since = 0;
+            self.cursors.remove(&database);
+        }
         let (first_txid, last_txid, expected) = if counting {
             let count = captured.transactions.len() as u64;
             if count == 0 {
@@ -1487,6 +1511,57 @@ mod tests {
             let image = std::fs::read(restore::object_path(&restored_dir, &object.key)).unwrap();
             assert!(image == object.image(), "object {} differs", object.key.id);
         }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn objects_are_shipped_whole_again_and_a_restore_starts_at_the_newest_snapshot() {
+        let dir = temp_dir("resnapshot");
+        let store = file_store(&dir);
+        let runtime = runtime();
+        let generation = runtime
+            .block_on(store::next_generation(&store, "test"))
+            .unwrap();
+        let session = store::session_name("test", generation);
+        let mut options = Options::new(session.clone(), generation);
+        options.l1_every = Duration::from_millis(50);
+        options.resnapshot_min_bytes = 1;
+        let replicator = Replicator::start(store.clone(), options).unwrap();
+        let mut object = Object::open(&dir.join("data"), 4);
+        replicator.announce_all(vec![
+            object.write("CREATE TABLE t(k INTEGER PRIMARY KEY, v)", None)
+        ]);
+        for n in 0..60 {
+            let sql = format!("INSERT OR REPLACE INTO t VALUES ({}, zeroblob(300))", n % 7);
+            replicator.announce_all(vec![object.write(&sql, None)]);
+            assert!(replicator.wait_settled(Duration::from_secs(20)));
+            if n % 10 == 0 {
+                std::thread::sleep(Duration::from_millis(80));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let keys = runtime.block_on(store::list(&store, "o")).unwrap();
+        let snapshots = keys
+            .iter()
+            .filter(|key| key.contains("/l1/0000000000000001-"))
+            .count();
+        assert!(
+            snapshots >= 3,
+            "the object was shipped whole again: {keys:?}"
+        );
+        let restored_dir = dir.join("restored");
+        let restored = runtime
+            .block_on(restore::restore(&store, &restored_dir, &Filter::default()))
+            .unwrap();
+        assert_eq!(restored.objects[&object.key], 61);
+        let l1_files = keys.iter().filter(|key| key.contains("/l1/")).count();
+        assert!(
+            restored.segments * 2 <= l1_files,
+            "the restore starts at the newest snapshot: {} files applied of {l1_files}",
+            restored.segments
+        );
+        let image = std::fs::read(restore::object_path(&restored_dir, &object.key)).unwrap();
+        assert!(image == object.image(), "the restored object differs");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

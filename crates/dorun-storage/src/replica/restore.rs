@@ -46,6 +46,8 @@ pub struct Restored {
 struct Target {
     file: std::fs::File,
     last_txid: u64,
+    /// The generation of the last file applied (TXIDs restart with a new process's).
+    generation: u64,
 }
 
 /// One generation's `g/` record.
@@ -143,10 +145,29 @@ async fn l1_files(store: &Store, filter: &Filter) -> Result<L1Files, StoreError>
     }
     for objects in files.values_mut() {
         for list in objects.values_mut() {
-            list.sort();
+            // By the TXID each file reaches; a snapshot after the segments it covers (an
+            // object shipped whole again restarts at TXID 1: `1-100` comes after `91-100`).
+            list.sort_by_key(|(min, max, _)| (*max, std::cmp::Reverse(*min)));
         }
     }
     Ok(files)
+}
+
+/// For each object, the newest snapshot among its L1 files (generation, its max TXID):
+/// nothing before it needs to be read.
+fn newest_snapshots(files: &L1Files) -> HashMap<ObjectKey, (u64, u64)> {
+    let mut newest: HashMap<ObjectKey, (u64, u64)> = HashMap::new();
+    for (generation, objects) in files {
+        for (object, list) in objects {
+            for (min, max, _) in list {
+                if *min == 1 {
+                    let entry = newest.entry(object.clone()).or_insert((*generation, *max));
+                    *entry = (*entry).max((*generation, *max));
+                }
+            }
+        }
+    }
+    newest
 }
 
 /// Writes every wanted object as `<data_dir>/<namespace>/<id>.sqlite` (no WAL). Existing
@@ -161,6 +182,19 @@ pub async fn restore(
     let mut restored = Restored::default();
     let mut targets: HashMap<ObjectKey, Target> = HashMap::new();
     let mut l1 = l1_files(store, filter).await?;
+    // Where each object's history may start (a point in time reads everything: the newest
+    // snapshot may be later than it).
+    let bases = if filter.until_ms.is_none() {
+        newest_snapshots(&l1)
+    } else {
+        HashMap::new()
+    };
+    let before_base = |object: &ObjectKey, generation: u64, min: u64, max: u64| {
+        bases.get(object).is_some_and(|&(base, snapshot)| {
+            generation < base
+                || (generation == base && (max < snapshot || (max == snapshot && min != 1)))
+        })
+    };
     let mut writer = Writer {
         data_dir,
         targets: &mut targets,
@@ -181,7 +215,10 @@ pub async fn restore(
         }
         let mut past_until = false;
         for (object, files) in l1.remove(&generation).unwrap_or_default() {
-            for (_, _, key) in files {
+            for (min, max, key) in files {
+                if before_base(&object, generation, min, max) {
+                    continue;
+                }
                 let bytes = store::get(store, &key).await?;
                 let file =
                     ltx::decode(&bytes).map_err(|e| StoreError::Invalid(format!("{key}: {e}")))?;
@@ -189,7 +226,7 @@ pub async fn restore(
                     past_until = true;
                     break;
                 }
-                writer.apply(&object, &file, &key)?;
+                writer.apply(&object, &file, &key, generation)?;
             }
         }
         let keys = store::list(store, &format!("j/{session}")).await?;
@@ -222,13 +259,22 @@ pub async fn restore(
             };
             writer.restored.batches += 1;
             for entry in entries {
-                if !filter.wants(&entry.object) {
+                if !filter.wants(&entry.object)
+                    || bases
+                        .get(&entry.object)
+                        .is_some_and(|&(base, _)| generation < base)
+                {
                     continue;
                 }
                 let slice = &bytes[entry.offset as usize..(entry.offset + entry.length) as usize];
                 let file = ltx::decode(slice)
                     .map_err(|e| StoreError::Invalid(format!("{session} batch {seq}: {e}")))?;
-                writer.apply(&entry.object, &file, &format!("{session} batch {seq}"))?;
+                writer.apply(
+                    &entry.object,
+                    &file,
+                    &format!("{session} batch {seq}"),
+                    generation,
+                )?;
             }
         }
         if past_until {
@@ -301,12 +347,17 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// Applies one LTX file to the object's restored file (a snapshot replaces it).
+    /// Applies one LTX file of `generation` to the object's restored file: a snapshot
+    /// replaces it, a segment must start at most one past what is there (its pages are final
+    /// images, so an overlap is harmless), and a file that reaches no further than what is
+    /// there is skipped (L1 files written just before a crash also sit in the journal past
+    /// the old cursor).
     fn apply(
         &mut self,
         object: &ObjectKey,
         file: &ltx::Ltx,
         source: &str,
+        generation: u64,
     ) -> Result<(), StoreError> {
         let target = match self.targets.get_mut(object) {
             Some(target) => target,
@@ -324,15 +375,25 @@ impl Writer<'_> {
                 self.targets.entry(object.clone()).or_insert(Target {
                     file: created,
                     last_txid: 0,
+                    generation,
                 })
             }
         };
+        let applied = target.last_txid > 0;
+        let header = &file.header;
+        if applied
+            && header.max_txid <= target.last_txid
+            && (!header.is_snapshot() || target.generation == generation)
+        {
+            return Ok(()); // already there
+        }
+        target.generation = generation;
         if file.header.is_snapshot() {
             target
                 .file
                 .set_len(0)
                 .map_err(|e| StoreError::Invalid(e.to_string()))?;
-        } else if file.header.min_txid != target.last_txid + 1 {
+        } else if file.header.min_txid > target.last_txid + 1 {
             return Err(StoreError::Invalid(format!(
                 "{}/{}: the store's history has a gap (after TXID {} comes {}, in {source})",
                 object.namespace, object.id, target.last_txid, file.header.min_txid
