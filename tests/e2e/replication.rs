@@ -798,6 +798,68 @@ async fn r2_bodies_and_index_are_in_the_store_before_put_returns() {
     assert_eq!(server.get("/gone").await.status, 404);
 }
 
+/// `--durability async` lags by a bounded interval: once the oldest commit not in the
+/// store has waited past the bound (10 s; 300 ms here), commits wait for the store until it
+/// catches up. With every upload made 1 s slow, a writer is answered at local-disk speed
+/// for the bound, then waits for an upload, and so on; a kill -9 loses only what was
+/// answered within the last bound and uploads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_replication_waits_for_the_store_once_it_lags_past_the_bound() {
+    let dir = scratch_dir("replica-async-bound");
+    let store = format!("file://{}", dir.join("store").display());
+    let data = dir.join("data");
+    let mut server = Server::start_with_env(
+        &counter(),
+        &[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--replicate-to",
+            &store,
+            "--node-id",
+            "e2e",
+            "--durability",
+            "async",
+        ],
+        &[
+            ("DORUN_TEST_REPLICA_DELAY_MS", "1000"),
+            ("DORUN_TEST_REPLICA_ASYNC_BOUND_MS", "300"),
+        ],
+    );
+    let started = std::time::Instant::now();
+    let mut answers = Vec::new(); // (sent at, took, value)
+    while started.elapsed() < Duration::from_secs(4) {
+        let sent = std::time::Instant::now();
+        let reply = server.post("/w/increment", "").await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let value = reply.json()["value"].as_u64().unwrap();
+        answers.push((sent - started, sent.elapsed(), value));
+    }
+    let killed = started.elapsed();
+    server.kill9();
+    // Commits are answered at local-disk speed until the oldest one not in the store is
+    // 300 ms old; then the next waits for the store (about an upload, 1 s).
+    let longest = answers.iter().map(|(_, took, _)| *took).max().unwrap();
+    assert!(
+        longest >= Duration::from_millis(500),
+        "past the bound a commit waits for the store: the longest answer took {longest:?}"
+    );
+    let acknowledged = answers.last().unwrap().2;
+    let restored = dir.join("restored");
+    restore(&store, &restored, &[]);
+    let server = Server::start(&counter(), &["--data-dir", restored.to_str().unwrap()]);
+    let stored = value(&server, "w").await;
+    // Answered within the bound plus an upload or two of the kill: may be lost.
+    let window = Duration::from_millis(300 + 2 * 1000 + 200);
+    let recent = answers
+        .iter()
+        .filter(|(sent, took, _)| killed.saturating_sub(*sent + *took) < window)
+        .count() as u64;
+    assert!(
+        stored <= acknowledged && stored + recent >= acknowledged,
+        "{acknowledged} acknowledged, {stored} restored, {recent} answered in the last {window:?}"
+    );
+}
+
 async fn get_text(url: &str) -> String {
     let http = client();
     let request = empty_request(http::Method::GET, url);

@@ -573,7 +573,7 @@ impl OpenDatabases {
             position.txid = txid;
             let wal = wal_path(&entry.path);
             let wal_end = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
-            let (done, receiver): (Option<Done>, _) = if replication.wait {
+            let (done, receiver): (Option<Done>, _) = if replication.waits() {
                 let (sender, receiver) = oneshot::channel();
                 let written = std::time::Instant::now();
                 let done: Done = Box::new(move |result| {

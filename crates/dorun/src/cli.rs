@@ -638,7 +638,14 @@ fn start_replication(
         "replicating Durable Object commits to {url} (session {session}, durability {})",
         if wait { "replicated" } else { "async" }
     );
-    let replication = std::sync::Arc::new(Replication { replicator, wait });
+    let replication = std::sync::Arc::new(Replication {
+        replicator,
+        wait,
+        async_bound: std::env::var("DORUN_TEST_REPLICA_ASYNC_BOUND_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .map_or(Duration::from_secs(10), Duration::from_millis),
+    });
     options.replication = Some(replication.clone());
     dorun_storage::replica::files::enable(replication.clone());
     Ok(Some(replication))

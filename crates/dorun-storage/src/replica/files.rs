@@ -137,7 +137,7 @@ pub fn install(conn: &mut Connection, path: &Path) -> rusqlite::Result<()> {
             done: Some(done),
             whole: false,
         }]);
-        if replication.wait {
+        if replication.waits() {
             let result = answer
                 .recv_timeout(WAIT)
                 .unwrap_or_else(|_| Err("the store did not take the commit in time".into()));

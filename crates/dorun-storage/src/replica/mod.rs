@@ -25,6 +25,17 @@ pub struct Replication {
     /// `--durability replicated`: a commit's output gate opens once it is in the store.
     /// Else (`async`) once it is durable on the local disk; the store follows.
     pub wait: bool,
+    /// `async`: how far the store may fall behind. Once the oldest commit not in the store
+    /// has waited this long, commits wait for the store as under `replicated` until it
+    /// catches up, so a lost machine loses at most about this much.
+    pub async_bound: std::time::Duration,
+}
+
+impl Replication {
+    /// Whether the commit being made now waits for the store.
+    pub fn waits(&self) -> bool {
+        self.wait || self.replicator.lag() > self.async_bound
+    }
 }
 
 impl std::fmt::Debug for Replication {

@@ -93,6 +93,10 @@ struct State {
     bytes: u64,
     /// A request to move on to a new generation (see [`Replicator::begin_generation`]).
     switch: Option<Switch>,
+    /// Since when the oldest commit not yet in the store has waited: announced and not
+    /// captured yet (`incoming_since`), or captured and not settled (`pending_since`).
+    incoming_since: Option<Instant>,
+    pending_since: Option<Instant>,
 }
 
 /// A new generation asked for by a reset of namespaces: its `g/` record names them, so a
@@ -191,6 +195,9 @@ impl Replicator {
             return;
         }
         state.announced += announcements.len() as u64;
+        if state.incoming.is_empty() {
+            state.incoming_since = Some(Instant::now());
+        }
         state.incoming.extend(announcements);
         drop(state);
         self.shared.wake.notify_one();
@@ -205,6 +212,17 @@ impl Replicator {
             .uploaded
             .get(wal)
             .is_some_and(|&(s, offset)| s == salts && offset >= end)
+    }
+
+    /// How long the oldest commit not yet in the store has waited (zero when there is
+    /// none). `--durability async` makes commits wait once this passes its bound.
+    pub fn lag(&self) -> Duration {
+        let state = self.shared.lock();
+        [state.incoming_since, state.pending_since]
+            .into_iter()
+            .flatten()
+            .min()
+            .map_or(Duration::ZERO, |since| since.elapsed())
     }
 
     /// The epoch (generation) that new commits are filed under.
@@ -303,6 +321,8 @@ struct Forming {
     announcements: u64,
     /// (WAL, its salts, offset) reached by these commits.
     reached: (PathBuf, (u32, u32), u64),
+    /// When the first of these commits was captured.
+    since: Instant,
 }
 
 /// A batch cut and being uploaded (or uploaded and waiting for an earlier one).
@@ -313,6 +333,8 @@ struct Cut {
     uploaded: bool,
     /// Its segments (object, epoch, TXIDs, LTX), for the L1 files once it is settled.
     segments: Vec<(ObjectKey, u64, u64, u64, Vec<u8>)>,
+    /// When its oldest commit was captured.
+    since: Instant,
 }
 
 /// Settled segments not yet in L1 files, by object, in TXID order.
@@ -415,6 +437,12 @@ impl Worker {
                     // Announcements made before the request are this generation's.
                     let incoming = std::mem::take(&mut state.incoming);
                     self.switching = state.switch.take();
+                    // Captured right below: from here on they count as pending.
+                    state.pending_since = match (self.oldest_pending(), state.incoming_since) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    state.incoming_since = None;
                     (incoming, state.shutdown)
                 }
             };
@@ -423,6 +451,17 @@ impl Worker {
             }
             while self.uploads.len() < self.options.max_inflight && !self.forming.is_empty() {
                 self.cut();
+            }
+            {
+                let oldest = self.oldest_pending();
+                let mut state = self.shared.lock();
+                state.pending_since = oldest;
+                let lag = [state.incoming_since, oldest]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .map_or(0.0, |since| since.elapsed().as_secs_f64());
+                metrics::gauge!("dorun_replica_lag_seconds").set(lag);
             }
             if self.switching.is_some() && self.forming.is_empty() && self.uploads.is_empty() {
                 let switch = self.switching.take().expect("checked");
@@ -497,6 +536,13 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// When the oldest captured commit that is not settled yet was captured.
+    fn oldest_pending(&self) -> Option<Instant> {
+        let forming = self.forming.values().map(|f| f.since);
+        let cuts = self.cuts.values().map(|c| c.since);
+        forming.chain(cuts).min()
     }
 
     /// Moves on to a new generation whose record names the reset namespaces. The current
@@ -583,9 +629,11 @@ impl Worker {
             let previous = self.forming.remove(&object);
             let mut dones: Vec<Done> = Vec::new();
             let mut announcements = 1;
+            let mut since = Instant::now();
             if let Some(previous) = previous {
                 dones.extend(previous.dones);
                 announcements += previous.announcements;
+                since = previous.since;
             }
             dones.extend(done);
             self.forming.insert(
@@ -598,6 +646,7 @@ impl Worker {
                     transactions: vec![snapshot.1],
                     dones,
                     announcements,
+                    since,
                     reached: (wal, salts, offset),
                 },
             );
@@ -679,6 +728,7 @@ impl Worker {
                         dones: done.into_iter().collect(),
                         announcements: 1,
                         reached: (wal, salts, offset),
+                        since: Instant::now(),
                     },
                 );
             }
@@ -732,10 +782,12 @@ impl Worker {
         let mut reached = Vec::new();
         let mut count = 0u64;
         let mut size = 0usize;
+        let mut since = Instant::now();
         while size < self.options.max_batch_bytes {
             let Some((object, forming)) = self.forming.pop_first() else {
                 break;
             };
+            since = since.min(forming.since);
             let encoded = encode_segment(&forming, now_ms);
             match encoded {
                 Ok(bytes) => {
@@ -792,6 +844,7 @@ impl Worker {
                 count,
                 uploaded: false,
                 segments: kept,
+                since,
             },
         );
         let key = journal::batch_key(&self.options.session, seq);
