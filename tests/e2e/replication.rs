@@ -128,15 +128,36 @@ async fn generations_chain_and_a_graceful_stop_leaves_the_store_complete() {
         "{metrics}"
     );
     assert!(server.terminate().success());
-    // Second life on the same directory (a new generation): only `a` changes.
-    let mut server = serve(&data, &store, &[]);
+    // Second life on the same directory (a new generation): only `a` changes. Its first
+    // commit ships it whole, which supersedes its first-life files: with no retention they
+    // go once that snapshot is in an L1 file.
+    let mut server = serve(&data, &store, &["--replica-retention-hours", "0"]);
     for _ in 0..4 {
         server.post("/a/increment", "").await;
     }
     assert_eq!(value(&server, "a").await, 7);
+    tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(server.terminate().success());
     let generations = std::fs::read_dir(dir.join("store/g")).unwrap().count();
     assert_eq!(generations, 2);
+    let first_life_files = |store: &std::path::Path| {
+        let mut found = Vec::new();
+        for object in std::fs::read_dir(store.join("o/counter-Counter"))
+            .unwrap()
+            .flatten()
+        {
+            let l1 = object.path().join("e/0000000000000001/l1");
+            if std::fs::read_dir(&l1).is_ok_and(|mut d| d.next().is_some()) {
+                found.push(object.file_name());
+            }
+        }
+        found.len()
+    };
+    assert_eq!(
+        first_life_files(&dir.join("store")),
+        2,
+        "a's first-life files are gone, b's and c's stay"
+    );
     // Everything from the store alone.
     let restored = dir.join("restored");
     restore(&store, &restored, &[]);

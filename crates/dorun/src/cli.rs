@@ -177,6 +177,10 @@ pub struct ServeArgs {
     /// This node's name in the store's generation records (default: the host name).
     #[arg(long, value_name = "NAME")]
     pub node_id: Option<String>,
+    /// With --replicate-to: how long an object's files in the store that a newer whole copy
+    /// of it supersedes are kept (a restore --at a time within it still works).
+    #[arg(long, value_name = "HOURS", default_value_t = 168)]
+    pub replica_retention_hours: u64,
     /// Port to listen on (0 picks a free one).
     #[arg(long, short = 'p', default_value_t = 8787)]
     pub port: u16,
@@ -627,6 +631,7 @@ fn start_replication(
         .and_then(|ms| ms.parse().ok())
         .map_or(Duration::from_secs(30), Duration::from_millis);
     replicator_options.generation_check = Some((generation, every));
+    replicator_options.retention = Some(Duration::from_secs(args.replica_retention_hours * 3600));
     if let Some(ms) = std::env::var("DORUN_TEST_REPLICA_L1_MS")
         .ok()
         .and_then(|ms| ms.parse().ok())

@@ -56,6 +56,9 @@ pub struct Options {
     /// pass four times its size, and at least this many bytes: a restore then reads at most
     /// about five times an object's size past its newest snapshot.
     pub resnapshot_min_bytes: u64,
+    /// How long per-object files made useless by a newer snapshot are kept (so a restore
+    /// `--at` a time within it still works); `None` keeps everything.
+    pub retention: Option<Duration>,
 }
 
 impl Options {
@@ -68,6 +71,7 @@ impl Options {
             generation_check: None,
             l1_every: Duration::from_secs(10),
             resnapshot_min_bytes: 1 << 20,
+            retention: Some(Duration::from_secs(7 * 24 * 3600)),
         }
     }
 }
@@ -912,8 +916,9 @@ impl Worker {
         let store = self.store.clone();
         let session = self.options.session.clone();
         let epoch = self.options.epoch;
+        let retention = self.options.retention;
         self.compaction = Some(tokio::spawn(async move {
-            match write_l1(&store, &session, epoch, &spool, through).await {
+            match write_l1(&store, &session, epoch, &spool, through, retention).await {
                 Ok(()) => Ok(()),
                 Err(why) => Err((why, spool)),
             }
@@ -985,6 +990,7 @@ async fn write_l1(
     epoch: u64,
     spool: &Spool,
     through: u64,
+    retention: Option<Duration>,
 ) -> Result<(), String> {
     for (object, segments) in spool {
         let (min, max, bytes) = merge_segments(segments)?;
@@ -995,6 +1001,9 @@ async fn write_l1(
             && store::get(store, &key).await.map_err(|e| e.to_string())? != bytes
         {
             return Err(format!("{key} exists with other contents"));
+        }
+        if let (1, Some(retention)) = (min, retention) {
+            prune(store, object, epoch, max, retention).await;
         }
     }
     let cursor = format!("j/{session}/c/{through:016x}");
@@ -1021,6 +1030,51 @@ async fn write_l1(
         }
     }
     Ok(())
+}
+
+/// After a new snapshot of `object` (epoch `epoch`, TXIDs 1..=`max`): deletes its L1 files
+/// that a restore no longer reads (earlier epochs, and earlier files of this one) once they
+/// are older than `retention`. Failures only leave files behind.
+async fn prune(store: &Store, object: &ObjectKey, epoch: u64, max: u64, retention: Duration) {
+    let prefix = format!("o/{}/{}/e", object.namespace, object.id);
+    let Ok(keys) = store::list_with_age(store, &prefix).await else {
+        return;
+    };
+    let mut deleted = 0u64;
+    for (key, age) in keys {
+        if age < retention {
+            continue;
+        }
+        // o/<ns>/<id>/e/<epoch>/l1/<min>-<max>.ltx
+        let Some(rest) = key.strip_prefix(&format!("{prefix}/")) else {
+            continue;
+        };
+        let parts: Vec<&str> = rest.split('/').collect();
+        let [file_epoch, "l1", name] = parts[..] else {
+            continue;
+        };
+        let Some((file_min, file_max)) = name
+            .strip_suffix(".ltx")
+            .and_then(|range| range.split_once('-'))
+            .and_then(|(a, b)| {
+                Some((
+                    u64::from_str_radix(a, 16).ok()?,
+                    u64::from_str_radix(b, 16).ok()?,
+                ))
+            })
+        else {
+            continue;
+        };
+        let Ok(file_epoch) = u64::from_str_radix(file_epoch, 16) else {
+            continue;
+        };
+        let superseded = file_epoch < epoch
+            || (file_epoch == epoch && (file_max < max || (file_max == max && file_min != 1)));
+        if superseded && store::delete(store, &key).await.is_ok() {
+            deleted += 1;
+        }
+    }
+    metrics::counter!("dorun_replica_pruned_files_total").increment(deleted);
 }
 
 /// Why this process must stop writing: a newer generation in the store (another process
@@ -1613,6 +1667,48 @@ mod tests {
             "the restore starts at the newest snapshot: {} files applied of {l1_files}",
             restored.segments
         );
+        let image = std::fs::read(restore::object_path(&restored_dir, &object.key)).unwrap();
+        assert!(image == object.image(), "the restored object differs");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn files_a_newer_snapshot_supersedes_go_after_the_retention() {
+        let dir = temp_dir("retention");
+        let store = file_store(&dir);
+        let runtime = runtime();
+        let generation = runtime
+            .block_on(store::next_generation(&store, "test"))
+            .unwrap();
+        let mut options = Options::new(store::session_name("test", generation), generation);
+        options.l1_every = Duration::from_millis(50);
+        options.resnapshot_min_bytes = 1;
+        options.retention = Some(Duration::ZERO);
+        let replicator = Replicator::start(store.clone(), options).unwrap();
+        let mut object = Object::open(&dir.join("data"), 5);
+        replicator.announce_all(vec![
+            object.write("CREATE TABLE t(k INTEGER PRIMARY KEY, v)", None)
+        ]);
+        for n in 0..60 {
+            let sql = format!("INSERT OR REPLACE INTO t VALUES ({}, zeroblob(300))", n % 7);
+            replicator.announce_all(vec![object.write(&sql, None)]);
+            assert!(replicator.wait_settled(Duration::from_secs(20)));
+            if n % 10 == 0 {
+                std::thread::sleep(Duration::from_millis(80));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let keys = runtime.block_on(store::list(&store, "o")).unwrap();
+        let snapshots = keys
+            .iter()
+            .filter(|key| key.contains("/l1/0000000000000001-"))
+            .count();
+        assert_eq!(snapshots, 1, "only the newest snapshot is kept: {keys:?}");
+        let restored_dir = dir.join("restored");
+        let restored = runtime
+            .block_on(restore::restore(&store, &restored_dir, &Filter::default()))
+            .unwrap();
+        assert_eq!(restored.objects[&object.key], 61);
         let image = std::fs::read(restore::object_path(&restored_dir, &object.key)).unwrap();
         assert!(image == object.image(), "the restored object differs");
         let _ = std::fs::remove_dir_all(&dir);

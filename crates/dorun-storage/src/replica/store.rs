@@ -77,6 +77,29 @@ pub async fn get(store: &Store, key: &str) -> Result<Vec<u8>, StoreError> {
     Ok(result.bytes().await?.to_vec())
 }
 
+/// The keys under `prefix` with their age (from the store's last-modified time).
+pub async fn list_with_age(
+    store: &Store,
+    prefix: &str,
+) -> Result<Vec<(String, std::time::Duration)>, StoreError> {
+    use futures::TryStreamExt;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let keys: Vec<(String, std::time::Duration)> = store
+        .list(Some(&StorePath::from(prefix)))
+        .map_ok(|meta| {
+            let age = (now - meta.last_modified.timestamp_millis()).max(0) as u64;
+            (
+                meta.location.to_string(),
+                std::time::Duration::from_millis(age),
+            )
+        })
+        .try_collect()
+        .await?;
+    Ok(keys)
+}
+
 /// Uploads the file at `path` as `key` (an R2 body): in one PUT up to 16 MiB, else as a
 /// multipart upload read from disk 8 MiB at a time (memory stays flat for any size).
 pub async fn put_file(store: &Store, key: &str, path: &std::path::Path) -> Result<(), StoreError> {
