@@ -127,19 +127,7 @@ async fn generations_chain_and_a_graceful_stop_leaves_the_store_complete() {
         metrics.contains("dorun_replica_batch_commits_sum 9"),
         "{metrics}"
     );
-    assert!(server.terminate().success());
-    // Second life on the same directory (a new generation): only `a` changes. Its first
-    // commit ships it whole, which supersedes its first-life files: with no retention they
-    // go once that snapshot is in an L1 file.
-    let mut server = serve(&data, &store, &["--replica-retention-hours", "0"]);
-    for _ in 0..4 {
-        server.post("/a/increment", "").await;
-    }
-    assert_eq!(value(&server, "a").await, 7);
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert!(server.terminate().success());
-    let generations = std::fs::read_dir(dir.join("store/g")).unwrap().count();
-    assert_eq!(generations, 2);
+    // How many objects have L1 files of the first generation.
     let first_life_files = |store: &std::path::Path| {
         let mut found = Vec::new();
         for object in std::fs::read_dir(store.join("o/counter-Counter"))
@@ -153,11 +141,39 @@ async fn generations_chain_and_a_graceful_stop_leaves_the_store_complete() {
         }
         found.len()
     };
+    let until = |want: usize| {
+        let store = dir.join("store");
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let found = first_life_files(&store);
+            if found == want || std::time::Instant::now() > deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
     assert_eq!(
-        first_life_files(&dir.join("store")),
+        until(3),
+        3,
+        "every object's first-life segments reach an L1 file"
+    );
+    assert!(server.terminate().success());
+    // Second life on the same directory (a new generation): only `a` changes. Its first
+    // commit ships it whole, which supersedes its first-life files: with no retention they
+    // go once that snapshot is in an L1 file.
+    let mut server = serve(&data, &store, &["--replica-retention-hours", "0"]);
+    for _ in 0..4 {
+        server.post("/a/increment", "").await;
+    }
+    assert_eq!(value(&server, "a").await, 7);
+    assert_eq!(
+        until(2),
         2,
         "a's first-life files are gone, b's and c's stay"
     );
+    assert!(server.terminate().success());
+    let generations = std::fs::read_dir(dir.join("store/g")).unwrap().count();
+    assert_eq!(generations, 2);
     // Everything from the store alone.
     let restored = dir.join("restored");
     restore(&store, &restored, &[]);
