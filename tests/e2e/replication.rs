@@ -127,6 +127,16 @@ async fn generations_chain_and_a_graceful_stop_leaves_the_store_complete() {
         metrics.contains("dorun_replica_batch_commits_sum 9"),
         "{metrics}"
     );
+    // And in the admin API (the admin page's Replication section reads it).
+    let status: serde_json::Value =
+        serde_json::from_str(&get_text(&format!("{admin}/api/replication")).await).unwrap();
+    assert_eq!(status["enabled"], true, "{status}");
+    assert_eq!(status["durability"], "replicated", "{status}");
+    assert_eq!(status["generation"], 1, "{status}");
+    assert_eq!(status["pendingCommits"], 0, "{status}");
+    assert_eq!(status["store"], store.as_str(), "{status}");
+    assert!(status["batches"].as_u64().unwrap() >= 1, "{status}");
+    assert!(status["stopped"].is_null(), "{status}");
     // How many objects have L1 files of the first generation.
     let first_life_files = |store: &std::path::Path| {
         let mut found = Vec::new();

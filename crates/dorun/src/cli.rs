@@ -650,6 +650,7 @@ fn start_replication(
             .ok()
             .and_then(|ms| ms.parse().ok())
             .map_or(Duration::from_secs(10), Duration::from_millis),
+        store: store_identity(url),
     });
     options.replication = Some(replication.clone());
     dorun_storage::replica::files::enable(replication.clone());

@@ -29,12 +29,31 @@ pub struct Replication {
     /// has waited this long, commits wait for the store as under `replicated` until it
     /// catches up, so a lost machine loses at most about this much.
     pub async_bound: std::time::Duration,
+    /// The store, as `--replicate-to` names it.
+    pub store: String,
 }
 
 impl Replication {
     /// Whether the commit being made now waits for the store.
     pub fn waits(&self) -> bool {
         self.wait || self.replicator.lag() > self.async_bound
+    }
+
+    /// Where replication stands, for the admin listener.
+    pub fn status_json(&self) -> serde_json::Value {
+        let progress = self.replicator.progress();
+        serde_json::json!({
+            "enabled": true,
+            "store": self.store,
+            "durability": if self.wait { "replicated" } else { "async" },
+            "asyncBoundMs": self.async_bound.as_millis() as u64,
+            "generation": self.replicator.epoch(),
+            "lagMs": self.replicator.lag().as_millis() as u64,
+            "pendingCommits": progress.announced - progress.settled,
+            "batches": progress.batches,
+            "bytes": progress.bytes,
+            "stopped": self.replicator.stopped(),
+        })
     }
 }
 

@@ -23,6 +23,7 @@
 //! | `GET`/`DELETE /api/r2/{bucket}/objects/{key}` | download or delete one object |
 //! | `GET /api/queues`, `GET /api/queues/{name}/messages`, `POST /api/queues/{name}/purge` | queues (`arrivals.rs`) |
 //! | `GET /api/crons` | cron triggers: next run, last run |
+//! | `GET /api/replication` | `--replicate-to`: store, durability, generation, lag, pending commits, batches, bytes, why it stopped |
 //! | `GET /api/workflows`, `GET /api/workflows/{name}/instances[/{id}]` | workflows, instances, steps |
 //! | `POST /api/namespaces/{ns}/reset` | that namespace's objects, alarms and sockets gone |
 //! | `POST /api/reset` | every object, alarm and socket gone; KV keys, D1 rows, R2 objects and queued messages too |
@@ -76,6 +77,13 @@ pub async fn route(admin: &Admin, parts: &http::request::Parts, body: Bytes) -> 
             super::arrivals::queue_route(admin, method, rest, parts).await
         }
         ["api", "crons"] if get => json(200, &super::arrivals::crons_json(admin)),
+        ["api", "replication"] if get => json(
+            200,
+            &admin
+                .replication
+                .as_ref()
+                .map_or_else(|| json!({ "enabled": false }), |r| r.status_json()),
+        ),
         ["api", "workflows", rest @ ..] => {
             super::arrivals::workflow_route(admin, method, rest, parts).await
         }
