@@ -12,6 +12,22 @@ fn counter() -> std::path::PathBuf {
 }
 
 fn serve(data: &Path, store: &str, extra: &[&str]) -> Server {
+    // A slow store (every upload 30 ms late): what a commit waits for shows. Segments go
+    // into per-object L1 files every 300 ms (10 s by default), so restores read both.
+    serve_app(
+        &counter(),
+        data,
+        store,
+        extra,
+        &[
+            ("DORUN_TEST_REPLICA_DELAY_MS", "30"),
+            ("DORUN_TEST_REPLICA_L1_MS", "300"),
+        ],
+    )
+}
+
+/// `dorun serve <app> --data-dir <data> --replicate-to <store> --node-id e2e <extra>`.
+fn serve_app(app: &Path, data: &Path, store: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
     let mut args = vec![
         "--data-dir",
         data.to_str().unwrap(),
@@ -21,16 +37,7 @@ fn serve(data: &Path, store: &str, extra: &[&str]) -> Server {
         "e2e",
     ];
     args.extend_from_slice(extra);
-    // A slow store (every upload 30 ms late): what a commit waits for shows. Segments go
-    // into per-object L1 files every 300 ms (10 s by default), so restores read both.
-    Server::start_with_env(
-        &counter(),
-        &args,
-        &[
-            ("DORUN_TEST_REPLICA_DELAY_MS", "30"),
-            ("DORUN_TEST_REPLICA_L1_MS", "300"),
-        ],
-    )
+    Server::start_with_env(app, &args, env)
 }
 
 fn restore(store: &str, into: &Path, extra: &[&str]) -> String {
@@ -435,15 +442,7 @@ async fn r2_bodies_go_to_an_s3_store_as_multipart_uploads() {
     let env = moto.env();
     let app = crate::harness::fixture("r2/wrangler.toml");
     let data = dir.join("data");
-    let args = [
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--replicate-to",
-        store,
-        "--node-id",
-        "e2e",
-    ];
-    let mut server = Server::start_with_env(&app, &args, &env);
+    let mut server = serve_app(&app, &data, store, &[], &env);
     let large: Vec<u8> = (0..20u32 << 20).map(|i| (i % 241) as u8).collect();
     let put = server
         .request(http::Method::PUT, "/large", &[], large.clone().into())
@@ -711,15 +710,13 @@ async fn kv_and_d1_writes_are_in_the_store_before_they_return() {
     let plain = Server::start(&app, &["--data-dir", data.to_str().unwrap()]);
     assert_eq!(plain.get("/put?key=early&value=e").await.status, 200);
     drop(plain);
-    let args = [
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--replicate-to",
+    let mut server = serve_app(
+        &app,
+        &data,
         &store,
-        "--node-id",
-        "e2e",
-    ];
-    let mut server = Server::start_with_env(&app, &args, &[("DORUN_TEST_REPLICA_DELAY_MS", "30")]);
+        &[],
+        &[("DORUN_TEST_REPLICA_DELAY_MS", "30")],
+    );
     for (key, value) in [("k1", "v1"), ("k2", "v2"), ("k3", "v3")] {
         let put = server.get(&format!("/put?key={key}&value={value}")).await;
         assert_eq!(put.status, 200, "{}", put.text());
@@ -767,15 +764,13 @@ async fn queued_messages_are_in_the_store_once_send_resolves() {
     let store = format!("file://{}", dir.join("store").display());
     let app = crate::harness::fixture("queues/wrangler.toml");
     let data = dir.join("data");
-    let args = [
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--replicate-to",
+    let mut server = serve_app(
+        &app,
+        &data,
         &store,
-        "--node-id",
-        "e2e",
-    ];
-    let mut server = Server::start_with_env(&app, &args, &[("DORUN_TEST_REPLICA_DELAY_MS", "30")]);
+        &[],
+        &[("DORUN_TEST_REPLICA_DELAY_MS", "30")],
+    );
     for n in 0..3 {
         let sent = server.get(&format!("/send?body=later-{n}&delay=600")).await;
         assert_eq!((sent.status, sent.text()), (200, "sent".to_string()));
@@ -801,15 +796,13 @@ async fn r2_bodies_and_index_are_in_the_store_before_put_returns() {
     let store = format!("file://{}", dir.join("store").display());
     let app = crate::harness::fixture("r2/wrangler.toml");
     let data = dir.join("data");
-    let args = [
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--replicate-to",
+    let mut server = serve_app(
+        &app,
+        &data,
         &store,
-        "--node-id",
-        "e2e",
-    ];
-    let mut server = Server::start_with_env(&app, &args, &[("DORUN_TEST_REPLICA_DELAY_MS", "30")]);
+        &[],
+        &[("DORUN_TEST_REPLICA_DELAY_MS", "30")],
+    );
     let large: Vec<u8> = (0..20u32 << 20).map(|i| (i % 251) as u8).collect();
     let small = b"a small body".to_vec();
     for (key, body) in [("large", &large), ("small", &small), ("gone", &small)] {
@@ -855,18 +848,11 @@ async fn async_replication_waits_for_the_store_once_it_lags_past_the_bound() {
     let dir = scratch_dir("replica-async-bound");
     let store = format!("file://{}", dir.join("store").display());
     let data = dir.join("data");
-    let mut server = Server::start_with_env(
+    let mut server = serve_app(
         &counter(),
-        &[
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--replicate-to",
-            &store,
-            "--node-id",
-            "e2e",
-            "--durability",
-            "async",
-        ],
+        &data,
+        &store,
+        &["--durability", "async"],
         &[
             ("DORUN_TEST_REPLICA_DELAY_MS", "1000"),
             ("DORUN_TEST_REPLICA_ASYNC_BOUND_MS", "300"),

@@ -278,16 +278,8 @@ impl OpenDatabases {
         let wal_end = std::fs::metadata(wal_path(path))
             .map(|m| m.len())
             .unwrap_or(0);
-        let namespace = path
-            .parent()
-            .and_then(|dir| dir.file_name())
-            .map(|name| name.to_string_lossy().into_owned())
-            .unwrap_or_default();
         replication.replicator.announce_all(vec![Announcement {
-            object: ObjectKey {
-                namespace,
-                id: object_id.to_string(),
-            },
+            object: store_key(path, object_id),
             database: path.to_path_buf(),
             wal_round: position.round,
             first_txid: txid,
@@ -585,17 +577,8 @@ impl OpenDatabases {
             } else {
                 (None, None)
             };
-            let namespace = entry
-                .path
-                .parent()
-                .and_then(|dir| dir.file_name())
-                .map(|name| name.to_string_lossy().into_owned())
-                .unwrap_or_default();
             replication.replicator.announce_all(vec![Announcement {
-                object: ObjectKey {
-                    namespace,
-                    id: entry.object_id.clone(),
-                },
+                object: store_key(&entry.path, &entry.object_id),
                 database: entry.path.clone(),
                 wal_round: position.round,
                 first_txid: txid,
@@ -659,6 +642,18 @@ const REPLICATED_WAL_LIMIT: u64 = 4 << 20;
 
 /// Opens an object's database; under `Durability::Full` its commits are made durable by
 /// the flusher thread, not on the isolate thread.
+/// An object's key in the replication store: its namespace directory's name and its id.
+fn store_key(path: &std::path::Path, object_id: &str) -> ObjectKey {
+    ObjectKey {
+        namespace: path
+            .parent()
+            .and_then(|dir| dir.file_name())
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        id: object_id.to_string(),
+    }
+}
+
 fn open_database(
     path: &std::path::Path,
     durability: Durability,

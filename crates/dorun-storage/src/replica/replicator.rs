@@ -945,6 +945,25 @@ pub fn l1_key(object: &ObjectKey, epoch: u64, min: u64, max: u64) -> String {
     )
 }
 
+/// An L1 file's key read back: (object, epoch, min TXID, max TXID).
+pub fn parse_l1_key(key: &str) -> Option<(ObjectKey, u64, u64, u64)> {
+    let parts: Vec<&str> = key.split('/').collect();
+    let ["o", ns, id, "e", epoch, "l1", name] = parts[..] else {
+        return None;
+    };
+    let (min, max) = name.strip_suffix(".ltx")?.split_once('-')?;
+    let object = ObjectKey {
+        namespace: ns.to_string(),
+        id: id.to_string(),
+    };
+    Some((
+        object,
+        u64::from_str_radix(epoch, 16).ok()?,
+        u64::from_str_radix(min, 16).ok()?,
+        u64::from_str_radix(max, 16).ok()?,
+    ))
+}
+
 /// Merges consecutive LTX segments of one object into one file (a snapshot among them
 /// starts over from it). Returns (min TXID, max TXID, bytes).
 pub fn merge_segments(segments: &[(u64, u64, Vec<u8>)]) -> Result<(u64, u64, Vec<u8>), String> {
@@ -1045,27 +1064,7 @@ async fn prune(store: &Store, object: &ObjectKey, epoch: u64, max: u64, retentio
         if age < retention {
             continue;
         }
-        // o/<ns>/<id>/e/<epoch>/l1/<min>-<max>.ltx
-        let Some(rest) = key.strip_prefix(&format!("{prefix}/")) else {
-            continue;
-        };
-        let parts: Vec<&str> = rest.split('/').collect();
-        let [file_epoch, "l1", name] = parts[..] else {
-            continue;
-        };
-        let Some((file_min, file_max)) = name
-            .strip_suffix(".ltx")
-            .and_then(|range| range.split_once('-'))
-            .and_then(|(a, b)| {
-                Some((
-                    u64::from_str_radix(a, 16).ok()?,
-                    u64::from_str_radix(b, 16).ok()?,
-                ))
-            })
-        else {
-            continue;
-        };
-        let Ok(file_epoch) = u64::from_str_radix(file_epoch, 16) else {
+        let Some((_, file_epoch, file_min, file_max)) = parse_l1_key(&key) else {
             continue;
         };
         let superseded = file_epoch < epoch
@@ -1621,6 +1620,21 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A table, then 60 rewrites of its 7 rows, pausing now and then so L1 files are cut.
+    fn write_sixty_one_commits(replicator: &Replicator, object: &mut Object) {
+        replicator.announce_all(vec![
+            object.write("CREATE TABLE t(k INTEGER PRIMARY KEY, v)", None)
+        ]);
+        for n in 0..60 {
+            let sql = format!("INSERT OR REPLACE INTO t VALUES ({}, zeroblob(300))", n % 7);
+            replicator.announce_all(vec![object.write(&sql, None)]);
+            assert!(replicator.wait_settled(Duration::from_secs(20)));
+            if n % 10 == 0 {
+                std::thread::sleep(Duration::from_millis(80));
+            }
+        }
+    }
+
     #[test]
     fn objects_are_shipped_whole_again_and_a_restore_starts_at_the_newest_snapshot() {
         let dir = temp_dir("resnapshot");
@@ -1635,17 +1649,7 @@ mod tests {
         options.resnapshot_min_bytes = 1;
         let replicator = Replicator::start(store.clone(), options).unwrap();
         let mut object = Object::open(&dir.join("data"), 4);
-        replicator.announce_all(vec![
-            object.write("CREATE TABLE t(k INTEGER PRIMARY KEY, v)", None)
-        ]);
-        for n in 0..60 {
-            let sql = format!("INSERT OR REPLACE INTO t VALUES ({}, zeroblob(300))", n % 7);
-            replicator.announce_all(vec![object.write(&sql, None)]);
-            assert!(replicator.wait_settled(Duration::from_secs(20)));
-            if n % 10 == 0 {
-                std::thread::sleep(Duration::from_millis(80));
-            }
-        }
+        write_sixty_one_commits(&replicator, &mut object);
         std::thread::sleep(Duration::from_millis(200));
         let keys = runtime.block_on(store::list(&store, "o")).unwrap();
         let snapshots = keys
@@ -1686,17 +1690,7 @@ mod tests {
         options.retention = Some(Duration::ZERO);
         let replicator = Replicator::start(store.clone(), options).unwrap();
         let mut object = Object::open(&dir.join("data"), 5);
-        replicator.announce_all(vec![
-            object.write("CREATE TABLE t(k INTEGER PRIMARY KEY, v)", None)
-        ]);
-        for n in 0..60 {
-            let sql = format!("INSERT OR REPLACE INTO t VALUES ({}, zeroblob(300))", n % 7);
-            replicator.announce_all(vec![object.write(&sql, None)]);
-            assert!(replicator.wait_settled(Duration::from_secs(20)));
-            if n % 10 == 0 {
-                std::thread::sleep(Duration::from_millis(80));
-            }
-        }
+        write_sixty_one_commits(&replicator, &mut object);
         std::thread::sleep(Duration::from_millis(300));
         let keys = runtime.block_on(store::list(&store, "o")).unwrap();
         let snapshots = keys

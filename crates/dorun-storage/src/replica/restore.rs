@@ -109,29 +109,8 @@ async fn l1_files(store: &Store, filter: &Filter) -> Result<L1Files, StoreError>
         _ => "o".to_string(),
     };
     for key in store::list(store, &prefix).await? {
-        // o/<ns>/<id>/e/<epoch>/l1/<min>-<max>.ltx
-        let parts: Vec<&str> = key.split('/').collect();
-        let [_, ns, id, "e", epoch, "l1", name] = parts[..] else {
+        let Some((object, epoch, min, max)) = super::replicator::parse_l1_key(&key) else {
             continue;
-        };
-        let Some((min, max)) = name
-            .strip_suffix(".ltx")
-            .and_then(|range| range.split_once('-'))
-            .and_then(|(a, b)| {
-                Some((
-                    u64::from_str_radix(a, 16).ok()?,
-                    u64::from_str_radix(b, 16).ok()?,
-                ))
-            })
-        else {
-            continue;
-        };
-        let Ok(epoch) = u64::from_str_radix(epoch, 16) else {
-            continue;
-        };
-        let object = ObjectKey {
-            namespace: ns.to_string(),
-            id: id.to_string(),
         };
         if !filter.wants(&object) {
             continue;
