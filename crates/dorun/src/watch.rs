@@ -60,7 +60,7 @@ pub fn run(args: &WatchTarget) -> anyhow::Result<()> {
             )
             .spawn()
             .map_err(|e| anyhow!("cannot start dorun serve: {e}"))?;
-        let bound = relay_stdout(&mut child, ports.is_none(), args.admin);
+        let (bound, seen) = relay_stdout(&mut child, ports.is_none(), args.admin, &roots);
         if let Some(bound) = bound {
             if ports.is_none() {
                 ports = Some(bound);
@@ -72,8 +72,9 @@ pub fn run(args: &WatchTarget) -> anyhow::Result<()> {
         } else {
             tracing::error!("the Worker did not start; waiting for a change to reload");
         }
-        // The fingerprint after the child started (its [build] may write files).
-        let mut fingerprint = files_fingerprint(&roots);
+        // The fingerprint after the child built (its [build] may write files) and before
+        // anyone saw it listen, so an edit made right after the first answer is a change.
+        let mut fingerprint = seen.unwrap_or_else(|| files_fingerprint(&roots));
         let changed = wait_for_change(&roots, &mut fingerprint, &stop, &mut child);
         if changed {
             tracing::info!("files changed; reloading");
@@ -160,13 +161,26 @@ fn child_args(ports: Option<&(String, Option<String>)>, data_dir: Option<&Path>)
     out
 }
 
+/// What the child printed once it listens: its ports, and the files' fingerprint taken
+/// before that line was passed on.
+type Listening = (
+    Option<(String, Option<String>)>,
+    Option<(SystemTime, usize)>,
+);
+
 /// Passes the child's stdout on (the first generation's address lines; later ones are
 /// not repeated) and returns the bound ports once it listens (and its admin listener, when
-/// `admin` is expected), or `None` if it exited first.
-fn relay_stdout(child: &mut Child, first: bool, admin: bool) -> Option<(String, Option<String>)> {
-    let stdout = child.stdout.take()?;
+/// `admin` is expected), or `None` if it exited first; with them, the fingerprint of the
+/// files under `roots` taken when the first address line came, before it was passed on.
+fn relay_stdout(child: &mut Child, first: bool, admin: bool, roots: &[PathBuf]) -> Listening {
+    let Some(stdout) = child.stdout.take() else {
+        return (None, None);
+    };
     let (tx, rx) = mpsc::channel();
+    let (fingerprint_tx, fingerprint_rx) = mpsc::channel();
+    let roots = roots.to_vec();
     std::thread::spawn(move || {
+        let mut fingerprinted = false;
         for line in std::io::BufReader::new(stdout)
             .lines()
             .map_while(Result::ok)
@@ -178,6 +192,10 @@ fn relay_stdout(child: &mut Child, first: bool, admin: bool) -> Option<(String, 
                 line.strip_prefix("dorun: admin on ")
                     .map(|url| (true, port(url)))
             };
+            if address.is_some() && !fingerprinted {
+                fingerprinted = true;
+                let _ = fingerprint_tx.send(files_fingerprint(&roots));
+            }
             if first || address.is_none() {
                 println!("{line}");
             }
@@ -188,12 +206,16 @@ fn relay_stdout(child: &mut Child, first: bool, admin: bool) -> Option<(String, 
     });
     let (mut port, mut admin_port) = (None, None);
     while port.is_none() || (admin && admin_port.is_none()) {
-        match rx.recv_timeout(Duration::from_secs(120)).ok()? {
-            (false, p) => port = Some(p),
-            (true, p) => admin_port = Some(p),
+        match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok((false, p)) => port = Some(p),
+            Ok((true, p)) => admin_port = Some(p),
+            Err(_) => return (None, None),
         }
     }
-    Some((port?, admin_port))
+    (
+        port.map(|port| (port, admin_port)),
+        fingerprint_rx.try_recv().ok(),
+    )
 }
 
 /// The latest modification time and the number of the project's files.
