@@ -893,6 +893,64 @@ async fn async_replication_waits_for_the_store_once_it_lags_past_the_bound() {
     );
 }
 
+/// A binding file whose name is percent-encoded on disk (`notes.db` is `notes%2Edb.sqlite`)
+/// keeps its name through the store: object_store lists such keys encoded once more, and a
+/// restore that took the listed name as it was failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_d1_database_whose_name_needs_encoding_comes_back_under_its_name() {
+    let dir = scratch_dir("replica-encoded-name");
+    let app = dir.join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(
+        app.join("wrangler.toml"),
+        "name = \"dot\"\nmain = \"index.js\"\ncompatibility_date = \"2025-10-01\"\n\
+         [[d1_databases]]\nbinding = \"DB\"\ndatabase_name = \"notes.db\"\n\
+         database_id = \"00000000-0000-4000-8000-00000000000a\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        app.join("index.js"),
+        "export default { async fetch(request, env) {\n\
+           await env.DB.exec(\"CREATE TABLE IF NOT EXISTS t (v TEXT)\");\n\
+           await env.DB.prepare(\"INSERT INTO t VALUES (?)\").bind(\"x\").run();\n\
+           return Response.json(await env.DB.prepare(\"SELECT count(*) AS n FROM t\").first(\"n\"));\n\
+         } };\n",
+    )
+    .unwrap();
+    let store = format!("file://{}", dir.join("store").display());
+    let mut server = serve_app(
+        &app.join("wrangler.toml"),
+        &dir.join("data"),
+        &store,
+        &[],
+        &[("DORUN_TEST_REPLICA_L1_MS", "100")],
+    );
+    for n in 1..=3 {
+        assert_eq!(server.get("/").await.text(), n.to_string());
+    }
+    // Until the rows are in an L1 file (listed back from the store), not only in the journal.
+    let l1 = dir.join("store/o/d1");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while count_files(&l1, ".ltx") == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no L1 file under {}",
+            l1.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.kill9();
+    let restored = dir.join("restored");
+    let printed = restore(&store, &restored, &[]);
+    assert!(printed.contains("1 binding files"), "{printed}");
+    let file = restored.join("d1/notes%2Edb.sqlite");
+    let rows: i64 = rusqlite::Connection::open(&file)
+        .unwrap()
+        .query_row("SELECT count(*) FROM t", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(rows, 3);
+}
+
 async fn get_text(url: &str) -> String {
     let http = client();
     let request = empty_request(http::Method::GET, url);

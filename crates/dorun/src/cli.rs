@@ -287,7 +287,8 @@ pub fn run(cli: Cli) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error}");
+            // With its causes: "restoring from URL: <why>".
+            eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
     }

@@ -91,7 +91,7 @@ pub async fn list_with_age(
         .map_ok(|meta| {
             let age = (now - meta.last_modified.timestamp_millis()).max(0) as u64;
             (
-                meta.location.to_string(),
+                decoded(&meta.location),
                 std::time::Duration::from_millis(age),
             )
         })
@@ -153,12 +153,21 @@ pub async fn delete(store: &Store, key: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// A listed location as the key it was written under: object_store percent-encodes
+/// characters it does not allow in a path (`%` among them) when a key is written, and
+/// lists the encoded form.
+fn decoded(location: &StorePath) -> String {
+    percent_encoding::percent_decode_str(location.as_ref())
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
 /// The keys under `prefix` (recursively), sorted.
 pub async fn list(store: &Store, prefix: &str) -> Result<Vec<String>, StoreError> {
     use futures::TryStreamExt;
     let mut keys: Vec<String> = store
         .list(Some(&StorePath::from(prefix)))
-        .map_ok(|meta| meta.location.to_string())
+        .map_ok(|meta| decoded(&meta.location))
         .try_collect()
         .await?;
     keys.sort();
