@@ -509,6 +509,36 @@ async fn a_second_process_on_the_same_store_stops_the_first_ones_replication() {
     assert_eq!(second.post("/y/increment", "").await.status, 200);
 }
 
+/// Under `async` too: once replication stopped (another process took the store), commits
+/// fail instead of going on without the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_async_a_stopped_replication_fails_commits_too() {
+    let dir = scratch_dir("replica-two-async");
+    let store = format!("file://{}", dir.join("store").display());
+    let check = [("DORUN_TEST_GENERATION_CHECK_MS", "200")];
+    let first = serve_app(
+        &counter(),
+        &dir.join("a"),
+        &store,
+        &["--durability", "async"],
+        &check,
+    );
+    assert_eq!(first.post("/x/increment", "").await.status, 200);
+    let second = serve_app(&counter(), &dir.join("b"), &store, &[], &check);
+    assert_eq!(second.post("/y/increment", "").await.status, 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while first.post("/x/increment", "").await.status == 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first process went on without its store"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(first
+        .logs()
+        .contains("another process started on the same store"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_at_a_point_in_time_stops_there() {
     let dir = scratch_dir("replica-at");

@@ -34,9 +34,11 @@ pub struct Replication {
 }
 
 impl Replication {
-    /// Whether the commit being made now waits for the store.
+    /// Whether the commit being made now waits for the store (under `async`: once the
+    /// store lags past the bound, or replication stopped, so that its commits fail loudly
+    /// as under `replicated` instead of going on unreplicated).
     pub fn waits(&self) -> bool {
-        self.wait || self.replicator.lag() > self.async_bound
+        self.wait || self.replicator.lag() > self.async_bound || self.replicator.stopped().is_some()
     }
 
     /// Where replication stands, for the admin listener.
