@@ -981,6 +981,47 @@ async fn a_d1_database_whose_name_needs_encoding_comes_back_under_its_name() {
     assert_eq!(rows, 3);
 }
 
+/// A D1 database made by `dorun d1 migrations apply` (a separate process that closes it
+/// cleanly: no WAL file at all) is shipped whole at the first start with replication; the
+/// first real app tried (Cloudflare's d1-template) failed to start on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_migrated_offline_is_shipped_at_the_first_start() {
+    let dir = scratch_dir("replica-d1-migrated");
+    let data = dir.join("data");
+    let app = crate::harness::fixture("d1/wrangler.toml");
+    let (ok, _, stderr) = run_dorun(
+        &[
+            "d1",
+            "migrations",
+            "apply",
+            "DB",
+            "--config",
+            app.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(ok, "{stderr}");
+    let store = format!("file://{}", dir.join("store").display());
+    let mut server = serve_app(&app, &data, &store, &[], &[]);
+    assert!(
+        server.wait_for_log("shipped 1 objects whole").await,
+        "{}",
+        server.logs()
+    );
+    assert_eq!(server.get("/add?body=hello").await.status, 200);
+    server.kill9();
+    let restored = dir.join("restored");
+    restore(&store, &restored, &[]);
+    let server = Server::start(&app, &["--data-dir", restored.to_str().unwrap()]);
+    // The migrations' seed row and the row written while replicating.
+    assert_eq!(
+        server.get("/bodies").await.text(),
+        r#"["welcome; it's seeded","hello"]"#
+    );
+}
+
 async fn get_text(url: &str) -> String {
     let http = client();
     let request = empty_request(http::Method::GET, url);

@@ -1123,9 +1123,15 @@ fn snapshot(
     wal_end: u64,
     cursor: &mut Cursor,
 ) -> Result<(u32, Committed), String> {
-    let captured = cursor
-        .capture_file(wal, wal_end)
-        .map_err(|e| e.to_string())?;
+    // No WAL at all (a binding file closed cleanly by another process, e.g. `dorun d1
+    // migrations apply`): everything is in the main file.
+    let captured = if wal_end == 0 && !wal.exists() {
+        wal::Captured::default()
+    } else {
+        cursor
+            .capture_file(wal, wal_end)
+            .map_err(|e| e.to_string())?
+    };
     let image = std::fs::read(database).map_err(|e| format!("{}: {e}", database.display()))?;
     let (page_size, db_pages) = match captured.transactions.last() {
         Some(last) => (captured.page_size, last.db_pages),
