@@ -236,6 +236,23 @@ fn durability_and_store_flags_that_do_not_go_together_are_refused() {
         None,
     );
     assert!(!ok && stderr.contains("needs --replicate-to"), "{stderr}");
+    // A restore from a prefix nothing was replicated to (a typo) says so.
+    let empty = format!("file://{}", dir.join("nothing-here").display());
+    let into = dir.join("restored");
+    let (ok, _, stderr) = run_dorun(
+        &[
+            "restore",
+            "--from",
+            &empty,
+            "--data-dir",
+            into.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(
+        !ok && stderr.contains("nothing was ever replicated there"),
+        "{stderr}"
+    );
     let store = format!("file://{}", dir.join("store").display());
     let (ok, _, stderr) = run_dorun(
         &[

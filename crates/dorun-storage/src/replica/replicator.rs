@@ -1415,6 +1415,13 @@ mod tests {
         let dir = temp_dir("fence");
         let store = file_store(&dir);
         let runtime = runtime();
+        runtime
+            .block_on(store::create(
+                &store,
+                "g/0000000000000001",
+                br#"{"session": "s"}"#.to_vec(),
+            ))
+            .unwrap();
         // Another process fenced this session's journal at seq 1 before it wrote anything.
         runtime
             .block_on(store::create(

@@ -174,6 +174,15 @@ pub async fn restore(
                 || (generation == base && (max < snapshot || (max == snapshot && min != 1)))
         })
     };
+    let generations = generations(store).await?;
+    if generations.is_empty() {
+        // A mistyped URL or prefix: say so rather than restore nothing.
+        return Err(StoreError::Invalid(
+            "nothing was ever replicated there (no generation records under g/): check the \
+             bucket and prefix"
+                .into(),
+        ));
+    }
     let mut writer = Writer {
         data_dir,
         targets: &mut targets,
@@ -184,7 +193,7 @@ pub async fn restore(
         session,
         ms,
         reset,
-    } in generations(store).await?
+    } in generations
     {
         if !reset.is_empty() {
             if filter.until_ms.is_some_and(|t| ms > t) {
