@@ -54,6 +54,14 @@ fn restore(store: &str, into: &Path, extra: &[&str]) -> String {
     stdout
 }
 
+/// Serves the counter example on `data` and checks each counter's value.
+async fn assert_counters(data: &Path, expected: &[(&str, u64)], when: &str) {
+    let server = Server::start(&counter(), &["--data-dir", data.to_str().unwrap()]);
+    for (name, value_wanted) in expected {
+        assert_eq!(value(&server, name).await, *value_wanted, "{name} {when}");
+    }
+}
+
 async fn value(server: &Server, name: &str) -> u64 {
     server.get(&format!("/{name}/value")).await.json()["value"]
         .as_u64()
@@ -644,23 +652,18 @@ async fn a_reset_object_does_not_come_back_from_a_restore() {
     assert!(printed.starts_with("restored 1 objects"), "{printed}");
     let then = dir.join("then");
     restore(&store, &then, &["--at", &before_reset]);
-    let server = Server::start(&counter(), &["--data-dir", latest.to_str().unwrap()]);
-    for (name, expected) in [("gone", 0), ("again", 0), ("new", 0), ("after", 4)] {
-        assert_eq!(
-            value(&server, name).await,
-            expected,
-            "{name} after the restore"
-        );
-    }
-    drop(server);
-    let server = Server::start(&counter(), &["--data-dir", then.to_str().unwrap()]);
-    for (name, expected) in [("gone", 5), ("again", 2), ("after", 0)] {
-        assert_eq!(
-            value(&server, name).await,
-            expected,
-            "{name} before the reset"
-        );
-    }
+    assert_counters(
+        &latest,
+        &[("gone", 0), ("again", 0), ("new", 0), ("after", 4)],
+        "after the restore",
+    )
+    .await;
+    assert_counters(
+        &then,
+        &[("gone", 5), ("again", 2), ("after", 0)],
+        "before the reset",
+    )
+    .await;
 }
 
 /// Only commits are shipped, so an object written while dorun ran without `--replicate-to`
@@ -734,14 +737,12 @@ async fn objects_written_before_replication_or_imported_reach_the_store() {
 
     let restored = dir.join("restored");
     restore(&store, &restored, &[]);
-    let server = Server::start(&counter(), &["--data-dir", restored.to_str().unwrap()]);
-    for (name, expected) in [("before", 3), ("during", 1), ("imported", 7)] {
-        assert_eq!(
-            value(&server, name).await,
-            expected,
-            "{name} after the restore"
-        );
-    }
+    assert_counters(
+        &restored,
+        &[("before", 3), ("during", 1), ("imported", 7)],
+        "after the restore",
+    )
+    .await;
 }
 
 /// KV namespaces and D1 databases are replicated too: every commit, from whichever path

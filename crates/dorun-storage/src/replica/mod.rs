@@ -38,7 +38,7 @@ impl Replication {
     /// store lags past the bound, or replication stopped, so that its commits fail loudly
     /// as under `replicated` instead of going on unreplicated).
     pub fn waits(&self) -> bool {
-        self.wait || self.replicator.lag() > self.async_bound || self.replicator.stopped().is_some()
+        self.wait || self.replicator.behind(self.async_bound)
     }
 
     /// Where replication stands, for the admin listener.

@@ -221,12 +221,14 @@ impl Replicator {
     /// How long the oldest commit not yet in the store has waited (zero when there is
     /// none). `--durability async` makes commits wait once this passes its bound.
     pub fn lag(&self) -> Duration {
+        lag_of(&self.shared.lock())
+    }
+
+    /// Whether an `async` commit must wait for the store: replication stopped, or it lags
+    /// past `bound` (one look at the state, made for every commit).
+    pub fn behind(&self, bound: Duration) -> bool {
         let state = self.shared.lock();
-        [state.incoming_since, state.pending_since]
-            .into_iter()
-            .flatten()
-            .min()
-            .map_or(Duration::ZERO, |since| since.elapsed())
+        state.stopped.is_some() || lag_of(&state) > bound
     }
 
     /// The epoch (generation) that new commits are filed under.
@@ -304,6 +306,14 @@ impl Replicator {
     pub fn stopped(&self) -> Option<String> {
         self.shared.lock().stopped.clone()
     }
+}
+
+fn lag_of(state: &State) -> Duration {
+    [state.incoming_since, state.pending_since]
+        .into_iter()
+        .flatten()
+        .min()
+        .map_or(Duration::ZERO, |since| since.elapsed())
 }
 
 impl Drop for Replicator {
@@ -678,8 +688,10 @@ impl Worker {
             .sum();
         let since = self.since_snapshot.entry(database.clone()).or_insert(0);
         *since += shipped;
-        let size = std::fs::metadata(&database).map_or(0, |m| m.len());
-        if *since > (4 * size).max(self.options.resnapshot_min_bytes) {
+        // The file's size is looked at only once the floor is passed (not on every commit).
+        if *since > self.options.resnapshot_min_bytes
+            && *since > 4 * std::fs::metadata(&database).map_or(0, |m| m.len())
+        {
             // The next announcement ships the file whole (this one still goes as segments).
             *since = 0;
             self.cursors.remove(&database);
@@ -1307,6 +1319,14 @@ mod tests {
         }
     }
 
+    /// The options of a replicator that took the store's next generation (node "test").
+    fn new_generation(runtime: &tokio::runtime::Runtime, store: &Store) -> Options {
+        let generation = runtime
+            .block_on(store::next_generation(store, "test"))
+            .unwrap();
+        Options::new(store::session_name("test", generation), generation)
+    }
+
     fn settle_channel() -> (Done, mpsc::Receiver<Result<(), String>>) {
         let (sender, receiver) = mpsc::channel();
         (
@@ -1570,11 +1590,8 @@ mod tests {
         let dir = temp_dir("l1");
         let store = file_store(&dir);
         let runtime = runtime();
-        let generation = runtime
-            .block_on(store::next_generation(&store, "test"))
-            .unwrap();
-        let session = store::session_name("test", generation);
-        let mut options = Options::new(session.clone(), generation);
+        let mut options = new_generation(&runtime, &store);
+        let session = options.session.clone();
         options.l1_every = Duration::from_millis(100);
         let replicator = Replicator::start(store.clone(), options).unwrap();
         let data = dir.join("data");
@@ -1653,11 +1670,7 @@ mod tests {
         let dir = temp_dir("resnapshot");
         let store = file_store(&dir);
         let runtime = runtime();
-        let generation = runtime
-            .block_on(store::next_generation(&store, "test"))
-            .unwrap();
-        let session = store::session_name("test", generation);
-        let mut options = Options::new(session.clone(), generation);
+        let mut options = new_generation(&runtime, &store);
         options.l1_every = Duration::from_millis(50);
         options.resnapshot_min_bytes = 1;
         let replicator = Replicator::start(store.clone(), options).unwrap();
@@ -1694,10 +1707,7 @@ mod tests {
         let dir = temp_dir("retention");
         let store = file_store(&dir);
         let runtime = runtime();
-        let generation = runtime
-            .block_on(store::next_generation(&store, "test"))
-            .unwrap();
-        let mut options = Options::new(store::session_name("test", generation), generation);
+        let mut options = new_generation(&runtime, &store);
         options.l1_every = Duration::from_millis(50);
         options.resnapshot_min_bytes = 1;
         options.retention = Some(Duration::ZERO);
